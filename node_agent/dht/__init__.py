@@ -1,0 +1,45 @@
+"""Trustless Kademlia DHT over UDP: see :mod:`node_agent.dht.api` for the contract.
+
+Imports neither Django nor torch: a DHT-only node (bootstrap peer, portal observer, benchmark worker)
+starts fast and small.
+"""
+
+from __future__ import annotations
+
+from node_agent.dht.api import (
+    DHTBootstrapError,
+    DHTError,
+    DHTRPCError,
+    DHTTimeoutError,
+    DHTValidationError,
+    PeerInfo,
+    RecordValidator,
+    RecordView,
+    ValueWithExpiration,
+    owner_subkey,
+    subkey_owner,
+)
+
+__all__ = [
+    "DHTBootstrapError",
+    "DHTError",
+    "DHTNode",
+    "DHTRPCError",
+    "DHTTimeoutError",
+    "DHTValidationError",
+    "PeerInfo",
+    "RecordValidator",
+    "RecordView",
+    "ValueWithExpiration",
+    "owner_subkey",
+    "subkey_owner",
+]
+
+
+def __getattr__(name: str) -> object:
+    # DHTNode is loaded lazily so `import node_agent.dht` for the dataclasses stays cheap.
+    if name == "DHTNode":
+        from node_agent.dht.node import DHTNode
+
+        return DHTNode
+    raise AttributeError(name)
