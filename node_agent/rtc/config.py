@@ -1,0 +1,117 @@
+"""How peer connections are configured: ICE servers, which host candidates to offer, UDP buffer sizes.
+
+aiortc contacts a public STUN server when `iceServers` is left unset, so we always pass an explicit list
+(empty by default: nothing leaves the machine unless the operator configures STUN/TURN).
+
+aioice never offers 127.0.0.1 as a host candidate (`aioice.ice.get_host_addresses` filters it), so two
+agents on one machine without another interface, and every loopback test, could not connect. With
+`RTCOptions.loopback` we wrap that function (process-wide, idempotent) to also offer 127.0.0.1, or, with
+`host_addresses`, to offer exactly the given addresses.
+
+aioice asks for a 256 KiB UDP receive buffer; under load the kernel drops datagrams and SCTP stalls for a
+1 s retransmission timeout. `udp_receive_buffer` raises what aioice asks for (the kernel caps it at
+`net.core.rmem_max`, so this works without root, only less well).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_V4 = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """A STUN or TURN server, e.g. `IceServer("stun:stun.example.org:3478")`."""
+
+    urls: str
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RTCOptions:
+    ice_servers: tuple[IceServer, ...] = ()
+    #: Also offer a 127.0.0.1 host candidate (same-machine swarms, tests).
+    loopback: bool = False
+    #: If set, offer exactly these host addresses instead of every interface's (e.g. ("127.0.0.1",)).
+    host_addresses: tuple[str, ...] | None = None
+    udp_receive_buffer: int = 8 * 1024 * 1024
+    #: Largest frame we send; the remote's SCTP max-message-size (aiortc: 256 KiB) is the hard bound.
+    chunk_size: int = 64 * 1024
+    max_payload: int = 64 * 1024 * 1024
+    connect_timeout: float = 10.0
+    idle_timeout: float = 120.0
+
+    @classmethod
+    def for_loopback(cls, **overrides: object) -> RTCOptions:
+        """Only 127.0.0.1 host candidates: what tests and single-machine benchmarks use."""
+        return cls(loopback=True, host_addresses=(LOOPBACK_V4,), **overrides)  # type: ignore[arg-type]
+
+
+_host_override: dict[str, object] = {"loopback": False, "only": None}
+_installed = False
+
+
+def apply_process_settings(options: RTCOptions) -> None:
+    """Install the host-candidate policy and UDP buffer size for every peer connection of this process."""
+    global _installed
+    import aioice.ice
+    import aioice.turn
+
+    if options.loopback or options.host_addresses is not None:
+        _host_override["loopback"] = options.loopback
+        _host_override["only"] = tuple(options.host_addresses) if options.host_addresses else None
+    if not _installed:
+        original = aioice.ice.get_host_addresses
+
+        def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+            only = _host_override["only"]
+            if only is not None:
+                return list(only)  # type: ignore[call-overload]
+            addresses = original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+            if _host_override["loopback"] and use_ipv4 and LOOPBACK_V4 not in addresses:
+                addresses.append(LOOPBACK_V4)
+            return addresses
+
+        aioice.ice.get_host_addresses = get_host_addresses
+        _installed = True
+    if options.udp_receive_buffer > aioice.turn.UDP_SOCKET_BUFFER_SIZE:
+        aioice.turn.UDP_SOCKET_BUFFER_SIZE = options.udp_receive_buffer
+    try:
+        with open("/proc/sys/net/core/rmem_max") as f:
+            rmem_max = int(f.read())
+        if rmem_max < options.udp_receive_buffer:
+            logger.info(
+                "net.core.rmem_max=%d caps UDP receive buffers below %d; raise it for faster channels",
+                rmem_max,
+                options.udp_receive_buffer,
+            )
+    except (OSError, ValueError):
+        pass
+
+
+def rtc_configuration(options: RTCOptions):  # -> aiortc.RTCConfiguration
+    """An explicit aiortc configuration (never None: None would contact a public STUN server)."""
+    from aiortc import RTCConfiguration, RTCIceServer
+
+    servers: Sequence[RTCIceServer] = [
+        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in options.ice_servers
+    ]
+    return RTCConfiguration(iceServers=list(servers))
+
+
+def parse_ice_server(text: str) -> IceServer:
+    """CLI syntax: `stun:host:port` or `turn:user:password@host:port`."""
+    scheme, _, rest = text.partition(":")
+    if scheme not in ("stun", "stuns", "turn", "turns") or not rest:
+        raise ValueError(f"bad ICE server {text!r}: expected stun:host:port or turn:user:pass@host:port")
+    if "@" in rest and scheme.startswith("turn"):
+        creds, _, hostport = rest.rpartition("@")
+        user, _, password = creds.partition(":")
+        return IceServer(f"{scheme}:{hostport}", username=user, credential=password)
+    return IceServer(text)
