@@ -1,0 +1,206 @@
+"""The training loop: mini-batches from a registered dataset, periodic evaluation, metrics, checkpoints.
+
+Expert failures are expected (volunteers vanish): a step whose MoE call fails (too few experts answered,
+the search timed out) is logged and skipped, and training only stops after `max_failed_steps` failures in a
+row. Remote experts update themselves on backward (Learning@home section 3.2); the trainer's optimiser
+covers only its own parameters (local layers and gating networks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from node_agent.moe.api import ExpertError
+from node_agent.training.checkpoints import save_checkpoint
+from node_agent.training.datasets import Dataset, iterate_batches
+from node_agent.training.metrics import MetricsEvent, MetricsStream
+from node_agent.training.progress import ProgressBar
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingError"]
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the swarm failed `max_failed_steps` steps in a row)."""
+
+
+@dataclass(slots=True)
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    eval_every: int = 100
+    log_every: int = 10
+    eval_batch_size: int = 256
+    aux_loss_weight: float = 0.01
+    max_failed_steps: int = 20
+    checkpoint_dir: str | Path | None = None
+    checkpoint_every: int = 0  # 0: only at the end (when checkpoint_dir is set)
+    seed: int = 0
+    progress: bool = False
+
+
+@dataclass(slots=True)
+class TrainResult:
+    steps: int
+    failed_steps: int
+    final_loss: float
+    final_accuracy: float
+    samples_per_s: float
+    experts_answered: int
+    experts_failed: int
+    history: list[MetricsEvent] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains `model` on `dataset`; `on_step(step)` runs after every step (benchmarks kill servers there)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        config: TrainConfig,
+        metrics: MetricsStream | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ):
+        self.model = model
+        self.dataset = dataset
+        self.config = config
+        self.metrics = metrics if metrics is not None else MetricsStream()
+        self.on_step = on_step
+        own_parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(own_parameters, lr=config.learning_rate)
+        self.step = 0
+        self.failed_steps = 0
+        self._answered_total = 0
+        self._failed_total = 0
+
+    def _take_expert_stats(self) -> tuple[int, int]:
+        answered = failed = 0
+        for layer in getattr(self.model, "moe_layers", list)():
+            stats = layer.take_stats()
+            answered += stats.answered
+            failed += stats.failed
+        self._answered_total += answered
+        self._failed_total += failed
+        return answered, failed
+
+    def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """One optimiser step; returns the batch (loss, accuracy). Raises ExpertError if the swarm failed."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(features)
+        loss = nn.functional.cross_entropy(logits, labels)
+        auxiliary = getattr(self.model, "auxiliary_loss", lambda: None)()
+        total = loss if auxiliary is None else loss + self.config.aux_loss_weight * auxiliary
+        total.backward()
+        self.optimizer.step()
+        accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
+        return loss.item(), accuracy
+
+    @torch.no_grad()
+    def evaluate(self, retries: int = 3) -> tuple[float, float]:
+        """(loss, accuracy) on the held-out set; a chunk whose expert call fails is retried."""
+        self.model.eval()
+        losses, correct = 0.0, 0
+        features, labels = self.dataset.test_x, self.dataset.test_y
+        for start in range(0, len(features), self.config.eval_batch_size):
+            chunk_x = features[start : start + self.config.eval_batch_size]
+            chunk_y = labels[start : start + self.config.eval_batch_size]
+            for attempt in range(retries + 1):
+                try:
+                    logits = self.model(chunk_x)
+                    break
+                except ExpertError as error:
+                    if attempt == retries:
+                        raise TrainingError(f"evaluation failed {retries + 1} times: {error}") from error
+                    logger.warning("evaluation chunk failed (%s); retrying", error)
+            losses += nn.functional.cross_entropy(logits, chunk_y, reduction="sum").item()
+            correct += int((logits.argmax(dim=1) == chunk_y).sum())
+        return losses / len(features), correct / len(features)
+
+    def _emit_eval(self) -> MetricsEvent:
+        loss, accuracy = self.evaluate()
+        answered, failed = self._take_expert_stats()
+        event = MetricsEvent("eval", self.step, loss, accuracy, 0.0, answered, failed, time.time())
+        self.metrics.emit(event)
+        logger.info("step %d: held-out loss %.4f, accuracy %.4f", self.step, loss, accuracy)
+        return event
+
+    def train(self) -> TrainResult:
+        config = self.config
+        batches = iterate_batches(self.dataset.train_x, self.dataset.train_y, config.batch_size, config.seed)
+        progress = ProgressBar(config.steps) if config.progress else None
+        consecutive_failures = 0
+        window_loss = window_accuracy = 0.0
+        window_steps = window_samples = 0
+        window_started = started = time.monotonic()
+        trained_samples = 0
+        while self.step < config.steps:
+            features, labels = next(batches)
+            try:
+                loss, accuracy = self.train_step(features, labels)
+            except ExpertError as error:
+                self.failed_steps += 1
+                consecutive_failures += 1
+                logger.warning("step %d failed (%s); skipping the batch", self.step + 1, error)
+                if consecutive_failures >= config.max_failed_steps:
+                    raise TrainingError(
+                        f"{consecutive_failures} steps in a row failed; last: {error}"
+                    ) from error
+                continue
+            consecutive_failures = 0
+            self.step += 1
+            trained_samples += len(labels)
+            window_loss += loss
+            window_accuracy += accuracy
+            window_steps += 1
+            window_samples += len(labels)
+            if self.on_step is not None:
+                self.on_step(self.step)
+            if progress is not None:
+                progress.update(self.step, loss=loss, acc=accuracy)
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                now = time.monotonic()
+                answered, failed = self._take_expert_stats()
+                self.metrics.emit(
+                    MetricsEvent(
+                        "train",
+                        self.step,
+                        window_loss / window_steps,
+                        window_accuracy / window_steps,
+                        window_samples / max(now - window_started, 1e-9),
+                        answered,
+                        failed,
+                        time.time(),
+                    )
+                )
+                window_loss = window_accuracy = 0.0
+                window_steps = window_samples = 0
+                window_started = now
+            if config.eval_every and self.step % config.eval_every == 0 and self.step != config.steps:
+                self._emit_eval()
+            if config.checkpoint_dir and config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                save_checkpoint(config.checkpoint_dir, self.model, self.optimizer, self.step)
+        elapsed = time.monotonic() - started
+        final = self._emit_eval()
+        if config.checkpoint_dir:
+            save_checkpoint(config.checkpoint_dir, self.model, self.optimizer, self.step)
+        return TrainResult(
+            steps=self.step,
+            failed_steps=self.failed_steps,
+            final_loss=final.loss,
+            final_accuracy=final.accuracy,
+            samples_per_s=trained_samples / max(elapsed, 1e-9),
+            experts_answered=self._answered_total,
+            experts_failed=self._failed_total,
+            history=list(self.metrics.history),
+        )
