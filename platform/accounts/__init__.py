@@ -1,0 +1,1 @@
+"""Accounts: users who log in with an e-mail address and are either volunteers or researchers."""

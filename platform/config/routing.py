@@ -1,0 +1,7 @@
+"""All WebSocket routes, collected from each app's `routing.py`."""
+
+from __future__ import annotations
+
+from projects.routing import websocket_urlpatterns as project_routes
+
+websocket_urlpatterns = [*project_routes]

@@ -1,0 +1,62 @@
+"""Typed live events pushed to browsers over Channels, and the one helper that sends them.
+
+Every event is a TypedDict with a Literal `type`; Channels dispatches `type` "a.b" to the consumer method
+`a_b`, so each consumer has one small handler per event type. Add new events to `PortalEvent`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal, TypedDict
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+PROJECT_LISTING_GROUP = "projects.listing"
+
+
+class ProjectSummary(TypedDict):
+    slug: str
+    title: str
+    description: str
+    status: str
+    status_label: str
+    url: str
+    owner: str
+    dataset: str
+    architecture: str
+    grid_shape: str
+    updated_at: str
+
+
+class ProjectChangedEvent(TypedDict):
+    """A project appeared in, or changed status within, the public listing."""
+
+    type: Literal["project.changed"]
+    project: ProjectSummary
+
+
+PortalEvent = ProjectChangedEvent
+
+
+def broadcast(group: str, event: PortalEvent) -> None:
+    """Send `event` to every consumer in `group`; a channel-layer outage is logged, never raised.
+
+    Live updates are a convenience: a write that already committed must not fail because Redis is away.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        logger.warning("no channel layer configured; dropping %s event", event["type"])
+        return
+    try:
+        async_to_sync(layer.group_send)(group, event)
+    except Exception:
+        logger.exception("could not broadcast %s event to group %s", event["type"], group)
+
+
+def broadcast_on_commit(group: str, event: PortalEvent) -> None:
+    """Broadcast once the surrounding transaction commits, so clients never see a rolled-back change."""
+    transaction.on_commit(lambda: broadcast(group, event))

@@ -1,0 +1,1 @@
+"""Projects: the training projects researchers run and volunteers join."""

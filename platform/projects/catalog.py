@@ -1,0 +1,64 @@
+"""What a project may be made of: datasets, expert architectures, optimisers and the expert grid.
+
+The portal never imports the agent's training code (torch); it keeps the names here, and they match the
+node agent's dataset registry so a project's config can be handed to agents as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_GRID_DIMS = 4
+MAX_GRID_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    label: str
+    features: int
+    classes: int
+    samples: int
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo("digits", "Handwritten digits (8x8 images)", features=64, classes=10, samples=1797),
+        DatasetInfo("iris", "Iris flowers", features=4, classes=3, samples=150),
+        DatasetInfo("wine", "Wine cultivars", features=13, classes=3, samples=178),
+        DatasetInfo("breast_cancer", "Breast cancer diagnosis", features=30, classes=2, samples=569),
+    )
+}
+DATASET_CHOICES = [(info.name, info.label) for info in DATASETS.values()]
+
+ARCHITECTURE_CHOICES = [("ffn", "Feed-forward block"), ("transformer", "Transformer block")]
+OPTIMIZER_CHOICES = [("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD with momentum")]
+
+
+def parse_grid_shape(text: str) -> tuple[int, ...]:
+    """Parse an expert grid such as "16x16" (1 to 4 dimensions, each 1..1024) or raise ValueError."""
+    parts = text.strip().lower().replace("\u00d7", "x").split("x")
+    if not 1 <= len(parts) <= MAX_GRID_DIMS:
+        raise ValueError(f"a grid has 1 to {MAX_GRID_DIMS} dimensions, like 16x16")
+    dims: list[int] = []
+    for part in parts:
+        part = part.strip()
+        if not part.isdigit():
+            raise ValueError(f"{part!r} is not a whole number; write the grid like 16x16")
+        side = int(part)
+        if not 1 <= side <= MAX_GRID_SIDE:
+            raise ValueError(f"each grid dimension must be between 1 and {MAX_GRID_SIDE}, got {side}")
+        dims.append(side)
+    return tuple(dims)
+
+
+def format_grid_shape(dims: tuple[int, ...]) -> str:
+    return "x".join(str(side) for side in dims)
+
+
+def grid_size(dims: tuple[int, ...]) -> int:
+    total = 1
+    for side in dims:
+        total *= side
+    return total

@@ -1,0 +1,59 @@
+"""Project forms: field shapes and friendly errors; the rules are in services and the model."""
+
+from __future__ import annotations
+
+from django import forms
+
+from projects.catalog import format_grid_shape, parse_grid_shape
+from projects.lifecycle import PUBLIC_STATUSES, ProjectStatus
+from projects.models import Project
+
+
+class ProjectForm(forms.ModelForm):
+    class Meta:
+        model = Project
+        fields = [
+            "title",
+            "description",
+            "expert_architecture",
+            "hidden_size",
+            "grid_shape",
+            "optimizer",
+            "learning_rate",
+            "dataset",
+            "join_policy",
+        ]
+        widgets = {
+            "description": forms.Textarea(attrs={"rows": 5}),
+            "join_policy": forms.RadioSelect,
+            "learning_rate": forms.NumberInput(attrs={"step": "any"}),
+        }
+        labels = {"expert_architecture": "Expert architecture", "join_policy": "Who may join"}
+
+    def clean_grid_shape(self) -> str:
+        try:
+            return format_grid_shape(parse_grid_shape(self.cleaned_data["grid_shape"]))
+        except ValueError as exc:
+            raise forms.ValidationError(f"Invalid grid shape: {exc}.") from None
+
+
+class ProjectCreateForm(ProjectForm):
+    slug = forms.SlugField(
+        max_length=60, required=False, help_text="Optional; made from the title when left empty."
+    )
+    launch = forms.BooleanField(
+        required=False, initial=True, label="Start accepting volunteers now (otherwise save as a draft)"
+    )
+
+    class Meta(ProjectForm.Meta):
+        fields = ["title", "slug", *ProjectForm.Meta.fields[1:]]
+
+
+class ProjectFilterForm(forms.Form):
+    """The listing's search box and status filter; invalid values are simply ignored."""
+
+    q = forms.CharField(required=False, max_length=100, label="Search")
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("", "Any status"), *[(s.value, s.label) for s in ProjectStatus if s in PUBLIC_STATUSES]],
+    )
