@@ -42,9 +42,7 @@ def unpack(data: bytes, max_size: int = DEFAULT_MAX_DATAGRAM) -> Any:
     if len(data) > max_size:
         raise WireError(f"{len(data)} bytes exceeds the {max_size}-byte limit")
     try:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=False, ext_hook=_reject_ext, max_buffer_size=max_size
-        )
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_reject_ext)
     except WireError:
         raise
     except Exception as exc:  # msgpack raises many types (ExtraData, ValueError, TypeError, ...)

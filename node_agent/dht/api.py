@@ -199,4 +199,9 @@ class DHTNodeAPI(Protocol):
         timeout: float,
         expected_node_id: bytes | None = None,
     ) -> tuple[PeerInfo, dict]:
-        """Signed request/response; raises DHTTimeoutError, DHTRPCError (remote error or wrong node id)."""
+        """Signed request/response to ``endpoint``; returns the verified responder and its payload.
+
+        Raises DHTRPCError when the remote handler failed or the name is unknown, DHTTimeoutError when no
+        valid answer came in time (an answer from another address or another node id than
+        ``expected_node_id`` is ignored, so it also ends as a timeout).
+        """

@@ -1,0 +1,46 @@
+"""Tunable limits of a DHT node, in one place so ``DHTNode.create(**options)`` can override any of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from node_agent.wire import DEFAULT_MAX_DATAGRAM
+
+
+@dataclass(frozen=True, slots=True)
+class DHTConfig:
+    # Kademlia parameters (Maymounkov & Mazieres 2002, sections 2.2-2.3).
+    bucket_size: int = 20  # k
+    alpha: int = 3  # concurrent requests per lookup
+    num_replicas: int = 5  # nodes a record is stored on; also the beam a value lookup must cover
+    # Timeouts (seconds). Lookup RPCs use an adaptive timeout (RFC 6298 style) within [min, rpc_timeout].
+    rpc_timeout: float = 2.0
+    min_rpc_timeout: float = 0.2
+    bootstrap_timeout: float = 5.0
+    lookup_timeout: float = 15.0
+    max_failures: int = 2  # consecutive timeouts before a contact leaves the routing table
+    # Trust.
+    max_clock_skew: float = 30.0  # a signed message older or newer than this is refused (replay window)
+    offence_threshold: int = 3  # invalid messages or records before a peer is ignored
+    ban_seconds: float = 60.0
+    # Routing table caps per IP prefix (/24 IPv4, /64 IPv6); loopback is exempt unless told otherwise.
+    max_per_prefix_bucket: int = 2
+    max_per_prefix_table: int = 10
+    exempt_loopback: bool = True
+    # Records.
+    max_datagram: int = DEFAULT_MAX_DATAGRAM
+    max_value_size: int = 16 * 1024
+    max_records_per_owner: int = 4096
+    max_expiration_ahead: float = 24 * 3600.0
+    cache_on_get: bool = True
+    # Maintenance (Kademlia sections 2.3 and 2.5).
+    refresh_interval: float = 600.0
+    republish_interval: float = 300.0
+
+    @classmethod
+    def from_options(cls, **options: object) -> DHTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(options) - known
+        if unknown:
+            raise TypeError(f"unknown DHT options: {sorted(unknown)}")
+        return cls(**options)  # type: ignore[arg-type]

@@ -1,0 +1,147 @@
+"""Signed datagrams: every request and response carries its sender's key and an Ed25519 signature.
+
+Layout: ``pack([inner, signature])`` where ``inner`` is a versioned :mod:`node_agent.wire` message whose body
+holds the request id, timestamp, sender key, intended recipient and payload. The signature covers the exact
+``inner`` bytes, so nothing needs canonical re-encoding. Replays are refused by :class:`ReplayGuard`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from node_agent.identity import PUBLIC_KEY_BYTES, Identity, node_id_from_public_key, verify
+from node_agent.wire import WireError, pack, pack_message, unpack, unpack_message
+
+REQUEST_KINDS = frozenset({"ping", "store", "find", "rpc"})
+RESPONSE_KINDS = frozenset({"ok", "err"})
+RID_BYTES = 8
+
+
+class BadSignature(WireError):
+    """The datagram parsed but its signature does not match the key it carries."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    kind: str
+    rid: bytes
+    timestamp: float
+    public_key: bytes
+    node_id: bytes
+    recipient: bytes  # the node id the sender meant this for; b"" when it did not know it yet
+    client_mode: bool
+    payload: dict[str, Any]
+
+
+def seal(
+    identity: Identity,
+    kind: str,
+    rid: bytes,
+    now: float,
+    recipient: bytes,
+    client_mode: bool,
+    payload: dict[str, Any],
+    max_size: int,
+) -> bytes:
+    body = {
+        "id": rid,
+        "ts": now,
+        "pk": identity.public_key_bytes,
+        "to": recipient,
+        "c": client_mode,
+        "p": payload,
+    }
+    inner = pack_message(kind, body, max_size)
+    data = pack([inner, identity.sign(inner)])
+    if len(data) > max_size:
+        raise WireError(f"{kind} datagram of {len(data)} bytes exceeds the {max_size}-byte limit")
+    return data
+
+
+def open_sealed(data: bytes, max_size: int) -> Envelope:
+    """Parse and verify a datagram; raises WireError (malformed) or BadSignature."""
+    outer = unpack(data, max_size)
+    if not isinstance(outer, list) or len(outer) != 2:
+        raise WireError("datagram is not [message, signature]")
+    inner, signature = outer
+    if not isinstance(inner, bytes) or not isinstance(signature, bytes):
+        raise WireError("datagram parts must be bytes")
+    message = unpack_message(inner, max_size)
+    body = message.body
+    rid, ts, public_key = body.get("id"), body.get("ts"), body.get("pk")
+    recipient, client_mode, payload = body.get("to", b""), body.get("c", False), body.get("p")
+    if message.kind not in REQUEST_KINDS and message.kind not in RESPONSE_KINDS:
+        raise WireError(f"unknown message kind {message.kind!r}")
+    if not isinstance(rid, bytes) or len(rid) != RID_BYTES:
+        raise WireError("bad request id")
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        raise WireError("bad timestamp")
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
+        raise WireError("bad public key")
+    if not isinstance(recipient, bytes) or not isinstance(client_mode, bool) or not isinstance(payload, dict):
+        raise WireError("bad recipient, client flag or payload")
+    if not verify(public_key, inner, signature):
+        raise BadSignature("signature does not match the sender key")
+    return Envelope(
+        message.kind,
+        rid,
+        float(ts),
+        public_key,
+        node_id_from_public_key(public_key),
+        recipient,
+        client_mode,
+        payload,
+    )
+
+
+class ReplayGuard:
+    """Refuses requests outside the clock-skew window and any (sender, request id) seen inside it."""
+
+    def __init__(self, max_clock_skew: float, capacity: int = 200_000) -> None:
+        self.max_clock_skew = max_clock_skew
+        self.capacity = capacity
+        self._seen: OrderedDict[tuple[bytes, bytes], float] = OrderedDict()
+
+    def check(self, sender: bytes, rid: bytes, timestamp: float, now: float) -> str | None:
+        """Return None if fresh (and remember it), else the reason to refuse."""
+        if abs(timestamp - now) > self.max_clock_skew:
+            return "timestamp outside the allowed clock skew"
+        horizon = now - 2 * self.max_clock_skew
+        while self._seen and (next(iter(self._seen.values())) < horizon or len(self._seen) >= self.capacity):
+            self._seen.popitem(last=False)
+        if (sender, rid) in self._seen:
+            return "replayed request"
+        self._seen[(sender, rid)] = now
+        return None
+
+
+class PeerPenalties:
+    """Counts offences (invalid datagrams or records) per peer key; repeat offenders are ignored a while."""
+
+    def __init__(self, threshold: int, ban_seconds: float) -> None:
+        self.threshold = threshold
+        self.ban_seconds = ban_seconds
+        self._offences: dict[object, int] = {}
+        self._banned_until: dict[object, float] = {}
+
+    def offend(self, peer: object, now: float) -> bool:
+        """Record one offence; True if the peer is now banned."""
+        count = self._offences.get(peer, 0) + 1
+        if count >= self.threshold:
+            self._offences.pop(peer, None)
+            self._banned_until[peer] = now + self.ban_seconds
+            return True
+        self._offences[peer] = count
+        return False
+
+    def is_banned(self, peer: object, now: float) -> bool:
+        until = self._banned_until.get(peer)
+        if until is None:
+            return False
+        if until <= now:
+            del self._banned_until[peer]
+            return False
+        return True

@@ -1,0 +1,529 @@
+"""DHTNode: the asyncio adapter around :class:`ProtocolCore` plus lookups, store/get and maintenance.
+
+Contract and examples: :mod:`node_agent.dht.api`. Section numbers refer to the Kademlia paper
+(Maymounkov & Mazieres 2002).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from node_agent.dht.api import (
+    ID_BYTES,
+    DHTBootstrapError,
+    DHTError,
+    DHTRPCError,
+    DHTTimeoutError,
+    PeerInfo,
+    RecordValidator,
+    RecordView,
+    RPCHandler,
+    ValueWithExpiration,
+)
+from node_agent.dht.config import DHTConfig
+from node_agent.dht.endpoints import Address, format_endpoint, outward_ip, parse_endpoint, resolve
+from node_agent.dht.lookup import LookupState
+from node_agent.dht.protocol import ProtocolCore, Request, Response, RoutingAction
+from node_agent.dht.records import SignedRecord, key_id, sign_record
+from node_agent.dht.routing import AddResult, distance
+from node_agent.dht.transport import MemoryNetwork, UDPTransport
+from node_agent.dht.validation import ExpiredRecordError
+from node_agent.identity import Identity
+from node_agent.wire import WireError
+
+logger = logging.getLogger(__name__)
+
+_STORE_CHUNK_OVERHEAD = 600
+MAX_CONCURRENT_RPC_HANDLERS = 256
+RPC_HANDLER_TIMEOUT = 30.0
+Merged = dict[str | None, tuple[SignedRecord, RecordView]]
+
+
+class _RetransmitTimer:
+    """Adaptive request timeout from smoothed RTT (RFC 6298 section 2), clamped to the config bounds."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum, self.maximum = minimum, maximum
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+
+    def update(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    @property
+    def timeout(self) -> float:
+        if self.srtt is None:
+            return min(1.0, self.maximum)
+        return max(self.minimum, min(self.maximum, self.srtt + 4 * self.rttvar))
+
+
+class DHTNode:
+    """A Kademlia node; build it with ``await DHTNode.create(...)`` (see :class:`api.DHTNodeAPI`)."""
+
+    def __init__(self, identity: Identity, config: DHTConfig, client_mode: bool) -> None:
+        self.identity = identity
+        self.node_id: bytes = identity.node_id
+        self.config = config
+        self.client_mode = client_mode
+        self.core = ProtocolCore(identity, config, client_mode)
+        self._transport: UDPTransport | Any = None
+        self._advertised_host = "127.0.0.1"
+        self._waiters: dict[bytes, asyncio.Future[Response]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._rpc_handlers: dict[str, RPCHandler] = {}
+        self._checking: set[bytes] = set()
+        self._own_records: dict[tuple[str, str | None], SignedRecord] = {}
+        self._timer = _RetransmitTimer(config.min_rpc_timeout, config.rpc_timeout)
+        self._closed = False
+
+    @classmethod
+    async def create(
+        cls,
+        initial_peers: Sequence[str] = (),
+        listen: str = "127.0.0.1:0",
+        identity: Identity | None = None,
+        client_mode: bool = False,
+        *,
+        network: MemoryNetwork | None = None,
+        **options: Any,
+    ) -> DHTNode:
+        """Bind, bootstrap from ``initial_peers`` and start maintenance; ``network`` selects the simulator.
+
+        ``identity=None`` makes a fresh ephemeral identity; pass ``Identity.load_or_create()`` to keep one.
+        """
+        node = cls(identity or Identity.generate(), DHTConfig.from_options(**options), client_mode)
+        host, port, _ = parse_endpoint(listen)
+        if network is not None:
+            node._transport = network.bind(node._on_datagram, host, port)
+        else:
+            node._transport = await UDPTransport.create(host, port, node._on_datagram)
+        node._advertised_host = outward_ip() if host in ("0.0.0.0", "") else host
+        try:
+            await node._bootstrap(initial_peers)
+        except BaseException:
+            await node.shutdown()
+            raise
+        node._spawn(node._maintain(), "maintenance")
+        return node
+
+    @property
+    def endpoint(self) -> str:
+        return format_endpoint((self._advertised_host, self._transport.local_address[1]))
+
+    def __repr__(self) -> str:
+        return f"DHTNode({self.endpoint}, id={self.node_id.hex()[:12]}, peers={len(self.core.routing)})"
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def _bootstrap(self, initial_peers: Sequence[str]) -> None:
+        if not initial_peers:
+            return
+        targets = []
+        for peer in initial_peers:
+            host, port, expected = parse_endpoint(peer)
+            targets.append((await resolve(host, port), expected))
+        results = await asyncio.gather(
+            *(
+                self._call(addr, "ping", {}, expected, self.config.bootstrap_timeout)
+                for addr, expected in targets
+            ),
+            return_exceptions=True,
+        )
+        if not any(isinstance(r, Response) for r in results):
+            reasons = "; ".join(f"{p}: {r}" for p, r in zip(initial_peers, results, strict=True))
+            raise DHTBootstrapError(f"none of the {len(initial_peers)} initial peers answered ({reasons})")
+        for result in results:
+            if isinstance(result, Response) and result.peer.node_id not in self.core.routing:
+                self.core.routing.observe(result.peer.node_id, *result.address, time.time(), True)
+        await self._lookup(self.node_id, self.config.bucket_size)  # section 2.3: join by looking up own id
+
+    async def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(DHTTimeoutError("the node shut down"))
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any] | None:
+        if self._closed:
+            coro.close()
+            return None
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- datagrams in ---------------------------------------------------------------------------------
+    def _on_datagram(self, data: bytes, address: Address) -> None:
+        if self._closed:
+            return
+        now = time.time()
+        event = self.core.receive(data, address, now)
+        if isinstance(event, Response):
+            waiter = self._waiters.get(event.rid)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event)
+        elif isinstance(event, Request):
+            self._serve(event, now)
+        while self.core.actions:
+            self._check_contact(self.core.actions.pop())
+
+    def _serve(self, request: Request, now: float) -> None:
+        if request.kind == "rpc":
+            if len(self._tasks) > MAX_CONCURRENT_RPC_HANDLERS:
+                self._reply(request, "err", {"e": "busy"}, now)
+            else:
+                self._spawn(self._serve_rpc(request), f"rpc-{request.peer.endpoint}")
+            return
+        handler = {
+            "ping": self.core.handle_ping,
+            "store": self.core.handle_store,
+            "find": self.core.handle_find,
+        }
+        try:
+            kind, payload = handler[request.kind](request, now)
+        except Exception:  # a bug must cost one answer, never the node
+            logger.exception("error handling %s from %s", request.kind, request.peer.endpoint)
+            kind, payload = "err", {"e": "internal error"}
+        self._reply(request, kind, payload, now)
+
+    def _reply(self, request: Request, kind: str, payload: dict[str, Any], now: float) -> None:
+        try:
+            data = self.core.respond(request, kind, payload, now)
+        except WireError as exc:
+            logger.warning("answer to %s too large: %s", request.peer.endpoint, exc)
+            data = self.core.respond(request, "err", {"e": "answer too large"}, now)
+        self._transport.sendto(data, request.address)
+
+    async def _serve_rpc(self, request: Request) -> None:
+        name, args = request.payload.get("n"), request.payload.get("p")
+        handler = self._rpc_handlers.get(name) if isinstance(name, str) else None
+        if handler is None or not isinstance(args, dict):
+            self._reply(request, "err", {"e": f"unknown rpc {name!r} or malformed payload"}, time.time())
+            return
+        try:
+            async with asyncio.timeout(RPC_HANDLER_TIMEOUT):
+                result = await handler(request.peer, args)
+            if not isinstance(result, dict):
+                raise TypeError(f"rpc handler {name!r} returned {type(result).__name__}, not dict")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("rpc %s from %s failed: %s", name, request.peer.endpoint, exc)
+            self._reply(request, "err", {"e": f"{type(exc).__name__}: {exc}"}, time.time())
+            return
+        self._reply(request, "ok", {"p": result}, time.time())
+
+    def _check_contact(self, action: RoutingAction) -> None:
+        """Ping the oldest contact of a full bucket, or a known id's new address (section 2.2)."""
+        contact = action.contact
+        if contact.node_id in self._checking:
+            return
+        self._checking.add(contact.node_id)
+        address = action.candidate_address if action.reason is AddResult.CHALLENGE else contact.address
+        self._spawn(self._ping_contact(contact.node_id, address, action.reason), "routing-check")
+
+    async def _ping_contact(self, node_id: bytes, address: Address, reason: AddResult) -> None:
+        try:
+            await self._call(address, "ping", {}, node_id, self._timer.timeout)
+        except DHTError:
+            if reason is AddResult.PING_OLDEST:
+                self.core.routing.mark_failed(node_id, max_failures=1)
+        finally:
+            self._checking.discard(node_id)
+
+    # -- requests out ---------------------------------------------------------------------------------
+    async def _call(
+        self, address: Address, kind: str, payload: dict[str, Any], expected_id: bytes | None, timeout: float
+    ) -> Response:
+        if self._closed:
+            raise DHTTimeoutError("the node is shut down")
+        try:
+            rid, data = self.core.request(kind, payload, address, expected_id, time.time())
+        except WireError as exc:
+            raise DHTRPCError(f"request too large: {exc}") from exc
+        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = waiter
+        started = time.monotonic()
+        try:
+            self._transport.sendto(data, address)
+            response = await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            if expected_id is not None:
+                self.core.routing.mark_failed(expected_id, self.config.max_failures)
+            raise DHTTimeoutError(
+                f"{kind} to {format_endpoint(address)} timed out after {timeout:.2f}s"
+            ) from None
+        finally:
+            self._waiters.pop(rid, None)
+            self.core.forget(rid)
+        self._timer.update(time.monotonic() - started)
+        if response.kind == "err":
+            raise DHTRPCError(str(response.payload.get("e", "remote error")))
+        return response
+
+    # -- app-level RPC --------------------------------------------------------------------------------
+    def register_rpc(self, name: str, handler: RPCHandler) -> None:
+        self._rpc_handlers[name] = handler
+
+    async def call_rpc(
+        self, endpoint: str, name: str, payload: dict, timeout: float, expected_node_id: bytes | None = None
+    ) -> tuple[PeerInfo, dict]:
+        host, port, pinned = parse_endpoint(endpoint)
+        address = await resolve(host, port)
+        response = await self._call(
+            address, "rpc", {"n": name, "p": payload}, expected_node_id or pinned, timeout
+        )
+        result = response.payload.get("p")
+        if not isinstance(result, dict):
+            raise DHTRPCError("malformed rpc answer")
+        return response.peer, result
+
+    def register_validator(self, namespace_prefix: str, validator: RecordValidator) -> None:
+        self.core.validators.register(namespace_prefix, validator)
+
+    # -- lookups (section 2.3) ------------------------------------------------------------------------
+    async def _lookup(
+        self, target: bytes, beam: int, key: str | None = None, stop_on_value: bool = False
+    ) -> tuple[LookupState, Merged, set[bytes]]:
+        """Iterative parallel lookup; returns the state, records found (if ``key``) and who had them."""
+        state = LookupState(target, beam, self.config.alpha, self.node_id)
+        for contact in self.core.routing.nearest(target, max(beam, self.config.bucket_size)):
+            state.add(contact.node_id, contact.address)
+        self.core.routing.touch(target, time.time())
+        merged: Merged = {}
+        had_value: set[bytes] = set()
+        inflight: dict[asyncio.Task[Response], bytes] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.lookup_timeout
+        try:
+            while True:
+                for node_id, address in state.next_queries():
+                    call = self._call(address, "find", {"q": [[target, key]]}, node_id, self._timer.timeout)
+                    inflight[loop.create_task(call)] = node_id
+                if state.finished or not inflight or loop.time() >= deadline:
+                    break
+                done, _ = await asyncio.wait(
+                    inflight, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    node_id = inflight.pop(task)
+                    try:
+                        nodes, records = self._parse_find(task.result(), key)
+                    except DHTError:
+                        state.on_failure(node_id)
+                        continue
+                    state.on_success(node_id, nodes)
+                    if records:
+                        had_value.add(node_id)
+                        self._merge(merged, records)
+                        if stop_on_value:
+                            state.stop()
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+        return state, merged, had_value
+
+    def _parse_find(
+        self, response: Response, key: str | None
+    ) -> tuple[list[tuple[bytes, Address]], list[tuple[SignedRecord, RecordView]]]:
+        answers = response.payload.get("a")
+        if not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0], list):
+            raise DHTRPCError("malformed find answer")
+        answer = answers[0]
+        raw_nodes = answer[0] if answer and isinstance(answer[0], list) else []
+        nodes = []
+        for entry in raw_nodes[: 2 * self.config.bucket_size]:
+            if (
+                isinstance(entry, list)
+                and len(entry) == 3
+                and isinstance(entry[0], bytes)
+                and len(entry[0]) == ID_BYTES
+                and isinstance(entry[1], str)
+                and isinstance(entry[2], int)
+                and 0 < entry[2] < 65536
+            ):
+                nodes.append((entry[0], (entry[1], entry[2])))
+        records: list[tuple[SignedRecord, RecordView]] = []
+        if key is not None and len(answer) > 1:
+            for entry in self.core.check_records(answer[1], response.peer, time.time()):
+                if entry is not None and entry[0].key == key:
+                    records.append(entry)
+        return nodes, records
+
+    def _merge(self, merged: Merged, records: Iterable[tuple[SignedRecord, RecordView]]) -> None:
+        for record, view in records:
+            current = merged.get(record.subkey)
+            if current is None or self.core.validators.prefers(view, current[1]):
+                merged[record.subkey] = (record, view)
+
+    async def find_nearest(self, target: bytes, count: int | None = None) -> list[tuple[bytes, str]]:
+        """The ``count`` (default k) live nodes nearest ``target``: (node id, endpoint), nearest first."""
+        count = count or self.config.bucket_size
+        state, _, _ = await self._lookup(target, count)
+        return [(node_id, format_endpoint(address)) for node_id, address in state.closest_responded(count)]
+
+    # -- store ----------------------------------------------------------------------------------------
+    async def store(self, key: str, value: Any, expiration: float, subkey: str | None = None) -> bool:
+        return (await self.store_many([(key, subkey, value, expiration)]))[0]
+
+    async def store_many(self, items: Iterable[tuple[str, str | None, Any, float]]) -> list[bool]:
+        now = time.time()
+        results: list[bool] = []
+        by_key: dict[str, list[tuple[int, SignedRecord]]] = {}
+        for index, (key, subkey, value, expiration) in enumerate(items):
+            record = sign_record(self.identity, key, subkey, value, expiration)
+            results.append(False)
+            try:
+                self.core.validators.check(record, now)
+            except ExpiredRecordError:
+                continue
+            by_key.setdefault(key, []).append((index, record))
+            self._own_records[(key, subkey)] = record
+        outcomes = await asyncio.gather(
+            *(self._store_records(key, [r for _, r in entries]) for key, entries in by_key.items())
+        )
+        for entries, stored in zip(by_key.values(), outcomes, strict=True):
+            for (index, _), ok in zip(entries, stored, strict=True):
+                results[index] = ok
+        return results
+
+    async def _store_records(self, key: str, records: list[SignedRecord]) -> list[bool]:
+        """Replicate to the ``num_replicas`` nearest live nodes (and here, if we are among them)."""
+        target = key_id(key)
+        replicas = self.config.num_replicas
+        state, _, _ = await self._lookup(target, replicas)
+        nearest = state.closest_responded(replicas)
+        stored = [False] * len(records)
+        if not self.client_mode and (
+            len(nearest) < replicas or distance(self.node_id, target) < distance(nearest[-1][0], target)
+        ):
+            now = time.time()
+            for i, record in enumerate(records):
+                view = self.core.validators.check(record, now)
+                stored[i] = self.core.store_locally(record, view, now)
+        sends = [self._send_records(node_id, address, records) for node_id, address in nearest]
+        for accepted in await asyncio.gather(*sends):
+            stored = [a or b for a, b in zip(stored, accepted, strict=True)]
+        return stored
+
+    async def _send_records(
+        self, node_id: bytes, address: Address, records: list[SignedRecord]
+    ) -> list[bool]:
+        accepted: list[bool] = []
+        for chunk in self._chunks(records):
+            try:
+                response = await self._call(
+                    address, "store", {"r": [r.to_wire() for r in chunk]}, node_id, self._timer.timeout
+                )
+                flags = response.payload.get("ok")
+                valid = isinstance(flags, list) and len(flags) == len(chunk)
+                accepted.extend(bool(f) is True for f in flags) if valid else accepted.extend(
+                    [False] * len(chunk)
+                )
+            except DHTError as exc:
+                logger.debug("store to %s failed: %s", format_endpoint(address), exc)
+                accepted.extend([False] * len(chunk))
+        return accepted
+
+    def _chunks(self, records: list[SignedRecord]) -> Iterable[list[SignedRecord]]:
+        budget = self.config.max_datagram - _STORE_CHUNK_OVERHEAD
+        chunk: list[SignedRecord] = []
+        used = 0
+        for record in records:
+            size = len(record.value_bytes) + len(record.key) + len(record.subkey or "") + 120
+            if chunk and used + size > budget:
+                yield chunk
+                chunk, used = [], 0
+            chunk.append(record)
+            used += size
+        if chunk:
+            yield chunk
+
+    # -- get ------------------------------------------------------------------------------------------
+    async def get(self, key: str, latest: bool = False) -> dict[str | None, ValueWithExpiration]:
+        target = key_id(key)
+        merged: Merged = {}
+        if not self.client_mode:
+            self._merge(merged, (e for e in self.core.store.get(target, time.time()) if e[0].key == key))
+        if not merged or latest:
+            state, found, had_value = await self._lookup(
+                target, self.config.num_replicas, key=key, stop_on_value=not latest
+            )
+            self._merge(merged, found.values())
+            if merged and self.config.cache_on_get:
+                self._cache_along_path(state, had_value, [r for r, _ in merged.values()])
+        now = time.time()
+        return {
+            subkey: ValueWithExpiration(view.value, view.expiration, view.owner)
+            for subkey, (_, view) in merged.items()
+            if view.expiration > now
+        }
+
+    async def get_many(
+        self, keys: Sequence[str], latest: bool = False
+    ) -> dict[str, dict[str | None, ValueWithExpiration]]:
+        results = await asyncio.gather(*(self.get(key, latest) for key in keys))
+        return dict(zip(keys, results, strict=True))
+
+    def _cache_along_path(
+        self, state: LookupState, had_value: set[bytes], records: list[SignedRecord]
+    ) -> None:
+        """Section 2.3: store the found value at the nearest node that answered without it."""
+        for node_id, address in state.closest_responded(self.config.num_replicas):
+            if node_id not in had_value:
+                self._spawn(self._send_records(node_id, address, records), "cache-on-get")
+                return
+
+    # -- maintenance (sections 2.3 and 2.5) -----------------------------------------------------------
+    async def _maintain(self) -> None:
+        period = max(1.0, min(self.config.refresh_interval, self.config.republish_interval) / 4)
+        last_republish = time.time()
+        while True:
+            await asyncio.sleep(period)
+            try:
+                now = time.time()
+                self.core.store.expire(now)
+                for bucket in self.core.routing.stale_buckets(now, self.config.refresh_interval):
+                    offset = int.from_bytes(os.urandom(ID_BYTES), "big") % (bucket.hi - bucket.lo)
+                    await self._lookup(
+                        (bucket.lo + offset).to_bytes(ID_BYTES, "big"), self.config.bucket_size
+                    )
+                if now - last_republish >= self.config.republish_interval:
+                    last_republish = now
+                    await self.republish()
+            except DHTError as exc:
+                logger.info("maintenance round failed: %s", exc)
+
+    async def republish(self) -> int:
+        """Re-send our own live records to the current nearest nodes, so they outlive churn."""
+        now = time.time()
+        by_key: dict[str, list[SignedRecord]] = {}
+        for (key, subkey), record in list(self._own_records.items()):
+            if record.expiration <= now:
+                del self._own_records[(key, subkey)]
+            else:
+                by_key.setdefault(key, []).append(record)
+        await asyncio.gather(*(self._store_records(key, records) for key, records in by_key.items()))
+        return sum(len(v) for v in by_key.values())

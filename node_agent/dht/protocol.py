@@ -1,0 +1,267 @@
+"""Sans-IO protocol core: turns datagrams into verified events and answers ping/store/find (no I/O).
+
+The asyncio adapter (:mod:`node_agent.dht.node`) feeds bytes, an address and ``now`` into
+:meth:`ProtocolCore.receive` and sends whatever bytes come back. Every check that makes the DHT
+trustless lives here: signature and id binding, clock skew and replays, responses only from the address
+the request went to, record validation and penalties for senders of invalid data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from node_agent.dht.api import ID_BYTES, DHTValidationError, PeerInfo, RecordView
+from node_agent.dht.config import DHTConfig
+from node_agent.dht.endpoints import format_endpoint
+from node_agent.dht.messages import (
+    REQUEST_KINDS,
+    RESPONSE_KINDS,
+    RID_BYTES,
+    BadSignature,
+    PeerPenalties,
+    ReplayGuard,
+    open_sealed,
+    seal,
+)
+from node_agent.dht.records import SignedRecord, key_id
+from node_agent.dht.routing import AddResult, Contact, RoutingTable
+from node_agent.dht.storage import RecordStore
+from node_agent.dht.validation import ExpiredRecordError, ValidatorRegistry
+from node_agent.identity import Identity
+from node_agent.wire import DropCounter, WireError
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+MAX_QUERIES_PER_FIND = 64
+MAX_RECORDS_PER_STORE = 256
+_ENVELOPE_OVERHEAD = 400  # bytes of header, signature and framing around a payload
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    peer: PeerInfo
+    address: Address
+    rid: bytes
+    kind: str
+    payload: dict[str, Any]
+    client_mode: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    peer: PeerInfo
+    address: Address
+    rid: bytes
+    kind: str  # "ok" or "err"
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingAction:
+    """Something the adapter must do for the routing table: ping ``contact`` (oldest or challenged)."""
+
+    reason: AddResult
+    contact: Contact
+    candidate_address: Address
+
+
+class ProtocolCore:
+    def __init__(self, identity: Identity, config: DHTConfig, client_mode: bool = False) -> None:
+        self.identity = identity
+        self.config = config
+        self.client_mode = client_mode
+        self.routing = RoutingTable(
+            identity.node_id,
+            config.bucket_size,
+            config.max_per_prefix_bucket,
+            config.max_per_prefix_table,
+            config.exempt_loopback,
+        )
+        self.store = RecordStore(config.max_records_per_owner)
+        self.validators = ValidatorRegistry(config.max_value_size, config.max_expiration_ahead)
+        self.replay = ReplayGuard(config.max_clock_skew)
+        self.penalties = PeerPenalties(config.offence_threshold, config.ban_seconds)
+        self.drops = DropCounter(logger)
+        self.actions: list[RoutingAction] = []
+        self._pending: dict[bytes, tuple[Address, bytes | None]] = {}
+
+    # -- outgoing ---------------------------------------------------------------------------------------
+    def request(
+        self, kind: str, payload: dict[str, Any], address: Address, expected_id: bytes | None, now: float
+    ) -> tuple[bytes, bytes]:
+        """Build a signed request; remember where it went so only that address may answer."""
+        rid = os.urandom(RID_BYTES)
+        data = seal(
+            self.identity,
+            kind,
+            rid,
+            now,
+            expected_id or b"",
+            self.client_mode,
+            payload,
+            self.config.max_datagram,
+        )
+        self._pending[rid] = (address, expected_id)
+        return rid, data
+
+    def forget(self, rid: bytes) -> None:
+        self._pending.pop(rid, None)
+
+    def respond(self, request: Request, kind: str, payload: dict[str, Any], now: float) -> bytes:
+        return seal(
+            self.identity,
+            kind,
+            request.rid,
+            now,
+            request.peer.node_id,
+            self.client_mode,
+            payload,
+            self.config.max_datagram,
+        )
+
+    # -- incoming ---------------------------------------------------------------------------------------
+    def receive(self, data: bytes, address: Address, now: float) -> Request | Response | None:
+        """Verify a datagram; None means dropped (logged at debug level and counted in ``drops``)."""
+        if self.penalties.is_banned(address, now):
+            self.drops.drop("banned address", source=address)
+            return None
+        try:
+            envelope = open_sealed(data, self.config.max_datagram)
+        except BadSignature as exc:
+            self.drops.drop("bad signature", exc, address)
+            self.penalties.offend(address, now)
+            return None
+        except WireError as exc:
+            self.drops.drop("malformed", exc, address)
+            self.penalties.offend(address, now)
+            return None
+        if self.penalties.is_banned(envelope.node_id, now):
+            self.drops.drop("banned node", envelope.node_id.hex()[:12], address)
+            return None
+        if envelope.node_id == self.identity.node_id:
+            self.drops.drop("own id", source=address)
+            return None
+        peer = PeerInfo(envelope.node_id, envelope.public_key, format_endpoint(address))
+        if envelope.kind in RESPONSE_KINDS:
+            return self._receive_response(envelope, peer, address, now)
+        assert envelope.kind in REQUEST_KINDS
+        if envelope.recipient not in (b"", self.identity.node_id):
+            self.drops.drop("meant for another node", source=address)
+            return None
+        reason = self.replay.check(envelope.node_id, envelope.rid, envelope.timestamp, now)
+        if reason is not None:
+            self.drops.drop(reason, source=address)
+            return None
+        if not envelope.client_mode:
+            self._observe(envelope.node_id, address, now, address_proven=False)
+        return Request(peer, address, envelope.rid, envelope.kind, envelope.payload, envelope.client_mode)
+
+    def _receive_response(
+        self, envelope: Any, peer: PeerInfo, address: Address, now: float
+    ) -> Response | None:
+        pending = self._pending.get(envelope.rid)
+        if pending is None:
+            self.drops.drop("unexpected or late response", source=address)
+            return None
+        expected_address, expected_id = pending
+        if address != expected_address:
+            self.drops.drop("response from another address", f"expected {expected_address}", address)
+            return None
+        if expected_id is not None and envelope.node_id != expected_id:
+            self.drops.drop("response from another node id", source=address)
+            return None
+        if abs(envelope.timestamp - now) > self.config.max_clock_skew:
+            self.drops.drop("response timestamp outside the clock skew", source=address)
+            return None
+        del self._pending[envelope.rid]
+        if not envelope.client_mode:
+            self._observe(envelope.node_id, address, now, address_proven=True)
+        return Response(peer, address, envelope.rid, envelope.kind, envelope.payload)
+
+    def _observe(self, node_id: bytes, address: Address, now: float, address_proven: bool) -> None:
+        result, contact = self.routing.observe(node_id, address[0], address[1], now, address_proven)
+        if result in (AddResult.PING_OLDEST, AddResult.CHALLENGE) and contact is not None:
+            self.actions.append(RoutingAction(result, contact, address))
+
+    # -- records ----------------------------------------------------------------------------------------
+    def check_records(
+        self, raw_records: Any, sender: PeerInfo | None, now: float
+    ) -> list[tuple[SignedRecord, RecordView] | None]:
+        """Validate records from the network; invalid ones become None and count against the sender."""
+        if not isinstance(raw_records, list):
+            raw_records = []
+        results: list[tuple[SignedRecord, RecordView] | None] = []
+        offences = 0
+        for raw in raw_records[:MAX_RECORDS_PER_STORE]:
+            try:
+                record = SignedRecord.from_wire(raw)
+                results.append((record, self.validators.check(record, now)))
+            except ExpiredRecordError:
+                results.append(None)  # expired in transit: not the sender's fault
+            except (WireError, DHTValidationError) as exc:
+                logger.debug("invalid record from %s: %s", sender and sender.endpoint, exc)
+                results.append(None)
+                offences += 1
+        if offences and sender is not None:
+            self.drops.drop("invalid records", offences, sender.endpoint)
+            if self.penalties.offend(sender.node_id, now):
+                logger.info(
+                    "ignoring %s for %.0fs: repeated invalid records",
+                    sender.endpoint,
+                    self.config.ban_seconds,
+                )
+        return results
+
+    def store_locally(self, record: SignedRecord, view: RecordView, now: float) -> bool:
+        try:
+            return self.store.put(record, view, now, self.validators.prefers)
+        except DHTValidationError as exc:
+            logger.debug("not storing %r: %s", record.key, exc)
+            return False
+
+    # -- request handlers (pure: payload in, payload out) -----------------------------------------------
+    def handle_ping(self, request: Request, now: float) -> tuple[str, dict[str, Any]]:
+        return "ok", {}
+
+    def handle_store(self, request: Request, now: float) -> tuple[str, dict[str, Any]]:
+        if self.client_mode:
+            return "err", {"e": "client-mode node stores nothing for others"}
+        checked = self.check_records(request.payload.get("r"), request.peer, now)
+        return "ok", {"ok": [entry is not None and self.store_locally(*entry, now) for entry in checked]}
+
+    def handle_find(self, request: Request, now: float) -> tuple[str, dict[str, Any]]:
+        """Merged find-node / find-value (section 2.3): nearest contacts plus records under the key."""
+        queries = request.payload.get("q")
+        if not isinstance(queries, list) or len(queries) > MAX_QUERIES_PER_FIND:
+            return "err", {"e": "find needs a list of at most 64 queries"}
+        budget = self.config.max_datagram - _ENVELOPE_OVERHEAD
+        answers: list[list[Any]] = []
+        for query in queries:
+            if not (isinstance(query, list) and len(query) == 2 and isinstance(query[0], bytes)):
+                return "err", {"e": "each query is [target id, key or nil]"}
+            target, key = query
+            if len(target) != ID_BYTES or (
+                key is not None and (not isinstance(key, str) or key_id(key) != target)
+            ):
+                return "err", {"e": "target id must be 20 bytes and match the key"}
+            nodes = [
+                [c.node_id, c.host, c.port]
+                for c in self.routing.nearest(target, self.config.bucket_size, exclude=request.peer.node_id)
+            ]
+            budget -= 40 * len(nodes) + 8
+            records: list[Any] = []
+            truncated = False
+            if key is not None and not self.client_mode:
+                for record, _ in sorted(self.store.get(target, now), key=lambda e: -e[0].expiration):
+                    size = len(record.value_bytes) + len(record.key) + len(record.subkey or "") + 120
+                    if size > budget:
+                        truncated = True
+                        break
+                    budget -= size
+                    records.append(record.to_wire())
+            answers.append([nodes, records, truncated])
+        return "ok", {"a": answers}
