@@ -1,0 +1,179 @@
+"""How expert servers announce their experts in the DHT, and how readers interpret announcements.
+
+Format (namespace `experts:`; every subkey is owner-protected, so only the hosting node can write it):
+
+* For each hosted uid, e.g. `ffn.3.14`, and each proper prefix of it (`node_agent.moe.uids`):
+  key `experts:ffn.`   subkey `3@<owner node id hex>`
+  key `experts:ffn.3.` subkey `14@<owner node id hex>`
+  Beam search reads a prefix key and learns which next coordinates are alive and who serves them.
+* key `experts:ffn.3.14`, subkey `@<owner node id hex>`: one entry per replica; `get_experts` reads these.
+
+Every value is `{"endpoint": "host:port", "node_id": <20 bytes>, "t": <announce unix time>}`, plus
+`"withdrawn": true` when the server shut down. The DHT keeps the later expiration by default, so a
+withdrawal could never replace an announcement; this namespace's validator prefers the larger `t` instead
+(newer statement from the same owner wins), and readers skip withdrawn entries.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from node_agent.dht.api import (
+    ID_BYTES,
+    DHTValidationError,
+    RecordValidator,
+    RecordView,
+    ValueWithExpiration,
+    owner_subkey,
+    subkey_owner,
+)
+from node_agent.moe.api import ExpertHandle
+from node_agent.moe.uids import is_valid_prefix, is_valid_uid, uid_prefix_chain
+
+EXPERTS_NAMESPACE = "experts:"
+MAX_ENDPOINT_LENGTH = 255
+MAX_ANNOUNCE_TTL = 3600.0
+
+
+def uid_key(uid: str) -> str:
+    return EXPERTS_NAMESPACE + uid
+
+
+def prefix_key(prefix: str) -> str:
+    """`prefix_key("ffn.3.")` -> `"experts:ffn.3."` (the prefix keeps its trailing delimiter)."""
+    return EXPERTS_NAMESPACE + prefix
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    endpoint: str
+    node_id: bytes
+    announced_at: float
+    expiration: float
+    withdrawn: bool = False
+
+
+def announcement_value(endpoint: str, node_id: bytes, now: float, withdrawn: bool = False) -> dict[str, Any]:
+    value: dict[str, Any] = {"endpoint": endpoint, "node_id": node_id, "t": now}
+    if withdrawn:
+        value["withdrawn"] = True
+    return value
+
+
+def announcement_records(
+    uids: Iterable[str], node_id: bytes, endpoint: str, now: float, expiration: float, withdrawn: bool = False
+) -> list[tuple[str, str | None, Any, float]]:
+    """All `(key, subkey, value, expiration)` items announcing (or withdrawing) `uids`, deduplicated."""
+    value = announcement_value(endpoint, node_id, now, withdrawn)
+    items: dict[tuple[str, str], Any] = {}
+    for uid in uids:
+        for prefix, coordinate in uid_prefix_chain(uid):
+            items[(prefix_key(prefix), owner_subkey(str(coordinate), node_id))] = value
+        items[(uid_key(uid), owner_subkey("", node_id))] = value
+    return [(key, subkey, v, expiration) for (key, subkey), v in items.items()]
+
+
+def parse_announcement(entry: ValueWithExpiration) -> Announcement | None:
+    """An entry as read from the DHT, or None if it is malformed (already validated by honest peers)."""
+    value = entry.value
+    if not isinstance(value, dict):
+        return None
+    endpoint, node_id, t = value.get("endpoint"), value.get("node_id"), value.get("t")
+    if not isinstance(endpoint, str) or not isinstance(node_id, bytes) or not isinstance(t, int | float):
+        return None
+    return Announcement(endpoint, node_id, float(t), entry.expiration, bool(value.get("withdrawn", False)))
+
+
+def live_children(entries: Mapping[str | None, ValueWithExpiration]) -> dict[int, list[Announcement]]:
+    """For a prefix key's entries: next coordinate -> live (non-withdrawn) announcements of servers."""
+    children: dict[int, list[Announcement]] = {}
+    for subkey, entry in entries.items():
+        if subkey is None or subkey_owner(subkey) is None:
+            continue
+        name = subkey.rsplit("@", 1)[0]
+        announcement = parse_announcement(entry)
+        if not name.isdigit() or announcement is None or announcement.withdrawn:
+            continue
+        children.setdefault(int(name), []).append(announcement)
+    return children
+
+
+def live_replicas(uid: str, entries: Mapping[str | None, ValueWithExpiration]) -> list[ExpertHandle]:
+    """For a full-uid key's entries: handles of the live replicas, freshest expiration first."""
+    found = []
+    for subkey, entry in entries.items():
+        owner = subkey_owner(subkey)
+        announcement = parse_announcement(entry)
+        if owner is None or announcement is None or announcement.withdrawn or announcement.node_id != owner:
+            continue
+        found.append((announcement.expiration, ExpertHandle(uid, owner, announcement.endpoint)))
+    return [handle for _, handle in sorted(found, key=lambda item: -item[0])]
+
+
+class ExpertsValidator(RecordValidator):
+    """Schema rules for the `experts:` namespace; the newer announcement (`t`) of an owner wins."""
+
+    max_value_size = 512
+    max_expiration_ahead = MAX_ANNOUNCE_TTL
+
+    def validate(self, record: RecordView, now: float) -> None:
+        name = record.key[len(EXPERTS_NAMESPACE) :]
+        owner = subkey_owner(record.subkey)
+        if owner is None or owner != record.owner:
+            raise DHTValidationError("expert announcements need an owner-protected subkey of the signer")
+        label = record.subkey.rsplit("@", 1)[0]  # type: ignore[union-attr]
+        if is_valid_prefix(name):
+            if not label.isdigit() or len(label) > 10:
+                raise DHTValidationError(
+                    f"prefix announcement subkey must be '<coordinate>@<owner>', got {label!r}"
+                )
+        elif is_valid_uid(name):
+            if label:
+                raise DHTValidationError("uid announcement subkey must be '@<owner>'")
+        else:
+            raise DHTValidationError(f"{record.key!r} is not an expert uid or uid prefix")
+        value = record.value
+        if not isinstance(value, dict) or not set(value) <= {"endpoint", "node_id", "t", "withdrawn"}:
+            raise DHTValidationError("announcement must be a map of endpoint, node_id, t[, withdrawn]")
+        endpoint, node_id, t = value.get("endpoint"), value.get("node_id"), value.get("t")
+        if (
+            not isinstance(endpoint, str)
+            or not 0 < len(endpoint) <= MAX_ENDPOINT_LENGTH
+            or ":" not in endpoint
+        ):
+            raise DHTValidationError("announcement endpoint must be 'host:port'")
+        if not isinstance(node_id, bytes) or len(node_id) != ID_BYTES or node_id != record.owner:
+            raise DHTValidationError("announcement node_id must be the signer's node id")
+        if not isinstance(t, int | float) or not math.isfinite(t) or t > now + 300:
+            raise DHTValidationError("announcement time must be a unix time not in the future")
+        if not isinstance(value.get("withdrawn", False), bool):
+            raise DHTValidationError("withdrawn must be a boolean")
+
+    def prefers(self, new: RecordView, old: RecordView) -> bool:
+        new_t, old_t = _announce_time(new), _announce_time(old)
+        if new_t != old_t:
+            return new_t > old_t
+        return new.expiration > old.expiration
+
+
+def _announce_time(record: RecordView) -> float:
+    value = record.value
+    t = value.get("t") if isinstance(value, dict) else None
+    return float(t) if isinstance(t, int | float) else -math.inf
+
+
+def register_experts_validator(dht: Any) -> None:
+    dht.register_validator(EXPERTS_NAMESPACE, ExpertsValidator())
+
+
+async def announce_experts(
+    dht: Any, uids: Iterable[str], ttl: float, withdrawn: bool = False, now: float | None = None
+) -> list[bool]:
+    """Store (or withdraw) announcements for `uids`; one bool per DHT item (True: some replica took it)."""
+    now = time.time() if now is None else now
+    items = announcement_records(uids, dht.node_id, dht.endpoint, now, now + ttl, withdrawn)
+    return await dht.store_many(items)

@@ -1,0 +1,322 @@
+"""Trainer side of remote experts: `ExpertCaller` (thread-safe futures), `RemoteExpert`, `get_experts`.
+
+PyTorch training code is synchronous; the network side is asyncio. `ExpertCaller` runs one event loop in a
+background thread (uvloop when installed) that owns a client-mode DHT node and the WebRTC connection pool,
+and exposes thread-safe methods that return `concurrent.futures.Future`s. Every failure surfaces as an
+`ExpertError` subclass (`node_agent.moe.api`), within the call's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from node_agent.moe.announce import live_replicas, register_experts_validator, uid_key
+from node_agent.moe.api import (
+    ExpertError,
+    ExpertHandle,
+    ExpertProtocolError,
+    ExpertTimeoutError,
+    ExpertUnavailableError,
+)
+from node_agent.rtc.config import RTCOptions
+from node_agent.rtc.pool import ConnectError, ConnectionPool
+from node_agent.rtc.rpc import RPCClosedError, RPCError, RPCRemoteError, RPCTimeoutError
+from node_agent.tensor_codec import (
+    Compression,
+    TensorCodecError,
+    TensorSchema,
+    decode_tensors,
+    encode_tensors,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Codes of remote errors meaning "this replica cannot serve you" rather than "your request was bad".
+_UNAVAILABLE_CODES = {"unknown_expert", "shutting_down"}
+
+
+async def get_experts(dht: Any, uids: Sequence[str]) -> list[ExpertHandle | None]:
+    """Resolve uids to one live replica each (the freshest announcement), None where nobody serves it."""
+    found = await dht.get_many([uid_key(uid) for uid in uids], latest=True)
+    result: list[ExpertHandle | None] = []
+    for uid in uids:
+        replicas = live_replicas(uid, found.get(uid_key(uid), {}))
+        result.append(replicas[0] if replicas else None)
+    return result
+
+
+class ExpertCaller:
+    """One per trainer process: background loop + client-mode DHT node + connection pool."""
+
+    def __init__(
+        self,
+        initial_peers: Sequence[str] = (),
+        *,
+        rtc_options: RTCOptions | None = None,
+        compression: Compression | str = Compression.NONE,
+        listen: str = "127.0.0.1:0",
+        identity: Any = None,
+        use_uvloop: bool = True,
+    ) -> None:
+        self.initial_peers = list(initial_peers)
+        self.rtc_options = rtc_options or RTCOptions()
+        self.compression = Compression(compression)
+        self.listen = listen
+        self.identity = identity
+        self.use_uvloop = use_uvloop
+        self.dht: Any = None
+        self.pool: ConnectionPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._schemas: dict[ExpertHandle, list[TensorSchema]] = {}
+
+    @classmethod
+    def start_caller(
+        cls, initial_peers: Sequence[str] = (), timeout: float = 30.0, **kwargs: Any
+    ) -> ExpertCaller:
+        caller = cls(initial_peers, **kwargs)
+        caller.start(timeout)
+        return caller
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the loop thread, join the DHT (client mode) and open the pool; raises on failure."""
+        if self._thread is not None:
+            raise RuntimeError("ExpertCaller already started")
+        loop = _new_event_loop(self.use_uvloop)
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="expert-caller", daemon=True)
+        self._thread.start()
+        try:
+            self.run(self._setup()).result(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _setup(self) -> None:
+        from node_agent.dht import DHTNode
+
+        self.dht = await DHTNode.create(
+            initial_peers=self.initial_peers, listen=self.listen, identity=self.identity, client_mode=True
+        )
+        register_experts_validator(self.dht)
+        self.pool = await ConnectionPool.create(self.dht, None, self.rtc_options)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is None:
+            return
+        if self._loop.is_running():
+            with contextlib.suppress(Exception):
+                self.run(self._teardown()).result(timeout)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._loop.close()
+        self._loop, self._thread = None, None
+
+    async def _teardown(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        if self.dht is not None:
+            await self.dht.shutdown()
+
+    def __enter__(self) -> ExpertCaller:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run any coroutine (e.g. a DHT lookup) on the caller's loop."""
+        if self._loop is None or not self._loop.is_running():
+            coro.close()
+            raise RuntimeError("ExpertCaller is not running")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    # ---- calls ---------------------------------------------------------------------------------------
+
+    def forward(
+        self, handle: ExpertHandle, inputs: Sequence[torch.Tensor], timeout: float
+    ) -> concurrent.futures.Future[list[torch.Tensor]]:
+        return self.run(self.forward_async(handle, inputs, timeout))
+
+    def backward(
+        self,
+        handle: ExpertHandle,
+        inputs: Sequence[torch.Tensor],
+        grad_outputs: Sequence[torch.Tensor],
+        timeout: float,
+    ) -> concurrent.futures.Future[list[torch.Tensor]]:
+        return self.run(self.backward_async(handle, inputs, grad_outputs, timeout))
+
+    def info(self, handle: ExpertHandle, timeout: float) -> concurrent.futures.Future[dict[str, Any]]:
+        return self.run(self.info_async(handle, timeout))
+
+    async def info_async(self, handle: ExpertHandle, timeout: float) -> dict[str, Any]:
+        reply = await self._call(handle, "info", {"uid": handle.uid}, timeout)
+        if not isinstance(reply, dict) or not isinstance(reply.get("outputs"), list):
+            raise ExpertProtocolError(f"{handle.uid}: malformed info reply")
+        try:
+            self._schemas[handle] = [TensorSchema.from_dict(s) for s in reply["outputs"]]
+        except TensorCodecError as exc:
+            raise ExpertProtocolError(f"{handle.uid}: malformed info schema: {exc}") from exc
+        return reply
+
+    async def forward_async(
+        self, handle: ExpertHandle, inputs: Sequence[torch.Tensor], timeout: float
+    ) -> list[torch.Tensor]:
+        async with _deadline(handle, timeout):
+            if handle not in self._schemas:
+                await self.info_async(handle, timeout)
+            body = {
+                "uid": handle.uid,
+                "inputs": self._encode(inputs),
+                "reply_compression": self.compression.value,
+            }
+            reply = await self._call(handle, "forward", body, timeout)
+            outputs = self._decode(handle, reply, "outputs", self._schemas[handle])
+        batch = inputs[0].shape[0]
+        if any(o.dim() == 0 or o.shape[0] != batch for o in outputs):
+            raise ExpertProtocolError(f"{handle.uid}: outputs do not match the batch size {batch}")
+        return outputs
+
+    async def backward_async(
+        self,
+        handle: ExpertHandle,
+        inputs: Sequence[torch.Tensor],
+        grad_outputs: Sequence[torch.Tensor],
+        timeout: float,
+    ) -> list[torch.Tensor]:
+        body = {
+            "uid": handle.uid,
+            "inputs": self._encode(inputs),
+            "grads": self._encode(grad_outputs),
+            "reply_compression": self.compression.value,
+        }
+        async with _deadline(handle, timeout):
+            reply = await self._call(handle, "backward", body, timeout)
+        schemas = [TensorSchema(dtype=_dtype_name(t), shape=tuple(t.shape)) for t in inputs]
+        return self._decode(handle, reply, "grads", schemas)
+
+    def _encode(self, tensors: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+        return encode_tensors([t.detach() for t in tensors], self.compression)
+
+    @staticmethod
+    def _decode(
+        handle: ExpertHandle, reply: Any, field: str, schemas: list[TensorSchema]
+    ) -> list[torch.Tensor]:
+        if not isinstance(reply, dict) or field not in reply:
+            raise ExpertProtocolError(f"{handle.uid}: reply has no {field!r}")
+        try:
+            return decode_tensors(reply[field], schemas, allow_nonfinite=False, what=f"{handle.uid} {field}")
+        except TensorCodecError as exc:
+            raise ExpertProtocolError(str(exc)) from exc
+
+    async def _call(self, handle: ExpertHandle, method: str, body: dict[str, Any], timeout: float) -> Any:
+        assert self.pool is not None
+        try:
+            async with asyncio.timeout(timeout):
+                link = await self.pool.connect(handle.node_id, handle.endpoint, timeout)
+                return await link.rpc.call(method, body, timeout)
+        except TimeoutError:
+            raise ExpertTimeoutError(f"{handle.uid} {method} timed out after {timeout:.1f} s") from None
+        except RPCTimeoutError as exc:
+            raise ExpertTimeoutError(f"{handle.uid} {method}: {exc}") from exc
+        except ConnectError as exc:
+            raise ExpertUnavailableError(f"{handle.uid}: {exc}") from exc
+        except RPCClosedError as exc:
+            raise ExpertUnavailableError(f"{handle.uid} {method}: connection lost: {exc}") from exc
+        except RPCRemoteError as exc:
+            error = ExpertUnavailableError if exc.code in _UNAVAILABLE_CODES else ExpertProtocolError
+            raise error(f"{handle.uid} {method}: {exc}") from exc
+        except RPCError as exc:
+            raise ExpertProtocolError(f"{handle.uid} {method}: {exc}") from exc
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    from node_agent.tensor_codec import dtype_name
+
+    return dtype_name(tensor.dtype)
+
+
+@contextlib.asynccontextmanager
+async def _deadline(handle: ExpertHandle, timeout: float):  # type: ignore[no-untyped-def]
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise ExpertTimeoutError(f"{handle.uid}: call timed out after {timeout:.1f} s") from None
+
+
+def _new_event_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    if use_uvloop:
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            pass
+    return asyncio.new_event_loop()
+
+
+class _RemoteCall(torch.autograd.Function):
+    """Forward and backward of one remote expert over the data channel."""
+
+    @staticmethod
+    def forward(ctx: Any, dummy: torch.Tensor, expert: RemoteExpert, *inputs: torch.Tensor) -> Any:
+        ctx.expert = expert
+        ctx.save_for_backward(*inputs)
+        outputs = expert.caller.forward(expert.peer, inputs, expert.timeout).result()
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: torch.Tensor) -> Any:
+        inputs = ctx.saved_tensors
+        expert: RemoteExpert = ctx.expert
+        grads = expert.caller.backward(
+            expert.peer, inputs, [g.contiguous() for g in grad_outputs], expert.backward_timeout
+        ).result()
+        return (None, None, *grads)
+
+
+class RemoteExpert(nn.Module):
+    """A remote expert used like a local module; raises `ExpertError` subclasses on failure."""
+
+    def __init__(
+        self,
+        uid: str,
+        peer: ExpertHandle,
+        caller: ExpertCaller,
+        timeout: float = 10.0,
+        backward_timeout: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.uid = uid
+        self.peer = peer
+        self.caller = caller
+        self.timeout = timeout
+        self.backward_timeout = timeout if backward_timeout is None else backward_timeout
+        self._dummy = torch.empty(0, requires_grad=True)  # keeps the graph alive when inputs need no grad
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        outputs = _RemoteCall.apply(self._dummy, self, *inputs)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def info(self) -> dict[str, Any]:
+        return self.caller.info(self.peer, self.timeout).result()
+
+
+__all__ = ["ExpertCaller", "ExpertError", "ExpertHandle", "RemoteExpert", "get_experts"]

@@ -1,0 +1,131 @@
+"""Batches requests from many trainers into one forward/backward per expert (Learning@home, section 3.2).
+
+Each (expert, method) has a queue. A collector takes the oldest request, then waits up to `max_wait` for
+more until `max_batch_size` samples are gathered, concatenates them along the batch axis, runs the batch
+on a single compute thread (PyTorch parallelises inside ops; one thread keeps optimiser steps ordered)
+and splits the results back to the callers. Requests whose non-batch shapes differ run in separate batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+BatchFn = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+
+@dataclass(slots=True)
+class _Request:
+    tensors: list[torch.Tensor]
+    future: asyncio.Future[list[torch.Tensor]]
+
+    @property
+    def size(self) -> int:
+        return self.tensors[0].shape[0]
+
+    @property
+    def signature(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(t.shape[1:]) for t in self.tensors)
+
+
+@dataclass(slots=True)
+class _Queue:
+    fn: BatchFn
+    items: deque[_Request] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class BatchingRuntime:
+    def __init__(self, max_batch_size: int = 4096, max_wait: float = 0.005) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="expert-compute")
+        self._queues: dict[str, _Queue] = {}
+        self.batches = 0
+        self.samples = 0
+
+    def add_queue(self, name: str, fn: BatchFn) -> None:
+        """Register a batched function, e.g. `("ffn.0.1/forward", backend.forward)`."""
+        queue = self._queues[name] = _Queue(fn)
+        queue.task = asyncio.create_task(self._collect(name, queue), name=f"batch-{name}")
+
+    async def submit(self, name: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Queue one request (all tensors share the batch axis 0) and wait for its slice of the results."""
+        queue = self._queues[name]
+        request = _Request(tensors, asyncio.get_running_loop().create_future())
+        queue.items.append(request)
+        queue.ready.set()
+        return await request.future
+
+    async def _collect(self, name: str, queue: _Queue) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not queue.items:
+                queue.ready.clear()
+                await queue.ready.wait()
+            deadline = loop.time() + self.max_wait
+            while sum(r.size for r in queue.items) < self.max_batch_size and loop.time() < deadline:
+                queue.ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(queue.ready.wait(), deadline - loop.time())
+            batch = self._take_batch(queue)
+            if batch:
+                await self._run(name, queue.fn, batch)
+
+    def _take_batch(self, queue: _Queue) -> list[_Request]:
+        batch: list[_Request] = []
+        total = 0
+        while queue.items:
+            request = queue.items[0]
+            if request.future.done():  # caller gave up (timeout, cancel)
+                queue.items.popleft()
+                continue
+            if batch and (
+                total + request.size > self.max_batch_size or request.signature != batch[0].signature
+            ):
+                break
+            batch.append(queue.items.popleft())
+            total += request.size
+        return batch
+
+    async def _run(self, name: str, fn: BatchFn, batch: list[_Request]) -> None:
+        sizes = [r.size for r in batch]
+        columns = [
+            torch.cat(parts) if len(batch) > 1 else parts[0]
+            for parts in zip(*(r.tensors for r in batch), strict=True)
+        ]
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, fn, columns)
+            pieces = [o.split(sizes) for o in outputs]
+        except Exception as exc:
+            logger.warning("batch of %d for %s failed: %s", sum(sizes), name, exc)
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.samples += sum(sizes)
+        for i, request in enumerate(batch):
+            if not request.future.done():
+                request.future.set_result([p[i] for p in pieces])
+
+    async def shutdown(self) -> None:
+        for queue in self._queues.values():
+            if queue.task is not None:
+                queue.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await queue.task
+            for request in queue.items:
+                if not request.future.done():
+                    request.future.set_exception(RuntimeError("server shutting down"))
+        self.executor.shutdown(wait=True)
