@@ -28,6 +28,7 @@ class _Candidate:
     node_id: bytes
     address: Address
     distance: int
+    hop: int = 1  # path length from us: initial candidates are 1, nodes they name are 2, ...
     state: _State = _State.NEW
 
 
@@ -43,11 +44,11 @@ class LookupState:
         self._candidates: dict[bytes, _Candidate] = {}
         self._order: list[_Candidate] | None = None
 
-    def add(self, node_id: bytes, address: Address) -> None:
+    def add(self, node_id: bytes, address: Address, hop: int = 1) -> None:
         """Learn a candidate; an id already known keeps its first address (claims never overwrite)."""
         if node_id == self.own_id or node_id in self._candidates:
             return
-        self._candidates[node_id] = _Candidate(node_id, address, id_to_int(node_id) ^ self._target_int)
+        self._candidates[node_id] = _Candidate(node_id, address, id_to_int(node_id) ^ self._target_int, hop)
         self._order = None
 
     def _active(self) -> list[_Candidate]:
@@ -77,10 +78,12 @@ class LookupState:
 
     def on_success(self, node_id: bytes, nodes: list[tuple[bytes, Address]]) -> None:
         candidate = self._candidates.get(node_id)
+        hop = 1
         if candidate is not None:
             candidate.state = _State.DONE
+            hop = candidate.hop + 1
         for other_id, address in nodes:
-            self.add(other_id, address)
+            self.add(other_id, address, hop)
 
     def on_failure(self, node_id: bytes) -> None:
         candidate = self._candidates.get(node_id)
@@ -99,6 +102,12 @@ class LookupState:
         if all(c.state is _State.DONE for c in active):
             return True
         return not any(c.state in (_State.NEW, _State.PENDING) for c in active)
+
+    @property
+    def hops(self) -> int:
+        """Path length to the nearest node that answered (0 if none did): how deep the lookup went."""
+        order = self._order or sorted(self._candidates.values(), key=lambda c: c.distance)
+        return next((c.hop for c in order if c.state is _State.DONE), 0)
 
     def closest_responded(self, count: int) -> list[tuple[bytes, Address]]:
         if self._order is None:

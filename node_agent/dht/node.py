@@ -84,6 +84,7 @@ class DHTNode:
         self._own_records: dict[tuple[str, str | None], SignedRecord] = {}
         self._timer = _RetransmitTimer(config.min_rpc_timeout, config.rpc_timeout)
         self._closed = False
+        self.last_lookup: LookupState | None = None  # for diagnostics and the simulator's hop counts
 
     @classmethod
     async def create(
@@ -343,6 +344,7 @@ class DHTNode:
             for task in inflight:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
+        self.last_lookup = state
         return state, merged, had_value
 
     def _parse_find(
