@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from node_agent.moe.uids import make_prefix, make_uid
 
-__all__ = ["ChildMap", "ExpertSearcher", "FoundExpert", "GridSearch", "PrefixCache"]
+__all__ = ["ChildMap", "ExpertSearcher", "FoundExpert", "GridSearch", "PrefixCache", "dht_prefix_fetcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -250,3 +250,32 @@ class ExpertSearcher:
                     self.cache.put(prefix, answers.get(prefix, {}), now)
                 search.feed({p: answers[p] for p in missing if p in answers}, asked=missing)
         return search.results
+
+
+def dht_prefix_fetcher(dht, latest: bool = True) -> Fetch:
+    """A `fetch` for `ExpertSearcher` reading prefix announcements (`node_agent.moe.announce`) from the DHT.
+
+    One `get_many` per round for all prefixes of the batch. Payloads are `ExpertHandle`s of the announcing
+    replicas (uid = prefix + coordinate, so only those of the last dimension name real experts).
+    `latest=True` merges the subkeys held by all nearest replicas of a key, so announcements stored by
+    different servers on different nodes are all seen.
+    """
+    from node_agent.moe.announce import live_children, prefix_key
+    from node_agent.moe.api import ExpertHandle
+
+    async def fetch(prefixes: list[str]) -> dict[str, ChildMap]:
+        found = await dht.get_many([prefix_key(prefix) for prefix in prefixes], latest=latest)
+        answers: dict[str, ChildMap] = {}
+        for prefix in prefixes:
+            entries = found.get(prefix_key(prefix)) or {}
+            children = live_children(entries)
+            if children:
+                answers[prefix] = {
+                    coord: tuple(
+                        ExpertHandle(f"{prefix}{coord}", a.node_id, a.endpoint) for a in announcements
+                    )
+                    for coord, announcements in children.items()
+                }
+        return answers
+
+    return fetch

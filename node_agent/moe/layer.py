@@ -31,7 +31,7 @@ from node_agent.moe.api import (
     ExpertTimeoutError,
     ExpertUnavailableError,
 )
-from node_agent.moe.beam_search import ExpertSearcher, FoundExpert
+from node_agent.moe.beam_search import ExpertSearcher, FoundExpert, dht_prefix_fetcher
 from node_agent.moe.masking import (
     QuorumPolicy,
     QuorumTracker,
@@ -58,7 +58,11 @@ class TooFewExpertsError(ExpertError):
 
 @dataclass(slots=True)
 class CallStats:
-    """Expert calls since the last `take_stats()`: answered, failed (error/timeout), masked anomalies."""
+    """Expert calls since the last `take_stats()`: answered, failed, and how many failures were anomalies.
+
+    `anomalies` counts replies masked for their content or form (NaN/inf, wrong shape, malformed, a remote
+    error), as opposed to timeouts and unreachable peers; every anomaly is also counted as failed.
+    """
 
     forward_answered: int = 0
     forward_failed: int = 0
@@ -140,6 +144,8 @@ def _gather(
                 kind = _classify(error)
                 logger.info("%s of expert %s at %s failed: %s", phase, peer.uid, peer.endpoint, error)
                 layer.reliability.record_failure(peer.node_id, kind, time.monotonic())
+                if kind is FailureKind.PROTOCOL:  # malformed or non-finite reply, or a remote error
+                    layer.stats.anomalies += 1
             else:
                 anomaly = find_anomaly(reply, expected_shapes(index))
                 if anomaly is None:
@@ -267,7 +273,7 @@ class _GridMixtureBase(nn.Module):
         grid_size: Sequence[int],
         uid_prefix: str,
         caller,
-        searcher: ExpertSearcher,
+        searcher: ExpertSearcher | None = None,
         out_features: int | None = None,
         k_best: int = 4,
         k_min: int = 1,
@@ -291,7 +297,7 @@ class _GridMixtureBase(nn.Module):
         self.grid_size = tuple(int(size) for size in grid_size)
         self.uid_prefix = uid_prefix.rstrip(".")
         self.caller = caller
-        self.searcher = searcher
+        self.searcher = searcher if searcher is not None else ExpertSearcher(dht_prefix_fetcher(caller.dht))
         self.k_best = k_best
         self.beam_size = beam_size
         self.search_timeout = search_timeout
@@ -335,6 +341,11 @@ class _GridMixtureBase(nn.Module):
             return self.caller.run(coroutine).result(timeout=self.search_timeout)
         except concurrent.futures.TimeoutError as error:
             raise ExpertTimeoutError(f"expert search took longer than {self.search_timeout} s") from error
+        except ExpertError:
+            raise
+        except Exception as error:  # a DHT failure: no experts can be found this step
+            logger.warning("expert search failed: %r", error)
+            raise ExpertUnavailableError(f"expert search failed: {error!r}") from error
 
     def plan_calls(self, found: list[list[FoundExpert]], k: int) -> tuple[_Plan, torch.Tensor]:
         """Group samples by chosen replica (one call per expert) and build the `[batch, k, dims]` coords."""
