@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node_agent.rtc.framing import HEADER_SIZE, FrameError, FrameKind, Reassembler, encode_frames
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=5000), st.integers(HEADER_SIZE + 1, 700), st.integers(0, 2**32 - 1))
+def test_chunked_round_trip(payload, chunk_size, call_id):
+    frames = list(encode_frames(FrameKind.REQUEST, call_id, payload, chunk_size))
+    assert all(len(f) <= chunk_size for f in frames)
+    reassembler = Reassembler()
+    results = [reassembler.feed(f) for f in frames]
+    assert results[:-1] == [None] * (len(frames) - 1)
+    message = results[-1]
+    assert (message.kind, message.call_id, message.payload) == (FrameKind.REQUEST, call_id, payload)
+    assert reassembler.pending == 0
+
+
+def test_interleaved_calls_and_id_spaces():
+    reassembler = Reassembler()
+    a = list(encode_frames(FrameKind.REQUEST, 7, b"a" * 100, 40))
+    b = list(encode_frames(FrameKind.RESPONSE, 7, b"b" * 100, 40))  # same id, other direction's space
+    out = [reassembler.feed(f) for pair in zip(a, b, strict=True) for f in pair]
+    done = [m for m in out if m is not None]
+    assert {(m.kind, m.payload) for m in done} == {
+        (FrameKind.REQUEST, b"a" * 100),
+        (FrameKind.RESPONSE, b"b" * 100),
+    }
+
+
+@pytest.mark.parametrize(
+    "frame, match",
+    [
+        (b"\x01\x01", "shorter than the header"),
+        (struct.pack("!BBBBI", 9, 1, 1, 0, 5) + b"x", "version"),
+        (struct.pack("!BBBBI", 1, 77, 1, 0, 5), "unknown frame kind"),
+        ("text", "text frame"),
+    ],
+)
+def test_malformed_frames(frame, match):
+    with pytest.raises(FrameError, match=match):
+        Reassembler().feed(frame)
+
+
+def test_limits_are_enforced_and_partial_state_dropped():
+    reassembler = Reassembler(max_frame_size=100, max_payload=150, max_partial=2)
+    with pytest.raises(FrameError, match="exceeds"):
+        reassembler.feed(next(encode_frames(FrameKind.REQUEST, 1, b"x" * 200, 200)))
+    frames = list(encode_frames(FrameKind.REQUEST, 2, b"x" * 300, 100))
+    reassembler.feed(frames[0])
+    with pytest.raises(FrameError, match="payload exceeds") as info:
+        for frame in frames[1:]:
+            reassembler.feed(frame)
+    assert info.value.call_id == 2 and reassembler.pending == 0
+    for call_id in (3, 4):
+        reassembler.feed(next(encode_frames(FrameKind.REQUEST, call_id, b"y" * 150, 100)))
+    with pytest.raises(FrameError, match="in flight"):
+        reassembler.feed(next(encode_frames(FrameKind.REQUEST, 5, b"y" * 150, 100)))
