@@ -127,3 +127,25 @@ class ExpertBackend:
             "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0,
             "parameters": sum(p.numel() for p in self.module.parameters()),
         }
+
+
+def create_backends(
+    uids: Sequence[str],
+    expert_class: str,
+    hidden_dim: int,
+    optimizer: OptimizerConfig | None = None,
+    seed: int | None = None,
+    sample_batch: int = 2,
+) -> dict[str, ExpertBackend]:
+    """One backend per uid of a registered expert class; `seed` makes the initial weights reproducible."""
+    from node_agent.moe.experts import get_expert_class
+
+    cls = get_expert_class(expert_class)
+    backends = {}
+    for index, uid in enumerate(uids):
+        if seed is not None:
+            torch.manual_seed(seed + index)
+        module = cls.build(hidden_dim)
+        sample = cls.sample_input(sample_batch, hidden_dim)
+        backends[uid] = ExpertBackend(uid, module, sample, optimizer, expert_class=expert_class)
+    return backends

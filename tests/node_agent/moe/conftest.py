@@ -11,12 +11,10 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-import torch
 
 from node_agent.dht import DHTNode
 from node_agent.moe.client import ExpertCaller
-from node_agent.moe.experts import get_expert_class
-from node_agent.moe.server.backend import ExpertBackend, OptimizerConfig
+from node_agent.moe.server.backend import ExpertBackend, OptimizerConfig, create_backends
 from node_agent.moe.server.server import ExpertServer, ServerOptions
 from node_agent.moe.uids import expand_pattern
 from node_agent.rtc.config import RTCOptions
@@ -27,19 +25,15 @@ LOOPBACK_RTC = RTCOptions.for_loopback(connect_timeout=5.0)
 def make_backends(
     pattern: str, expert_class: str = "ffn", hidden_dim: int = 16, lr: float = 0.01, seed: int = 0
 ) -> dict[str, ExpertBackend]:
-    """Backends for every uid of `pattern`, deterministic weights (seeded) so tests can rebuild them."""
-    cls = get_expert_class(expert_class)
-    backends = {}
-    for index, uid in enumerate(expand_pattern(pattern)):
-        torch.manual_seed(seed + index)
-        backends[uid] = ExpertBackend(
-            uid,
-            cls.build(hidden_dim),
-            cls.sample_input(2, hidden_dim),
-            OptimizerConfig(name="sgd", lr=lr, clip_grad_norm=None),
-            expert_class=expert_class,
-        )
-    return backends
+    """Backends for every uid of `pattern`: seeded weights, plain SGD, no clipping (comparable in tests)."""
+    optimizer = OptimizerConfig(name="sgd", lr=lr, clip_grad_norm=None)
+    return create_backends(expand_pattern(pattern), expert_class, hidden_dim, optimizer, seed=seed)
+
+
+@pytest.fixture
+def backends_factory() -> Callable[..., dict[str, ExpertBackend]]:
+    """`backends_factory("ffn.[0:4]", expert_class="ffn", hidden_dim=16, lr=0.01, seed=0)`."""
+    return make_backends
 
 
 @pytest.fixture
