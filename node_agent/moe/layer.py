@@ -46,6 +46,7 @@ __all__ = [
     "CallStats",
     "LocalMixtureOfExperts",
     "RemoteMixtureOfExperts",
+    "RoutedOutputs",
     "TooFewExpertsError",
 ]
 
@@ -82,6 +83,19 @@ class CallStats:
     def add(self, other: CallStats) -> None:
         for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedOutputs:
+    """What one routed call returns: per-dimension gate scores `[B, n_d]`, expert outputs `[B, k, out]`
+    (zeros where masked), `answered [B, k]`, chosen `coords [B, k, dims]`, `routed [B, k]` (slot had an
+    expert at all; fewer than k live experts leave slots empty)."""
+
+    grid_scores: list[torch.Tensor]
+    outputs: torch.Tensor
+    answered: torch.Tensor
+    coords: torch.Tensor
+    routed: torch.Tensor
 
 
 @dataclass(slots=True)
@@ -347,10 +361,12 @@ class _GridMixtureBase(nn.Module):
             logger.warning("expert search failed: %r", error)
             raise ExpertUnavailableError(f"expert search failed: {error!r}") from error
 
-    def plan_calls(self, found: list[list[FoundExpert]], k: int) -> tuple[_Plan, torch.Tensor]:
-        """Group samples by chosen replica (one call per expert) and build the `[batch, k, dims]` coords."""
+    def plan_calls(self, found: list[list[FoundExpert]], k: int) -> tuple[_Plan, torch.Tensor, torch.Tensor]:
+        """Group samples by chosen replica (one call per expert); build `[batch, k, dims]` coords and
+        the `[batch, k]` mask of slots that got an expert at all."""
         calls: dict[ExpertHandle, _Call] = {}
         coords = torch.zeros(len(found), k, len(self.grid_size), dtype=torch.long)
+        routed = torch.zeros(len(found), k, dtype=torch.bool)
         for sample, experts in enumerate(found):
             for slot, expert in enumerate(experts[:k]):
                 handle = self._rng.choice(expert.replicas)
@@ -359,21 +375,20 @@ class _GridMixtureBase(nn.Module):
                 call.samples.append(sample)
                 call.slots.append(slot)
                 coords[sample, slot] = torch.tensor(expert.coords)
-        return _Plan(self, list(calls.values()), len(found), k), coords
+                routed[sample, slot] = True
+        return _Plan(self, list(calls.values()), len(found), k), coords, routed
 
-    def call_experts(
-        self, x: torch.Tensor, k: int
-    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Route and call: returns grid scores, outputs `[B, k, out]`, answered mask `[B, k]`, coords."""
+    def call_experts(self, x: torch.Tensor, k: int) -> RoutedOutputs:
+        """Score the grid, find each sample's `k` best live experts, call them; masked outputs."""
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"expected input [batch, {self.in_features}], got {tuple(x.shape)}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError("input to the mixture of experts contains NaN or infinite values")
         scores = self.grid_scores(x)
         found = self.find_experts(scores, k)
-        plan, coords = self.plan_calls(found, k)
+        plan, coords, routed = self.plan_calls(found, k)
         outputs, mask = _RemoteMoECall.apply(x, plan)
-        return scores, outputs, mask, coords
+        return RoutedOutputs(scores, outputs, mask, coords, routed)
 
 
 class RemoteMixtureOfExperts(_GridMixtureBase):
@@ -387,9 +402,9 @@ class RemoteMixtureOfExperts(_GridMixtureBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
-        scores, outputs, mask, coords = self.call_experts(flat, self.k_best)
-        weights = masked_softmax(expert_logits(scores, coords), mask)
-        return combine_outputs(outputs, weights).reshape(*leading, self.out_features)
+        routed = self.call_experts(flat, self.k_best)
+        weights = masked_softmax(expert_logits(routed.grid_scores, routed.coords), routed.answered)
+        return combine_outputs(routed.outputs, weights).reshape(*leading, self.out_features)
 
 
 class LocalMixtureOfExperts(nn.Module):

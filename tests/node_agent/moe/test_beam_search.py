@@ -134,3 +134,38 @@ def test_bad_arguments():
         GridSearch("ffn", [[[1.0]]], k=0)
     with pytest.raises(ValueError):
         GridSearch("ffn", [[[1.0]], [[1.0], [2.0]]], k=1)
+
+
+async def test_search_through_a_real_dht_returns_the_true_top_k(bootstrap_node):
+    """Four announcing nodes over UDP on 127.0.0.1 share a sparse 4x5 grid; compare with brute force."""
+    from node_agent.dht import DHTNode
+    from node_agent.moe.announce import announce_experts, register_experts_validator
+    from node_agent.moe.api import ExpertHandle
+    from node_agent.moe.beam_search import dht_prefix_fetcher
+
+    rng = random.Random(5)
+    cells = [cell for cell in itertools.product(range(4), range(5)) if rng.random() < 0.5]
+    nodes = []
+    try:
+        for index in range(4):
+            node = await DHTNode.create(initial_peers=[bootstrap_node.endpoint], listen="127.0.0.1:0")
+            register_experts_validator(node)
+            nodes.append(node)
+            assert all(await announce_experts(node, [make_uid("ffn", c) for c in cells[index::4]], ttl=60))
+        owner = {cell: nodes[index % 4] for index, cell in enumerate(cells)}
+        reader = await DHTNode.create(initial_peers=[bootstrap_node.endpoint], client_mode=True)
+        nodes.append(reader)
+        register_experts_validator(reader)
+        searcher = ExpertSearcher(dht_prefix_fetcher(reader))
+        batch = [[[rng.gauss(0, 1) for _ in range(size)] for size in (4, 5)] for _ in range(6)]
+        found = await searcher.find_best_experts("ffn", batch, k=3, beam_size=2)
+        for sample, experts in zip(batch, found, strict=True):
+            assert [f.score for f in experts] == pytest.approx(brute_force(sample, set(cells), 3))
+            for f in experts:
+                node = owner[f.coords]
+                assert f.replicas == (ExpertHandle(f.uid, node.node_id, node.endpoint),)
+        # one batched lookup per round, at most one round per grid dimension plus the refinements
+        assert searcher.prefixes_fetched <= 1 + 4
+    finally:
+        for node in nodes:
+            await node.shutdown()
