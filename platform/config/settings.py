@@ -127,6 +127,8 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(PLATFORM_DIR / "staticfiles")))
 STATIC_BUILD_DIR = PLATFORM_DIR / "static_build"
+if DEBUG:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing root at start-up
 STATICFILES_DIRS = [STATIC_BUILD_DIR] if STATIC_BUILD_DIR.is_dir() else []
 _manifest = env_bool("STATIC_MANIFEST", not DEBUG)
 STORAGES = {
