@@ -230,14 +230,14 @@ async def run_simulation(args: argparse.Namespace) -> dict:
             results.append((bool(value), state.hops if state else 0, state.queries_sent if state else 0))
     get_s = time.perf_counter() - get_started
     # Nearest-neighbour accuracy: do live lookups find the true k nearest live nodes?
+    probes = [(node, os.urandom(20)) for node in rng.sample(alive, min(20, len(alive)))]
+    found_sets = await asyncio.gather(*(node.find_nearest(target, 20) for node, target in probes))
     accuracy = []
-    for node in rng.sample(alive, min(20, len(alive))):
-        target = os.urandom(20)
-        found = {n for n, _ in await node.find_nearest(target, 20)}
+    for (_, target), found in zip(probes, found_sets, strict=True):
         truth = {
             n.node_id for n in sorted(alive, key=lambda n: id_to_int(n.node_id) ^ id_to_int(target))[:20]
         }
-        accuracy.append(len(found & truth) / 20)
+        accuracy.append(len({node_id for node_id, _ in found} & truth) / 20)
     for node in alive:
         await node.shutdown()
     return {

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import os
+
+from node_agent.dht.routing import AddResult, RoutingTable, distance, id_to_int, ip_prefix
+
+OWN = bytes(20)
+
+
+def node_id(first_byte: int, rest: bytes | None = None) -> bytes:
+    return bytes([first_byte]) + (rest if rest is not None else os.urandom(19))
+
+
+def test_xor_distance_and_prefixes() -> None:
+    a, b = os.urandom(20), os.urandom(20)
+    assert distance(a, b) == distance(b, a) == id_to_int(a) ^ id_to_int(b)
+    assert distance(a, a) == 0
+    assert ip_prefix("10.1.2.3") == "10.1.2.0/24"
+    assert ip_prefix("127.0.0.1") is None
+    assert ip_prefix("2001:db8::1") == "2001:db8::/64"
+
+
+def test_buckets_split_around_own_id_and_far_buckets_keep_old_contacts() -> None:
+    table = RoutingTable(OWN, bucket_size=4)
+    far = [node_id(0x80 + i) for i in range(4)]
+    for i, contact in enumerate(far):
+        assert (
+            table.observe(contact, "127.0.0.1", 1000 + i, now=1.0, address_proven=False)[0] is AddResult.ADDED
+        )
+    near = [node_id(0x01 + i) for i in range(4)]
+    for i, contact in enumerate(near):
+        assert (
+            table.observe(contact, "127.0.0.1", 2000 + i, now=2.0, address_proven=False)[0] is AddResult.ADDED
+        )
+    assert len(table.buckets) >= 2 and len(table) == 8
+    # The far half does not contain our id: it is full and never splits; the oldest must be pinged first.
+    newcomer = node_id(0xF0)
+    result, oldest = table.observe(newcomer, "127.0.0.1", 3000, now=3.0, address_proven=False)
+    assert result is AddResult.PING_OLDEST and oldest is not None and oldest.node_id == far[0]
+    assert newcomer not in table
+    # The oldest answered? It stays. It failed? The newcomer replaces it.
+    assert table.mark_failed(far[0], max_failures=1)
+    assert newcomer in table and far[0] not in table
+
+
+def test_nearest_returns_sorted_by_xor_distance() -> None:
+    table = RoutingTable(OWN, bucket_size=20)
+    ids = [os.urandom(20) for _ in range(60)]
+    for i, contact in enumerate(ids):
+        table.observe(contact, "127.0.0.1", 1000 + i, now=1.0, address_proven=True)
+    target = os.urandom(20)
+    nearest = table.nearest(target, 5)
+    present = [c for c in ids if c in table]
+    assert [c.node_id for c in nearest] == sorted(present, key=lambda c: distance(c, target))[:5]
+
+
+def test_known_id_is_not_moved_by_an_unproven_address() -> None:
+    table = RoutingTable(OWN)
+    contact = node_id(0x42)
+    table.observe(contact, "127.0.0.1", 1000, now=1.0, address_proven=False)
+    result, known = table.observe(contact, "127.0.0.1", 6666, now=2.0, address_proven=False)
+    assert result is AddResult.CHALLENGE and known is not None
+    assert table.get(contact).port == 1000
+    result, _ = table.observe(contact, "127.0.0.1", 6666, now=3.0, address_proven=True)
+    assert result is AddResult.UPDATED and table.get(contact).port == 6666
+
+
+def test_ip_prefix_caps_per_bucket_and_table_with_loopback_exempt() -> None:
+    table = RoutingTable(OWN, bucket_size=20, max_per_prefix_bucket=2, max_per_prefix_table=3)
+    results = [
+        table.observe(node_id(0x80 + i), f"10.0.0.{i + 1}", 1000, now=1.0, address_proven=True)[0]
+        for i in range(3)
+    ]
+    assert results == [AddResult.ADDED, AddResult.ADDED, AddResult.REJECTED]
+    assert table.observe(node_id(0x03), "10.0.1.1", 1000, 1.0, True)[0] is AddResult.ADDED  # other /24
+    per_table = RoutingTable(OWN, bucket_size=20, max_per_prefix_bucket=10, max_per_prefix_table=3)
+    added = [per_table.observe(node_id(0x80 + i), f"10.0.0.{i + 1}", 1, 1.0, True)[0] for i in range(4)]
+    assert added == [AddResult.ADDED] * 3 + [AddResult.REJECTED]
+    loopback = [table.observe(node_id(0x90 + i), "127.0.0.1", 2000 + i, 1.0, True)[0] for i in range(5)]
+    assert set(loopback) == {AddResult.ADDED}
+    strict = RoutingTable(OWN, max_per_prefix_bucket=1, exempt_loopback=False)
+    assert strict.observe(node_id(0x80), "127.0.0.1", 1, 1.0, True)[0] is AddResult.ADDED
+    assert strict.observe(node_id(0x81), "127.0.0.1", 2, 1.0, True)[0] is AddResult.REJECTED
+
+
+def test_own_id_and_bad_ids_are_rejected_and_stale_buckets_reported() -> None:
+    table = RoutingTable(OWN)
+    assert table.observe(OWN, "127.0.0.1", 1, 1.0, True)[0] is AddResult.REJECTED
+    assert table.observe(b"short", "127.0.0.1", 1, 1.0, True)[0] is AddResult.REJECTED
+    assert table.stale_buckets(now=1000.0, interval=600.0) == table.buckets
+    table.touch(os.urandom(20), now=1000.0)
+    assert table.stale_buckets(now=1000.0, interval=600.0) == []
