@@ -1,0 +1,213 @@
+"""Expert throughput over WebRTC, after hivemind's `benchmark_throughput.py` workload; prints one JSON object.
+
+One server process hosts `--num-experts` experts; `--num-clients` client processes each run
+`--batches-per-client` forward+backward calls of `--batch-size` x `--hidden-dim`, round-robin over the
+experts, all at once. Measured in the same run: `local_samples_per_s` (the same block, same batch, forward +
+backward + optimiser step in this process) and `raw_channel_mb_per_s` (one aiortc data channel on loopback,
+64 MiB in 64 KiB messages, both ends in one process).
+
+    python benchmarks/bench_experts.py --expert-class nop
+    python benchmarks/bench_experts.py --expert-class ffn --compression none
+
+Everything stays on 127.0.0.1 (loopback ICE candidates, no STUN). Note: net.core.rmem_max caps the UDP
+receive buffer the agent asks for; this script does not change system settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _server_main(args: argparse.Namespace, ready: mp.Queue, stop: mp.Event) -> None:
+    import uvloop
+
+    uvloop.install()
+
+    async def main() -> None:
+        from node_agent.dht import DHTNode
+        from node_agent.moe.server.backend import OptimizerConfig, create_backends
+        from node_agent.moe.server.server import ExpertServer, ServerOptions
+        from node_agent.rtc.config import RTCOptions
+
+        dht = await DHTNode.create(listen="127.0.0.1:0")
+        uids = [f"expert.{i}" for i in range(args.num_experts)]
+        backends = create_backends(uids, args.expert_class, args.hidden_dim, OptimizerConfig(), seed=0)
+        options = ServerOptions(max_batch_size=args.max_batch_size, max_wait=args.max_wait, stats_period=3600)
+        server = await ExpertServer.create(
+            dht, backends, options, RTCOptions.for_loopback(chunk_size=args.chunk_size)
+        )
+        ready.put(dht.endpoint)
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        await server.shutdown()
+        await dht.shutdown()
+
+    asyncio.run(main())
+
+
+def _client_main(args: argparse.Namespace, endpoint: str, start: mp.Event, results: mp.Queue) -> None:
+    import torch
+
+    from node_agent.moe.client import ExpertCaller, get_experts
+    from node_agent.rtc.config import RTCOptions
+    from node_agent.tensor_codec import encode_tensors
+
+    torch.set_num_threads(1)
+    rtc = RTCOptions.for_loopback(chunk_size=args.chunk_size)
+    with ExpertCaller([endpoint], rtc_options=rtc, compression=args.compression) as caller:
+        uids = [f"expert.{i}" for i in range(args.num_experts)]
+        handles = caller.run(get_experts(caller.dht, uids)).result(30)
+        assert all(handles), f"experts not found: {handles}"
+        x = torch.randn(args.batch_size, args.hidden_dim)
+        grad = torch.randn(args.batch_size, args.hidden_dim)
+        for h in handles:  # connect and fetch schemas before the clock starts
+            caller.forward(h, [x[:1]], timeout=60).result()
+        payload = sum(len(t["data"]) for t in encode_tensors([x], args.compression))
+        results.put("ready")
+        start.wait()
+        began = time.perf_counter()
+        for i in range(args.batches_per_client):
+            handle = handles[i % len(handles)]
+            (out,) = caller.forward(handle, [x], timeout=120).result()
+            (g,) = caller.backward(handle, [x], [grad], timeout=120).result()
+            assert out.shape == x.shape and g.shape == x.shape
+        elapsed = time.perf_counter() - began
+    # bytes on the wire per batch: forward (x in, y out) + backward (x, grad in, grad_x out)
+    results.put((began, began + elapsed, args.batches_per_client * 5 * payload))
+
+
+def local_samples_per_s(args: argparse.Namespace) -> float:
+    import torch
+
+    from node_agent.moe.server.backend import OptimizerConfig, create_backends
+
+    (backend,) = create_backends(["local.0"], args.expert_class, args.hidden_dim, OptimizerConfig()).values()
+    x, grad = torch.randn(args.batch_size, args.hidden_dim), torch.randn(args.batch_size, args.hidden_dim)
+    backend.forward([x])
+    backend.backward([x], [grad])
+    steps = max(4, args.batches_per_client // 2)
+    began = time.perf_counter()
+    for _ in range(steps):
+        backend.forward([x])
+        backend.backward([x], [grad])
+    return steps * args.batch_size / (time.perf_counter() - began)
+
+
+async def raw_channel_mb_per_s(total: int = 64 * 2**20, message: int = 64 * 2**10) -> float:
+    from aiortc import RTCPeerConnection
+
+    from node_agent.rtc.config import RTCOptions, apply_process_settings, rtc_configuration
+
+    options = RTCOptions.for_loopback()
+    apply_process_settings(options)
+    a, b = RTCPeerConnection(rtc_configuration(options)), RTCPeerConnection(rtc_configuration(options))
+    channel = a.createDataChannel("raw")
+    done = asyncio.Event()
+    received = 0
+
+    def on_datachannel(remote):  # type: ignore[no-untyped-def]
+        @remote.on("message")
+        def on_message(data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            if received >= total:
+                done.set()
+
+    b.on("datachannel", on_datachannel)
+    opened = asyncio.Event()
+    channel.on("open", opened.set)
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(b.localDescription)
+    await asyncio.wait_for(opened.wait(), 10)
+    writable = asyncio.Event()
+    channel.bufferedAmountLowThreshold = 1 << 20
+    channel.on("bufferedamountlow", writable.set)
+    chunk = os.urandom(message)
+    began = time.perf_counter()
+    for _ in range(total // message):
+        while channel.bufferedAmount > 2 << 20:
+            writable.clear()
+            await writable.wait()
+        channel.send(chunk)
+    await asyncio.wait_for(done.wait(), 120)
+    elapsed = time.perf_counter() - began
+    await a.close()
+    await b.close()
+    return total / 2**20 / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-experts", type=int, default=4)
+    parser.add_argument("--num-clients", type=int, default=4)
+    parser.add_argument("--batches-per-client", type=int, default=16)
+    parser.add_argument("--hidden-dim", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--expert-class", default="ffn", choices=["ffn", "nop", "transformer"])
+    parser.add_argument(
+        "--compression", default="blockwise8", choices=["none", "float16", "uint8", "blockwise8"]
+    )
+    parser.add_argument("--max-batch-size", type=int, default=4096)
+    parser.add_argument("--max-wait", type=float, default=0.005)
+    parser.add_argument("--chunk-size", type=int, default=64 * 1024)
+    parser.add_argument("--skip-raw", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_server_main, args=(args, ready, stop), daemon=True)
+    server.start()
+    endpoint = ready.get(timeout=120)
+    start, results = ctx.Event(), ctx.Queue()
+    clients = [
+        ctx.Process(target=_client_main, args=(args, endpoint, start, results))
+        for _ in range(args.num_clients)
+    ]
+    for client in clients:
+        client.start()
+    for _ in clients:  # every client has connected and warmed up: release them together
+        assert results.get(timeout=180) == "ready"
+    start.set()
+    spans = [results.get(timeout=600) for _ in clients]
+    for client in clients:
+        client.join(30)
+    stop.set()
+    server.join(30)
+    wall = max(end for _, end, _ in spans) - min(began for began, _, _ in spans)
+    samples = args.num_clients * args.batches_per_client * args.batch_size
+    payload_bytes = sum(b for _, _, b in spans)
+    result = {
+        "benchmark": "experts",
+        "expert_class": args.expert_class,
+        "compression": args.compression,
+        "num_experts": args.num_experts,
+        "num_clients": args.num_clients,
+        "batches_per_client": args.batches_per_client,
+        "batch_size": args.batch_size,
+        "hidden_dim": args.hidden_dim,
+        "wall_s": round(wall, 3),
+        "samples_per_s": round(samples / wall, 1),
+        "payload_mb_per_s": round(payload_bytes / 2**20 / wall, 2),
+        "local_samples_per_s": round(local_samples_per_s(args), 1),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    if not args.skip_raw:
+        result["raw_channel_mb_per_s"] = round(asyncio.run(raw_channel_mb_per_s()), 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
