@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
         sub.add_argument("--listen", default="0.0.0.0:0")
         sub.add_argument("--identity", default=None, help="identity key file (default: throwaway)")
+        sub.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for initial peers")
         sub.set_defaults(handler=run)
 
 
@@ -61,7 +62,11 @@ async def _run(args: argparse.Namespace) -> int:
     identity = Identity.load_or_create(args.identity) if args.identity else Identity.generate()
     try:
         node = await DHTNode.create(
-            initial_peers=args.initial_peers, listen=args.listen, identity=identity, client_mode=True
+            initial_peers=args.initial_peers,
+            listen=args.listen,
+            identity=identity,
+            client_mode=True,
+            bootstrap_timeout=args.timeout,
         )
     except (DHTError, OSError, ValueError) as exc:
         print(f"error: {exc}")
