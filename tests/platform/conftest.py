@@ -75,10 +75,22 @@ def project(make_project: Callable[..., Project]) -> Project:
     return make_project()
 
 
-def logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
+@pytest.fixture
+def project_fields() -> dict[str, object]:
+    """Valid settings for a project, as keyword arguments or form data."""
+    return dict(PROJECT_FIELDS)
+
+
+@pytest.fixture
+def logged_in() -> Callable[[User], Client]:
+    """Build a test client already logged in as the given user."""
+
+    def build(user: User) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return build
 
 
 @pytest.fixture
