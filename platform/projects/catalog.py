@@ -44,6 +44,8 @@ def parse_grid_shape(text: str) -> tuple[int, ...]:
     dims: list[int] = []
     for part in parts:
         part = part.strip()
+        if not part:
+            raise ValueError("a dimension is missing; write the grid like 16x16")
         if not part.isdigit():
             raise ValueError(f"{part!r} is not a whole number; write the grid like 16x16")
         side = int(part)
