@@ -27,6 +27,15 @@ def validate_grid_shape(value: str) -> None:
         raise ValidationError(f"Invalid grid shape: {exc}.") from None
 
 
+# Words the URL map uses under /projects/; a project with one of these slugs would be unreachable.
+RESERVED_SLUGS = frozenset({"new", "mine"})
+
+
+def validate_slug_not_reserved(value: str) -> None:
+    if value in RESERVED_SLUGS:
+        raise ValidationError(f"“{value}” is reserved; choose another slug.")
+
+
 class JoinPolicy(models.TextChoices):
     OPEN = "open", "Anyone may join"
     APPROVAL = "approval", "The owner approves each volunteer"
@@ -35,7 +44,12 @@ class JoinPolicy(models.TextChoices):
 class Project(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="projects")
     title = models.CharField(max_length=120)
-    slug = models.SlugField(max_length=60, unique=True, help_text="Used in URLs and by node agents.")
+    slug = models.SlugField(
+        max_length=60,
+        unique=True,
+        validators=[validate_slug_not_reserved],
+        help_text="Used in URLs and by node agents.",
+    )
     description = models.TextField(blank=True)
     expert_architecture = models.CharField(max_length=16, choices=ARCHITECTURE_CHOICES, default="ffn")
     hidden_size = models.PositiveIntegerField(

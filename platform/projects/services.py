@@ -25,7 +25,7 @@ from projects.lifecycle import (
     check_transition,
     is_editable,
 )
-from projects.models import Project
+from projects.models import RESERVED_SLUGS, Project
 from projects.permissions import can_create_project, can_manage_project
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ EDITABLE_FIELDS = (
 def _unique_slug(title: str) -> str:
     base = slugify(title)[:50] or "project"
     slug, n = base, 2
-    while selectors.project_slug_taken(slug=slug):
+    while slug in RESERVED_SLUGS or selectors.project_slug_taken(slug=slug):
         slug, n = f"{base}-{n}", n + 1
     return slug
 

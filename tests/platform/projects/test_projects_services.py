@@ -71,3 +71,10 @@ def test_changes_to_public_projects_are_broadcast_after_commit(
     with django_capture_on_commit_callbacks() as callbacks:
         services.project_activate(project=draft, actor=researcher)
     assert len(callbacks) == 1
+
+
+def test_reserved_slugs_are_avoided_or_refused(researcher, project_fields) -> None:
+    generated = services.project_create(owner=researcher, **{**project_fields, "title": "New"})
+    assert generated.slug == "new-2"
+    with pytest.raises(ValidationError, match="reserved"):
+        services.project_create(owner=researcher, slug="mine", **project_fields)
