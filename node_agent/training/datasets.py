@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DATASETS", "Dataset", "available_datasets", "iterate_batches", "load_dataset"]
 
@@ -62,6 +65,8 @@ def available_datasets() -> dict[str, str]:
 
 def load_dataset(name: str, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """Load, shuffle with `seed`, split off `test_fraction` (stratified per class) and standardise."""
+    import torch  # here, not at module level: the CLI lists dataset names without loading torch
+
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
     if not 0.0 < test_fraction < 1.0:
@@ -96,6 +101,8 @@ def iterate_batches(
     """Endless shuffled mini-batches, reshuffled every epoch; an epoch's last partial batch is dropped."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     count = len(features)
     batch_size = min(batch_size, count)
