@@ -9,7 +9,10 @@ Format (namespace `experts:`; every subkey is owner-protected, so only the hosti
 * key `experts:ffn.3.14`, subkey `@<owner node id hex>`: one entry per replica; `get_experts` reads these.
 
 Every value is `{"endpoint": "host:port", "node_id": <20 bytes>, "t": <announce unix time>}`, plus
-`"withdrawn": true` when the server shut down. The DHT keeps the later expiration by default, so a
+`"withdrawn": true` when the server shut down, plus `"cred": <portal credential token>` in a gated project
+(`node_agent.credentials`): there, peers refuse a live announcement whose credential is missing, expired,
+forged, for another project, issued to another node key or revoked (a withdrawal needs none: it only
+hides the owner's own entries). The DHT keeps the later expiration by default, so a
 withdrawal could never replace an announcement; this namespace's validator prefers the larger `t` instead
 (newer statement from the same owner wins), and readers skip withdrawn entries.
 """
@@ -20,7 +23,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from node_agent.dht.api import (
     ID_BYTES,
@@ -37,6 +40,13 @@ from node_agent.moe.uids import is_valid_prefix, is_valid_uid, uid_prefix_chain
 EXPERTS_NAMESPACE = "experts:"
 MAX_ENDPOINT_LENGTH = 255
 MAX_ANNOUNCE_TTL = 3600.0
+_VALUE_FIELDS = {"endpoint", "node_id", "t", "withdrawn", "cred"}
+
+
+class CredentialChecker(Protocol):
+    """`node_agent.credentials.CredentialPolicy`: raises a ValueError subclass if `token` is not valid."""
+
+    def check(self, token: object, *, owner: bytes, now: float) -> Any: ...
 
 
 def uid_key(uid: str) -> str:
@@ -57,18 +67,28 @@ class Announcement:
     withdrawn: bool = False
 
 
-def announcement_value(endpoint: str, node_id: bytes, now: float, withdrawn: bool = False) -> dict[str, Any]:
+def announcement_value(
+    endpoint: str, node_id: bytes, now: float, withdrawn: bool = False, credential: str | None = None
+) -> dict[str, Any]:
     value: dict[str, Any] = {"endpoint": endpoint, "node_id": node_id, "t": now}
     if withdrawn:
         value["withdrawn"] = True
+    if credential is not None:
+        value["cred"] = credential
     return value
 
 
 def announcement_records(
-    uids: Iterable[str], node_id: bytes, endpoint: str, now: float, expiration: float, withdrawn: bool = False
+    uids: Iterable[str],
+    node_id: bytes,
+    endpoint: str,
+    now: float,
+    expiration: float,
+    withdrawn: bool = False,
+    credential: str | None = None,
 ) -> list[tuple[str, str | None, Any, float]]:
     """All `(key, subkey, value, expiration)` items announcing (or withdrawing) `uids`, deduplicated."""
-    value = announcement_value(endpoint, node_id, now, withdrawn)
+    value = announcement_value(endpoint, node_id, now, withdrawn, credential)
     items: dict[tuple[str, str], Any] = {}
     for uid in uids:
         for prefix, coordinate in uid_prefix_chain(uid):
@@ -115,10 +135,17 @@ def live_replicas(uid: str, entries: Mapping[str | None, ValueWithExpiration]) -
 
 
 class ExpertsValidator(RecordValidator):
-    """Schema rules for the `experts:` namespace; the newer announcement (`t`) of an owner wins."""
+    """Schema rules for the `experts:` namespace; the newer announcement (`t`) of an owner wins.
 
-    max_value_size = 512
+    With `credentials` (a gated project) a live announcement must also carry a credential that the
+    checker accepts for the record's owner.
+    """
+
+    max_value_size = 1024
     max_expiration_ahead = MAX_ANNOUNCE_TTL
+
+    def __init__(self, credentials: CredentialChecker | None = None) -> None:
+        self.credentials = credentials
 
     def validate(self, record: RecordView, now: float) -> None:
         name = record.key[len(EXPERTS_NAMESPACE) :]
@@ -137,8 +164,8 @@ class ExpertsValidator(RecordValidator):
         else:
             raise DHTValidationError(f"{record.key!r} is not an expert uid or uid prefix")
         value = record.value
-        if not isinstance(value, dict) or not set(value) <= {"endpoint", "node_id", "t", "withdrawn"}:
-            raise DHTValidationError("announcement must be a map of endpoint, node_id, t[, withdrawn]")
+        if not isinstance(value, dict) or not set(value) <= _VALUE_FIELDS:
+            raise DHTValidationError("announcement must be a map of endpoint, node_id, t[, withdrawn, cred]")
         endpoint, node_id, t = value.get("endpoint"), value.get("node_id"), value.get("t")
         if (
             not isinstance(endpoint, str)
@@ -152,6 +179,15 @@ class ExpertsValidator(RecordValidator):
             raise DHTValidationError("announcement time must be a unix time not in the future")
         if not isinstance(value.get("withdrawn", False), bool):
             raise DHTValidationError("withdrawn must be a boolean")
+        if "cred" in value and not isinstance(value["cred"], str):
+            raise DHTValidationError("cred must be a credential token string")
+        if self.credentials is not None and not value.get("withdrawn", False):
+            if "cred" not in value:
+                raise DHTValidationError("gated project: announcement carries no credential")
+            try:
+                self.credentials.check(value["cred"], owner=record.owner, now=now)
+            except ValueError as exc:
+                raise DHTValidationError(f"gated project: credential refused ({exc})") from exc
 
     def prefers(self, new: RecordView, old: RecordView) -> bool:
         new_t, old_t = _announce_time(new), _announce_time(old)
@@ -166,14 +202,20 @@ def _announce_time(record: RecordView) -> float:
     return float(t) if isinstance(t, int | float) else -math.inf
 
 
-def register_experts_validator(dht: Any) -> None:
-    dht.register_validator(EXPERTS_NAMESPACE, ExpertsValidator())
+def register_experts_validator(dht: Any, credentials: CredentialChecker | None = None) -> None:
+    """Register the `experts:` rules (gated when `credentials` is given); replaces an earlier registration."""
+    dht.register_validator(EXPERTS_NAMESPACE, ExpertsValidator(credentials))
 
 
 async def announce_experts(
-    dht: Any, uids: Iterable[str], ttl: float, withdrawn: bool = False, now: float | None = None
+    dht: Any,
+    uids: Iterable[str],
+    ttl: float,
+    withdrawn: bool = False,
+    now: float | None = None,
+    credential: str | None = None,
 ) -> list[bool]:
     """Store (or withdraw) announcements for `uids`; one bool per DHT item (True: some replica took it)."""
     now = time.time() if now is None else now
-    items = announcement_records(uids, dht.node_id, dht.endpoint, now, now + ttl, withdrawn)
+    items = announcement_records(uids, dht.node_id, dht.endpoint, now, now + ttl, withdrawn, credential)
     return await dht.store_many(items)

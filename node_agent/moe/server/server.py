@@ -9,6 +9,10 @@ Wire bodies (msgpack): request `{"uid", "inputs": [tensor], "grads": [tensor] (b
 "reply_compression": "none"|"float16"|...}`; reply `{"outputs": [tensor]}` or `{"grads": [tensor]}`;
 `info` replies with `ExpertBackend.info()`. Errors use the RPC error codes `unknown_expert`,
 `bad_request`, `bad_tensor`, `shutting_down`, `internal`.
+
+In a gated project (`node_agent.credentials`) the server carries its portal credential in every
+announcement (`credential`, replaced on renewal by `set_credential`) and its DHT node refuses other
+nodes' announcements without a valid one (`credentials` checker).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 import torch
 
-from node_agent.moe.announce import announce_experts, register_experts_validator
+from node_agent.moe.announce import CredentialChecker, announce_experts, register_experts_validator
 from node_agent.moe.server.backend import ExpertBackend
 from node_agent.moe.server.checkpoints import load_checkpoint, save_checkpoint
 from node_agent.moe.server.runtime import BatchingRuntime
@@ -57,6 +61,9 @@ class ExpertServer:
         self.accepting = True
         self.requests = 0
         self.failures = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.credential: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -67,16 +74,23 @@ class ExpertServer:
         options: ServerOptions | None = None,
         rtc_options: RTCOptions | None = None,
         announce: bool = True,
+        credential: str | None = None,
+        credentials: CredentialChecker | None = None,
     ) -> ExpertServer:
-        """Restore checkpoints, start batching, accept connections and announce the experts."""
+        """Restore checkpoints, start batching, accept connections and announce the experts.
+
+        `credential`: this node's portal credential, carried in announcements (gated projects);
+        `credentials`: the checker that makes this node refuse uncredentialed announcements of others.
+        """
         server = cls(dht, backends, options or ServerOptions())
+        server.credential = credential
         if server.options.checkpoint_dir:
             for backend in backends.values():
                 load_checkpoint(server.options.checkpoint_dir, backend)
         for uid, backend in backends.items():
             server.runtime.add_queue(f"{uid}/forward", backend.forward)
             server.runtime.add_queue(f"{uid}/backward", server._backward_fn(backend))
-        register_experts_validator(dht)
+        register_experts_validator(dht, credentials)
         server.pool = await ConnectionPool.create(dht, server.handle, rtc_options)
         if announce:
             await server.announce()
@@ -91,8 +105,18 @@ class ExpertServer:
         split = len(backend.input_schema)
         return lambda tensors: backend.backward(tensors[:split], tensors[split:])
 
+    def set_credential(self, credential: str | None) -> None:
+        """Use a renewed credential from the next announcement on (well before the old one expires)."""
+        self.credential = credential
+
     async def announce(self, withdrawn: bool = False) -> None:
-        results = await announce_experts(self.dht, list(self.backends), self.options.announce_ttl, withdrawn)
+        results = await announce_experts(
+            self.dht,
+            list(self.backends),
+            self.options.announce_ttl,
+            withdrawn,
+            credential=None if withdrawn else self.credential,
+        )
         stored = sum(results)
         if stored < len(results):
             logger.warning("announcement stored %d of %d DHT items", stored, len(results))
@@ -115,15 +139,17 @@ class ExpertServer:
             compression = self._reply_compression(body)
             if method == "forward":
                 inputs = self._decode(body.get("inputs"), backend.input_schema, "inputs")
+                self.bytes_in += _payload_bytes(body.get("inputs"))
                 outputs = await self.runtime.submit(f"{uid}/forward", inputs)
-                return {"outputs": encode_tensors(outputs, compression)}
+                return self._reply("outputs", encode_tensors(outputs, compression))
             if method == "backward":
                 inputs = self._decode(body.get("inputs"), backend.input_schema, "inputs")
                 grads = self._decode(body.get("grads"), backend.output_schema, "grads")
                 if any(g.shape[0] != inputs[0].shape[0] for g in grads):
                     raise RPCHandlerError("bad_tensor", "grads and inputs have different batch sizes")
+                self.bytes_in += _payload_bytes(body.get("inputs")) + _payload_bytes(body.get("grads"))
                 grad_inputs = await self.runtime.submit(f"{uid}/backward", [*inputs, *grads])
-                return {"grads": encode_tensors(grad_inputs, compression)}
+                return self._reply("grads", encode_tensors(grad_inputs, compression))
         except RPCHandlerError:
             self.failures += 1
             raise
@@ -131,6 +157,10 @@ class ExpertServer:
             self.failures += 1
             raise RPCHandlerError("bad_tensor", str(exc)) from exc
         raise RPCHandlerError("unknown_method", f"unknown method {method!r}")
+
+    def _reply(self, name: str, encoded: list[dict[str, Any]]) -> dict[str, Any]:
+        self.bytes_out += _payload_bytes(encoded)
+        return {name: encoded}
 
     def _reply_compression(self, body: dict[str, Any]) -> Compression:
         try:
@@ -211,3 +241,10 @@ class ExpertServer:
         await self.runtime.shutdown()
         if self.pool is not None:
             await self.pool.close()
+
+
+def _payload_bytes(headers: Any) -> int:
+    """Tensor bytes in encoded headers (telemetry's bandwidth counters; framing overhead not counted)."""
+    if not isinstance(headers, list):
+        return 0
+    return sum(len(h.get("data", b"")) + len(h.get("scales", b"")) for h in headers if isinstance(h, dict))

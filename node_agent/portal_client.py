@@ -1,0 +1,197 @@
+"""HTTP calls from the agent to the portal: standard library only (``urllib.request``), always with a timeout.
+
+The calls block; asyncio code runs them with ``asyncio.to_thread`` so the event loop (DHT, WebRTC,
+expert batching) never waits on the portal. Every failure is one of two errors:
+
+* :class:`PortalUnreachable`: no answer, a timeout, a 5xx or a garbled reply: retry later with backoff.
+* :class:`PortalRefused`: the portal answered 4xx with ``{"error": code, "detail": text}``: the request
+  itself is wrong (expired code, banned node, ...); ``retry_after`` is set for 429.
+
+Endpoints (``node_agent.portal_protocol`` holds the body formats): ``GET /api/v1/projects/<slug>/config``,
+``POST /api/v1/agent/{join,renew,heartbeat,metrics}`` (bodies signed with the node key).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from node_agent.identity import Identity
+from node_agent.portal_protocol import API_PREFIX, sign_body
+
+__all__ = ["PortalClient", "PortalError", "PortalRefused", "PortalReply", "PortalUnreachable"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest reply read from the portal (a project config or a credential is a few KiB).
+MAX_REPLY_BYTES = 1024 * 1024
+
+
+class PortalError(Exception):
+    """Base of every portal call failure."""
+
+
+class PortalUnreachable(PortalError):
+    """No usable answer (connection refused, timeout, 5xx, not JSON): the portal may be down; retry."""
+
+
+class PortalRefused(PortalError):
+    """The portal refused the request (4xx); ``code`` is its machine-readable error."""
+
+    def __init__(self, status: int, code: str, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status} {code}" + (f": {detail}" if detail else ""))
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class PortalReply:
+    status: int
+    data: dict[str, Any]
+
+
+def normalise_portal_url(url: str) -> str:
+    """``127.0.0.1:8000`` or ``http://host/`` -> ``http://host``; ValueError if unusable."""
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"portal URL must be http(s)://host[:port], got {url!r}")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+class PortalClient:
+    """Blocking, thread-safe calls to one portal; ``clock`` gives the ``ts`` of signed bodies."""
+
+    def __init__(self, base_url: str, *, timeout: float = 10.0, clock: Callable[[], float] | None = None):
+        self.base_url = normalise_portal_url(base_url)
+        self.timeout = timeout
+        self.clock = clock or time.time
+
+    # ---- endpoints ---------------------------------------------------------------------------------------
+
+    def project_config(self, slug: str) -> dict[str, Any]:
+        quoted = urllib.parse.quote(slug, safe="")
+        return self.request("GET", f"{API_PREFIX}projects/{quoted}/config").data
+
+    def join(self, identity: Identity, code: str, agent_version: str, platform: str) -> PortalReply:
+        """201 with a credential, or 202 ``{"status": "pending_approval"}`` (poll with the same code)."""
+        body = {"code": code, "agent_version": agent_version, "platform": platform}
+        return self.post_signed("agent/join", identity, body)
+
+    def join_until_approved(
+        self,
+        identity: Identity,
+        code: str,
+        agent_version: str,
+        platform: str,
+        *,
+        poll_interval: float = 5.0,
+        max_wait: float = 3600.0,
+        on_pending: Callable[[], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> dict[str, Any]:
+        """Trade the code for a credential, polling while an approval-gated project holds the node.
+
+        Returns the 201 body (``credential``, ``expires_at``, ``node``, ``config``). A portal that is
+        briefly unreachable is retried at the poll interval; a refusal ends the wait at once.
+        """
+        deadline = time.monotonic() + max_wait
+        told = False
+        while True:
+            try:
+                reply = self.join(identity, code, agent_version, platform)
+            except PortalUnreachable as exc:
+                if time.monotonic() + poll_interval > deadline:
+                    raise
+                logger.warning("portal unreachable while joining (%s); retrying in %.0fs", exc, poll_interval)
+            else:
+                if reply.status != 202:
+                    if not isinstance(reply.data.get("credential"), str):
+                        raise PortalUnreachable(f"join answered {reply.status} without a credential")
+                    return reply.data
+                if not told and on_pending is not None:
+                    on_pending()
+                told = True
+                if time.monotonic() + poll_interval > deadline:
+                    raise PortalRefused(202, "approval_timeout", f"not approved within {max_wait:.0f}s")
+            sleep(poll_interval)
+
+    def renew(self, identity: Identity, credential: str) -> PortalReply:
+        return self.post_signed("agent/renew", identity, {"credential": credential})
+
+    def heartbeat(self, identity: Identity, body: Mapping[str, Any]) -> PortalReply:
+        return self.post_signed("agent/heartbeat", identity, body)
+
+    def metrics(self, identity: Identity, body: Mapping[str, Any]) -> PortalReply:
+        return self.post_signed("agent/metrics", identity, body)
+
+    # ---- transport ---------------------------------------------------------------------------------------
+
+    def post_signed(self, endpoint: str, identity: Identity, body: Mapping[str, Any]) -> PortalReply:
+        raw, headers = sign_body(identity, body, self.clock())
+        return self.request("POST", f"{API_PREFIX}{endpoint}", raw, headers)
+
+    def request(
+        self, method: str, path: str, data: bytes | None = None, headers: Mapping[str, str] | None = None
+    ) -> PortalReply:
+        url = self.base_url + path
+        request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+        request.add_header("Accept", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status, raw = response.status, response.read(MAX_REPLY_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raw = exc.read(MAX_REPLY_BYTES + 1) if exc.fp is not None else b""
+            self._raise_for(exc.code, raw, exc.headers.get("Retry-After") if exc.headers else None, url)
+        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise PortalUnreachable(f"{method} {url}: {reason}") from None
+        return PortalReply(status, _json_object(raw, url))
+
+    def _raise_for(self, status: int, raw: bytes, retry_after: str | None, url: str) -> None:
+        if status >= 500 or status < 400:
+            raise PortalUnreachable(f"{url}: HTTP {status}")
+        try:
+            data = _json_object(raw, url)
+        except PortalUnreachable:
+            data = {}
+        code = data.get("error") if isinstance(data.get("error"), str) else f"http_{status}"
+        detail = data.get("detail") if isinstance(data.get("detail"), str) else ""
+        raise PortalRefused(status, code, detail, _parse_retry_after(retry_after))
+
+
+def _json_object(raw: bytes, url: str) -> dict[str, Any]:
+    if len(raw) > MAX_REPLY_BYTES:
+        raise PortalUnreachable(f"{url}: reply larger than {MAX_REPLY_BYTES} bytes")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise PortalUnreachable(f"{url}: reply is not JSON") from None
+    if not isinstance(data, dict):
+        raise PortalUnreachable(f"{url}: reply is not a JSON object")
+    return data
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (RFC 9110 section 10.2.3); the HTTP-date form is ignored (None)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 86400 else None
