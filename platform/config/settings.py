@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "core",
     "accounts",
     "projects",
+    "swarm",
 ]
 
 MIDDLEWARE = [
@@ -194,6 +195,27 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounts.tasks.retry_welcome_emails",
         "schedule": env_int("WELCOME_RETRY_INTERVAL_S", 600),
     },
+    "swarm-housekeeping": {
+        "task": "swarm.tasks.swarm_housekeeping",
+        "schedule": env_int("SWARM_ROLLUP_S", 60),
+    },
+}
+
+# --- Swarm: the portal's signing key, the agent wheel, node lifecycle thresholds (seconds) --------------
+PORTAL_SIGNING_KEY = env_secret("PORTAL_SIGNING_KEY")  # hex Ed25519 seed, or PORTAL_SIGNING_KEY_FILE
+PORTAL_SIGNING_KEY_GENERATE = env_bool("PORTAL_SIGNING_KEY_GENERATE", DEBUG)  # dev: var/portal_key, 0600
+PORTAL_PUBLIC_URL = env_str("PORTAL_PUBLIC_URL")  # how agents reach the portal; default: the request's host
+AGENT_WHEEL_DIR = Path(env_str("AGENT_WHEEL_DIR", str(VAR_DIR / "agent")))
+SWARM = {
+    "JOIN_CODE_TTL": env_int("SWARM_JOIN_CODE_TTL_S", 900),
+    "CREDENTIAL_TTL": env_int("SWARM_CREDENTIAL_TTL_S", 86_400),
+    "RENEW_GRACE": env_int("SWARM_RENEW_GRACE_S", 7 * 86_400),
+    "HEARTBEAT_INTERVAL": env_int("SWARM_HEARTBEAT_INTERVAL_S", 10),
+    "HEARTBEAT_BURST": env_int("SWARM_HEARTBEAT_BURST", 6),
+    "ONLINE_WITHIN": env_int("SWARM_ONLINE_WITHIN_S", 30),
+    "OFFLINE_AFTER": env_int("SWARM_OFFLINE_AFTER_S", 90),
+    "OBSERVE_INTERVAL": env_int("SWARM_OBSERVE_INTERVAL_S", 10),
+    "RAW_RETENTION": env_int("SWARM_RAW_RETENTION_S", 2 * 86_400),
 }
 
 # --- Logging ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from django.urls import include, path
 
 urlpatterns = [
     path("", include("core.urls")),
+    path("", include("swarm.urls")),
     path("accounts/", include("accounts.urls")),
     path("projects/", include("projects.urls")),
     path("admin/", admin.site.urls),

@@ -39,7 +39,60 @@ class ProjectChangedEvent(TypedDict):
     project: ProjectSummary
 
 
-PortalEvent = ProjectChangedEvent
+class NodeSummary(TypedDict):
+    node_id: str
+    state: str
+    state_label: str
+    state_changed_at: str
+    role: str
+    experts: list[str]
+    announced_experts: list[str]
+    agent_version: str
+    samples: int
+    requests: int
+    samples_per_s: float
+    last_heartbeat_at: str | None
+
+
+class NodeChangedEvent(TypedDict):
+    """A node of a project's swarm changed state or reported a heartbeat (group `swarm.<slug>`)."""
+
+    type: Literal["swarm.node_changed"]
+    project: str
+    node: NodeSummary
+
+
+class CoverageChangedEvent(TypedDict):
+    """The observer read the project's DHT: live replicas per grid cell (0 = hole)."""
+
+    type: Literal["swarm.coverage_changed"]
+    project: str
+    observed_at: str
+    cells: dict[str, int]
+
+
+class MetricPointSummary(TypedDict):
+    step: int
+    loss: float
+    accuracy: float
+    samples_per_s: float
+    timestamp: str
+
+
+class MetricsReceivedEvent(TypedDict):
+    """A trainer reported training metrics for the project."""
+
+    type: Literal["swarm.metrics_received"]
+    project: str
+    node_id: str
+    points: list[MetricPointSummary]
+
+
+def project_swarm_group(slug: str) -> str:
+    return f"swarm.{slug}"
+
+
+PortalEvent = ProjectChangedEvent | NodeChangedEvent | CoverageChangedEvent | MetricsReceivedEvent
 
 
 def broadcast(group: str, event: PortalEvent) -> None:

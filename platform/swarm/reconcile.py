@@ -1,0 +1,119 @@
+"""Node lifecycle from two sources of evidence: what agents report (heartbeats) and what the DHT shows.
+
+Pure: the observer (and tests) pass in the nodes' facts, the announcements read from the DHT and `now`;
+out come the state changes to apply, grid coverage and the mismatches worth showing an admin.
+
+Rules (thresholds in seconds, from settings.SWARM):
+* banned and pending nodes keep their state (only an admin or the owner changes those);
+* heartbeat within `online_within`: online, unless it is a server that claims experts but none of them is
+  in the DHT (it cannot be reached by trainers): unreachable;
+* heartbeat older than `online_within` but not older than `offline_after`: unreachable (missed beats);
+* no heartbeat for `offline_after`: unreachable if its experts are still announced in the DHT (announced
+  but silent), otherwise offline (or still registered if it never sent a heartbeat).
+When the DHT could not be read this round, only heartbeats count.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+PENDING, REGISTERED, ONLINE, UNREACHABLE, OFFLINE, BANNED = (
+    "pending", "registered", "online", "unreachable", "offline", "banned",
+)  # fmt: skip
+_FROZEN = {PENDING, BANNED}
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    online_within: float = 30.0
+    offline_after: float = 90.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    node_id: str  # hex
+    state: str
+    role: str
+    claimed_experts: tuple[str, ...]
+    last_heartbeat: float | None  # unix time
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    node_id: str
+    previous: str
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    changes: list[StateChange] = field(default_factory=list)
+    announced_without_heartbeat: list[str] = field(default_factory=list)
+    heartbeat_without_announcement: list[str] = field(default_factory=list)
+    unknown_announcers: list[str] = field(default_factory=list)
+
+
+def _decide(facts: NodeFacts, announced: set[str] | None, now: float, limits: Thresholds) -> tuple[str, str]:
+    age = None if facts.last_heartbeat is None else now - facts.last_heartbeat
+    in_dht = bool(announced)
+    if age is not None and age <= limits.online_within:
+        if announced is not None and facts.role == "server" and facts.claimed_experts and not in_dht:
+            return UNREACHABLE, "heartbeats, but none of its experts is announced in the DHT"
+        return ONLINE, "heartbeating"
+    if age is not None and age <= limits.offline_after:
+        return UNREACHABLE, f"no heartbeat for {age:.0f}s"
+    if in_dht:
+        return UNREACHABLE, "experts announced in the DHT, but no heartbeat"
+    if age is None:
+        return REGISTERED, "never sent a heartbeat"
+    return OFFLINE, f"no heartbeat for {age:.0f}s"
+
+
+def reconcile(
+    nodes: Iterable[NodeFacts],
+    announced: Mapping[str, set[str]] | None,
+    *,
+    now: float,
+    limits: Thresholds,
+) -> Reconciliation:
+    """Decide each node's state; `announced` (node id hex -> uids in the DHT) is None if unreadable."""
+    result = Reconciliation()
+    known: set[str] = set()
+    for facts in nodes:
+        known.add(facts.node_id)
+        node_announced = None if announced is None else set(announced.get(facts.node_id, set()))
+        if facts.state in _FROZEN:
+            continue
+        state, reason = _decide(facts, node_announced, now, limits)
+        if state != facts.state:
+            result.changes.append(StateChange(facts.node_id, facts.state, state, reason))
+        if announced is None:
+            continue
+        fresh = facts.last_heartbeat is not None and now - facts.last_heartbeat <= limits.online_within
+        if node_announced and not fresh:
+            result.announced_without_heartbeat.append(facts.node_id)
+        if fresh and facts.role == "server" and facts.claimed_experts and not node_announced:
+            result.heartbeat_without_announcement.append(facts.node_id)
+    if announced is not None:
+        result.unknown_announcers.extend(sorted(set(announced) - known))
+    return result
+
+
+def grid_uids(prefix: str, dims: Sequence[int]) -> list[str]:
+    """Every expert uid of a grid: `ffn.0.0` .. `ffn.3.3` for prefix ffn and dims (4, 4)."""
+    return [
+        ".".join([prefix, *map(str, coords)]) for coords in itertools.product(*(range(side) for side in dims))
+    ]
+
+
+def grid_coverage(prefix: str, dims: Sequence[int], announced: Mapping[str, set[str]]) -> dict[str, int]:
+    """Live replicas per grid cell (0 for a hole); uids outside the grid are ignored."""
+    coverage = dict.fromkeys(grid_uids(prefix, dims), 0)
+    for uids in announced.values():
+        for uid in uids:
+            if uid in coverage:
+                coverage[uid] += 1
+    return coverage

@@ -1,0 +1,246 @@
+"""Reads about swarms: project configs for agents, nodes, coverage, metrics and the health overview.
+
+Every figure handed to a page or the API carries its freshness (when it was observed or reported).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import QuerySet
+
+from accounts.models import User
+from projects.lifecycle import ProjectStatus
+from projects.models import Project
+from swarm.keys import portal_public_key
+from swarm.models import (
+    Alert,
+    ContributionBucket,
+    IssuedCredential,
+    Node,
+    NodeState,
+    ProjectSwarm,
+    TrainingMetric,
+)
+from swarm.reconcile import grid_uids
+from swarm.wheel import latest_wheel
+
+MAX_BOOTSTRAP_PEERS = 16
+RECENT_METRICS = 200
+
+
+def swarm_settings(*, project: Project) -> ProjectSwarm:
+    """The project's swarm row, or an unsaved default one (reads never create rows)."""
+    found = ProjectSwarm.objects.filter(project=project).first()
+    return found or ProjectSwarm(project=project)
+
+
+def expert_prefix(project: Project) -> str:
+    """Grid name of the project's experts in uids and DHT keys (`ffn.3.14`)."""
+    return project.expert_architecture
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def age_s(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else max(0.0, (now - moment).total_seconds())
+
+
+def bootstrap_peers(*, project: Project, now: datetime) -> list[str]:
+    """Configured always-on peers first, then servers that heartbeated recently (pinned to their id)."""
+    peers = [str(p) for p in swarm_settings(project=project).bootstrap_peers]
+    recent = now - timedelta(seconds=settings.SWARM["ONLINE_WITHIN"])
+    live = (
+        Node.objects.filter(project=project, last_heartbeat_at__gte=recent, role="server")
+        .exclude(state=NodeState.BANNED)
+        .exclude(endpoint="")
+        .order_by("-last_heartbeat_at")
+    )
+    for node in live[:MAX_BOOTSTRAP_PEERS]:
+        peer = f"{node.endpoint}/{node.node_id}"
+        if peer not in peers:
+            peers.append(peer)
+    return peers[:MAX_BOOTSTRAP_PEERS]
+
+
+def project_config(*, project: Project, portal_url: str, now: datetime) -> dict[str, Any]:
+    """What `GET /api/v1/projects/<slug>/config` returns (node_agent.portal_protocol.ProjectConfig)."""
+    wheel = latest_wheel()
+    swarm = swarm_settings(project=project)
+    return {
+        "project": project.slug,
+        "title": project.title,
+        "status": project.status,
+        "dht_prefix": project.slug,
+        "bootstrap_peers": bootstrap_peers(project=project, now=now),
+        "portal_public_key": portal_public_key().hex(),
+        "gated": swarm.gated,
+        "approval_required": project.join_policy == "approval",
+        "expert": {
+            "class": project.expert_architecture,
+            "hidden_dim": project.hidden_size,
+            "grid": list(project.grid_dims),
+            "prefix": expert_prefix(project),
+        },
+        "training": {
+            "dataset": project.dataset,
+            "optimizer": project.optimizer,
+            "learning_rate": project.learning_rate,
+        },
+        "agent": {
+            "version": wheel.version if wheel else "",
+            "wheel_url": f"{portal_url}/agent/{wheel.filename}" if wheel else "",
+            "sha256": wheel.sha256 if wheel else "",
+        },
+    }
+
+
+def project_get_joinable(*, slug: str) -> Project | None:
+    return Project.objects.select_related("owner").filter(slug=slug, status=ProjectStatus.ACTIVE).first()
+
+
+def revoked_cids(*, project: Project) -> set[str]:
+    return set(
+        IssuedCredential.objects.filter(node__project=project, revoked_at__isnull=False).values_list(
+            "cid", flat=True
+        )
+    )
+
+
+def nodes_of_user(*, user: User) -> QuerySet[Node]:
+    return Node.objects.select_related("project").filter(user=user).order_by("-created_at")
+
+
+def nodes_of_project(*, project: Project) -> QuerySet[Node]:
+    return Node.objects.select_related("user").filter(project=project).order_by("state", "-last_heartbeat_at")
+
+
+def node_credential_state(*, node: Node, now: datetime) -> dict[str, Any]:
+    latest = node.credentials.first()
+    if latest is None:
+        return {"state": "none", "label": "No credential yet", "expires_at": None}
+    if latest.revoked_at:
+        return {"state": "revoked", "label": "Revoked", "expires_at": latest.expires_at}
+    if latest.expires_at <= now:
+        return {"state": "expired", "label": "Expired", "expires_at": latest.expires_at}
+    return {"state": "valid", "label": "Valid", "expires_at": latest.expires_at}
+
+
+def node_as_dict(node: Node, now: datetime) -> dict[str, Any]:
+    return {
+        "node_id": node.node_id,
+        "state": node.state,
+        "state_changed_at": iso(node.state_changed_at),
+        "state_reason": node.state_reason,
+        "role": node.role,
+        "endpoint": node.endpoint,
+        "agent_version": node.agent_version,
+        "platform": node.platform,
+        "experts": list(node.experts),
+        "announced_experts": list(node.announced_experts),
+        "requests": node.requests,
+        "samples": node.samples,
+        "failures": node.failures,
+        "bytes_in": node.bytes_in,
+        "bytes_out": node.bytes_out,
+        "samples_per_s": node.samples_per_s,
+        "last_heartbeat_at": iso(node.last_heartbeat_at),
+        "heartbeat_age_s": age_s(node.last_heartbeat_at, now),
+        "last_seen_in_dht_at": iso(node.last_seen_in_dht_at),
+    }
+
+
+def coverage_of(*, project: Project) -> dict[str, int]:
+    """Replicas per grid cell from the last observation (every cell, 0 = hole)."""
+    observed = swarm_settings(project=project).coverage or {}
+    return {uid: int(observed.get(uid, 0)) for uid in grid_uids(expert_prefix(project), project.grid_dims)}
+
+
+def recent_metrics(*, project: Project, limit: int = RECENT_METRICS) -> list[TrainingMetric]:
+    latest = TrainingMetric.objects.filter(project=project, kind="train").order_by("-timestamp")[:limit]
+    return list(reversed(latest))
+
+
+def swarm_state(*, project: Project, now: datetime) -> dict[str, Any]:
+    """The read-only swarm state of `GET /api/v1/projects/<slug>/swarm`."""
+    swarm = swarm_settings(project=project)
+    coverage = coverage_of(project=project)
+    metrics = recent_metrics(project=project, limit=50)
+    return {
+        "project": project.slug,
+        "generated_at": now.isoformat(),
+        "observed_at": iso(swarm.observed_at),
+        "observation_age_s": age_s(swarm.observed_at, now),
+        "observation_error": swarm.observation_error,
+        "nodes": [node_as_dict(n, now) for n in nodes_of_project(project=project)],
+        "coverage": {
+            "cells": coverage,
+            "covered": sum(1 for v in coverage.values() if v),
+            "total": len(coverage),
+        },
+        "metrics": [
+            {
+                "step": m.step,
+                "loss": m.loss,
+                "accuracy": m.accuracy,
+                "samples_per_s": m.samples_per_s,
+                "timestamp": m.timestamp.isoformat(),
+            }
+            for m in metrics
+        ],
+        "metrics_age_s": age_s(metrics[-1].received_at, now) if metrics else None,
+    }
+
+
+def contribution_series(*, nodes: list[Node], since: datetime) -> dict[int, list[tuple[datetime, int]]]:
+    """Samples processed per bucket for each node (node pk -> [(bucket start, samples)])."""
+    series: dict[int, list[tuple[datetime, int]]] = {n.pk: [] for n in nodes}
+    buckets = ContributionBucket.objects.filter(node__in=nodes, start__gte=since).order_by("start")
+    for bucket in buckets:
+        series[bucket.node_id].append((bucket.start, bucket.samples))
+    return series
+
+
+def open_alerts(*, project: Project | None = None) -> QuerySet[Alert]:
+    alerts = Alert.objects.select_related("project", "node").filter(resolved_at__isnull=True)
+    return alerts.filter(project=project) if project else alerts
+
+
+def health_overview(*, now: datetime) -> list[dict[str, Any]]:
+    """One summary per active or paused project for the admin swarm-health page."""
+    rows = []
+    projects = Project.objects.filter(status__in=[ProjectStatus.ACTIVE, ProjectStatus.PAUSED]).order_by(
+        "title"
+    )
+    for project in projects:
+        nodes = list(nodes_of_project(project=project))
+        states = Counter(n.state for n in nodes)
+        coverage = coverage_of(project=project)
+        swarm = swarm_settings(project=project)
+        rows.append(
+            {
+                "project": project,
+                "swarm": swarm,
+                "nodes": nodes,
+                "states": states,
+                "online": states.get(NodeState.ONLINE, 0),
+                "holes": [uid for uid, n in coverage.items() if n == 0],
+                "covered": sum(1 for n in coverage.values() if n),
+                "cells": len(coverage),
+                "troubled": [n for n in nodes if n.state in (NodeState.UNREACHABLE,) or n.failures > 0],
+                "pending": [n for n in nodes if n.state == NodeState.PENDING],
+                "versions": Counter(
+                    n.agent_version or "unknown" for n in nodes if n.state != NodeState.OFFLINE
+                ),
+                "bootstrap_peers": bootstrap_peers(project=project, now=now),
+                "alerts": list(open_alerts(project=project)[:20]),
+                "observed_at": swarm.observed_at,
+                "observation_age_s": age_s(swarm.observed_at, now),
+            }
+        )
+    return rows

@@ -1,0 +1,261 @@
+"""Writes about swarms: join codes, credentials, approvals, bans and node state changes.
+
+Agent-facing services raise AgentRequestError (status, code, detail) and run in one transaction, so a
+refused request leaves nothing behind. Each change a page shows is broadcast to `swarm.<slug>` on commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+
+from accounts.models import User
+from node_agent.identity import node_id_from_public_key
+from node_agent.portal_protocol import (
+    Credential,
+    CredentialError,
+    JoinRequest,
+    RenewRequest,
+    issue_credential,
+    peek_credential,
+    verify_credential,
+)
+from projects.lifecycle import ProjectStatus
+from projects.models import JoinPolicy, Project
+from projects.permissions import can_manage_project, can_view_project
+from swarm import selectors
+from swarm.codes import code_hash, new_code
+from swarm.errors import AgentRequestError
+from swarm.events import announce_node
+from swarm.keys import portal_identity
+from swarm.models import IssuedCredential, JoinCode, Node, NodeState, NodeStateChange, SeenNonce, UserBan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    cid: str
+    expires_at: float
+
+
+# ---- node state -------------------------------------------------------------------------------------------
+
+
+def node_set_state(*, node: Node, state: str, reason: str, now: datetime) -> bool:
+    """Move a node to `state`, recording the change with its time; False if it was already there."""
+    if node.state == state:
+        return False
+    NodeStateChange.objects.create(node=node, previous=node.state, state=state, reason=reason[:200], at=now)
+    logger.info("node %s in %s: %s -> %s (%s)", node.short_id, node.project_id, node.state, state, reason)
+    node.state, node.state_changed_at, node.state_reason = state, now, reason[:200]
+    node.save(update_fields=["state", "state_changed_at", "state_reason"])
+    announce_node(node, node.project.slug)
+    return True
+
+
+# ---- join codes and credentials -------------------------------------------------------------------------
+
+
+def join_code_create(*, project: Project, user: User, now: datetime) -> tuple[JoinCode, str]:
+    """A one-time code for `user` to join `project` with one node; returns the row and the plain code."""
+    if project.status != ProjectStatus.ACTIVE or not can_view_project(user, project):
+        raise PermissionDenied("This project is not accepting volunteers.")
+    if UserBan.objects.filter(user=user).exists():
+        raise PermissionDenied("Your account may not join swarms.")
+    code = new_code()
+    ttl = timedelta(seconds=settings.SWARM["JOIN_CODE_TTL"])
+    row = JoinCode.objects.create(
+        project=project, user=user, code_hash=code_hash(code), created_at=now, expires_at=now + ttl
+    )
+    logger.info("join code for %s created for user %s", project.slug, user.pk)
+    return row, code
+
+
+def nonce_record(*, public_key: bytes, nonce: str, now: datetime) -> None:
+    """Remember a signed body's nonce; a second use is a replay. Call inside the request's transaction."""
+    try:
+        with transaction.atomic():
+            SeenNonce.objects.create(public_key=public_key.hex(), nonce=nonce.lower(), seen_at=now)
+    except IntegrityError:
+        raise AgentRequestError(409, "replayed", "this signed body was already received") from None
+
+
+def _credential_issue(*, node: Node, now: datetime) -> IssuedToken:
+    cid = secrets.token_hex(16)
+    ttl = float(settings.SWARM["CREDENTIAL_TTL"])
+    token = issue_credential(
+        portal_identity(),
+        cid=cid,
+        project=node.project.slug,
+        user=node.user_id,
+        node_public_key=bytes.fromhex(node.public_key),
+        now=now.timestamp(),
+        ttl=ttl,
+    )
+    expires = now + timedelta(seconds=ttl)
+    IssuedCredential.objects.create(cid=cid, node=node, issued_at=now, expires_at=expires)
+    return IssuedToken(token, cid, expires.timestamp())
+
+
+def _refuse_if_banned(node: Node) -> None:
+    if node.state == NodeState.BANNED:
+        raise AgentRequestError(403, "banned", "this node is banned from the project")
+    if UserBan.objects.filter(user_id=node.user_id).exists():
+        raise AgentRequestError(403, "banned", "this node's owner is banned")
+
+
+def agent_join(
+    *, public_key: bytes, request: JoinRequest, now: datetime, portal_url: str
+) -> tuple[int, dict[str, Any]]:
+    """Trade a join code (signed by the node key) for a credential: (201, body) or (202, pending)."""
+    with transaction.atomic():
+        nonce_record(public_key=public_key, nonce=request.nonce, now=now)
+        code = (
+            JoinCode.objects.select_for_update()
+            .select_related("project", "user", "node")
+            .filter(code_hash=code_hash(request.code))
+            .first()
+        )
+        if code is None:
+            raise AgentRequestError(400, "invalid_code", "no such join code; copy the command again")
+        if code.used_at is not None:
+            raise AgentRequestError(409, "code_used", "this join code was already used")
+        bound = code.node
+        if bound is not None and bound.public_key != public_key.hex():
+            raise AgentRequestError(409, "code_used", "this join code belongs to another node")
+        pending = bound is not None and bound.state == NodeState.PENDING
+        if code.expires_at <= now and not pending:
+            raise AgentRequestError(410, "code_expired", "this join code expired; open the Join page again")
+        project = code.project
+        if project.status != ProjectStatus.ACTIVE:
+            raise AgentRequestError(409, "project_not_active", f"project {project.slug} is {project.status}")
+        node, created = Node.objects.get_or_create(
+            project=project,
+            public_key=public_key.hex(),
+            defaults={"user": code.user, "node_id": node_id_from_public_key(public_key).hex()},
+        )
+        if node.user_id != code.user_id:
+            raise AgentRequestError(403, "foreign_node", "this node key is registered to another account")
+        _refuse_if_banned(node)
+        node.agent_version, node.platform = request.agent_version, request.platform
+        node.save(update_fields=["agent_version", "platform"])
+        if created:
+            NodeStateChange.objects.create(node=node, previous="", state=node.state, reason="joined", at=now)
+        if project.join_policy == JoinPolicy.APPROVAL and node.approved_at is None:
+            node_set_state(
+                node=node, state=NodeState.PENDING, reason="waiting for the owner's approval", now=now
+            )
+            code.node = node
+            code.save(update_fields=["node"])
+            return 202, {"status": "pending_approval", "detail": "the project owner must approve this node"}
+        if node.state == NodeState.PENDING:
+            node_set_state(node=node, state=NodeState.REGISTERED, reason="approved", now=now)
+        issued = _credential_issue(node=node, now=now)
+        code.used_at, code.node = now, node
+        code.save(update_fields=["used_at", "node"])
+        config = selectors.project_config(project=project, portal_url=portal_url, now=now)
+    logger.info("node %s joined %s (user %s)", node.short_id, project.slug, node.user_id)
+    return 201, {
+        "credential": issued.token,
+        "expires_at": issued.expires_at,
+        "node": {"node_id": node.node_id, "state": node.state, "project": project.slug},
+        "config": config,
+    }
+
+
+def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> dict[str, Any]:
+    """A fresh credential for a node holding a valid (or recently expired) one; refused if banned/revoked."""
+    with transaction.atomic():
+        nonce_record(public_key=public_key, nonce=request.nonce, now=now)
+        credential = verify_credential_for(token=request.credential, public_key=public_key, now=now)
+        issued_row = (
+            IssuedCredential.objects.select_related("node", "node__project")
+            .filter(cid=credential.cid)
+            .first()
+        )
+        if issued_row is None:
+            raise AgentRequestError(401, "unknown_credential", "this portal has no record of the credential")
+        node = issued_row.node
+        if issued_row.revoked_at is not None:
+            raise AgentRequestError(403, "revoked", "this credential was revoked")
+        _refuse_if_banned(node)
+        if node.project.status != ProjectStatus.ACTIVE:
+            raise AgentRequestError(409, "project_not_active", f"project is {node.project.status}")
+        issued = _credential_issue(node=node, now=now)
+    return {"credential": issued.token, "expires_at": issued.expires_at}
+
+
+def verify_credential_for(
+    *, token: str, public_key: bytes, now: datetime, allow_grace: bool = True
+) -> Credential:
+    """Verify a token against the portal key and the signing node; expired ones pass within the grace."""
+    portal_key = portal_identity().public_key_bytes
+    try:
+        return verify_credential(
+            token, portal_public_key=portal_key, now=now.timestamp(), node_public_key=public_key
+        )
+    except CredentialError as exc:
+        if exc.reason != "expired" or not allow_grace:
+            raise AgentRequestError(
+                401 if exc.reason != "revoked" else 403, f"credential_{exc.reason}", exc.detail
+            ) from None
+        # The signature held (it is checked before expiry); allow renewal for a while after expiry.
+        credential = peek_credential(token)
+        if now.timestamp() - credential.expires_at > settings.SWARM["RENEW_GRACE"]:
+            raise AgentRequestError(401, "credential_expired", exc.detail) from None
+        if credential.node_public_key != public_key:
+            raise AgentRequestError(401, "credential_wrong_node", "issued to another node key") from None
+        return credential
+
+
+# ---- owner and admin actions ----------------------------------------------------------------------------
+
+
+def node_approve(*, node: Node, actor: User, now: datetime) -> Node:
+    if not can_manage_project(actor, node.project):
+        raise PermissionDenied("Only the project's owner or an admin can approve nodes.")
+    with transaction.atomic():
+        node = Node.objects.select_for_update().select_related("project").get(pk=node.pk)
+        if node.state != NodeState.PENDING:
+            return node
+        node.approved_at = now
+        node.save(update_fields=["approved_at"])
+        node_set_state(
+            node=node, state=NodeState.REGISTERED, reason=f"approved by {actor.display_name}", now=now
+        )
+    return node
+
+
+def node_ban(*, node: Node, actor: User, reason: str, now: datetime) -> Node:
+    """Ban a node: its credentials are revoked (published in the DHT by the observer), telemetry refused."""
+    if not can_manage_project(actor, node.project):
+        raise PermissionDenied("Only the project's owner or an admin can ban nodes.")
+    with transaction.atomic():
+        node = Node.objects.select_for_update().select_related("project").get(pk=node.pk)
+        IssuedCredential.objects.filter(node=node, revoked_at__isnull=True).update(revoked_at=now)
+        node_set_state(
+            node=node, state=NodeState.BANNED, reason=reason or f"banned by {actor.display_name}", now=now
+        )
+    return node
+
+
+def user_ban(*, user: User, actor: User, reason: str, now: datetime) -> int:
+    """Ban a user from every swarm (admins only): all their nodes are banned, new codes refused."""
+    if not actor.is_staff:
+        raise PermissionDenied("Only admins can ban users.")
+    with transaction.atomic():
+        UserBan.objects.update_or_create(user=user, defaults={"reason": reason, "banned_at": now})
+        nodes = list(Node.objects.select_related("project").filter(user=user).exclude(state=NodeState.BANNED))
+        for node in nodes:
+            IssuedCredential.objects.filter(node=node, revoked_at__isnull=True).update(revoked_at=now)
+            node_set_state(node=node, state=NodeState.BANNED, reason=reason or "owner banned", now=now)
+    return len(nodes)

@@ -1,0 +1,192 @@
+"""Swarm pages: Join, agent download, My nodes, the project swarm dashboard and the admin health page.
+
+Views stay thin: permissions, a selector or a service, a template. Every figure shown carries its age.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from projects.lifecycle import ProjectStatus
+from projects.permissions import can_manage_project, can_view_project
+from projects.selectors import project_get
+from swarm import selectors, services
+from swarm.api import portal_url
+from swarm.charts import polyline
+from swarm.models import Node
+from swarm.openapi import openapi_schema
+from swarm.wheel import SUMS_FILE, latest_wheel, wheel_dir, wheel_path
+
+logger = logging.getLogger(__name__)
+
+CONTRIBUTION_WINDOW = timedelta(hours=24)
+
+
+def join_commands(*, base_url: str, wheel_name: str, code: str) -> dict[str, str]:
+    """The one command per platform that installs the agent from this portal and joins with `code`."""
+    wheel_url = f"{base_url}/agent/{wheel_name}"
+    posix = (
+        f"python3 -m venv colearn-agent && colearn-agent/bin/pip install {wheel_url} && "
+        f"colearn-agent/bin/node-agent join {base_url} {code}"
+    )
+    windows = (
+        f"py -m venv colearn-agent; if ($?) {{ colearn-agent\\Scripts\\pip install {wheel_url} }}; "
+        f"if ($?) {{ colearn-agent\\Scripts\\node-agent join {base_url} {code} }}"
+    )
+    return {"linux": posix, "macos": posix, "windows": windows}
+
+
+@login_required
+@never_cache
+def join_page(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_get(slug=slug)
+    if project is None or not can_view_project(request.user, project):
+        raise Http404("No such project.")
+    wheel = latest_wheel()
+    context = {"project": project, "wheel": wheel}
+    if project.status != ProjectStatus.ACTIVE:
+        context["closed"] = True
+    elif wheel is not None:
+        now = timezone.now()
+        row, code = services.join_code_create(project=project, user=request.user, now=now)
+        context |= {
+            "code": code,
+            "expires_at": row.expires_at,
+            "ttl_minutes": int((row.expires_at - now).total_seconds() // 60),
+            "commands": join_commands(base_url=portal_url(request), wheel_name=wheel.filename, code=code),
+            "approval": project.join_policy == "approval",
+        }
+    return render(request, "swarm/join.html", context)
+
+
+def agent_download(request: HttpRequest) -> HttpResponse:
+    return render(request, "swarm/agent.html", {"wheel": latest_wheel(), "portal_url": portal_url(request)})
+
+
+def agent_wheel(request: HttpRequest, filename: str) -> FileResponse:
+    path = wheel_path(filename)
+    if path is None:
+        raise Http404("No such agent wheel.")
+    return FileResponse(
+        path.open("rb"), as_attachment=True, filename=filename, content_type="application/zip"
+    )
+
+
+def agent_checksums(request: HttpRequest) -> HttpResponse:
+    path = wheel_dir() / SUMS_FILE
+    if not path.is_file():
+        raise Http404("The agent has not been built yet.")
+    return HttpResponse(path.read_text(), content_type="text/plain; charset=utf-8")
+
+
+@login_required
+def my_nodes(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    nodes = list(selectors.nodes_of_user(user=request.user))
+    series = selectors.contribution_series(nodes=nodes, since=now - CONTRIBUTION_WINDOW)
+    rows = [
+        {
+            "node": node,
+            "credential": selectors.node_credential_state(node=node, now=now),
+            "heartbeat_age_s": selectors.age_s(node.last_heartbeat_at, now),
+            "state_age_s": selectors.age_s(node.state_changed_at, now),
+            "sparkline": polyline([float(s) for _, s in series[node.pk]], width=160, height=36),
+            "buckets": len(series[node.pk]),
+        }
+        for node in nodes
+    ]
+    return render(request, "swarm/my_nodes.html", {"rows": rows, "now": now})
+
+
+def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_get(slug=slug)
+    if project is None or not can_view_project(request.user, project):
+        raise Http404("No such project.")
+    now = timezone.now()
+    state = selectors.swarm_state(project=project, now=now)
+    metrics = selectors.recent_metrics(project=project)
+    dims = project.grid_dims
+    cells = state["coverage"]["cells"]
+    columns = dims[-1] if len(dims) > 1 else min(dims[0], 16)
+    context = {
+        "project": project,
+        "state": state,
+        "now": now,
+        "can_manage": can_manage_project(request.user, project),
+        "nodes": list(selectors.nodes_of_project(project=project)),
+        "cells": list(cells.items()),
+        "grid_columns": columns,
+        "loss_points": polyline([m.loss for m in metrics], width=520, height=140),
+        "accuracy_points": polyline([m.accuracy for m in metrics], width=520, height=140),
+        "last_metric": metrics[-1] if metrics else None,
+        "metrics_count": len(metrics),
+        "alerts": list(selectors.open_alerts(project=project)[:20]),
+    }
+    return render(request, "swarm/dashboard.html", context)
+
+
+@staff_member_required
+def health(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    return render(request, "swarm/health.html", {"rows": selectors.health_overview(now=now), "now": now})
+
+
+def _next_url(request: HttpRequest, fallback: str) -> str:
+    target = request.POST.get("next", "")
+    return target if target.startswith("/") and not target.startswith("//") else fallback
+
+
+@login_required
+@require_POST
+def node_action(request: HttpRequest, node_pk: int, action: str) -> HttpResponse:
+    node = get_object_or_404(Node.objects.select_related("project"), pk=node_pk)
+    if not can_manage_project(request.user, node.project):
+        logger.warning("user %s tried to %s node %s", request.user.pk, action, node.pk)
+        raise PermissionDenied("Only the project's owner or an admin can do that.")
+    now = timezone.now()
+    if action == "approve":
+        services.node_approve(node=node, actor=request.user, now=now)
+        messages.success(request, f"Node {node.short_id} approved; its agent will now get a credential.")
+    elif action == "ban":
+        services.node_ban(node=node, actor=request.user, reason=request.POST.get("reason", "")[:200], now=now)
+        messages.success(request, f"Node {node.short_id} banned; its credentials are revoked.")
+    elif action == "ban-user":
+        count = services.user_ban(user=node.user, actor=request.user, reason="banned by an admin", now=now)
+        messages.success(request, f"{node.user.display_name} banned; {count} node(s) banned.")
+    else:
+        raise Http404("No such action.")
+    return redirect(_next_url(request, f"/projects/{node.project.slug}/swarm/"))
+
+
+def api_docs(request: HttpRequest) -> HttpResponse:
+    schema = openapi_schema(server_url=portal_url(request))
+    operations = [
+        {
+            "path": path,
+            "method": method.upper(),
+            "summary": op["summary"],
+            "description": op["description"],
+            "responses": sorted(op["responses"]),
+            "body": json.dumps(
+                op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}),
+                indent=2,
+            )
+            if "requestBody" in op
+            else "",
+        }
+        for path, item in schema["paths"].items()
+        for method, op in item.items()
+    ]
+    return render(request, "swarm/api_docs.html", {"schema": schema, "operations": operations})
