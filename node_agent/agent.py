@@ -28,14 +28,37 @@ from node_agent.credentials import (
     CredentialPolicy,
     RevocationWatcher,
     install_credential_checks,
+    load_agent_state,
     save_agent_state,
 )
 from node_agent.identity import Identity
-from node_agent.portal_client import PortalClient, PortalRefused, PortalUnreachable
-from node_agent.portal_protocol import ProjectConfig, parse_project_config, peek_credential
-from node_agent.telemetry import Backoff, TelemetryReporter
+from node_agent.portal_client import (
+    PortalClient,
+    PortalError,
+    PortalRefused,
+    PortalUnreachable,
+    normalise_portal_url,
+)
+from node_agent.portal_protocol import ProjectConfig, ProtocolError, parse_project_config, peek_credential
+from node_agent.telemetry import (
+    BackgroundTelemetry,
+    Backoff,
+    PortalMetricsSink,
+    TelemetryReporter,
+    TrainerCounters,
+)
 
-__all__ = ["AgentOptions", "AgentRuntime", "agent_platform", "choose_cells", "count_live_replicas"]
+__all__ = [
+    "AgentOptions",
+    "AgentRuntime",
+    "AgentSetupError",
+    "TrainerReporting",
+    "agent_platform",
+    "choose_cells",
+    "count_live_replicas",
+    "obtain_agent_state",
+    "start_trainer_reporting",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +73,75 @@ def agent_platform() -> str:
     text = f"{platform.system()}-{platform.release()}-{platform.machine()} / "
     text += f"{platform.python_implementation()} {platform.python_version()}"
     return text[:128]
+
+
+class AgentSetupError(Exception):
+    """The agent cannot start (join refused, no saved credential, wrong portal); the message says why."""
+
+
+# ---- joining: code -> credential + config, or the saved ones ---------------------------------------------
+
+
+def obtain_agent_state(
+    portal_url: str,
+    code: str | None,
+    identity: Identity,
+    state_path: Path,
+    *,
+    approval_timeout: float = 3600.0,
+    portal_timeout: float = 10.0,
+    say: Callable[[str], None] = print,
+) -> AgentState:
+    """Join with ``code`` (saving the result at ``state_path``) or load the saved state and refresh its
+    project config from the portal when it answers (a restart works with the portal down)."""
+    client = PortalClient(portal_url, timeout=portal_timeout)
+    if code:
+        say(f"joining {client.base_url} as node {identity.node_id.hex()} ...")
+        try:
+            reply = client.join_until_approved(
+                identity,
+                code,
+                __version__,
+                agent_platform(),
+                max_wait=approval_timeout,
+                on_pending=lambda: say("waiting for the project owner to approve this node ..."),
+            )
+            config = parse_project_config(reply.get("config"))
+            state = AgentState(
+                portal_url=client.base_url,
+                project=config.project,
+                credential=reply["credential"],
+                config=dict(reply["config"]),
+                node=dict(reply.get("node") or {}),
+            )
+            state.check(identity.public_key_bytes)
+        except PortalRefused as exc:
+            raise AgentSetupError(
+                f"the portal refused the join code: {exc.code} {exc.detail}".strip()
+            ) from exc
+        except (PortalError, ProtocolError, KeyError, TypeError) as exc:
+            raise AgentSetupError(f"could not join: {exc}") from exc
+        save_agent_state(state_path, state)
+        return state
+    try:
+        state = load_agent_state(state_path)
+        state.check(identity.public_key_bytes)
+    except ValueError as exc:
+        raise AgentSetupError(str(exc)) from exc
+    if normalise_portal_url(portal_url) != state.portal_url:
+        raise AgentSetupError(f"{state_path} belongs to {state.portal_url}; join {portal_url} with a code")
+    try:
+        fresh = client.project_config(state.project)
+        parse_project_config(fresh)
+    except (PortalError, ProtocolError) as exc:
+        logger.warning("using the saved project config: %s", exc)
+        say("portal unreachable; starting with the saved project config")
+    else:
+        state.config = fresh
+        save_agent_state(state_path, state)
+    if state.expires_at <= time.time():
+        say("the saved credential has expired; it will be renewed when the portal answers")
+    return state
 
 
 # ---- which cells to serve (pure) --------------------------------------------------------------------------
@@ -333,3 +425,66 @@ class AgentRuntime:
             await self.server.shutdown()
         if self.dht is not None:
             await self.dht.shutdown()
+
+
+# ---- trainers: metrics and heartbeats from synchronous training code -----------------------------------
+
+
+@dataclass(slots=True)
+class TrainerReporting:
+    """Subscribe ``sink`` to the trainer's ``MetricsStream``; ``stop()`` after training (short flush)."""
+
+    telemetry: BackgroundTelemetry
+    sink: PortalMetricsSink
+    counters: TrainerCounters
+    state: AgentState
+
+    def stop(self, flush_timeout: float = 3.0) -> None:
+        self.telemetry.stop(flush_timeout)
+
+
+def start_trainer_reporting(
+    state: AgentState,
+    identity: Identity,
+    *,
+    batch_size: int,
+    heartbeat_period: float = 30.0,
+    metrics_period: float = 5.0,
+    portal_timeout: float = 10.0,
+    backoff: Backoff | None = None,
+    say: Callable[[str], None] = print,
+) -> TrainerReporting:
+    """Start a background reporter for a trainer: never blocks the training loop, whatever the portal does."""
+    client = PortalClient(state.portal_url, timeout=portal_timeout)
+    counters = TrainerCounters(batch_size)
+
+    def heartbeat() -> dict[str, Any]:
+        return {
+            "node_id": identity.node_id.hex(),
+            "endpoint": "0.0.0.0:0",  # a trainer is a DHT client: nobody dials it
+            "agent_version": __version__,
+            "platform": agent_platform(),
+            "role": "trainer",
+            "experts": [],
+            "requests": counters.answered + counters.failed,
+            "samples": counters.samples,
+            "failures": counters.failed,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "samples_per_s": round(counters.samples_per_s, 3),
+            "uptime_s": round(time.monotonic() - counters.started, 1),
+            "peers": [],
+        }
+
+    telemetry = BackgroundTelemetry(
+        client=client,
+        identity=identity,
+        credential=lambda: state.credential,
+        heartbeat=heartbeat,
+        heartbeat_period=heartbeat_period,
+        metrics_period=metrics_period,
+        backoff=backoff,
+        on_status=lambda ok, message: say(message),
+    )
+    telemetry.start()
+    return TrainerReporting(telemetry, PortalMetricsSink(telemetry.outbox, counters), counters, state)

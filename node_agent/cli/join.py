@@ -46,75 +46,13 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def obtain_state(args: argparse.Namespace, identity, data_dir):  # -> AgentState | None
-    """Join with the code, or load the saved credential; refresh the config if the portal answers."""
-    import logging
-    import time
-
-    from node_agent import __version__
-    from node_agent.agent import agent_platform
-    from node_agent.credentials import AGENT_STATE_FILE, AgentState, load_agent_state, save_agent_state
-    from node_agent.portal_client import PortalClient, PortalError, PortalRefused, normalise_portal_url
-    from node_agent.portal_protocol import ProtocolError, parse_project_config
-
-    log = logging.getLogger("node_agent.cli.join")
-    client = PortalClient(args.portal_url, timeout=args.portal_timeout)
-    state_path = data_dir / AGENT_STATE_FILE
-    if args.code:
-        say(f"joining {client.base_url} as node {identity.node_id.hex()} ...")
-        try:
-            reply = client.join_until_approved(
-                identity,
-                args.code,
-                __version__,
-                agent_platform(),
-                max_wait=args.approval_timeout,
-                on_pending=lambda: say("waiting for the project owner to approve this node ..."),
-            )
-            config = parse_project_config(reply.get("config"))
-            state = AgentState(
-                portal_url=client.base_url,
-                project=config.project,
-                credential=reply["credential"],
-                config=dict(reply["config"]),
-                node=dict(reply.get("node") or {}),
-            )
-            state.check(identity.public_key_bytes)
-        except PortalRefused as exc:
-            say(f"error: the portal refused the join code: {exc.code} {exc.detail}".strip())
-            return None
-        except (PortalError, ProtocolError, KeyError, TypeError) as exc:
-            say(f"error: could not join: {exc}")
-            return None
-        save_agent_state(state_path, state)
-        return state
-    try:
-        state = load_agent_state(state_path)
-        state.check(identity.public_key_bytes)
-    except ValueError as exc:
-        say(f"error: {exc}")
-        return None
-    if normalise_portal_url(args.portal_url) != state.portal_url:
-        say(f"error: {state_path} belongs to {state.portal_url}; pass a join code to join another portal")
-        return None
-    try:
-        fresh = client.project_config(state.project)
-        parse_project_config(fresh)
-        state.config = fresh
-        save_agent_state(state_path, state)
-    except (PortalError, ProtocolError) as exc:
-        log.warning("using the saved project config: %s", exc)
-        say("portal unreachable; starting with the saved project config")
-    if state.expires_at <= time.time():
-        say("the saved credential has expired; it will be renewed when the portal answers")
-    return state
-
-
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
     from pathlib import Path
 
+    from node_agent.agent import AgentSetupError, obtain_agent_state
+    from node_agent.credentials import AGENT_STATE_FILE
     from node_agent.identity import Identity
 
     logging.getLogger("node_agent").setLevel(min(logging.INFO, logging.getLogger().level or logging.INFO))
@@ -124,8 +62,18 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         say(f"error: {exc}")
         return 1
-    state = obtain_state(args, identity, data_dir)
-    if state is None:
+    try:
+        state = obtain_agent_state(
+            args.portal_url,
+            args.code,
+            identity,
+            data_dir / AGENT_STATE_FILE,
+            approval_timeout=args.approval_timeout,
+            portal_timeout=args.portal_timeout,
+            say=say,
+        )
+    except AgentSetupError as exc:
+        say(f"error: {exc}")
         return 1
     expires = _local_time(state.expires_at)
     say(f"joined project {state.project} as node {identity.node_id.hex()} (credential valid until {expires})")

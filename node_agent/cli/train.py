@@ -1,4 +1,9 @@
-"""`node-agent train`: train a model whose MoE layer runs on the swarm's experts (or locally, `--local`)."""
+"""`node-agent train`: train a model whose MoE layer runs on the swarm's experts (or locally, `--local`).
+
+With `--portal` (and `--join-code` or `--credential-file`) it also reports metrics and heartbeats to the
+portal from a background thread, and takes the swarm's bootstrap peers, grid and hidden size from the
+project config unless given; the portal being down never slows or stops training.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--initial-peers", action="extend", type=_peers, default=[], help="HOST:PORT of the swarm"
     )
     parser.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
-    parser.add_argument("--grid", default="4x4", help="expert grid, e.g. 4x4 (default %(default)s)")
-    parser.add_argument("--uid-prefix", default="ffn", help="grid name of the experts (default %(default)s)")
-    parser.add_argument("--expert-class", default="ffn", help="expert architecture for --local")
-    parser.add_argument("--hidden-dim", type=int, default=64)
+    parser.add_argument("--grid", default=None, help="expert grid, e.g. 4x4 (default: project's, or 4x4)")
+    parser.add_argument("--uid-prefix", default=None, help="grid name of the experts (default: ffn)")
+    parser.add_argument("--expert-class", default=None, help="expert architecture for --local (default: ffn)")
+    parser.add_argument("--hidden-dim", type=int, default=None, help="default: project's, or 64")
     parser.add_argument("--local", action="store_true", help="in-process experts, no swarm (a baseline)")
     parser.add_argument("--switch", action="store_true", help="switch routing: one expert per sample")
     parser.add_argument("--k-best", type=int, default=4)
@@ -50,7 +55,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--rtc-loopback-only", action="store_true", help="offer only 127.0.0.1 (one machine)")
+    portal = parser.add_argument_group("portal reporting")
+    portal.add_argument("--portal", default=None, help="portal URL to report metrics and heartbeats to")
+    portal.add_argument("--join-code", default=None, help="one-time join code from the project's Join page")
+    portal.add_argument("--credential-file", default=None, help="agent.json saved by an earlier join")
+    portal.add_argument("--data-dir", default=None, help="identity and credential directory")
+    portal.add_argument("--heartbeat-period", type=float, default=30.0)
     parser.set_defaults(handler=run)
+
+
+def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
+    """Join with the code or load the saved credential; AgentSetupError with the reason if neither works."""
+    from pathlib import Path
+
+    from node_agent.agent import AgentSetupError, obtain_agent_state
+    from node_agent.cli.join import default_data_dir, say
+    from node_agent.credentials import AGENT_STATE_FILE, load_agent_state
+    from node_agent.identity import Identity
+
+    if args.credential_file:
+        state_path = Path(args.credential_file)
+        data_dir = Path(args.data_dir) if args.data_dir else state_path.parent
+    else:
+        data_dir = Path(args.data_dir or default_data_dir())
+        state_path = data_dir / AGENT_STATE_FILE
+    try:
+        identity = Identity.load_or_create(data_dir / "identity.key")
+        portal_url = args.portal or load_agent_state(state_path).portal_url
+    except (OSError, ValueError) as exc:
+        raise AgentSetupError(str(exc)) from exc
+    state = obtain_agent_state(portal_url, args.join_code, identity, state_path, say=say)
+    node = identity.node_id.hex()
+    say(f"reporting training of project {state.project} to {state.portal_url} as node {node}")
+    return state, identity
+
+
+def _apply_project_config(args: argparse.Namespace, config: dict) -> None:
+    """Fill what the command line left open from the project's config (peers, grid, sizes)."""
+    from node_agent.portal_protocol import parse_project_config
+
+    project = parse_project_config(config)
+    if not args.initial_peers:
+        args.initial_peers = list(project.bootstrap_peers)
+    args.grid = args.grid or "x".join(str(n) for n in project.expert.grid)
+    args.uid_prefix = args.uid_prefix or project.expert.prefix
+    args.expert_class = args.expert_class or project.expert.expert_class
+    args.hidden_dim = args.hidden_dim or project.expert.hidden_dim
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +115,20 @@ def run(args: argparse.Namespace) -> int:
     from node_agent.training.trainer import TrainConfig, TrainingError
 
     log = logging.getLogger("node_agent.cli.train")
+    portal = None
+    if args.portal or args.join_code or args.credential_file:
+        from node_agent.agent import AgentSetupError
+
+        try:
+            portal = _portal_state(args)
+            _apply_project_config(args, portal[0].config)
+        except (AgentSetupError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    args.grid = args.grid or "4x4"
+    args.uid_prefix = args.uid_prefix or "ffn"
+    args.expert_class = args.expert_class or "ffn"
+    args.hidden_dim = args.hidden_dim or 64
     if not args.local and not args.initial_peers:
         print("error: --initial-peers is required unless --local", file=sys.stderr)
         return 2
@@ -107,6 +171,15 @@ def run(args: argparse.Namespace) -> int:
     metrics = MetricsStream()
     if args.metrics_file:
         metrics.subscribe(JsonLinesSink(args.metrics_file))
+    reporting = None
+    if portal is not None:
+        from node_agent.agent import start_trainer_reporting
+        from node_agent.cli.join import say
+
+        reporting = start_trainer_reporting(
+            *portal, batch_size=args.batch_size, heartbeat_period=args.heartbeat_period, say=say
+        )
+        metrics.subscribe(reporting.sink)
     try:
         result = run_training(config, metrics)
     except (TrainingError, ExpertError, ValueError, OSError) as exc:
@@ -118,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         metrics.close()
+        if reporting is not None:
+            reporting.stop()
     summary = {
         "steps": result.steps,
         "failed_steps": result.failed_steps,
