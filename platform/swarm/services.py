@@ -132,8 +132,8 @@ def agent_join(
         bound = code.node
         if bound is not None and bound.public_key != public_key.hex():
             raise AgentRequestError(409, "code_used", "this join code belongs to another node")
-        pending = bound is not None and bound.state == NodeState.PENDING
-        if code.expires_at <= now and not pending:
+        # A code the node already presented while awaiting approval stays valid for that node.
+        if code.expires_at <= now and bound is None:
             raise AgentRequestError(410, "code_expired", "this join code expired; open the Join page again")
         project = code.project
         if project.status != ProjectStatus.ACTIVE:
