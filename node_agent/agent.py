@@ -271,6 +271,8 @@ class AgentRuntime:
             uids = choose_cells(
                 config.expert.prefix, config.expert.grid, live, self.options.num_experts, random.Random()
             )
+        if self.state.expires_at <= time.time() + 60:
+            await self._renew_once()
         optimizer = OptimizerConfig(
             name=config.training.optimizer if config.training.optimizer in ("adam", "sgd") else "adam",
             lr=config.training.learning_rate,
@@ -360,6 +362,17 @@ class AgentRuntime:
         """Half-way through the credential's lifetime, so a portal outage of a while does no harm."""
         credential = peek_credential(self.state.credential)
         return credential.issued_at + (credential.expires_at - credential.issued_at) / 2
+
+    async def _renew_once(self) -> None:
+        """Best-effort renewal before serving with an expired credential (a restart after a long stop)."""
+        try:
+            reply = await asyncio.to_thread(self.client.renew, self.identity, self.state.credential)
+        except (PortalUnreachable, PortalRefused) as exc:
+            self.say(f"could not renew the expired credential: {exc}")
+            return
+        token = reply.data.get("credential")
+        if isinstance(token, str):
+            self.install_credential(token)
 
     async def _renew_loop(self) -> None:
         backoff, failures = Backoff(base=5.0, maximum=600.0), 0

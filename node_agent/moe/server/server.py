@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from node_agent.dht.api import DHTValidationError
 from node_agent.moe.announce import CredentialChecker, announce_experts, register_experts_validator
 from node_agent.moe.server.backend import ExpertBackend
 from node_agent.moe.server.checkpoints import load_checkpoint, save_checkpoint
@@ -189,6 +190,8 @@ class ExpertServer:
             await asyncio.sleep(self.options.announce_period)
             try:
                 await self.announce()
+            except DHTValidationError as exc:  # e.g. our credential expired or was revoked
+                logger.error("our own announcement is refused: %s", exc)
             except Exception:
                 logger.exception("re-announcing experts failed")
 
