@@ -1,0 +1,210 @@
+"""A small HTTP portal on 127.0.0.1 for agent-side tests (the real portal's end-to-end test lives elsewhere).
+
+It speaks the real contract with the real checks from `node_agent.portal_protocol`: signed bodies are
+verified, join codes are one-time, credentials are issued with a portal identity, heartbeats and metrics
+are validated and recorded. Tests can make it refuse, rate-limit, hold joins for approval or go away.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from node_agent.identity import Identity
+from node_agent.portal_protocol import (
+    ProtocolError,
+    issue_credential,
+    validate_heartbeat,
+    validate_join,
+    validate_metrics,
+    validate_renew,
+    verify_body,
+    verify_credential,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PortalBehaviour:
+    """What the test portal does; tests change these fields while it runs."""
+
+    project: str = "demo"
+    bootstrap_peers: list[str] = field(default_factory=list)
+    gated: bool = True
+    grid: list[int] = field(default_factory=lambda: [2, 2])
+    hidden_dim: int = 16
+    codes: set[str] = field(default_factory=lambda: {"CODE-1234"})
+    pending_polls: int = 0  # answer 202 this many times before issuing (approval-gated project)
+    ttl: float = 3600.0
+    refuse: tuple[int, str] | None = None  # (status, error code) for every agent POST
+    retry_after: float | None = None
+    next_heartbeat_s: int | None = None
+
+
+class LocalPortal:
+    def __init__(self, port: int = 0) -> None:
+        self.identity = Identity.generate()
+        self.behaviour = PortalBehaviour()
+        self.heartbeats: list[dict[str, Any]] = []
+        self.metrics: list[dict[str, Any]] = []
+        self.joins: list[str] = []
+        self.renewals: list[str] = []
+        self.requests = 0
+        self.issued: dict[str, str] = {}  # cid -> node public key hex
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> dict[str, Any]:
+        b = self.behaviour
+        return {
+            "project": b.project,
+            "title": "Demo",
+            "status": "active",
+            "dht_prefix": b.project,
+            "bootstrap_peers": list(b.bootstrap_peers),
+            "portal_public_key": self.identity.public_key_bytes.hex(),
+            "gated": b.gated,
+            "expert": {"class": "ffn", "hidden_dim": b.hidden_dim, "grid": list(b.grid), "prefix": "ffn"},
+            "training": {"dataset": "digits", "optimizer": "adam", "learning_rate": 0.001},
+            "agent": {"version": "0.1.0", "wheel_url": "", "sha256": ""},
+        }
+
+    def credential_for(self, public_key: bytes, now: float | None = None, ttl: float | None = None) -> str:
+        cid = uuid.uuid4().hex
+        self.issued[cid] = public_key.hex()
+        return issue_credential(
+            self.identity,
+            cid=cid,
+            project=self.behaviour.project,
+            user=7,
+            node_public_key=public_key,
+            now=time.time() if now is None else now,
+            ttl=self.behaviour.ttl if ttl is None else ttl,
+        )
+
+    # ---- request handling (called from the server threads) ----------------------------------------
+
+    def handle(self, method: str, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, dict, dict]:
+        with self._lock:
+            self.requests += 1
+        b = self.behaviour
+        if method == "GET" and path == f"/api/v1/projects/{b.project}/config":
+            return 200, self.config(), {}
+        if method != "POST" or not path.startswith("/api/v1/agent/"):
+            return 404, {"error": "not_found", "detail": path}, {}
+        if b.refuse is not None:
+            extra = {"Retry-After": str(b.retry_after)} if b.retry_after is not None else {}
+            return b.refuse[0], {"error": b.refuse[1], "detail": "test portal refuses"}, extra
+        try:
+            public_key, body = verify_body(raw, headers, now=time.time())
+            return self._agent_call(path.rsplit("/", 1)[1], public_key, body)
+        except ProtocolError as exc:
+            return 400, {"error": exc.reason, "detail": exc.detail}, {}
+
+    def _check(self, token: str, public_key: bytes) -> None:
+        verify_credential(
+            token,
+            portal_public_key=self.identity.public_key_bytes,
+            now=time.time(),
+            project=self.behaviour.project,
+            node_public_key=public_key,
+        )
+
+    def _agent_call(self, name: str, public_key: bytes, body: dict) -> tuple[int, dict, dict]:
+        b = self.behaviour
+        if name == "join":
+            request = validate_join(body)
+            if request.code not in b.codes:
+                return 409, {"error": "code_used", "detail": "unknown or used code"}, {}
+            if b.pending_polls > 0:
+                b.pending_polls -= 1
+                return 202, {"status": "pending_approval"}, {}
+            b.codes.discard(request.code)
+            self.joins.append(public_key.hex())
+            token = self.credential_for(public_key)
+            node = {"node_id": public_key.hex()}
+            return (
+                201,
+                {
+                    "credential": token,
+                    "expires_at": time.time() + b.ttl,
+                    "node": node,
+                    "config": self.config(),
+                },
+                {},
+            )
+        if name == "renew":
+            request = validate_renew(body)
+            self._check(request.credential, public_key)
+            self.renewals.append(public_key.hex())
+            return 200, {"credential": self.credential_for(public_key), "expires_at": time.time() + b.ttl}, {}
+        if name == "heartbeat":
+            heartbeat = validate_heartbeat(body)
+            self._check(heartbeat.credential, public_key)
+            with self._lock:
+                self.heartbeats.append(body)
+            reply: dict[str, Any] = {"status": "ok"}
+            if b.next_heartbeat_s is not None:
+                reply["next_heartbeat_s"] = b.next_heartbeat_s
+            return 202, reply, {}
+        if name == "metrics":
+            report = validate_metrics(body)
+            self._check(report.credential, public_key)
+            with self._lock:
+                self.metrics.extend(body["metrics"])
+            return 202, {"status": "ok"}, {}
+        return 404, {"error": "not_found", "detail": name}, {}
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> LocalPortal:
+        portal = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                status, data, extra = portal.handle(self.command, self.path, raw, dict(self.headers.items()))
+                payload = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for key, value in extra.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Go away: the port refuses connections afterwards (until `start()` again)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
