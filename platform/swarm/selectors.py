@@ -234,8 +234,10 @@ def health_overview(*, now: datetime) -> list[dict[str, Any]]:
                 "cells": len(coverage),
                 "troubled": [n for n in nodes if n.state in (NodeState.UNREACHABLE,) or n.failures > 0],
                 "pending": [n for n in nodes if n.state == NodeState.PENDING],
-                "versions": Counter(
-                    n.agent_version or "unknown" for n in nodes if n.state != NodeState.OFFLINE
+                "versions": sorted(
+                    Counter(
+                        n.agent_version or "unknown" for n in nodes if n.state != NodeState.OFFLINE
+                    ).items()
                 ),
                 "bootstrap_peers": bootstrap_peers(project=project, now=now),
                 "alerts": list(open_alerts(project=project)[:20]),
