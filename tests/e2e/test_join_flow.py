@@ -1,0 +1,266 @@
+"""The volunteer's whole path, for real: a live portal over HTTP, a Join page, a wheel installed from the
+portal into a fresh virtual environment, `node-agent join`, the observer reading the DHT, and the admin
+health page showing the node online, then offline once the agent stops.
+
+The fresh venv gets its third-party dependencies (torch, aiortc, ...) through a .pth file pointing at this
+project's .venv site-packages, because installing torch from scratch would take minutes; the agent's own
+code comes from the wheel downloaded from the portal (`pip install --no-deps <portal>/agent/<wheel>`),
+which the test asserts by checking where `node_agent` is imported from.
+"""
+
+from __future__ import annotations
+
+import html
+import http.cookiejar
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from accounts.models import Role, User
+from projects import services as project_services
+from swarm.models import Node, NodeState, ProjectSwarm
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+PASSWORD = "a-Strong-passphrase-42"
+FAST = {
+    "SWARM_HEARTBEAT_INTERVAL_S": "2",
+    "SWARM_ONLINE_WITHIN_S": "8",
+    "SWARM_OFFLINE_AFTER_S": "12",
+    "SWARM_OBSERVE_INTERVAL_S": "2",
+}
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(240),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float, logs: list[Path]) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.5)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+class Processes:
+    """Started subprocesses, stopped in reverse order at the end of the test (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.running: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    def start(self, name: str, command: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{name}.log"
+        self.logs.append(log)
+        with log.open("wb") as handle:
+            process = subprocess.Popen(command, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
+        self.running.append(process)
+        return process
+
+    @staticmethod
+    def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.running):
+            self.stop(process)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def browser() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+
+def log_in(opener: urllib.request.OpenerDirector, url: str, email: str) -> None:
+    page = opener.open(f"{url}/accounts/login/", timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "username": email, "password": PASSWORD})
+    opener.open(f"{url}/accounts/login/", data=form.encode(), timeout=10)
+
+
+def portal_env() -> dict[str, str]:
+    """What a portal subprocess needs to see this test's database and settings."""
+    from django.db import connection
+
+    from config.env import database_url
+
+    return dict(os.environ) | {
+        "DJANGO_SETTINGS_MODULE": "config.settings_test",
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "PYTHONPATH": os.pathsep.join([str(REPO_DIR / "platform"), str(REPO_DIR)]),
+    }
+
+
+def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Processes, tmp_path: Path) -> None:
+    from swarm.wheel import build_agent_wheel
+
+    researcher = User.objects.create_user(
+        "res@example.org", PASSWORD, display_name="Res", role=Role.RESEARCHER
+    )
+    User.objects.create_user("vol@example.org", PASSWORD, display_name="Vol", role=Role.VOLUNTEER)
+    User.objects.create_user(
+        "boss@example.org", PASSWORD, display_name="Boss", is_staff=True, is_superuser=True
+    )
+    project = project_services.project_create(
+        owner=researcher, title="E2E digits", expert_architecture="ffn", hidden_size=32, grid_shape="4x4",
+        optimizer="adam", learning_rate=1e-3, dataset="digits", join_policy="open", launch=True,
+    )  # fmt: skip
+    wheel = build_agent_wheel(out_dir=tmp_path / "wheels")
+
+    env = portal_env() | FAST | {
+        "AGENT_WHEEL_DIR": str(tmp_path / "wheels"),
+        "PYTHONUNBUFFERED": "1",
+    }  # fmt: skip
+    boot = processes.start(
+        "bootstrap",
+        [sys.executable, "-m", "node_agent", "bootstrap", "--listen", "127.0.0.1:0", "--ephemeral"],
+        env,
+        REPO_DIR,
+    )
+    boot_log = processes.logs[-1]
+    announced_peer = re.compile(r"^(\S+:\d+/[0-9a-f]{40})$", re.M)
+    peer = wait_for(
+        "the bootstrap node", lambda: announced_peer.search(boot_log.read_text()), 30, processes.logs
+    )
+    peer = peer.group(1)
+    assert boot.poll() is None
+    ProjectSwarm.objects.create(project=project, bootstrap_peers=[peer])
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    processes.start(
+        "daphne",
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        env,
+        REPO_DIR / "platform",
+    )
+
+    def portal_up() -> bool:
+        try:
+            return urllib.request.urlopen(f"{url}/healthz", timeout=2).status == 200
+        except OSError:
+            return False
+
+    wait_for("the portal", portal_up, 60, processes.logs)
+    processes.start(
+        "observer",
+        [sys.executable, "manage.py", "observe_swarm", "--interval", "2", "--listen", "127.0.0.1:0"],
+        env,
+        REPO_DIR,
+    )
+
+    # The volunteer opens the Join page and copies the command.
+    volunteer = browser()
+    log_in(volunteer, url, "vol@example.org")
+    page = volunteer.open(f"{url}/projects/{project.slug}/join/", timeout=10).read().decode()
+    command = html.unescape(
+        re.search(r"<pre class=\"command\" data-join-command>([^<]+)</pre>", page).group(1)
+    )
+    match = re.fullmatch(
+        r"python3 -m venv colearn-agent && colearn-agent/bin/pip install (\S+) && "
+        r"colearn-agent/bin/node-agent join (\S+) (\S+)",
+        command,
+    )
+    assert match, command
+    wheel_url, portal_arg, code = match.groups()
+    assert wheel_url == f"{url}/agent/{wheel.filename}" and portal_arg == url
+
+    # A fresh virtual environment; dependencies borrowed from .venv, the agent itself from the portal.
+    venv = tmp_path / "colearn-agent"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.check_output([python, "-c", purelib], text=True).strip())
+    (site / "colearn-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--no-deps", "--no-index", "-q", wheel_url],
+        check=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    where = subprocess.check_output(
+        [python, "-c", "import node_agent; print(node_agent.__file__)"], cwd=tmp_path, text=True
+    )
+    assert Path(where.strip()).is_relative_to(venv), where
+
+    agent_env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "DJANGO_SETTINGS_MODULE"}}
+    agent_command = [str(venv / "bin" / "node-agent"), "-v", "join", portal_arg, code]
+    agent_command += ["--data-dir", str(tmp_path / "agent"), "--listen", "127.0.0.1:0", "--rtc-loopback-only"]
+    agent_command += [
+        "--experts",
+        "4",
+        "--heartbeat-period",
+        "2",
+        "--announce-period",
+        "2",
+        "--announce-ttl",
+        "20",
+    ]
+    agent = processes.start("agent", agent_command, agent_env, tmp_path)
+
+    def node_online_and_observed() -> Node | None:
+        node = Node.objects.filter(project=project).first()
+        if node and node.state == NodeState.ONLINE and node.announced_experts and node.samples >= 0:
+            return node
+        return None
+
+    node = wait_for("the node online and seen in the DHT", node_online_and_observed, 120, processes.logs)
+    assert agent.poll() is None
+    assert set(node.announced_experts) <= set(node.experts) and len(node.experts) == 4
+    swarm = ProjectSwarm.objects.get(project=project)
+    assert sum(1 for n in swarm.coverage.values() if n) == 4 and swarm.observation_error == ""
+    assert node.credentials.filter(revoked_at__isnull=True).exists()
+
+    admin = browser()
+    log_in(admin, url, "boss@example.org")
+    health = admin.open(f"{url}/swarm/health/", timeout=10).read().decode()
+    assert f'data-node-id="{node.node_id}" data-state="online"' in health
+
+    # The volunteer stops the agent: it withdraws its experts and falls silent, so it becomes offline.
+    processes.stop(agent, signal.SIGINT)
+    wait_for(
+        "the node offline",
+        lambda: Node.objects.get(pk=node.pk).state == NodeState.OFFLINE,
+        60,
+        processes.logs,
+    )
+    health = admin.open(f"{url}/swarm/health/", timeout=10).read().decode()
+    assert f'data-node-id="{node.node_id}" data-state="offline"' in health
+    changes = list(Node.objects.get(pk=node.pk).state_changes.order_by("at").values_list("state", flat=True))
+    assert changes[0] == "registered" and "online" in changes and changes[-1] == "offline"
