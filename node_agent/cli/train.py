@@ -90,6 +90,26 @@ def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
     return state, identity
 
 
+def _gated_caller(session_config, project_config: dict):  # -> ExpertCaller | None
+    """In a gated project the trainer, too, drops announcements without a valid credential."""
+    from node_agent.portal_protocol import parse_project_config
+
+    project = parse_project_config(project_config)
+    if not project.gated:
+        return None
+    from node_agent.credentials import CredentialPolicy, install_credential_checks
+    from node_agent.training.session import start_caller
+
+    caller = start_caller(session_config)
+    policy = CredentialPolicy(project.project, project.portal_key)
+
+    async def install() -> None:  # on the caller's loop: validators are only touched from there
+        install_credential_checks(caller.dht, policy)
+
+    caller.run(install()).result(10.0)
+    return caller
+
+
 def _apply_project_config(args: argparse.Namespace, config: dict) -> None:
     """Fill what the command line left open from the project's config (peers, grid, sizes)."""
     from node_agent.portal_protocol import parse_project_config
@@ -180,8 +200,11 @@ def run(args: argparse.Namespace) -> int:
             *portal, batch_size=args.batch_size, heartbeat_period=args.heartbeat_period, say=say
         )
         metrics.subscribe(reporting.sink)
+    caller = None
     try:
-        result = run_training(config, metrics)
+        if portal is not None and config.mode == "remote":
+            caller = _gated_caller(config, portal[0].config)
+        result = run_training(config, metrics, caller=caller)
     except (TrainingError, ExpertError, ValueError, OSError) as exc:
         log.error("training failed: %s", exc)
         print(f"error: {exc}", file=sys.stderr)
@@ -191,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         metrics.close()
+        if caller is not None:
+            caller.stop()
         if reporting is not None:
             reporting.stop()
     summary = {

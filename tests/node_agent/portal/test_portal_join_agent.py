@@ -6,6 +6,7 @@ The portal is the local HTTP test portal; the DHT peers are real gated nodes on 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -19,11 +20,14 @@ from local_portal import LocalPortal
 
 from node_agent.credentials import (
     AGENT_STATE_FILE,
+    AgentState,
     CredentialPolicy,
     install_credential_checks,
     load_agent_state,
+    save_agent_state,
 )
 from node_agent.dht import DHTNode
+from node_agent.identity import Identity
 from node_agent.moe.announce import live_replicas, uid_key
 
 pytestmark = pytest.mark.slow
@@ -69,6 +73,42 @@ async def stop_agent(process: asyncio.subprocess.Process, lines: list[str]) -> i
     return process.returncode  # type: ignore[return-value]
 
 
+async def train_against_the_agent(portal: LocalPortal, directory: Path) -> None:
+    """A gated trainer (config from the saved credential file) trains on the agent's experts and reports."""
+    identity = Identity.load_or_create(directory / "identity.key")
+    state = AgentState(portal.url, "demo", portal.credential_for(identity.public_key_bytes), portal.config())
+    save_agent_state(directory / AGENT_STATE_FILE, state)
+    command = [
+        sys.executable,
+        "-m",
+        "node_agent",
+        "train",
+        "--steps",
+        "12",
+        "--log-every",
+        "4",
+        "--eval-every",
+        "0",
+    ]
+    command += [
+        "--no-progress",
+        "--credential-file",
+        str(directory / AGENT_STATE_FILE),
+        "--rtc-loopback-only",
+    ]
+    command += ["--k-best", "2", "--batch-size", "16"]
+    process = await asyncio.create_subprocess_exec(
+        *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 90)
+    output = out.decode(errors="replace")
+    assert process.returncode == 0, output
+    summary = json.loads(output.strip().splitlines()[-1])
+    assert summary["steps"] == 12 and summary["experts_answered"] > 0, output
+    assert {m["step"] for m in portal.metrics} >= {4, 8, 12}
+    assert any(h["role"] == "trainer" and h["node_id"] == identity.node_id.hex() for h in portal.heartbeats)
+
+
 async def visible(reader: DHTNode, uid: str) -> list[bytes]:
     return [h.node_id for h in live_replicas(uid, await reader.get(uid_key(uid), latest=True))]
 
@@ -102,6 +142,7 @@ async def test_join_announces_heartbeats_and_withdraws_on_sigterm(
             assert await visible(reader, uid) == [node_id]
         found = await reader.get(uid_key(uids[0]), latest=True)
         assert all(entry.value["cred"] == state.credential for entry in found.values())
+        await train_against_the_agent(local_portal, tmp_path / "trainer")
     finally:
         code = await stop_agent(process, lines)
     output = "".join(lines)
