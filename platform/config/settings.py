@@ -83,6 +83,7 @@ if _database_url:
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     _default_db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "db.sqlite3")}
+    _default_db["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}  # writers wait, never "locked"
 _default_db["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0)
 if _default_db["ENGINE"].endswith("postgresql"):
     _default_db["CONN_HEALTH_CHECKS"] = True

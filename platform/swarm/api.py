@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -86,6 +87,9 @@ def agent_endpoint(handler: AgentHandler) -> Callable[[HttpRequest], JsonRespons
             error = AgentRequestError(400, "invalid", exc.detail)
         except AgentRequestError as exc:
             error = exc
+        except OperationalError as exc:  # database busy or away: the agent retries with backoff
+            logger.error("database unavailable for %s: %s", request.path, exc)
+            error = AgentRequestError(503, "unavailable", "the portal is busy; retry later", retry_after=5)
         logger.warning(
             "refused %s from %s: %s %s",
             request.path,

@@ -57,14 +57,14 @@ def assert_words_exist(words: list[str]) -> None:
 
 
 def test_compose_parses_and_has_the_production_services() -> None:
-    assert set(SERVICES) == {"postgres", "redis", "portal", "worker", "beat"}
+    assert set(SERVICES) == {"postgres", "redis", "portal", "worker", "beat", "observer"}
     for name, service in SERVICES.items():
         assert "healthcheck" in service, f"{name} has no health check"
         for dependency in service.get("depends_on", {}):
             assert dependency in SERVICES
 
 
-@pytest.mark.parametrize("name", ["portal", "worker", "beat"])
+@pytest.mark.parametrize("name", ["portal", "worker", "beat", "observer"])
 def test_portal_services_build_from_the_repo_and_run_real_things(name: str) -> None:
     service = SERVICES[name]
     build = service["build"]
