@@ -50,7 +50,10 @@ def test_seed_demo_is_idempotent() -> None:
     out = StringIO()
     call_command("seed_demo", stdout=out)
     call_command("seed_demo", stdout=out)
-    assert User.objects.count() == 2
+    assert User.objects.count() == 3
+    admin = User.objects.get(email="admin@demo.colearn")
+    assert admin.is_staff and admin.is_superuser
+    assert not User.objects.get(email="volunteer@demo.colearn").is_staff
     project = Project.objects.get(slug="demo-digits")
     assert (project.status, project.dataset, project.expert_architecture) == ("active", "digits", "ffn")
     assert (project.hidden_size, project.grid_shape) == (64, "4x4")

@@ -18,25 +18,30 @@ from projects.models import Project
 DEMO_PASSWORD = "colearn-demo-pass"
 DEMO_RESEARCHER = "researcher@demo.colearn"
 DEMO_VOLUNTEER = "volunteer@demo.colearn"
+DEMO_ADMIN = "admin@demo.colearn"
 DEMO_PROJECT_SLUG = "demo-digits"
 
 
 class Command(BaseCommand):
-    help = "Create a demo researcher, a demo volunteer and an active demo project (idempotent)."
+    help = "Create a demo researcher, volunteer and admin, and an active demo project (idempotent)."
 
-    def _user(self, email: str, display_name: str, role: str) -> User:
+    def _user(self, email: str, display_name: str, role: str, *, admin: bool = False) -> User:
         user, created = User.objects.get_or_create(
             email=email, defaults={"display_name": display_name, "role": role}
         )
         user.set_password(DEMO_PASSWORD)
-        user.save(update_fields=["password"])
-        self.stdout.write(f"{'created' if created else 'kept'} {role}: {email} / {DEMO_PASSWORD}")
+        # The demo admin sees the staff-only swarm-health page and Django's admin.
+        user.is_staff = user.is_superuser = admin
+        user.save(update_fields=["password", "is_staff", "is_superuser"])
+        label = "admin" if admin else role
+        self.stdout.write(f"{'created' if created else 'kept'} {label}: {email} / {DEMO_PASSWORD}")
         return user
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
         researcher = self._user(DEMO_RESEARCHER, "Demo Researcher", Role.RESEARCHER)
         self._user(DEMO_VOLUNTEER, "Demo Volunteer", Role.VOLUNTEER)
+        self._user(DEMO_ADMIN, "Demo Admin", Role.RESEARCHER, admin=True)
         project = Project.objects.filter(slug=DEMO_PROJECT_SLUG).first()
         if project is None:
             project = project_services.project_create(
