@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "accounts",
     "projects",
     "swarm",
+    "live",
 ]
 
 MIDDLEWARE = [
@@ -163,7 +164,8 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": CHANNELS_PREFIX},
+            # redis-py 8 reads with a 5 s socket timeout, as long as channels_redis blocks in BZPOPMIN.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "prefix": CHANNELS_PREFIX},
         }
     }
 else:

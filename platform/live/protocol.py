@@ -1,0 +1,237 @@
+"""Wire protocol of the live swarm channel (`/ws/live/projects/<slug>/`), as TypedDicts. Pure: no I/O.
+
+Server to browser, every message is a JSON object with `type` and `seq`; `seq` counts up by one per
+message on this socket, starting at 1. A browser that sees a gap (a `seq` that is not the previous plus
+one) sends `{"type": "resync"}` and gets a fresh `swarm.snapshot` (its `seq` continues the count).
+
+* `swarm.snapshot`: everything the page shows (project, viewer, nodes, edges, coverage, throughput and
+  training series, alerts, and the freshness limits the portal uses for node states).
+* diffs, each idempotent (applying one twice changes nothing more):
+  `node.upsert` (full node view), `node.remove`, `edges.changed` (all edges out of one node),
+  `coverage.changed` (replicas per grid cell), `metrics.appended` (points of one series),
+  `alert.raised`, `alert.cleared`.
+* `swarm.batch`: several diffs flushed together by the coalescer; this is what caps a viewer at a few
+  messages a second however large the swarm. A flush holding a single diff sends that diff on its own
+  (with `seq`, `server_time` and `since` added, as a batch has).
+
+Every diff carries `at`, the unix time the change it reports happened on the portal (heartbeat ingest,
+observer, admin action); browsers and `benchmarks/bench_live.py` read delivery latency from it.
+Browser to server: only `{"type": "resync"}`; anything else is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Literal, NotRequired, TypedDict
+
+logger = logging.getLogger(__name__)
+
+MAX_CLIENT_MESSAGE_BYTES = 1024
+
+
+class NodeView(TypedDict):
+    node_id: str
+    label: str
+    role: str  # "server" | "trainer" | "" before the first heartbeat
+    state: str  # swarm.models.NodeState value
+    state_label: str
+    state_changed: float  # unix seconds
+    last_heartbeat: float | None  # unix seconds; the browser shows freshness from it
+    experts: list[str]
+    announced: list[str]  # what the observer saw this node announce in the DHT
+    agent_version: str
+    samples: int
+    requests: int
+    samples_per_s: float
+    owner: str  # display name of the volunteer
+    owner_key: str  # opaque per-owner token; the viewer's own nodes match `viewer.owner_key`
+
+
+class PeerEdge(TypedDict):
+    node_id: str
+    requests: int
+
+
+class EdgeSet(TypedDict):
+    source: str
+    targets: list[PeerEdge]
+
+
+class CoverageView(TypedDict):
+    cells: dict[str, int]  # expert uid -> live replicas seen in the DHT (0 = hole)
+    observed_at: float | None
+
+
+class SwarmPoint(TypedDict):
+    t: float
+    samples_per_s: float
+    online: int
+
+
+class TrainingPoint(TypedDict):
+    t: float
+    step: int
+    loss: float
+    accuracy: float
+    node_id: str
+
+
+class AlertView(TypedDict):
+    id: str
+    kind: str
+    severity: str
+    message: str
+    node_id: str | None
+    raised_at: float
+
+
+class ProjectInfo(TypedDict):
+    slug: str
+    title: str
+    status: str
+    grid: list[int]
+    expert_prefix: str
+
+
+class Limits(TypedDict):
+    online_within: int  # seconds: a heartbeat older than this makes a node stale in the browser
+    offline_after: int
+
+
+class ViewerInfo(TypedDict):
+    owner_key: str | None
+    staff: bool
+
+
+class NodeUpsert(TypedDict):
+    type: Literal["node.upsert"]
+    at: float
+    node: NodeView
+
+
+class NodeRemove(TypedDict):
+    type: Literal["node.remove"]
+    at: float
+    node_id: str
+
+
+class EdgesChanged(TypedDict):
+    type: Literal["edges.changed"]
+    at: float
+    source: str
+    targets: list[PeerEdge]
+
+
+class CoverageChanged(TypedDict):
+    type: Literal["coverage.changed"]
+    at: float
+    coverage: CoverageView
+
+
+class MetricsAppended(TypedDict):
+    type: Literal["metrics.appended"]
+    at: float
+    series: Literal["swarm", "training"]
+    points: list[Any]  # SwarmPoint or TrainingPoint, by series
+
+
+class AlertRaised(TypedDict):
+    type: Literal["alert.raised"]
+    at: float
+    alert: AlertView
+
+
+class AlertCleared(TypedDict):
+    type: Literal["alert.cleared"]
+    at: float
+    alert_id: str
+
+
+Diff = NodeUpsert | NodeRemove | EdgesChanged | CoverageChanged | MetricsAppended | AlertRaised | AlertCleared
+DIFF_TYPES = frozenset(
+    {
+        "node.upsert",
+        "node.remove",
+        "edges.changed",
+        "coverage.changed",
+        "metrics.appended",
+        "alert.raised",
+        "alert.cleared",
+    }
+)
+
+
+class SwarmSnapshot(TypedDict):
+    type: Literal["swarm.snapshot"]
+    seq: int
+    server_time: float
+    project: ProjectInfo
+    viewer: ViewerInfo
+    nodes: list[NodeView]
+    edges: list[EdgeSet]
+    coverage: CoverageView
+    throughput: list[SwarmPoint]
+    training: list[TrainingPoint]
+    alerts: list[AlertView]
+    limits: Limits
+
+
+class SwarmBatch(TypedDict):
+    type: Literal["swarm.batch"]
+    seq: int
+    server_time: float
+    since: float  # `at` of the oldest change folded into this batch
+    diffs: list[Diff]
+
+
+class ResyncRequest(TypedDict):
+    type: Literal["resync"]
+    reason: NotRequired[str]
+
+
+class ClientMessageError(ValueError):
+    """A browser message we do not understand; the socket stays open and the message is ignored."""
+
+
+def parse_client_message(text: str | None) -> ResyncRequest:
+    """Validate a browser frame; only `resync` exists. Raises ClientMessageError with the reason."""
+    if text is None:
+        raise ClientMessageError("binary frames are not part of the protocol")
+    if len(text) > MAX_CLIENT_MESSAGE_BYTES:
+        raise ClientMessageError(f"message longer than {MAX_CLIENT_MESSAGE_BYTES} bytes")
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise ClientMessageError("not JSON") from None
+    if not isinstance(message, dict) or message.get("type") != "resync":
+        raise ClientMessageError("only {'type': 'resync'} is accepted")
+    return {"type": "resync"}
+
+
+def encode_with_seq(prefix_type: str, seq: int, body_json: str) -> str:
+    """Splice `type` and `seq` into an already encoded JSON object body.
+
+    A batch is encoded once per flush and sent to every viewer of the project; only `seq` differs, so
+    this avoids encoding the same diffs hundreds of times. `body_json` must be a JSON object.
+    """
+    if not body_json.startswith("{"):
+        raise ValueError("body must be an encoded JSON object")
+    head = f'{{"type":{json.dumps(prefix_type)},"seq":{int(seq)}'
+    return head + ("}" if body_json.strip() == "{}" else "," + body_json[1:])
+
+
+def encode_flush(diffs: list[Diff], *, since: float, server_time: float) -> tuple[str, str]:
+    """(message type, body JSON without type/seq) for one coalescer flush: a lone diff or a batch."""
+    if len(diffs) == 1:
+        diff: dict[str, Any] = dict(diffs[0])
+        kind = diff.pop("type")
+        diff["server_time"] = server_time
+        diff["since"] = since
+        return kind, dumps(diff)
+    return "swarm.batch", dumps({"server_time": server_time, "since": since, "diffs": diffs})
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON without NaN/Infinity (browsers' JSON.parse rejects them)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)

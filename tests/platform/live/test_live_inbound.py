@@ -1,0 +1,93 @@
+"""live.inbound: portal events become browser diffs; malformed ones are refused with a reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from live.inbound import InboundError, change_time, owner_key, to_diffs
+
+NODE = {
+    "node_id": "ab" * 20,
+    "state": "online",
+    "state_label": "Online",
+    "state_changed_at": "2026-01-01T00:00:00+00:00",
+    "role": "server",
+    "experts": ["ffn.0.1"],
+    "announced_experts": [],
+    "agent_version": "0.1.0",
+    "samples": 10,
+    "requests": 2,
+    "samples_per_s": 12.5,
+    "last_heartbeat_at": "2026-01-01T00:00:09+00:00",
+}
+T0 = 1767225600.0  # 2026-01-01T00:00:00Z
+
+
+def test_node_changed_becomes_an_upsert_dated_by_its_heartbeat() -> None:
+    [diff] = to_diffs({"type": "swarm.node_changed", "project": "p", "node": NODE}, received_at=T0 + 9.2)
+    assert diff["type"] == "node.upsert"
+    assert diff["at"] == T0 + 9
+    node = diff["node"]
+    assert (node["label"], node["state"], node["samples_per_s"]) == ("abababab", "online", 12.5)
+    assert node["last_heartbeat"] == T0 + 9 and node["experts"] == ["ffn.0.1"]
+
+
+def test_an_event_without_a_recent_change_time_is_dated_by_arrival() -> None:
+    [diff] = to_diffs({"type": "swarm.node_changed", "node": NODE}, received_at=T0 + 600)
+    assert diff["at"] == T0 + 600
+    assert change_time(diff["node"], T0 + 600) == T0 + 600
+
+
+def test_coverage_and_metrics() -> None:
+    [coverage] = to_diffs(
+        {
+            "type": "swarm.coverage_changed",
+            "observed_at": "2026-01-01T00:00:05+00:00",
+            "cells": {"ffn.0.0": 2},
+        },
+        received_at=T0 + 6,
+    )
+    assert coverage["coverage"] == {"cells": {"ffn.0.0": 2}, "observed_at": T0 + 5}
+    points = [
+        {
+            "step": 1,
+            "loss": 2.0,
+            "accuracy": 0.5,
+            "samples_per_s": 9.0,
+            "timestamp": "2026-01-01T00:00:01+00:00",
+        },
+        {
+            "step": 2,
+            "loss": float("nan"),
+            "accuracy": 0.5,
+            "samples_per_s": 9.0,
+            "timestamp": "2026-01-01T00:00:02+00:00",
+        },
+    ]
+    [metrics] = to_diffs(
+        {"type": "swarm.metrics_received", "node_id": "cd" * 20, "points": points}, received_at=T0
+    )
+    assert metrics["series"] == "training"
+    assert metrics["points"] == [{"t": T0 + 1, "step": 1, "loss": 2.0, "accuracy": 0.5, "node_id": "cd" * 20}]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "swarm.node_changed"},
+        {"type": "swarm.node_changed", "node": {"state": "online"}},
+        {"type": "swarm.node_changed", "node": {**NODE, "last_heartbeat_at": "yesterday"}},
+        {"type": "swarm.coverage_changed", "cells": [1, 2]},
+        {"type": "swarm.metrics_received", "points": [1]},
+        {"type": "swarm.unheard_of"},
+    ],
+)
+def test_malformed_events_are_refused(event: dict) -> None:
+    with pytest.raises(InboundError):
+        to_diffs(event, received_at=T0)
+
+
+def test_owner_keys_are_stable_opaque_and_per_user() -> None:
+    assert owner_key("s", 1) == owner_key("s", 1)
+    assert owner_key("s", 1) != owner_key("s", 2) != owner_key("t", 2)
+    assert len(owner_key("s", 1)) == 16
