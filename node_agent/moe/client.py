@@ -4,6 +4,17 @@ PyTorch training code is synchronous; the network side is asyncio. `ExpertCaller
 background thread (uvloop when installed) that owns a client-mode DHT node and the WebRTC connection pool,
 and exposes thread-safe methods that return `concurrent.futures.Future`s. Every failure surfaces as an
 `ExpertError` subclass (`node_agent.moe.api`), within the call's timeout.
+
+Forward-activation reuse (server side: `node_agent.moe.server.forward_cache`): a forward asks the server to
+keep its graph and gets an id back; the caller files the id with the inputs it was computed on
+(`_ForwardLedger`). A later `backward` with equal inputs to the same expert sends the id and the output
+gradients only (no inputs, no recomputation on the server). If the server no longer holds the graph it
+answers `unknown_forward` and the caller re-sends the inputs, so callers (the MoE layer, `RemoteExpert`)
+keep passing the inputs to `backward` exactly as before and never see the difference.
+
+Tensors travel `blockwise8`-compressed by default (8-bit per value with a scale per block; 4x fewer bytes):
+`benchmarks/bench_training.py` trains to the same accuracy with it; pass `compression="none"` for exact
+calls.
 """
 
 from __future__ import annotations
@@ -13,6 +24,8 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -43,6 +56,55 @@ T = TypeVar("T")
 
 #: Codes of remote errors meaning "this replica cannot serve you" rather than "your request was bad".
 _UNAVAILABLE_CODES = {"unknown_expert", "shutting_down"}
+DEFAULT_COMPRESSION = Compression.BLOCKWISE_8BIT
+
+
+class _ForwardGone(ExpertProtocolError):
+    """The server no longer holds the kept forward (evicted, expired, restarted): re-send the inputs."""
+
+
+class _ForwardLedger:
+    """Forward ids the servers returned, with the inputs each was computed on, until the backward.
+
+    Lives on the caller's loop thread. Matching is by expert and by equal inputs (`torch.equal`, a memory
+    comparison far cheaper than the forward it saves); ties go to the oldest forward. Bounded per expert and
+    by age: a forward nobody backpropagates (evaluation) just ages out, on both sides.
+    """
+
+    def __init__(self, ttl: float, per_expert: int = 64) -> None:
+        self.ttl = ttl
+        self.per_expert = per_expert
+        self._entries: dict[ExpertHandle, deque[tuple[bytes, list[torch.Tensor], float]]] = {}
+
+    def add(self, handle: ExpertHandle, fid: bytes, inputs: Sequence[torch.Tensor], now: float) -> None:
+        self.prune(now)
+        entries = self._entries.setdefault(handle, deque(maxlen=self.per_expert))
+        entries.append((fid, [t.detach() for t in inputs], now + self.ttl))
+
+    def pop(self, handle: ExpertHandle, inputs: Sequence[torch.Tensor], now: float) -> bytes | None:
+        self.prune(now)
+        entries = self._entries.get(handle)
+        if not entries:
+            return None
+        for index, (fid, kept, _expires) in enumerate(entries):
+            if len(kept) == len(inputs) and all(
+                k.shape == t.shape and k.dtype == t.dtype and torch.equal(k, t.detach())
+                for k, t in zip(kept, inputs, strict=True)
+            ):
+                del entries[index]
+                return fid
+        return None
+
+    def prune(self, now: float) -> None:
+        for handle in list(self._entries):
+            entries = self._entries[handle]
+            while entries and entries[0][2] <= now:
+                entries.popleft()
+            if not entries:
+                del self._entries[handle]
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self._entries.values())
 
 
 async def get_experts(dht: Any, uids: Sequence[str]) -> list[ExpertHandle | None]:
@@ -63,11 +125,15 @@ class ExpertCaller:
         initial_peers: Sequence[str] = (),
         *,
         rtc_options: RTCOptions | None = None,
-        compression: Compression | str = Compression.NONE,
+        compression: Compression | str = DEFAULT_COMPRESSION,
         listen: str = "127.0.0.1:0",
         identity: Any = None,
         use_uvloop: bool = True,
+        reuse_forward: bool = True,
+        forward_ttl: float = 30.0,
     ) -> None:
+        """`reuse_forward`: ask servers to keep forward graphs for the backward (see the module docstring);
+        `forward_ttl`: how long we remember a forward id (match the servers' `forward_cache_ttl`)."""
         self.initial_peers = list(initial_peers)
         self.rtc_options = rtc_options or RTCOptions()
         self.compression = Compression(compression)
@@ -79,6 +145,11 @@ class ExpertCaller:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._schemas: dict[ExpertHandle, list[TensorSchema]] = {}
+        self.reuse_forward = reuse_forward
+        self._ledger = _ForwardLedger(forward_ttl)
+        #: Backwards served from a kept forward / that had to re-send the inputs after a miss.
+        self.kept_backwards = 0
+        self.recomputed_backwards = 0
 
     @classmethod
     def start_caller(
@@ -149,9 +220,10 @@ class ExpertCaller:
     # ---- calls ---------------------------------------------------------------------------------------
 
     def forward(
-        self, handle: ExpertHandle, inputs: Sequence[torch.Tensor], timeout: float
+        self, handle: ExpertHandle, inputs: Sequence[torch.Tensor], timeout: float, keep_graph: bool = True
     ) -> concurrent.futures.Future[list[torch.Tensor]]:
-        return self.run(self.forward_async(handle, inputs, timeout))
+        """`keep_graph=False` when no backward will follow (evaluation): the server keeps nothing."""
+        return self.run(self.forward_async(handle, inputs, timeout, keep_graph))
 
     def backward(
         self,
@@ -176,14 +248,16 @@ class ExpertCaller:
         return reply
 
     async def forward_async(
-        self, handle: ExpertHandle, inputs: Sequence[torch.Tensor], timeout: float
+        self, handle: ExpertHandle, inputs: Sequence[torch.Tensor], timeout: float, keep_graph: bool = True
     ) -> list[torch.Tensor]:
+        keep = keep_graph and self.reuse_forward
         async with _deadline(handle, timeout):
             if handle not in self._schemas:
                 await self.info_async(handle, timeout)
             body = {
                 "uid": handle.uid,
                 "inputs": self._encode(inputs),
+                "keep": keep,
                 "reply_compression": self.compression.value,
             }
             reply = await self._call(handle, "forward", body, timeout)
@@ -191,6 +265,9 @@ class ExpertCaller:
         batch = inputs[0].shape[0]
         if any(o.dim() == 0 or o.shape[0] != batch for o in outputs):
             raise ExpertProtocolError(f"{handle.uid}: outputs do not match the batch size {batch}")
+        fid = reply.get("fid")
+        if keep and isinstance(fid, bytes):
+            self._ledger.add(handle, fid, inputs, time.monotonic())
         return outputs
 
     async def backward_async(
@@ -200,14 +277,28 @@ class ExpertCaller:
         grad_outputs: Sequence[torch.Tensor],
         timeout: float,
     ) -> list[torch.Tensor]:
-        body = {
-            "uid": handle.uid,
-            "inputs": self._encode(inputs),
-            "grads": self._encode(grad_outputs),
-            "reply_compression": self.compression.value,
-        }
+        """Gradients w.r.t. `inputs`: from the kept forward when the server still has it, else recomputed."""
+        grads = self._encode(grad_outputs)
+        compression = self.compression.value
         async with _deadline(handle, timeout):
-            reply = await self._call(handle, "backward", body, timeout)
+            fid = self._ledger.pop(handle, inputs, time.monotonic())
+            reply = None
+            if fid is not None:
+                body = {"uid": handle.uid, "fid": fid, "grads": grads, "reply_compression": compression}
+                try:
+                    reply = await self._call(handle, "backward", body, timeout)
+                    self.kept_backwards += 1
+                except _ForwardGone as exc:
+                    logger.debug("%s: kept forward gone (%s); re-sending the inputs", handle.uid, exc)
+            if reply is None:
+                self.recomputed_backwards += 1
+                body = {
+                    "uid": handle.uid,
+                    "inputs": self._encode(inputs),
+                    "grads": grads,
+                    "reply_compression": compression,
+                }
+                reply = await self._call(handle, "backward", body, timeout)
         schemas = [TensorSchema(dtype=_dtype_name(t), shape=tuple(t.shape)) for t in inputs]
         return self._decode(handle, reply, "grads", schemas)
 
@@ -240,6 +331,8 @@ class ExpertCaller:
         except RPCClosedError as exc:
             raise ExpertUnavailableError(f"{handle.uid} {method}: connection lost: {exc}") from exc
         except RPCRemoteError as exc:
+            if exc.code == "unknown_forward":
+                raise _ForwardGone(f"{handle.uid} {method}: {exc}") from exc
             error = ExpertUnavailableError if exc.code in _UNAVAILABLE_CODES else ExpertProtocolError
             raise error(f"{handle.uid} {method}: {exc}") from exc
         except RPCError as exc:
@@ -276,10 +369,12 @@ class _RemoteCall(torch.autograd.Function):
     """Forward and backward of one remote expert over the data channel."""
 
     @staticmethod
-    def forward(ctx: Any, dummy: torch.Tensor, expert: RemoteExpert, *inputs: torch.Tensor) -> Any:
+    def forward(
+        ctx: Any, dummy: torch.Tensor, expert: RemoteExpert, keep_graph: bool, *inputs: torch.Tensor
+    ) -> Any:
         ctx.expert = expert
         ctx.save_for_backward(*inputs)
-        outputs = expert.caller.forward(expert.peer, inputs, expert.timeout).result()
+        outputs = expert.caller.forward(expert.peer, inputs, expert.timeout, keep_graph).result()
         return tuple(outputs)
 
     @staticmethod
@@ -289,7 +384,7 @@ class _RemoteCall(torch.autograd.Function):
         grads = expert.caller.backward(
             expert.peer, inputs, [g.contiguous() for g in grad_outputs], expert.backward_timeout
         ).result()
-        return (None, None, *grads)
+        return (None, None, None, *grads)
 
 
 class RemoteExpert(nn.Module):
@@ -312,7 +407,8 @@ class RemoteExpert(nn.Module):
         self._dummy = torch.empty(0, requires_grad=True)  # keeps the graph alive when inputs need no grad
 
     def forward(self, *inputs: torch.Tensor) -> Any:
-        outputs = _RemoteCall.apply(self._dummy, self, *inputs)
+        # Autograd's mode is off inside Function.forward: decide here whether a backward can follow.
+        outputs = _RemoteCall.apply(self._dummy, self, torch.is_grad_enabled(), *inputs)
         return outputs[0] if len(outputs) == 1 else outputs
 
     def info(self) -> dict[str, Any]:

@@ -196,6 +196,7 @@ class ConnectionPool:
             chunk_size=self.options.chunk_size,
             max_payload=self.options.max_payload,
             label=f"{'to' if outbound else 'from'} {node_id.hex()[:8]}",
+            peer_id=node_id,
         )
         link = PeerLink(node_id, pc, rpc, outbound)
 

@@ -5,6 +5,9 @@ Either side may call the other. Sending respects back-pressure: we stop writing 
 so a large payload never piles up unbounded in aiortc's SCTP queue. Every call has a timeout; a timed-out
 or cancelled call sends CANCEL so the remote stops working on it. A malformed frame is logged and answered
 with an ERROR (when it names a call), never raised into the event loop.
+
+A handler learns which peer is calling from `current_caller()` (the node id the connection was verified
+against, set per served request), so servers can bind per-caller state such as kept forward graphs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import msgpack
@@ -33,6 +37,13 @@ from node_agent.rtc.framing import (
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[str, Any], Awaitable[Any]]
+
+_caller: ContextVar[bytes | None] = ContextVar("rpc_caller", default=None)
+
+
+def current_caller() -> bytes | None:
+    """Inside a handler: the node id of the peer whose request is being served (None if unknown)."""
+    return _caller.get()
 
 
 class RPCError(Exception):
@@ -77,8 +88,10 @@ class ChannelRPC:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         high_water: int = 1024 * 1024,
         label: str = "",
+        peer_id: bytes | None = None,
     ) -> None:
         self.channel = channel
+        self.peer_id = peer_id
         self.handler = handler
         self.chunk_size = chunk_size
         self.max_payload = max_payload
@@ -227,6 +240,7 @@ class ChannelRPC:
             future.set_exception(error)
 
     async def _serve(self, call_id: int, payload: bytes) -> None:
+        _caller.set(self.peer_id)  # this task's own context: visible to the handler only
         try:
             request = _unpack(payload, max_size=self.max_payload)
             if not isinstance(request, dict) or not isinstance(request.get("m"), str) or "b" not in request:

@@ -1,8 +1,19 @@
 """One hosted expert: its module, optimiser, learning-rate schedule, gradient clipping and schemas.
 
-Learning@home (section 3.2): the server is stateless towards trainers; a backward request carries the
-inputs again, the server recomputes the forward with autograd, backpropagates the trainer's output
-gradients, applies its own optimiser step, and returns the gradients w.r.t. the inputs.
+Two ways to run backward:
+
+* Recompute (Learning@home, section 3.2): the backward request carries the inputs again; `backward`
+  recomputes the forward with autograd, backpropagates the trainer's output gradients, applies one optimiser
+  step and returns the gradients w.r.t. the inputs. Stateless, but two forwards and one backward per batch.
+* Kept graph (`forward_kept` / `backward_kept`, used with `forward_cache`): the forward is run with autograd
+  and its graph kept, so backward costs one backward. Optimiser steps change the parameters in place, which
+  would corrupt the graphs of forwards still waiting for their backward, so a kept forward runs against a
+  *snapshot* of the trainable parameters (`torch.func.functional_call` with detached clones). One snapshot
+  serves every kept forward between two optimiser steps (a "generation"): a copy of the parameters per step
+  at most, cheap next to the matmuls. The gradient w.r.t. the snapshot is applied to the live parameters by
+  the optimiser: a delayed gradient as in Learning@home (section 3.3), exact for the forward the trainer saw.
+  Every request keeps its own graph (no concatenation), and the kept backwards taken together by the runtime
+  share one optimiser step, as a concatenated recompute batch does.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from node_agent.tensor_codec import TensorSchema
 
@@ -50,6 +62,44 @@ class OptimizerConfig:
         return factor
 
 
+@dataclass(slots=True)
+class KeptForward:
+    """The autograd graph of one forward request, computed against a parameter snapshot."""
+
+    leaves: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+    params: list[torch.Tensor]
+    #: Bytes the graph holds beyond the shared snapshot (saved activations, inputs, outputs).
+    nbytes: int
+    generation: tuple[str, int]
+
+    @property
+    def batch_size(self) -> int:
+        return self.leaves[0].shape[0] if self.leaves and self.leaves[0].dim() else 0
+
+
+class _SavedBytes:
+    """Saved-tensor hooks that add up the storage a graph keeps alive, excluding the parameter snapshot."""
+
+    def __init__(self, exclude: Sequence[torch.Tensor]) -> None:
+        self.seen = {t.untyped_storage().data_ptr() for t in exclude}
+        self.nbytes = 0
+
+    def add(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self.seen:
+            self.seen.add(storage.data_ptr())
+            self.nbytes += storage.nbytes()
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.add(tensor)
+        return tensor
+
+
+def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 class ExpertBackend:
     """Runs forward/backward for one expert; called from the runtime's compute thread only."""
 
@@ -65,8 +115,10 @@ class ExpertBackend:
         self.module = module
         self.expert_class = expert_class
         self.config = optimizer or OptimizerConfig()
-        params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = self.config.build(params)
+        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        self._param_names = [name for name, _ in named]
+        self._params = [p for _, p in named]
+        self.optimizer = self.config.build(self._params)
         self.scheduler = (
             torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.config.schedule())
             if self.optimizer
@@ -79,6 +131,11 @@ class ExpertBackend:
         self.steps = 0
         self.samples_forward = 0
         self.samples_backward = 0
+        #: Bytes of one parameter snapshot (what a generation of kept forwards shares).
+        self.snapshot_bytes = sum(p.numel() * p.element_size() for p in self._params)
+        self._snapshot: list[torch.Tensor] = []
+        self._snapshot_step = -1
+        self._generation = 0
 
     @staticmethod
     def _as_list(outputs: Any) -> list[torch.Tensor]:
@@ -93,7 +150,7 @@ class ExpertBackend:
     def backward(
         self, inputs: Sequence[torch.Tensor], grad_outputs: Sequence[torch.Tensor]
     ) -> list[torch.Tensor]:
-        """Gradients w.r.t. `inputs`; applies one optimiser step (clipping, schedule) as a side effect."""
+        """Gradients w.r.t. `inputs` by recomputing the forward; one optimiser step as a side effect."""
         leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
         with torch.enable_grad():
             outputs = self._as_list(self.module(*leaves))
@@ -101,20 +158,104 @@ class ExpertBackend:
             if pairs:
                 torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
-        if self.optimizer is not None:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            if self.config.clip_grad_norm:
-                norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
-                if not math.isfinite(float(norm)):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    raise ValueError("non-finite gradient norm; optimiser step skipped")
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.steps += 1
+        self._step()
         self.samples_backward += inputs[0].shape[0] if inputs and inputs[0].dim() else 0
         return [g.detach() for g in grads]
+
+    def forward_kept(self, inputs: Sequence[torch.Tensor]) -> KeptForward:
+        """Forward with autograd against the current parameter snapshot; the graph is returned for later."""
+        params = self._current_snapshot()
+        leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+        counter = _SavedBytes(exclude=params)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(counter.pack, _unpack):
+            outputs = self._as_list(
+                functional_call(self.module, dict(zip(self._param_names, params, strict=True)), tuple(leaves))
+            )
+        for tensor in [*leaves, *outputs]:
+            counter.add(tensor)
+        self.samples_forward += inputs[0].shape[0] if inputs and inputs[0].dim() else 0
+        return KeptForward(leaves, outputs, params, counter.nbytes, (self.uid, self._generation))
+
+    def backward_kept(
+        self, requests: Sequence[tuple[KeptForward, Sequence[torch.Tensor]]]
+    ) -> list[list[torch.Tensor] | Exception]:
+        """Input gradients per kept forward (or the error of that one), then one optimiser step for all.
+
+        Each graph yields gradients w.r.t. its own snapshot; their sum goes to the live parameters, which is
+        what one concatenated recompute batch would have produced had no step happened in between.
+        """
+        results: list[list[torch.Tensor] | Exception] = []
+        totals: list[torch.Tensor | None] = [None] * len(self._params)
+        answered = 0
+        for kept, grad_outputs in requests:
+            try:
+                input_grads, param_grads = self._kept_gradients(kept, grad_outputs)
+            except ValueError as exc:
+                results.append(exc)
+                continue
+            for i, grad in enumerate(param_grads):
+                if grad is not None:
+                    totals[i] = grad if totals[i] is None else totals[i].add_(grad)  # type: ignore[union-attr]
+            results.append(input_grads)
+            answered += kept.batch_size
+        if answered:
+            for param, total in zip(self._params, totals, strict=True):
+                param.grad = total
+            try:
+                self._step()
+            except ValueError as exc:
+                return [exc if isinstance(r, list) else r for r in results]
+            self.samples_backward += answered
+        return results
+
+    def _kept_gradients(
+        self, kept: KeptForward, grad_outputs: Sequence[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        if len(grad_outputs) != len(kept.outputs):
+            raise ValueError(f"expected {len(kept.outputs)} output gradients, got {len(grad_outputs)}")
+        for output, grad in zip(kept.outputs, grad_outputs, strict=True):
+            if grad.shape != output.shape or grad.dtype != output.dtype:
+                raise ValueError(
+                    f"gradient {tuple(grad.shape)} {grad.dtype} does not match the kept forward's output "
+                    f"{tuple(output.shape)} {output.dtype}"
+                )
+        pairs = [(o, g) for o, g in zip(kept.outputs, grad_outputs, strict=True) if o.requires_grad]
+        wanted = [leaf for leaf in kept.leaves if leaf.requires_grad] + kept.params
+        found: list[torch.Tensor | None] = [None] * len(wanted)
+        if pairs and wanted:
+            found = list(
+                torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+            )
+        by_leaf = iter(found[: len(wanted) - len(kept.params)])
+        input_grads = []
+        for leaf in kept.leaves:
+            grad = next(by_leaf) if leaf.requires_grad else None
+            input_grads.append(torch.zeros_like(leaf) if grad is None else grad.detach())
+        return input_grads, found[len(wanted) - len(kept.params) :]
+
+    def _current_snapshot(self) -> list[torch.Tensor]:
+        """Detached copies of the trainable parameters, taken at most once per optimiser step."""
+        if self._snapshot_step != self.steps or len(self._snapshot) != len(self._params):
+            self._snapshot = [p.detach().clone().requires_grad_() for p in self._params]
+            self._snapshot_step = self.steps
+            self._generation += 1
+        return self._snapshot
+
+    def _step(self) -> None:
+        """Clip, step, schedule: the optimiser part of every backward (no-op without parameters)."""
+        if self.optimizer is None:
+            return
+        params = self._params
+        if self.config.clip_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
+            if not math.isfinite(float(norm)):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise ValueError("non-finite gradient norm; optimiser step skipped")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.steps += 1
 
     def info(self) -> dict[str, Any]:
         """What `info` answers: schemas, class and training progress."""

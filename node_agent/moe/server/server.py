@@ -5,10 +5,17 @@ batching runtime, so one bad trainer cannot poison a batch. Experts are announce
 expiry and re-announced periodically; on shutdown the server stops accepting work, answers in-flight
 calls, withdraws its announcements and saves checkpoints.
 
-Wire bodies (msgpack): request `{"uid", "inputs": [tensor], "grads": [tensor] (backward only),
-"reply_compression": "none"|"float16"|...}`; reply `{"outputs": [tensor]}` or `{"grads": [tensor]}`;
-`info` replies with `ExpertBackend.info()`. Errors use the RPC error codes `unknown_expert`,
-`bad_request`, `bad_tensor`, `shutting_down`, `internal`.
+Wire bodies (msgpack):
+* `forward`: `{"uid", "inputs": [tensor], "keep": bool, "reply_compression": "none"|"float16"|...}` ->
+  `{"outputs": [tensor], "fid": 16 bytes}`. With `keep`, the server keeps the forward's graph
+  (`forward_cache`) and returns its id `fid`; no `fid` in the reply means nothing was kept.
+* `backward`: `{"uid", "fid": 16 bytes, "grads": [tensor], "reply_compression"}` runs backward on the kept
+  graph (only for the peer that made it); if it is gone the error is `unknown_forward` and the client
+  re-sends `{"uid", "inputs": [tensor], "grads": [tensor], "reply_compression"}`, which recomputes the
+  forward (Learning@home, section 3.2). Both reply `{"grads": [tensor]}` (gradients w.r.t. the inputs).
+* `info` replies with `ExpertBackend.info()`.
+Errors use the RPC error codes `unknown_expert`, `unknown_forward`, `bad_request`, `bad_tensor`,
+`shutting_down`, `internal`.
 
 In a gated project (`node_agent.credentials`) the server carries its portal credential in every
 announcement (`credential`, replaced on renewal by `set_credential`) and its DHT node refuses other
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +37,13 @@ import torch
 
 from node_agent.dht.api import DHTValidationError
 from node_agent.moe.announce import CredentialChecker, announce_experts, register_experts_validator
-from node_agent.moe.server.backend import ExpertBackend
+from node_agent.moe.server.backend import ExpertBackend, KeptForward
 from node_agent.moe.server.checkpoints import load_checkpoint, save_checkpoint
-from node_agent.moe.server.runtime import BatchingRuntime
+from node_agent.moe.server.forward_cache import ForwardCache, ForwardCacheMiss
+from node_agent.moe.server.runtime import BatchingRuntime, ItemsFn
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectionPool
-from node_agent.rtc.rpc import RPCHandlerError
+from node_agent.rtc.rpc import RPCHandlerError, current_caller
 from node_agent.tensor_codec import Compression, TensorCodecError, decode_tensors, encode_tensors
 
 logger = logging.getLogger(__name__)
@@ -50,6 +59,13 @@ class ServerOptions:
     checkpoint_dir: str | None = None
     checkpoint_period: float = 600.0
     stats_period: float = 30.0
+    #: Kept forward graphs (see `forward_cache`); 0 entries disables keeping (every backward recomputes).
+    forward_cache_entries: int = 256
+    forward_cache_bytes: int = 512 * 2**20
+    forward_cache_ttl: float = 30.0
+
+
+FORWARD_ID_BYTES = 16
 
 
 class ExpertServer:
@@ -65,6 +81,10 @@ class ExpertServer:
         self.bytes_in = 0
         self.bytes_out = 0
         self.credential: str | None = None
+        #: Touched from the compute thread only (the runtime's executor), never from the event loop.
+        self.forward_cache = ForwardCache(
+            options.forward_cache_entries, options.forward_cache_bytes, options.forward_cache_ttl
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -91,12 +111,16 @@ class ExpertServer:
         for uid, backend in backends.items():
             server.runtime.add_queue(f"{uid}/forward", backend.forward)
             server.runtime.add_queue(f"{uid}/backward", server._backward_fn(backend))
+            server.runtime.add_queue(f"{uid}/forward_keep", server._forward_keep_fn(backend), concat=False)
+            server.runtime.add_queue(f"{uid}/backward_kept", server._backward_kept_fn(backend), concat=False)
         register_experts_validator(dht, credentials)
         server.pool = await ConnectionPool.create(dht, server.handle, rtc_options)
         if announce:
             await server.announce()
             server._tasks.append(asyncio.create_task(server._reannounce(), name="expert-reannounce"))
         server._tasks.append(asyncio.create_task(server._report(), name="expert-stats"))
+        if server.forward_cache.enabled:
+            server._tasks.append(asyncio.create_task(server._expire_loop(), name="forward-cache-expiry"))
         if server.options.checkpoint_dir:
             server._tasks.append(asyncio.create_task(server._checkpoint_loop(), name="expert-checkpoints"))
         return server
@@ -105,6 +129,52 @@ class ExpertServer:
     def _backward_fn(backend: ExpertBackend):  # -> BatchFn
         split = len(backend.input_schema)
         return lambda tensors: backend.backward(tensors[:split], tensors[split:])
+
+    def _forward_keep_fn(self, backend: ExpertBackend) -> ItemsFn:
+        """Compute thread: forward with a kept graph per request; the result is (outputs, kept?)."""
+
+        def run(items: list[tuple[list[torch.Tensor], Any]]) -> list[Any]:
+            results: list[Any] = []
+            for inputs, (fid, owner) in items:
+                try:
+                    kept = backend.forward_kept(inputs)
+                except Exception as exc:
+                    results.append(exc)
+                    continue
+                stored = self.forward_cache.put(
+                    (backend.uid, fid),
+                    owner,
+                    kept,
+                    nbytes=kept.nbytes,
+                    generation=kept.generation,
+                    generation_bytes=backend.snapshot_bytes,
+                    now=time.monotonic(),
+                )
+                results.append(([o.detach() for o in kept.outputs], stored))
+            return results
+
+        return run
+
+    def _backward_kept_fn(self, backend: ExpertBackend) -> ItemsFn:
+        """Compute thread: backward on kept graphs (misses fail alone), one optimiser step for the rest."""
+
+        def run(items: list[tuple[list[torch.Tensor], Any]]) -> list[Any]:
+            now = time.monotonic()
+            results: list[Any] = [None] * len(items)
+            found: list[tuple[int, KeptForward, list[torch.Tensor]]] = []
+            for i, (grads, (fid, owner)) in enumerate(items):
+                try:
+                    kept = self.forward_cache.take((backend.uid, fid), owner, now)
+                except ForwardCacheMiss as exc:
+                    results[i] = exc
+                    continue
+                found.append((i, kept, grads))
+            answers = backend.backward_kept([(kept, grads) for _, kept, grads in found])
+            for (i, _, _), answer in zip(found, answers, strict=True):
+                results[i] = answer
+            return results
+
+        return run
 
     def set_credential(self, credential: str | None) -> None:
         """Use a renewed credential from the next announcement on (well before the old one expires)."""
@@ -139,25 +209,58 @@ class ExpertServer:
                 return backend.info()
             compression = self._reply_compression(body)
             if method == "forward":
-                inputs = self._decode(body.get("inputs"), backend.input_schema, "inputs")
-                self.bytes_in += _payload_bytes(body.get("inputs"))
-                outputs = await self.runtime.submit(f"{uid}/forward", inputs)
-                return self._reply("outputs", encode_tensors(outputs, compression))
+                return await self._forward(uid, backend, body, compression)
             if method == "backward":
-                inputs = self._decode(body.get("inputs"), backend.input_schema, "inputs")
-                grads = self._decode(body.get("grads"), backend.output_schema, "grads")
-                if any(g.shape[0] != inputs[0].shape[0] for g in grads):
-                    raise RPCHandlerError("bad_tensor", "grads and inputs have different batch sizes")
-                self.bytes_in += _payload_bytes(body.get("inputs")) + _payload_bytes(body.get("grads"))
-                grad_inputs = await self.runtime.submit(f"{uid}/backward", [*inputs, *grads])
-                return self._reply("grads", encode_tensors(grad_inputs, compression))
+                return await self._backward(uid, backend, body, compression)
         except RPCHandlerError:
             self.failures += 1
             raise
+        except ForwardCacheMiss as exc:
+            if exc.reason == "foreign":
+                self.failures += 1
+                logger.warning("refused a forward id from %s: %s", _short(current_caller()), exc)
+            raise RPCHandlerError("unknown_forward", str(exc)) from exc
         except ValueError as exc:
             self.failures += 1
             raise RPCHandlerError("bad_tensor", str(exc)) from exc
         raise RPCHandlerError("unknown_method", f"unknown method {method!r}")
+
+    async def _forward(
+        self, uid: str, backend: ExpertBackend, body: dict[str, Any], compression: Compression
+    ) -> dict[str, Any]:
+        inputs = self._decode(body.get("inputs"), backend.input_schema, "inputs")
+        self.bytes_in += _payload_bytes(body.get("inputs"))
+        if body.get("keep") is True and self.forward_cache.enabled:
+            fid = secrets.token_bytes(FORWARD_ID_BYTES)
+            outputs, kept = await self.runtime.submit(
+                f"{uid}/forward_keep", inputs, (fid, current_caller() or b"")
+            )
+            reply = self._reply("outputs", encode_tensors(outputs, compression))
+            if kept:
+                reply["fid"] = fid
+            return reply
+        outputs = await self.runtime.submit(f"{uid}/forward", inputs)
+        return self._reply("outputs", encode_tensors(outputs, compression))
+
+    async def _backward(
+        self, uid: str, backend: ExpertBackend, body: dict[str, Any], compression: Compression
+    ) -> dict[str, Any]:
+        grads = self._decode(body.get("grads"), backend.output_schema, "grads")
+        fid = body.get("fid")
+        if fid is not None:
+            if not isinstance(fid, bytes) or len(fid) != FORWARD_ID_BYTES:
+                raise RPCHandlerError("bad_request", f"fid must be {FORWARD_ID_BYTES} bytes")
+            self.bytes_in += _payload_bytes(body.get("grads"))
+            grad_inputs = await self.runtime.submit(
+                f"{uid}/backward_kept", grads, (fid, current_caller() or b"")
+            )
+            return self._reply("grads", encode_tensors(grad_inputs, compression))
+        inputs = self._decode(body.get("inputs"), backend.input_schema, "inputs")
+        if any(g.shape[0] != inputs[0].shape[0] for g in grads):
+            raise RPCHandlerError("bad_tensor", "grads and inputs have different batch sizes")
+        self.bytes_in += _payload_bytes(body.get("inputs")) + _payload_bytes(body.get("grads"))
+        grad_inputs = await self.runtime.submit(f"{uid}/backward", [*inputs, *grads])
+        return self._reply("grads", encode_tensors(grad_inputs, compression))
 
     def _reply(self, name: str, encoded: list[dict[str, Any]]) -> dict[str, Any]:
         self.bytes_out += _payload_bytes(encoded)
@@ -203,14 +306,26 @@ class ExpertServer:
             samples = self.runtime.samples
             links = len(self.pool.links) if self.pool else 0
             logger.info(
-                "throughput: %.1f samples/s, %d batches, %d requests, %d failures, %d connections",
+                "throughput: %.1f samples/s, %d batches, %d requests, %d failures, %d connections, "
+                "kept forwards %s",
                 (samples - last_samples) / (now - last_time),
                 self.runtime.batches,
                 self.requests,
                 self.failures,
                 links,
+                self.forward_cache.stats(),
             )
             last_samples, last_time = samples, now
+
+    async def _expire_loop(self) -> None:
+        """Free expired graphs even when no request comes (on the compute thread, like every access)."""
+        period = max(0.5, self.options.forward_cache_ttl / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            await loop.run_in_executor(
+                self.runtime.executor, lambda: self.forward_cache.expire(time.monotonic())
+            )
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -242,8 +357,13 @@ class ExpertServer:
             logger.warning("could not withdraw announcements: %s", exc)
         await self.save_checkpoints()
         await self.runtime.shutdown()
+        self.forward_cache.clear()  # the compute thread has stopped: safe from the loop now
         if self.pool is not None:
             await self.pool.close()
+
+
+def _short(node_id: bytes | None) -> str:
+    return node_id.hex()[:8] if node_id else "?"
 
 
 def _payload_bytes(headers: Any) -> int:

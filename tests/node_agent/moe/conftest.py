@@ -78,12 +78,15 @@ async def make_caller(bootstrap_node: DHTNode) -> AsyncIterator[Callable[..., Aw
     """`await make_caller(compression="none")` -> a started ExpertCaller bootstrapped from `bootstrap_node`.
 
     The caller blocks while it starts, so it starts in a worker thread: the test's own loop (running the
-    bootstrap node and servers) must keep turning.
+    bootstrap node and servers) must keep turning. Tests compare remote results with local modules
+    exactly, so callers here send uncompressed tensors unless a test asks otherwise (the library default
+    is `blockwise8`).
     """
     callers: list[ExpertCaller] = []
 
     async def make(**kwargs: object) -> ExpertCaller:
         kwargs.setdefault("rtc_options", LOOPBACK_RTC)
+        kwargs.setdefault("compression", "none")
         caller = await asyncio.to_thread(ExpertCaller.start_caller, [bootstrap_node.endpoint], **kwargs)
         callers.append(caller)
         return caller

@@ -44,7 +44,7 @@ async def test_server_killed_mid_call_gives_error_within_timeout(make_expert_ser
     loop = asyncio.get_running_loop()
     server.runtime._queues["ffn.5/forward"].fn = stuck_forward
     started = time.monotonic()
-    future = asyncio.wrap_future(caller.forward(handle, [torch.randn(2, 16)], timeout=4))
+    future = asyncio.wrap_future(caller.forward(handle, [torch.randn(2, 16)], timeout=4, keep_graph=False))
     await asyncio.sleep(0.5)
     assert server.pool is not None
     await server.pool.close()  # the server's connections vanish mid-call
