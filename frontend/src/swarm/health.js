@@ -1,0 +1,76 @@
+// The admin swarm-health page, live: one socket per project section (admins may watch every project).
+// Updates what the server-rendered page shows: nodes online, each node row's state, coverage, alerts.
+import { connectSwarm } from "./socket.js";
+import { displayState, emptySwarm, formatAge } from "./state.js";
+
+function liveAlerts(section) {
+  let list = section.querySelector("[data-live-alerts]");
+  if (!list) {
+    list = document.createElement("ul");
+    list.className = "alerts";
+    list.dataset.liveAlerts = "";
+    section.querySelector(".card-head")?.after(list);
+  }
+  return list;
+}
+
+function renderSection(section, swarm) {
+  const now = Date.now() / 1000;
+  const nodes = [...swarm.nodes.values()];
+  const online = nodes.filter((n) => displayState(n, swarm, now) === "online").length;
+  const stat = section.querySelector('[data-stat="online"]');
+  if (stat) stat.textContent = String(online);
+  for (const row of section.querySelectorAll("tr[data-node-id]")) {
+    const node = swarm.nodes.get(row.dataset.nodeId);
+    if (!node) continue;
+    const state = displayState(node, swarm, now);
+    row.dataset.state = state;
+    const badge = row.querySelector(".badge");
+    if (badge) {
+      badge.className = `badge badge-node-${node.state}`;
+      badge.textContent = state === "stale" ? "Online (silent)" : node.state_label;
+    }
+  }
+  const known = new Set([...section.querySelectorAll("tr[data-node-id]")].map((r) => r.dataset.nodeId));
+  const unseen = nodes.filter((n) => !known.has(n.node_id)).length;
+  section.dataset.newNodes = String(unseen);
+  const alerts = [...swarm.alerts.values()].sort((a, b) => b.raised_at - a.raised_at);
+  liveAlerts(section).replaceChildren(
+    ...alerts.map((alert) => {
+      const li = document.createElement("li");
+      li.className = `alert alert-${alert.severity}`;
+      li.dataset.alertId = alert.id;
+      li.textContent = `${alert.message} · ${formatAge(now + swarm.serverSkew - alert.raised_at)}`;
+      return li;
+    }),
+  );
+  // The server-rendered alert list is replaced by the live one.
+  for (const stale of section.querySelectorAll(".alerts:not([data-live-alerts])")) stale.hidden = true;
+}
+
+export function startHealthPage() {
+  for (const section of document.querySelectorAll(".health-project[data-project]")) {
+    const swarm = emptySwarm();
+    let frame = null;
+    const indicator = document.createElement("span");
+    indicator.className = "live-indicator";
+    indicator.dataset.liveIndicator = "";
+    section.querySelector(".card-head")?.append(indicator);
+    connectSwarm({
+      path: `/ws/live/projects/${encodeURIComponent(section.dataset.project)}/`,
+      swarm,
+      onChange: () => {
+        if (!frame) frame = requestAnimationFrame(() => {
+          frame = null;
+          renderSection(section, swarm);
+        });
+      },
+      onStatus: (state) => {
+        indicator.dataset.state = state === "live" ? "live" : "reconnecting";
+        indicator.textContent = state === "live" ? "live" : "connection lost, reconnecting…";
+        section.classList.toggle("is-stale", state !== "live");
+        if (state === "live") renderSection(section, swarm);
+      },
+    });
+  }
+}

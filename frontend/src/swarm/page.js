@@ -1,0 +1,137 @@
+// The live swarm page: wires the socket, the swarm model and the views (graph, heatmap, charts, table).
+// Rendering is batched to one animation frame however many messages arrive; the table's freshness
+// ticks every second on its own. While the socket is down the page says so and greys the figures.
+import { LiveChart, columns } from "./charts.js";
+import { CoverageHeatmap } from "./heatmap.js";
+import { SwarmGraph } from "./graph.js";
+import { connectSwarm } from "./socket.js";
+import { displayState, emptySwarm, formatAge } from "./state.js";
+import { refreshFreshness, renderTable } from "./table.js";
+
+const STATUS_TEXT = {
+  connecting: "Connecting to the live swarm…",
+  live: "Live",
+  resyncing: "Catching up…",
+  lost: "Connection lost — figures below may be out of date; reconnecting",
+  forbidden: "You may not watch this swarm live.",
+  gone: "This project no longer exists.",
+};
+
+function part(root, name) {
+  return root.querySelector(`[data-part="${name}"]`);
+}
+
+function tooltip(root) {
+  const tip = part(root, "tooltip");
+  return (lines, x, y) => {
+    if (!tip) return;
+    if (!lines) {
+      tip.hidden = true;
+      return;
+    }
+    tip.replaceChildren(...lines.map((line) => Object.assign(document.createElement("div"), { textContent: line })));
+    tip.hidden = false;
+    const box = root.getBoundingClientRect();
+    tip.style.left = `${x - box.left + 14}px`;
+    tip.style.top = `${y - box.top + 10}px`;
+  };
+}
+
+function setStat(root, name, value, detail) {
+  const node = root.querySelector(`[data-live-stat="${name}"]`);
+  if (node) node.textContent = value;
+  const label = root.querySelector(`[data-live-stat-detail="${name}"]`);
+  if (label && detail !== undefined) label.textContent = detail;
+}
+
+function renderAlerts(list, panel, swarm) {
+  const alerts = [...swarm.alerts.values()].sort((a, b) => b.raised_at - a.raised_at);
+  panel.hidden = alerts.length === 0;
+  list.replaceChildren(
+    ...alerts.map((alert) => {
+      const li = document.createElement("li");
+      li.className = `alert alert-${alert.severity}`;
+      li.dataset.alertId = alert.id;
+      const when = document.createElement("span");
+      when.className = "muted small";
+      when.textContent = ` since ${formatAge(Date.now() / 1000 + swarm.serverSkew - alert.raised_at)}`;
+      li.append(alert.message, when);
+      return li;
+    }),
+  );
+}
+
+export function startSwarmPage(root) {
+  const swarm = emptySwarm();
+  const show = tooltip(root);
+  const graph = new SwarmGraph(part(root, "graph"), {
+    onHover: (item, x, y) => {
+      if (!item) return show(null);
+      if (item.kind === "folded") return show([`${item.count} more ${item.state} nodes`, "folded to keep the graph readable"], x, y);
+      const n = item.node;
+      show([`${n.label} · ${n.role || "no role yet"} · ${item.state}`, `owner ${n.owner}`, `${n.samples_per_s.toFixed(1)} samples/s`, `experts ${n.experts.join(", ") || "–"}`], x, y);
+    },
+  });
+  const heatmap = new CoverageHeatmap(part(root, "heatmap"), {
+    onHover: (cell, x, y) => (cell ? show([`${cell.uid}`, `${cell.replicas} live replica${cell.replicas === 1 ? "" : "s"}`], x, y) : show(null)),
+  });
+  const charts = {
+    throughput: new LiveChart(part(root, "chart-throughput"), "Swarm samples/s", [{ label: "samples/s", stroke: "#1f9d62", fill: "rgba(31,157,98,0.08)", width: 2 }]),
+    loss: new LiveChart(part(root, "chart-loss"), "Trainer loss", [{ label: "loss", stroke: "#c93a3a", width: 2 }]),
+    accuracy: new LiveChart(part(root, "chart-accuracy"), "Trainer accuracy", [{ label: "accuracy", stroke: "#4b5bdc", width: 2 }]),
+  };
+  const tbody = part(root, "nodes");
+  const note = part(root, "nodes-note");
+  const status = root.querySelector("[data-live-status]");
+  let frame = null;
+
+  const render = () => {
+    frame = null;
+    const now = Date.now() / 1000;
+    graph.update(swarm);
+    const coverage = heatmap.update(swarm);
+    renderTable(tbody, note, swarm);
+    renderAlerts(part(root, "alerts"), part(root, "alerts-panel"), swarm);
+    const nodes = [...swarm.nodes.values()];
+    const online = nodes.filter((n) => displayState(n, swarm, now) === "online").length;
+    const last = swarm.throughput[swarm.throughput.length - 1];
+    const lastTraining = swarm.training[swarm.training.length - 1];
+    setStat(root, "online", `${online}`, `online of ${nodes.length} nodes`);
+    setStat(root, "throughput", last ? last.samples_per_s.toFixed(0) : "–", "swarm samples/s");
+    setStat(root, "coverage", `${coverage.covered}/${coverage.total}`, `grid cells live${swarm.coverage.observed_at ? `, DHT read ${formatAge(now + swarm.serverSkew - swarm.coverage.observed_at)}` : ", not observed yet"}`);
+    setStat(root, "loss", lastTraining ? lastTraining.loss.toFixed(3) : "–", lastTraining ? `loss at step ${lastTraining.step}` : "no training metrics yet");
+    setStat(root, "accuracy", lastTraining ? `${(lastTraining.accuracy * 100).toFixed(1)}%` : "–", "training accuracy");
+    const caption = part(root, "heatmap-caption");
+    if (caption) caption.textContent = coverage.holes ? `${coverage.holes} hole${coverage.holes === 1 ? "" : "s"} (red): no live expert in the DHT.` : "Every cell has a live expert.";
+    charts.throughput.setData(columns(swarm.throughput, "samples_per_s"));
+    charts.loss.setData(columns(swarm.training, "loss"));
+    charts.accuracy.setData(columns(swarm.training, "accuracy"));
+    root.dataset.seq = String(swarm.seq);
+  };
+  const schedule = () => {
+    if (!frame) frame = requestAnimationFrame(render);
+  };
+
+  connectSwarm({
+    path: root.dataset.socket,
+    swarm,
+    onChange: schedule,
+    onStatus: (state, attempt, delay) => {
+      root.dataset.liveState = state;
+      root.classList.toggle("is-stale", state !== "live");
+      if (status) {
+        status.dataset.state = state;
+        status.textContent = state === "lost" && delay ? `${STATUS_TEXT.lost} in ${Math.ceil(delay / 1000)} s (attempt ${attempt})…` : STATUS_TEXT[state] || state;
+      }
+      if (state === "live") {
+        for (const fallback of document.querySelectorAll("[data-live-fallback]")) fallback.hidden = true;
+        schedule();
+      }
+    },
+  });
+  setInterval(() => {
+    refreshFreshness(tbody, swarm);
+    // A node whose heartbeats stop turns "stale" in the browser without waiting for the server.
+    if (swarm.synced) schedule();
+  }, 1000);
+}
