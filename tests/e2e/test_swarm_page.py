@@ -171,6 +171,7 @@ def test_swarm_page_follows_a_real_agent_live(portal_url: str, tmp_path: Path) -
     errors = PageErrors()
     env = portal_env()
     processes: list[subprocess.Popen] = []
+    node_id = ""
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -254,13 +255,13 @@ def test_swarm_page_follows_a_real_agent_live(portal_url: str, tmp_path: Path) -
                 )
                 shot(page, "agent-offline")
                 shot(health, "health")
-                assert Node.objects.get(node_id=node_id).state == "offline"
             finally:
                 browser.close()
     finally:
         for process in processes:
             stop(process)
     assert errors.errors == []
+    assert Node.objects.get(node_id=node_id).state == "offline"
 
 
 def test_a_thousand_nodes_stay_readable(portal_url: str, tmp_path: Path) -> None:

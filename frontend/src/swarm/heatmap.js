@@ -64,7 +64,7 @@ export class CoverageHeatmap {
     const { rows, cols, values } = this.matrix;
     const width = Math.max(200, this.container.clientWidth);
     const gap = cols <= 64 ? 2 : 0;
-    const cell = Math.max(1, Math.min(28, Math.floor((width - gap * cols) / cols)));
+    const cell = Math.max(1, Math.min(cols <= 8 ? 56 : 28, Math.floor((width - gap * cols) / cols)));
     const height = rows * (cell + gap);
     const ratio = window.devicePixelRatio || 1;
     this.canvas.width = (cols * (cell + gap)) * ratio;

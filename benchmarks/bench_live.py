@@ -1,0 +1,266 @@
+"""Live swarm channel under load: many browsers watching one project while its nodes heartbeat.
+
+Daphne serves the portal with the Redis channel layer. `--nodes` simulated nodes join through the real
+join API and POST real signed heartbeats over HTTP every `--period` seconds (spread evenly, from a thread
+pool in a separate process). `--viewers` WebSocket clients (the `websockets` package, split over
+`--viewer-procs` processes) watch the project's live channel. Delivery latency is measured per diff, from
+its `at` (when the portal ingested the heartbeat) to when a viewer parsed it; the same machine's clock
+serves both ends. Prints one JSON object.
+
+    .venv/bin/python benchmarks/bench_live.py            # 500 viewers, 200 nodes, 40 s
+    .venv/bin/python benchmarks/bench_live.py --viewers 50 --nodes 20 --duration 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "platform"), str(REPO), str(REPO / "tests" / "platform" / "live")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+# ---- viewers (run in child processes) ------------------------------------------------------------------
+
+
+async def _viewer(url: str, measure_from: float, stop_at: float, stats: dict) -> None:
+    """One browser: reads every message as it comes; only those after `measure_from` are counted."""
+    import websockets
+
+    try:
+        async with websockets.connect(url, origin="http://127.0.0.1", open_timeout=60, max_size=2**24) as ws:
+            snapshot = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            assert snapshot["type"] == "swarm.snapshot"
+            stats["connected"] += 1
+            seq = snapshot["seq"]
+            while (left := stop_at - time.time()) > 0:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), left)
+                except TimeoutError:
+                    break
+                now = time.time()
+                message = json.loads(raw)
+                if message["seq"] != seq + 1:
+                    stats["gaps"] += 1
+                seq = message["seq"]
+                if now < measure_from:
+                    continue
+                stats["messages"] += 1
+                diffs = message["diffs"] if message["type"] == "swarm.batch" else [message]
+                for diff in diffs:
+                    if diff.get("type", message["type"]) == "node.upsert":
+                        stats["latencies"].append((now - diff["at"]) * 1000)
+    except Exception as exc:  # a viewer that fails is a dropped viewer: count it, say why
+        stats["dropped"] += 1
+        stats["errors"].append(repr(exc)[:200])
+
+
+def run_viewers(url: str, count: int, measure_from: float, stop_at: float, out: mp.Queue) -> None:
+    async def main() -> dict:
+        stats = {"messages": 0, "gaps": 0, "dropped": 0, "connected": 0, "latencies": [], "errors": []}
+        tasks = []
+        for _ in range(count):  # connect gradually, as browsers opening a page would
+            tasks.append(asyncio.create_task(_viewer(url, measure_from, stop_at, stats)))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*tasks)
+        return stats
+
+    out.put(asyncio.run(main()))
+
+
+# ---- nodes (run in a child process) ---------------------------------------------------------------------
+
+
+def run_nodes(base_url: str, codes: list[str], period: float, stop_at: float, out: mp.Queue) -> None:
+    from live_agents import SimulatedNode, http_poster
+
+    post = http_poster(base_url, timeout=30)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        nodes = list(pool.map(lambda code: SimulatedNode(post=post).join(code), codes))
+        sent, failed, slow = 0, 0, []
+
+        def beat(node: SimulatedNode) -> float:
+            started = time.monotonic()
+            node.heartbeat(experts=["ffn.0.0"], samples_per_s=100.0)
+            return time.monotonic() - started
+
+        start = time.monotonic()
+        futures = []
+        i = 0
+        while time.time() < stop_at:
+            due = start + i * period / len(nodes)
+            time.sleep(max(0.0, due - time.monotonic()))
+            futures.append(pool.submit(beat, nodes[i % len(nodes)]))
+            i += 1
+        for future in futures:
+            try:
+                slow.append(future.result())
+                sent += 1
+            except Exception:
+                failed += 1
+    out.put(
+        {
+            "heartbeats_sent": sent,
+            "heartbeats_failed": failed,
+            "heartbeat_post_p50_ms": percentile(slow, 50) * 1000 if slow else None,
+        }
+    )
+
+
+# ---- orchestration -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--viewers", type=int, default=500)
+    parser.add_argument("--viewer-procs", type=int, default=2)
+    parser.add_argument("--nodes", type=int, default=200)
+    parser.add_argument("--period", type=float, default=5.0, help="seconds between one node's heartbeats")
+    parser.add_argument("--duration", type=float, default=40.0, help="seconds of measurement")
+    parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-live-"))
+    env = dict(os.environ)
+    env.pop("DATABASE_URL", None)  # SQLite in workdir: a throwaway database for the run
+    env |= {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "VAR_DIR": str(workdir),
+        "REDIS_URL": args.redis,
+        "CHANNELS_PREFIX": f"bench-live-{os.getpid()}",
+        "SWARM_HEARTBEAT_INTERVAL_S": str(int(args.period)),
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "platform"), str(REPO)]),
+    }
+    os.environ.update(env)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True)
+
+    import django
+
+    django.setup()
+    from django.utils import timezone
+
+    from accounts.models import Role, User
+    from projects import services as project_services
+    from swarm import services as swarm_services
+
+    owner = User.objects.create_user(
+        "bench-owner@example.org", "x" * 12, display_name="Owner", role=Role.RESEARCHER
+    )
+    project = project_services.project_create(
+        owner=owner, launch=True, title="Bench", slug="bench", description="", expert_architecture="ffn",
+        hidden_size=16, grid_shape="16x16", optimizer="adam", learning_rate=0.001, dataset="digits",
+        join_policy="open",
+    )  # fmt: skip
+    volunteers = [
+        User.objects.create_user(f"v{i}@example.org", "x" * 12, display_name=f"V{i}") for i in range(10)
+    ]
+    codes = [
+        swarm_services.join_code_create(project=project, user=volunteers[i % 10], now=timezone.now())[1]
+        for i in range(args.nodes)
+    ]
+    from django.db import connections
+
+    connections.close_all()
+
+    port = free_port()
+    daphne_log = (workdir / "daphne.log").open("wb")
+    daphne = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        cwd=REPO / "platform", env=env, stdout=daphne_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        ctx = mp.get_context("spawn")
+        out: mp.Queue = ctx.Queue()
+        connect_by = time.time() + 20 + args.viewers / 25
+        stop_at = connect_by + args.duration
+        per = [
+            args.viewers // args.viewer_procs + (i < args.viewers % args.viewer_procs)
+            for i in range(args.viewer_procs)
+        ]
+        ws_url = f"ws://127.0.0.1:{port}/ws/live/projects/{project.slug}/"
+        procs = [ctx.Process(target=run_viewers, args=(ws_url, n, connect_by, stop_at, out)) for n in per]
+        procs.append(ctx.Process(target=run_nodes, args=(base, codes, args.period, stop_at, out)))
+        for proc in procs:
+            proc.start()
+        results = [out.get(timeout=stop_at - time.time() + 300) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=30)
+    finally:
+        daphne.send_signal(signal.SIGTERM)
+        try:
+            daphne.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            daphne.kill()
+        daphne_log.close()
+
+    viewer_stats = [r for r in results if "latencies" in r]
+    node_stats = next(r for r in results if "heartbeats_sent" in r)
+    latencies = [x for r in viewer_stats for x in r["latencies"]]
+    messages = sum(r["messages"] for r in viewer_stats)
+    connected = sum(r["connected"] for r in viewer_stats)
+    print(
+        json.dumps(
+            {
+                "viewers": args.viewers,
+                "viewers_connected": connected,
+                "nodes": args.nodes,
+                "heartbeat_period_s": args.period,
+                "duration_s": args.duration,
+                "delivery_latency_p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
+                "delivery_latency_p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
+                "delivery_latency_max_ms": round(max(latencies), 1) if latencies else None,
+                "node_updates_delivered": len(latencies),
+                "messages_per_viewer_per_s": round(messages / max(1, connected) / args.duration, 2),
+                "seq_gaps": sum(r["gaps"] for r in viewer_stats),
+                "dropped_viewers": sum(r["dropped"] for r in viewer_stats)
+                + (args.viewers - connected - sum(r["dropped"] for r in viewer_stats)),
+                "viewer_errors": sorted({e for r in viewer_stats for e in r["errors"]})[:5],
+                **node_stats,
+                "heartbeats_via": "HTTP POST /api/v1/agent/heartbeat (real signed bodies) to the same Daphne",
+                "channel_layer": "channels_redis",
+                "database": "SQLite (throwaway)",
+                "mean_latency_ms": round(statistics.fmean(latencies), 1) if latencies else None,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
