@@ -1,11 +1,13 @@
 """Live swarm channel under load: many browsers watching one project while its nodes heartbeat.
 
-Daphne serves the portal with the Redis channel layer. `--nodes` simulated nodes join through the real
-join API and POST real signed heartbeats over HTTP every `--period` seconds (spread evenly, from a thread
-pool in a separate process). `--viewers` WebSocket clients (the `websockets` package, split over
-`--viewer-procs` processes) watch the project's live channel. Delivery latency is measured per diff, from
-its `at` (when the portal ingested the heartbeat) to when a viewer parsed it; the same machine's clock
-serves both ends. Prints one JSON object.
+Daphne serves the portal with the Redis channel layer; by default heartbeats go to a second Daphne
+process (`--ingest separate`, two portal processes as a deployment would run), viewers to the first.
+`--nodes` simulated nodes join through the real join API and POST real signed heartbeats over HTTP
+every `--period` seconds (spread evenly, from a thread pool in a separate process). `--viewers`
+WebSocket clients (the `websockets` package, split over `--viewer-procs` processes) watch the
+project's live channel. Delivery latency is measured per diff, from its `at` (when the portal ingested
+the heartbeat) to when a viewer parsed it; the same machine's clock serves both ends. Prints one JSON
+object.
 
     .venv/bin/python benchmarks/bench_live.py            # 500 viewers, 200 nodes, 40 s
     .venv/bin/python benchmarks/bench_live.py --viewers 50 --nodes 20 --duration 15
@@ -85,9 +87,11 @@ def run_viewers(url: str, count: int, measure_from: float, stop_at: float, out: 
     async def main() -> dict:
         stats = {"messages": 0, "gaps": 0, "dropped": 0, "connected": 0, "latencies": [], "errors": []}
         tasks = []
-        for _ in range(count):  # connect gradually, as browsers opening a page would
+        # Connect gradually over the warm-up, as browsers opening a page would (not all in one instant).
+        interval = max(0.02, (measure_from - time.time() - 5) / max(1, count))
+        for _ in range(count):
             tasks.append(asyncio.create_task(_viewer(url, measure_from, stop_at, stats)))
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(interval)
         await asyncio.gather(*tasks)
         return stats
 
@@ -143,6 +147,12 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--period", type=float, default=5.0, help="seconds between one node's heartbeats")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of measurement")
+    parser.add_argument(
+        "--ingest",
+        choices=["separate", "same"],
+        default="separate",
+        help="heartbeats to a second Daphne process (as a deployment with two portal processes) or the same",
+    )
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
 
@@ -189,26 +199,39 @@ def main() -> None:
 
     connections.close_all()
 
-    port = free_port()
     daphne_log = (workdir / "daphne.log").open("wb")
-    daphne = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=REPO / "platform", env=env, stdout=daphne_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    servers = []
+    for _ in range(1 if args.ingest == "same" else 2):
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "config.asgi:application",
+        ]
+        process = subprocess.Popen(
+            command, cwd=REPO / "platform", env=env, stdout=daphne_log, stderr=subprocess.STDOUT
+        )
+        servers.append((process, port, f"http://127.0.0.1:{port}"))
+    (_, port, _), (_, _, ingest_base) = servers[0], servers[-1]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        for _, _, url in servers:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/healthz", timeout=2)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
         ctx = mp.get_context("spawn")
         out: mp.Queue = ctx.Queue()
-        connect_by = time.time() + 20 + args.viewers / 25
+        connect_by = time.time() + 15 + args.viewers / 15  # warm-up: joins, then viewers ramp in
         stop_at = connect_by + args.duration
         per = [
             args.viewers // args.viewer_procs + (i < args.viewers % args.viewer_procs)
@@ -216,18 +239,19 @@ def main() -> None:
         ]
         ws_url = f"ws://127.0.0.1:{port}/ws/live/projects/{project.slug}/"
         procs = [ctx.Process(target=run_viewers, args=(ws_url, n, connect_by, stop_at, out)) for n in per]
-        procs.append(ctx.Process(target=run_nodes, args=(base, codes, args.period, stop_at, out)))
+        procs.append(ctx.Process(target=run_nodes, args=(ingest_base, codes, args.period, stop_at, out)))
         for proc in procs:
             proc.start()
         results = [out.get(timeout=stop_at - time.time() + 300) for _ in procs]
         for proc in procs:
             proc.join(timeout=30)
     finally:
-        daphne.send_signal(signal.SIGTERM)
-        try:
-            daphne.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            daphne.kill()
+        for process, _, _ in servers:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
         daphne_log.close()
 
     viewer_stats = [r for r in results if "latencies" in r]
@@ -253,7 +277,7 @@ def main() -> None:
                 + (args.viewers - connected - sum(r["dropped"] for r in viewer_stats)),
                 "viewer_errors": sorted({e for r in viewer_stats for e in r["errors"]})[:5],
                 **node_stats,
-                "heartbeats_via": "HTTP POST /api/v1/agent/heartbeat (real signed bodies) to the same Daphne",
+                "heartbeats_via": f"signed HTTP POST /api/v1/agent/heartbeat, {args.ingest} Daphne",
                 "channel_layer": "channels_redis",
                 "database": "SQLite (throwaway)",
                 "mean_latency_ms": round(statistics.fmean(latencies), 1) if latencies else None,

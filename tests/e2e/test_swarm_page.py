@@ -79,30 +79,50 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
             process.wait(timeout=5)
 
 
-@pytest.fixture
-def portal_url(tmp_path: Path) -> Iterator[str]:
-    """Daphne serving config.asgi with the Redis channel layer, on this test's database."""
-    port = free_port()
-    log = (tmp_path / "daphne.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=REPO_DIR / "platform", env=portal_env(), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
+class Daphne:
+    """Daphne serving config.asgi with the Redis channel layer on a fixed port; can be restarted."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+            self.process = subprocess.Popen(
+                [*command, "config.asgi:application"],
+                cwd=REPO_DIR / "platform", env=portal_env(), stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=2)
-                break
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=2)
+                return
             except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError((tmp_path / "daphne.log").read_text()) from None
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(self.log_path.read_text()) from None
                 time.sleep(0.2)
-        yield url
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process, 10)
+
+
+@pytest.fixture
+def daphne(tmp_path: Path) -> Iterator[Daphne]:
+    server = Daphne(tmp_path / "daphne.log")
+    server.start()
+    try:
+        yield server
     finally:
-        stop(process, 10)
-        log.close()
+        server.stop()
+
+
+@pytest.fixture
+def portal_url(daphne: Daphne) -> str:
+    return daphne.url
 
 
 def make_user(email: str, role: str = Role.VOLUNTEER, **extra: object) -> User:
@@ -309,3 +329,29 @@ def test_a_thousand_nodes_stay_readable(portal_url: str, tmp_path: Path) -> None
         finally:
             browser.close()
     assert errors.errors == []
+
+
+def test_the_page_says_when_the_connection_is_lost_and_recovers_by_itself(daphne: Daphne) -> None:
+    from playwright.sync_api import sync_playwright
+
+    researcher = make_user("rosa@example.org", Role.RESEARCHER)
+    project = make_project(researcher, "flaky-portal")
+    errors = PageErrors()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors.watch(page)
+            page.goto(f"{daphne.url}/projects/{project.slug}/swarm/")
+            page.wait_for_selector("[data-live-status][data-state=live]", timeout=20_000)
+            daphne.stop()
+            status = page.wait_for_selector("[data-live-status][data-state=lost]", timeout=20_000)
+            assert "Connection lost" in status.inner_text()
+            assert "is-stale" in (page.locator("[data-live-swarm]").get_attribute("class") or "")
+            shot(page, "connection-lost")
+            daphne.start()
+            page.wait_for_selector("[data-live-status][data-state=live]", timeout=60_000)
+        finally:
+            browser.close()
+    # A browser logs a failed WebSocket handshake while the portal is down; that is the outage itself.
+    assert [e for e in errors.errors if "WebSocket" not in e] == []

@@ -23,7 +23,10 @@ def redis_layer(settings) -> None:
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "prefix": f"{settings.CHANNELS_PREFIX}-live"},
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": f"{settings.CHANNELS_PREFIX}-live",
+            },
         }
     }
 
