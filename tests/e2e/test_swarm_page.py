@@ -199,7 +199,7 @@ def test_swarm_page_follows_a_real_agent_live(portal_url: str, tmp_path: Path) -
                 page = log_in(browser, portal_url, volunteer, errors)
                 page.goto(f"{portal_url}/projects/{project.slug}/swarm/")
                 page.wait_for_selector("[data-live-status][data-state=live]", timeout=20_000)
-                assert page.locator("[data-live-fallback]").is_hidden()
+                assert all(el.is_hidden() for el in page.locator("[data-live-fallback]").all())
                 assert page.locator("[data-part=heatmap]").get_attribute("data-holes") == "4"
                 health = log_in(browser, portal_url, admin, errors)
                 health.goto(f"{portal_url}/swarm/health/")
