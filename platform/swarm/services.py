@@ -120,7 +120,7 @@ def agent_join(
     with transaction.atomic():
         nonce_record(public_key=public_key, nonce=request.nonce, now=now)
         code = (
-            JoinCode.objects.select_for_update()
+            JoinCode.objects.select_for_update(of=("self",))
             .select_related("project", "user", "node")
             .filter(code_hash=code_hash(request.code))
             .first()
