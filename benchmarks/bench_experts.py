@@ -2,12 +2,15 @@
 
 One server process hosts `--num-experts` experts; `--num-clients` client processes each run
 `--batches-per-client` forward+backward calls of `--batch-size` x `--hidden-dim`, round-robin over the
-experts, all at once. Measured in the same run: `local_samples_per_s` (the same block, same batch, forward +
-backward + optimiser step in this process) and `raw_channel_mb_per_s` (one aiortc data channel on loopback,
-64 MiB in 64 KiB messages, both ends in one process).
+experts, all at once, with the library's default settings (compression, kept forward graphs) unless told
+otherwise. Measured in the same run: `local_samples_per_s` (the same block, same batch: a plain PyTorch
+training step, i.e. one forward, one backward, clipping and the optimiser step, default torch threads, in
+this process) and `raw_channel_mb_per_s` (one aiortc data channel on loopback, 64 MiB in 64 KiB messages,
+both ends in one process).
 
     python benchmarks/bench_experts.py --expert-class nop
-    python benchmarks/bench_experts.py --expert-class ffn --compression none
+    python benchmarks/bench_experts.py --expert-class ffn
+    python benchmarks/bench_experts.py --expert-class ffn --compression none --no-reuse-forward
 
 Everything stays on 127.0.0.1 (loopback ICE candidates, no STUN). Note: net.core.rmem_max caps the UDP
 receive buffer the agent asks for; this script does not change system settings.
@@ -62,7 +65,10 @@ def _client_main(args: argparse.Namespace, endpoint: str, start: mp.Event, resul
 
     torch.set_num_threads(1)
     rtc = RTCOptions.for_loopback(chunk_size=args.chunk_size)
-    with ExpertCaller([endpoint], rtc_options=rtc, compression=args.compression) as caller:
+    options = {"compression": args.compression} if args.compression else {}
+    with ExpertCaller(
+        [endpoint], rtc_options=rtc, reuse_forward=not args.no_reuse_forward, **options
+    ) as caller:
         uids = [f"expert.{i}" for i in range(args.num_experts)]
         handles = caller.run(get_experts(caller.dht, uids)).result(30)
         assert all(handles), f"experts not found: {handles}"
@@ -70,7 +76,8 @@ def _client_main(args: argparse.Namespace, endpoint: str, start: mp.Event, resul
         grad = torch.randn(args.batch_size, args.hidden_dim)
         for h in handles:  # connect and fetch schemas before the clock starts
             caller.forward(h, [x[:1]], timeout=60).result()
-        payload = sum(len(t["data"]) for t in encode_tensors([x], args.compression))
+        payload = sum(len(t["data"]) for t in encode_tensors([x], caller.compression))
+        caller.kept_backwards = caller.recomputed_backwards = 0
         results.put("ready")
         start.wait()
         began = time.perf_counter()
@@ -80,24 +87,38 @@ def _client_main(args: argparse.Namespace, endpoint: str, start: mp.Event, resul
             (g,) = caller.backward(handle, [x], [grad], timeout=120).result()
             assert out.shape == x.shape and g.shape == x.shape
         elapsed = time.perf_counter() - began
-    # bytes on the wire per batch: forward (x in, y out) + backward (x, grad in, grad_x out)
-    results.put((began, began + elapsed, args.batches_per_client * 5 * payload))
+        kept, recomputed = caller.kept_backwards, caller.recomputed_backwards
+    # tensor bytes per batch: forward (x in, y out) + backward (grad in, grad_x out), plus x again when
+    # the backward had to recompute (no kept forward on the server)
+    wire = args.batches_per_client * 4 * payload + recomputed * payload
+    results.put((began, began + elapsed, wire, kept, recomputed, caller.compression.value))
 
 
 def local_samples_per_s(args: argparse.Namespace) -> float:
+    """A plain local training step of the same block: forward, backward, clip, optimiser step."""
     import torch
 
     from node_agent.moe.server.backend import OptimizerConfig, create_backends
 
-    (backend,) = create_backends(["local.0"], args.expert_class, args.hidden_dim, OptimizerConfig()).values()
+    config = OptimizerConfig()
+    (backend,) = create_backends(["local.0"], args.expert_class, args.hidden_dim, config).values()
+    module, optimizer = backend.module, backend.optimizer
+    params = [p for p in module.parameters() if p.requires_grad]
     x, grad = torch.randn(args.batch_size, args.hidden_dim), torch.randn(args.batch_size, args.hidden_dim)
-    backend.forward([x])
-    backend.backward([x], [grad])
+
+    def step() -> None:
+        module(x).backward(grad)
+        if optimizer is not None:
+            if config.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    step()
     steps = max(4, args.batches_per_client // 2)
     began = time.perf_counter()
     for _ in range(steps):
-        backend.forward([x])
-        backend.backward([x], [grad])
+        step()
     return steps * args.batch_size / (time.perf_counter() - began)
 
 
@@ -155,7 +176,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--expert-class", default="ffn", choices=["ffn", "nop", "transformer"])
     parser.add_argument(
-        "--compression", default="blockwise8", choices=["none", "float16", "uint8", "blockwise8"]
+        "--compression",
+        default=None,
+        choices=["none", "float16", "uint8", "blockwise8"],
+        help="default: ExpertCaller's default",
+    )
+    parser.add_argument(
+        "--no-reuse-forward", action="store_true", help="recompute the forward on backward (Learning@home)"
     )
     parser.add_argument("--max-batch-size", type=int, default=4096)
     parser.add_argument("--max-wait", type=float, default=0.005)
@@ -185,13 +212,15 @@ def main() -> None:
         client.join(30)
     stop.set()
     server.join(30)
-    wall = max(end for _, end, _ in spans) - min(began for began, _, _ in spans)
+    wall = max(span[1] for span in spans) - min(span[0] for span in spans)
     samples = args.num_clients * args.batches_per_client * args.batch_size
-    payload_bytes = sum(b for _, _, b in spans)
+    payload_bytes = sum(span[2] for span in spans)
     result = {
         "benchmark": "experts",
         "expert_class": args.expert_class,
-        "compression": args.compression,
+        "compression": spans[0][5],
+        "kept_backwards": sum(span[3] for span in spans),
+        "recomputed_backwards": sum(span[4] for span in spans),
         "num_experts": args.num_experts,
         "num_clients": args.num_clients,
         "batches_per_client": args.batches_per_client,
@@ -203,6 +232,7 @@ def main() -> None:
         "local_samples_per_s": round(local_samples_per_s(args), 1),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     if not args.skip_raw:
         result["raw_channel_mb_per_s"] = round(asyncio.run(raw_channel_mb_per_s()), 2)

@@ -290,6 +290,10 @@ class ExpertCaller:
                     self.kept_backwards += 1
                 except _ForwardGone as exc:
                     logger.debug("%s: kept forward gone (%s); re-sending the inputs", handle.uid, exc)
+                except ExpertError:
+                    # e.g. gradients refused before the server touched the graph: a retry may still use it
+                    self._ledger.add(handle, fid, inputs, time.monotonic())
+                    raise
             if reply is None:
                 self.recomputed_backwards += 1
                 body = {
