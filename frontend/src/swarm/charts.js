@@ -2,6 +2,10 @@
 import uPlot from "uplot";
 import { cssVar } from "./colors.js";
 
+// A pause longer than this between two points (a trainer restarted, the portal was down) breaks the line
+// instead of drawing a misleading straight segment across the gap.
+const GAP_SECONDS = 120;
+
 function baseOptions(width, title, series) {
   const axis = { stroke: cssVar("--muted", "#5d6680"), grid: { stroke: cssVar("--border", "#e1e5ef"), width: 1 } };
   return {
@@ -12,7 +16,7 @@ function baseOptions(width, title, series) {
     legend: { show: true },
     scales: { x: { time: true } },
     axes: [axis, { ...axis, size: 52 }],
-    series: [{}, ...series],
+    series: [{}, ...series.map((s) => ({ spanGaps: false, ...s }))],
   };
 }
 
@@ -33,5 +37,15 @@ export class LiveChart {
 }
 
 export function columns(points, field) {
-  return [points.map((p) => p.t), points.map((p) => p[field])];
+  const times = [];
+  const values = [];
+  points.forEach((p, i) => {
+    if (i > 0 && p.t - points[i - 1].t > GAP_SECONDS) {
+      times.push(points[i - 1].t + 1); // a null point makes uPlot break the line here
+      values.push(null);
+    }
+    times.push(p.t);
+    values.push(p[field]);
+  });
+  return [times, values];
 }
