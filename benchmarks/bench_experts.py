@@ -167,6 +167,21 @@ async def raw_channel_mb_per_s(total: int = 64 * 2**20, message: int = 64 * 2**1
     return total / 2**20 / elapsed
 
 
+def _get(source: mp.Queue, workers: list, timeout: float):  # type: ignore[no-untyped-def]
+    """The next result; fails fast, with the exit code, when a worker died (instead of a long hang)."""
+    import queue
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return source.get(timeout=1.0)
+        except queue.Empty:
+            dead = [w for w in workers if w.exitcode not in (None, 0)]
+            if dead:
+                raise SystemExit(f"benchmark worker died: {[(w.name, w.exitcode) for w in dead]}") from None
+    raise SystemExit(f"no result within {timeout:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-experts", type=int, default=4)
@@ -196,7 +211,7 @@ def main() -> None:
     ready, stop = ctx.Queue(), ctx.Event()
     server = ctx.Process(target=_server_main, args=(args, ready, stop), daemon=True)
     server.start()
-    endpoint = ready.get(timeout=120)
+    endpoint = _get(ready, [server], 120)
     start, results = ctx.Event(), ctx.Queue()
     clients = [
         ctx.Process(target=_client_main, args=(args, endpoint, start, results))
@@ -205,9 +220,9 @@ def main() -> None:
     for client in clients:
         client.start()
     for _ in clients:  # every client has connected and warmed up: release them together
-        assert results.get(timeout=180) == "ready"
+        assert _get(results, [server, *clients], 180) == "ready"
     start.set()
-    spans = [results.get(timeout=600) for _ in clients]
+    spans = [_get(results, [server, *clients], 600) for _ in clients]
     for client in clients:
         client.join(30)
     stop.set()
