@@ -104,9 +104,12 @@ def local_samples_per_s(args: argparse.Namespace) -> float:
     (backend,) = create_backends(["local.0"], args.expert_class, args.hidden_dim, config).values()
     module, optimizer = backend.module, backend.optimizer
     params = [p for p in module.parameters() if p.requires_grad]
-    x, grad = torch.randn(args.batch_size, args.hidden_dim), torch.randn(args.batch_size, args.hidden_dim)
+    # the inputs need a gradient too: the remote expert returns one to the trainer
+    x = torch.randn(args.batch_size, args.hidden_dim, requires_grad=True)
+    grad = torch.randn(args.batch_size, args.hidden_dim)
 
     def step() -> None:
+        x.grad = None
         module(x).backward(grad)
         if optimizer is not None:
             if config.clip_grad_norm:
