@@ -11,6 +11,9 @@ agents on one machine without another interface, and every loopback test, could 
 aioice asks for a 256 KiB UDP receive buffer; under load the kernel drops datagrams and SCTP stalls for a
 1 s retransmission timeout. `udp_receive_buffer` raises what aioice asks for (the kernel caps it at
 `net.core.rmem_max`, so this works without root, only less well).
+
+aiortc acknowledges every SCTP packet separately; `coalesce_sacks` makes it send one SACK per burst of
+received packets (`node_agent.rtc.sctp_tuning`, RFC 4960 section 6.2), process-wide once any pool asks.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class RTCOptions:
     max_payload: int = 64 * 1024 * 1024
     connect_timeout: float = 10.0
     idle_timeout: float = 120.0
+    #: One SCTP SACK per burst of received packets instead of one per packet (process-wide).
+    coalesce_sacks: bool = True
 
     @classmethod
     def for_loopback(cls, **overrides: object) -> RTCOptions:
@@ -80,6 +85,10 @@ def apply_process_settings(options: RTCOptions) -> None:
 
         aioice.ice.get_host_addresses = get_host_addresses
         _installed = True
+    if options.coalesce_sacks:
+        from node_agent.rtc.sctp_tuning import install_sack_coalescing
+
+        install_sack_coalescing()
     if options.udp_receive_buffer > aioice.turn.UDP_SOCKET_BUFFER_SIZE:
         aioice.turn.UDP_SOCKET_BUFFER_SIZE = options.udp_receive_buffer
     try:
