@@ -5,9 +5,15 @@ event once per process rather than once per viewer, the coalescer runs once, and
 once (viewers only splice in their own `seq`). The hub is created by the first viewer and closed when
 the last one leaves; its tasks are tracked and cancelled on close, and an error in one is logged.
 
-Besides service events the hub produces two things itself: a swarm samples/s point every
-`SERIES_INTERVAL_S` (live.series) and alert diffs, by comparing the project's open alerts every
-`ALERT_POLL_S` (alerts are raised by several services and housekeeping; reading them is one query).
+Besides service events the hub produces three things itself: a swarm samples/s point every
+`SERIES_INTERVAL_S` (live.series); `edges.changed` for nodes whose recent peers changed, read every
+`EDGE_REFRESH_S` for the nodes that reported since the last read; and, as a safety net for alerts
+opened or resolved by something that did not broadcast, alert diffs from comparing the project's open
+alerts every `ALERT_POLL_S` (the alert services broadcast `swarm.alert_changed` themselves).
+
+A flush does no database work in the steady state: node owners are cached from the hub's seed (only a
+node never seen before costs one query), and peers are read by the edge refresh, off the path between
+a heartbeat and the viewers (delivery latency is measured across that path; benchmarks/bench_live.py).
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from live.series import ThroughputTracker
 logger = logging.getLogger(__name__)
 
 SERIES_INTERVAL_S = 5.0
-ALERT_POLL_S = 5.0
+ALERT_POLL_S = 30.0
+EDGE_REFRESH_S = 2.0
 GROUP_REFRESH_S = 3600.0  # channels_redis forgets group members after a day; re-join well before
 
 
@@ -63,6 +70,7 @@ class ProjectHub:
         self._tracker = ThroughputTracker(fresh_within=float(settings.SWARM["ONLINE_WITHIN"]))
         self._owner_cache: dict[str, tuple[str, str]] = {}
         self._edges: dict[str, tuple[Any, ...]] = {}
+        self._edges_stale: set[str] = set()  # nodes that reported since their peers were last read
         self._alerts: dict[str, AlertView] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._registrations = 0
@@ -86,6 +94,7 @@ class ProjectHub:
             ("flush", hub._flush_loop),
             ("series", lambda: hub._every(SERIES_INTERVAL_S, hub._sample_series)),
             ("alerts", lambda: hub._every(ALERT_POLL_S, hub._poll_alerts)),
+            ("edges", lambda: hub._every(EDGE_REFRESH_S, hub._refresh_edges)),
             ("group", lambda: hub._every(GROUP_REFRESH_S, hub._rejoin_group)),
         ):
             hub._start(name, job)
@@ -202,6 +211,11 @@ class ProjectHub:
         except InboundError as exc:
             logger.warning("live hub %s: dropped malformed %r event: %s", self.slug, event.get("type"), exc)
             return
+        for diff in diffs:  # the alert poll (a safety net) compares against what was broadcast
+            if diff["type"] == "alert.raised":
+                self._alerts[diff["alert"]["id"]] = diff["alert"]
+            elif diff["type"] == "alert.cleared":
+                self._alerts.pop(diff["alert_id"], None)
         self.push(diffs)
 
     def push(self, diffs: list[Diff]) -> None:
@@ -231,7 +245,16 @@ class ProjectHub:
             except Exception:
                 logger.exception("live hub %s: could not prepare a flush; viewers will resync", self.slug)
                 continue
+            started = time.time()
             await self._fan_out(kind, body)
+            logger.debug(
+                "live hub %s: %d diffs to %d viewers in %.1f ms, oldest change %.0f ms before",
+                self.slug,
+                len(diffs),
+                len(self._viewers),
+                (time.time() - started) * 1000,
+                (started - flush.since) * 1000,
+            )
 
     async def _fan_out(self, kind: str, body: str) -> None:
         for viewer in list(self._viewers):
@@ -242,40 +265,54 @@ class ProjectHub:
                 self._viewers.discard(viewer)
 
     async def _enrich(self, diffs: list[Diff]) -> list[Diff]:
-        """Fill in node owners, add `edges.changed` for nodes whose peers changed, track throughput."""
-        upserts = [d for d in diffs if d["type"] == "node.upsert"]
-        extras = {}
-        if upserts:
-            ids = [d["node"]["node_id"] for d in upserts]  # type: ignore[typeddict-item]
+        """Fill in node owners (from the cache; one query for nodes never seen), track throughput."""
+        unknown = [
+            d["node"]["node_id"]  # type: ignore[typeddict-item]
+            for d in diffs
+            if d["type"] == "node.upsert" and d["node"]["node_id"] not in self._owner_cache  # type: ignore[typeddict-item]
+        ]
+        if unknown:
             extras = await database_sync_to_async(selectors.node_extras)(
-                project_id=self.project_id, node_ids=ids
+                project_id=self.project_id, node_ids=unknown
             )
-        out: list[Diff] = []
+            for node_id, extra in extras.items():
+                self._owner_cache[node_id] = (extra.owner, extra.owner_key)
         for diff in diffs:
-            out.append(diff)
             if diff["type"] == "node.upsert":
                 node = diff["node"]
-                node_id = node["node_id"]
-                extra = extras.get(node_id)
-                if extra is not None:
-                    node["owner"], node["owner_key"] = extra.owner, extra.owner_key
-                    self._owner_cache[node_id] = (extra.owner, extra.owner_key)
-                    if self._edges.get(node_id, ()) != extra.peers:
-                        self._edges[node_id] = extra.peers
-                        edges: EdgesChanged = {
-                            "type": "edges.changed",
-                            "at": diff["at"],
-                            "source": node_id,
-                            "targets": list(extra.peers),
-                        }
-                        out.append(edges)
-                elif node_id in self._owner_cache:
-                    node["owner"], node["owner_key"] = self._owner_cache[node_id]
+                owner = self._owner_cache.get(node["node_id"])
+                if owner is not None:
+                    node["owner"], node["owner_key"] = owner
+                self._edges_stale.add(node["node_id"])
                 self._tracker.update(node)
             elif diff["type"] == "node.remove":
                 self._tracker.remove(diff["node_id"])
                 self._edges.pop(diff["node_id"], None)
-        return out
+                self._edges_stale.discard(diff["node_id"])
+        return diffs
+
+    async def _refresh_edges(self) -> None:
+        """`edges.changed` for the nodes that reported lately and whose recent peers changed."""
+        if not self._edges_stale:
+            return
+        node_ids, self._edges_stale = sorted(self._edges_stale), set()
+        extras = await database_sync_to_async(selectors.node_extras)(
+            project_id=self.project_id, node_ids=node_ids
+        )
+        now = time.time()
+        diffs: list[Diff] = []
+        for node_id, extra in extras.items():
+            self._owner_cache[node_id] = (extra.owner, extra.owner_key)
+            if self._edges.get(node_id, ()) != extra.peers:
+                self._edges[node_id] = extra.peers
+                edges: EdgesChanged = {
+                    "type": "edges.changed",
+                    "at": now,
+                    "source": node_id,
+                    "targets": list(extra.peers),
+                }
+                diffs.append(edges)
+        self.push(diffs)
 
     async def _sample_series(self) -> None:
         point = self._tracker.point(time.time())

@@ -1,9 +1,9 @@
 """Turns the portal's typed swarm events (core.events, broadcast by swarm services) into live diffs. Pure.
 
 Services describe what changed in their own terms (`swarm.node_changed`, `swarm.coverage_changed`,
-`swarm.metrics_received`); this module maps them onto the browser protocol (live.protocol). Fields the
-services do not send (a node's owner and its recent peers) are filled in at flush time by
-live.enrich, which reads them once per flush, not once per event. Malformed events are rejected with
+`swarm.metrics_received`, `swarm.alert_changed`); this module maps them onto the browser protocol
+(live.protocol). Fields the services do not send (a node's owner and its recent peers) are filled in by
+the hub (live.hub) from its cache and its periodic edge refresh. Malformed events are rejected with
 InboundError so the hub can log and drop them without stopping.
 """
 
@@ -15,11 +15,22 @@ import math
 from datetime import datetime
 from typing import Any
 
-from live.protocol import CoverageChanged, Diff, MetricsAppended, NodeUpsert, NodeView, TrainingPoint
+from live.protocol import (
+    AlertCleared,
+    AlertRaised,
+    AlertView,
+    CoverageChanged,
+    Diff,
+    MetricsAppended,
+    NodeUpsert,
+    NodeView,
+    TrainingPoint,
+)
 
 NODE_CHANGED = "swarm.node_changed"
 COVERAGE_CHANGED = "swarm.coverage_changed"
 METRICS_RECEIVED = "swarm.metrics_received"
+ALERT_CHANGED = "swarm.alert_changed"
 
 
 class InboundError(ValueError):
@@ -139,4 +150,27 @@ def to_diffs(event: dict[str, Any], *, received_at: float) -> list[Diff]:
             "points": series,
         }
         return [appended]
+    if kind == ALERT_CHANGED:
+        return [alert_diff(event, received_at=received_at)]
     raise InboundError(f"unknown event type {kind!r}")
+
+
+def alert_diff(event: dict[str, Any], *, received_at: float) -> AlertRaised | AlertCleared:
+    """`alert.raised` for an open alert, `alert.cleared` once it has a resolution time."""
+    alert = event.get("alert")
+    if not isinstance(alert, dict) or not isinstance(alert.get("id"), str) or not alert["id"]:
+        raise InboundError("alert_changed without an alert id")
+    resolved = unix(event.get("resolved_at"))
+    if resolved is not None:
+        return {"type": "alert.cleared", "at": min(resolved, received_at), "alert_id": alert["id"]}
+    node_id = alert.get("node_id")
+    raised_at = unix(alert.get("raised_at")) or received_at
+    view: AlertView = {
+        "id": alert["id"],
+        "kind": str(alert.get("kind") or ""),
+        "severity": str(alert.get("severity") or ""),
+        "message": str(alert.get("message") or ""),
+        "node_id": str(node_id) if node_id else None,
+        "raised_at": raised_at,
+    }
+    return {"type": "alert.raised", "at": min(raised_at, received_at), "alert": view}

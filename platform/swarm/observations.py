@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal, TypedDict
 
 from django.conf import settings
 from django.db import transaction
 
+from core.events import broadcast_on_commit, project_swarm_group
 from projects.models import Project
 from swarm import selectors
 from swarm.events import announce_coverage
@@ -29,6 +31,45 @@ class WantedAlert:
     severity: str
     message: str
     node: Node | None = None
+
+
+class AlertSummary(TypedDict):
+    id: str
+    kind: str
+    severity: str
+    message: str
+    node_id: str | None
+    raised_at: str  # ISO-8601
+
+
+class AlertChangedEvent(TypedDict):
+    """An alert of a project's swarm was raised or resolved (group `swarm.<slug>`).
+
+    Shaped like core.events' typed events; it belongs in that module's `PortalEvent` union.
+    """
+
+    type: Literal["swarm.alert_changed"]
+    project: str
+    alert: AlertSummary
+    resolved_at: str | None  # ISO-8601 once resolved, None while open
+
+
+def announce_alert(alert: Alert, slug: str) -> None:
+    """Tell the project's live viewers that `alert` opened or closed, once the transaction commits."""
+    event: AlertChangedEvent = {
+        "type": "swarm.alert_changed",
+        "project": slug,
+        "alert": {
+            "id": str(alert.pk),
+            "kind": alert.kind,
+            "severity": alert.severity,
+            "message": alert.message,
+            "node_id": alert.node.node_id if alert.node is not None else None,
+            "raised_at": alert.raised_at.isoformat(),
+        },
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+    }
+    broadcast_on_commit(project_swarm_group(slug), event)  # type: ignore[arg-type]
 
 
 def thresholds() -> Thresholds:
@@ -55,9 +96,10 @@ def alerts_sync(*, project: Project, wanted: dict[str, WantedAlert], now: dateti
         if key not in wanted:
             alert.resolved_at = now
             alert.save(update_fields=["resolved_at"])
+            announce_alert(alert, project.slug)
     for key, want in wanted.items():
         if key not in open_alerts:
-            Alert.objects.create(
+            raised = Alert.objects.create(
                 project=project,
                 node=want.node,
                 key=key,
@@ -66,6 +108,7 @@ def alerts_sync(*, project: Project, wanted: dict[str, WantedAlert], now: dateti
                 message=want.message[:300],
                 raised_at=now,
             )
+            announce_alert(raised, project.slug)
             logger.warning("alert in %s: %s", project.slug, want.message)
 
 

@@ -157,8 +157,11 @@ def agent_join(
             code.node = node
             code.save(update_fields=["node"])
             return 202, {"status": "pending_approval", "detail": "the project owner must approve this node"}
-        if node.state == NodeState.PENDING:
-            node_set_state(node=node, state=NodeState.REGISTERED, reason="approved", now=now)
+        moved = node.state == NodeState.PENDING and node_set_state(
+            node=node, state=NodeState.REGISTERED, reason="approved", now=now
+        )
+        if not moved:  # the dashboard shows a node from its join on, not only from its first heartbeat
+            announce_node(node, project.slug)
         issued = _credential_issue(node=node, now=now)
         code.used_at, code.node = now, node
         code.save(update_fields=["used_at", "node"])

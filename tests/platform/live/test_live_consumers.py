@@ -181,7 +181,57 @@ async def test_heartbeats_state_changes_coverage_and_metrics_arrive_as_diffs(
         await communicator.disconnect()
 
 
-async def test_alerts_are_raised_and_cleared_live(project, monkeypatch) -> None:
+def has_diff(kind: str, **fields: Any):
+    def check(message: dict) -> bool:
+        return any(
+            d["type"] == kind and all(d.get(k) == v for k, v in fields.items()) for d in diffs_of(message)
+        )
+
+    return check
+
+
+async def test_a_node_appears_when_it_joins_before_any_heartbeat(project, volunteer, join_node) -> None:
+    communicator = await watch(project.slug)
+    try:
+        await communicator.receive_json_from(timeout=10)
+        node = await database_sync_to_async(join_node)(project, volunteer)
+        got = await receive_until(communicator, has_node(node.node_id, "registered"))
+        upsert = next(d for m in got for d in diffs_of(m) if d["type"] == "node.upsert")
+        assert upsert["node"]["last_heartbeat"] is None and upsert["node"]["owner"] == volunteer.display_name
+    finally:
+        await communicator.disconnect()
+
+
+async def test_alerts_raised_and_resolved_by_the_observer_are_broadcast(project, monkeypatch) -> None:
+    """No polling: the alert poll is pushed out of reach, so only the services' broadcasts can arrive."""
+    from swarm.observations import observation_record
+
+    monkeypatch.setattr(live_hub, "ALERT_POLL_S", 3600.0)
+    communicator = await watch(project.slug)
+    try:
+        await communicator.receive_json_from(timeout=10)
+        await database_sync_to_async(observation_record)(
+            project_id=project.pk, announced=None, error="timeout", now=timezone.now()
+        )
+        got = await receive_until(communicator, has_diff("alert.raised"))
+        raised = next(d for m in got for d in diffs_of(m) if d["type"] == "alert.raised")
+        assert raised["alert"]["kind"] == "observer" and "timeout" in raised["alert"]["message"]
+        # The DHT is readable again (and empty): the observer alert clears, a coverage alert opens.
+        await database_sync_to_async(observation_record)(
+            project_id=project.pk, announced={}, error="", now=timezone.now()
+        )
+        got = await receive_until(communicator, has_diff("alert.cleared", alert_id=raised["alert"]["id"]))
+        diffs = [d for m in got for d in diffs_of(m)]
+        if not any(d["type"] == "alert.raised" for d in diffs):
+            got = await receive_until(communicator, has_diff("alert.raised"))
+            diffs = [d for m in got for d in diffs_of(m)]
+        coverage = next(d for d in diffs if d["type"] == "alert.raised")
+        assert coverage["alert"]["kind"] == "coverage" and coverage["alert"]["severity"] == "critical"
+    finally:
+        await communicator.disconnect()
+
+
+async def test_alerts_changed_without_a_broadcast_are_found_by_the_poll(project, monkeypatch) -> None:
     monkeypatch.setattr(live_hub, "ALERT_POLL_S", 0.2)
     communicator = await watch(project.slug)
     try:
@@ -189,19 +239,12 @@ async def test_alerts_are_raised_and_cleared_live(project, monkeypatch) -> None:
         alert = await database_sync_to_async(Alert.objects.create)(
             project=project, key="holes", kind="coverage", message="3 grid cells have no live expert"
         )
-        got = await receive_until(
-            communicator, lambda m: any(d["type"] == "alert.raised" for d in diffs_of(m))
-        )
+        got = await receive_until(communicator, has_diff("alert.raised"))
         raised = next(d for m in got for d in diffs_of(m) if d["type"] == "alert.raised")
         assert raised["alert"]["message"] == "3 grid cells have no live expert"
         alert.resolved_at = timezone.now()
         await database_sync_to_async(alert.save)()
-        await receive_until(
-            communicator,
-            lambda m: any(
-                d["type"] == "alert.cleared" and d["alert_id"] == str(alert.pk) for d in diffs_of(m)
-            ),
-        )
+        await receive_until(communicator, has_diff("alert.cleared", alert_id=str(alert.pk)))
     finally:
         await communicator.disconnect()
 

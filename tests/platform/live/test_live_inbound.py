@@ -91,3 +91,51 @@ def test_owner_keys_are_stable_opaque_and_per_user() -> None:
     assert owner_key("s", 1) == owner_key("s", 1)
     assert owner_key("s", 1) != owner_key("s", 2) != owner_key("t", 2)
     assert len(owner_key("s", 1)) == 16
+
+
+ALERT = {
+    "id": "17",
+    "kind": "observer",
+    "severity": "warning",
+    "message": "The DHT could not be read: timeout",
+    "node_id": None,
+    "raised_at": "2026-01-01T00:00:05+00:00",
+}
+
+
+def test_an_open_alert_becomes_alert_raised() -> None:
+    event = {"type": "swarm.alert_changed", "project": "p", "alert": ALERT, "resolved_at": None}
+    [diff] = to_diffs(event, received_at=T0 + 6)
+    assert diff == {
+        "type": "alert.raised",
+        "at": T0 + 5,
+        "alert": {
+            "id": "17",
+            "kind": "observer",
+            "severity": "warning",
+            "message": "The DHT could not be read: timeout",
+            "node_id": None,
+            "raised_at": T0 + 5,
+        },
+    }
+
+
+def test_a_resolved_alert_becomes_alert_cleared() -> None:
+    event = {"type": "swarm.alert_changed", "alert": ALERT, "resolved_at": "2026-01-01T00:01:00+00:00"}
+    [diff] = to_diffs(event, received_at=T0 + 61)
+    assert diff == {"type": "alert.cleared", "at": T0 + 60, "alert_id": "17"}
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "swarm.alert_changed"},
+        {"type": "swarm.alert_changed", "alert": {"id": ""}},
+        {"type": "swarm.alert_changed", "alert": {"id": 17}},
+        {"type": "swarm.alert_changed", "alert": ALERT, "resolved_at": "yesterday"},
+        {"type": "swarm.alert_changed", "alert": {**ALERT, "raised_at": 5}},
+    ],
+)
+def test_malformed_alert_events_are_refused(event: dict) -> None:
+    with pytest.raises(InboundError):
+        to_diffs(event, received_at=T0)
