@@ -229,7 +229,12 @@ def main() -> None:
         help="a throwaway PostgreSQL database (as deployed) or a throwaway SQLite file",
     )
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--db-conn-max-age", type=int, default=60, help="DB_CONN_MAX_AGE of the portal")
+    parser.add_argument(
+        "--viewer-db-conn-max-age",
+        type=int,
+        default=60,
+        help="DB_CONN_MAX_AGE of the WebSocket process (its consumers share one database thread)",
+    )
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
 
@@ -266,7 +271,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
         "CHANNELS_PREFIX": f"bench-live-{os.getpid()}",
         "SWARM_HEARTBEAT_INTERVAL_S": str(int(args.period)),
         "LOG_LEVEL": "WARNING",
-        "DB_CONN_MAX_AGE": str(args.db_conn_max_age),
+        "DB_CONN_MAX_AGE": "0",  # Daphne runs each HTTP request in a thread of its own: no reuse there
         # As deployed: DEBUG off (no query log, no debug cursor wrappers), TLS left to a proxy.
         "DEBUG": os.environ.get("BENCH_DEBUG", "0"),
         "SECRET_KEY": f"bench-live-{os.urandom(16).hex()}",
@@ -321,8 +326,14 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
             str(port),
             "config.asgi:application",
         ]
+        # The first process serves the viewers; with --ingest separate it serves nothing else.
+        conn_max_age = args.viewer_db_conn_max_age if not servers and args.ingest == "separate" else 0
         process = subprocess.Popen(
-            command, cwd=REPO / "platform", env=env, stdout=daphne_log, stderr=subprocess.STDOUT
+            command,
+            cwd=REPO / "platform",
+            env=env | {"DB_CONN_MAX_AGE": str(conn_max_age)},
+            stdout=daphne_log,
+            stderr=subprocess.STDOUT,
         )
         servers.append((process, port, f"http://127.0.0.1:{port}"))
     (_, port, _), (_, _, ingest_base) = servers[0], servers[-1]
@@ -400,7 +411,11 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
                 "heartbeats_via": f"signed HTTP POST /api/v1/agent/heartbeat, {args.ingest} Daphne",
                 "event_loop": args.loop,
                 "channel_layer": "channels_redis",
-                "database": f"{args.database} (throwaway), DB_CONN_MAX_AGE={args.db_conn_max_age}",
+                "database": f"{args.database} (throwaway)",
+                "db_conn_max_age_s": {
+                    "viewer_process": args.viewer_db_conn_max_age if args.ingest == "separate" else 0,
+                    "ingest_process": 0,
+                },
                 "mean_latency_ms": round(statistics.fmean(latencies), 1) if latencies else None,
                 "load_average": [round(x, 2) for x in os.getloadavg()],
             }

@@ -98,8 +98,10 @@ class SwarmConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=text)
 
     async def deliver(self, kind: str, body: str) -> None:
+        """One hub flush to this viewer. Runs for every viewer on every flush, so it hands the frame
+        straight to the ASGI send (what `self.send(text_data=...)` ends in) without the extra layers."""
         for text in self.stream.on_flush(kind, body):
-            await self.send(text_data=text)
+            await self.base_send({"type": "websocket.send", "text": text})
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:

@@ -260,8 +260,8 @@ class ProjectHub:
         for viewer in list(self._viewers):
             try:
                 await viewer.deliver(kind, body)
-            except Exception:
-                logger.exception("live hub %s: delivery to a viewer failed; dropping it", self.slug)
+            except Exception as exc:  # mostly a socket that closed before its disconnect was handled
+                logger.warning("live hub %s: delivery to a viewer failed (%r); dropping it", self.slug, exc)
                 self._viewers.discard(viewer)
 
     async def _enrich(self, diffs: list[Diff]) -> list[Diff]:

@@ -21,6 +21,7 @@ Browser to server: only `{"type": "resync"}`; anything else is logged and ignore
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any, Literal, NotRequired, TypedDict
@@ -217,8 +218,15 @@ def encode_with_seq(prefix_type: str, seq: int, body_json: str) -> str:
     """
     if not body_json.startswith("{"):
         raise ValueError("body must be an encoded JSON object")
-    head = f'{{"type":{json.dumps(prefix_type)},"seq":{int(seq)}'
-    return head + ("}" if body_json.strip() == "{}" else "," + body_json[1:])
+    head = f'{{"type":{_quoted(prefix_type)},"seq":{int(seq)}'
+    # Runs once per viewer per flush: look at the (possibly large) body only where it may be empty.
+    empty = len(body_json) < 16 and body_json.strip() == "{}"
+    return head + ("}" if empty else "," + body_json[1:])
+
+
+@functools.lru_cache(maxsize=64)
+def _quoted(text: str) -> str:
+    return json.dumps(text)
 
 
 def encode_flush(diffs: list[Diff], *, since: float, server_time: float) -> tuple[str, str]:
