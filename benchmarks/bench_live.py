@@ -1,13 +1,19 @@
 """Live swarm channel under load: many browsers watching one project while its nodes heartbeat.
 
-Daphne serves the portal with the Redis channel layer; by default heartbeats go to a second Daphne
-process (`--ingest separate`, two portal processes as a deployment would run), viewers to the first.
-`--nodes` simulated nodes join through the real join API and POST real signed heartbeats over HTTP
-every `--period` seconds (spread evenly, from a thread pool in a separate process). `--viewers`
-WebSocket clients (the `websockets` package, split over `--viewer-procs` processes) watch the
-project's live channel. Delivery latency is measured per diff, from its `at` (when the portal ingested
-the heartbeat) to when a viewer parsed it; the same machine's clock serves both ends. Prints one JSON
-object.
+The portal runs as deployed: DEBUG off, PostgreSQL (a throwaway database; `--database sqlite` for the
+zero-setup default), the Redis channel layer, Daphne on uvloop (`python -m live.serve`; `--loop asyncio`
+for plain Daphne). By default heartbeats go to a second Daphne process (`--ingest separate`: the API
+and the WebSocket viewers in separate portal processes, as a deployment would run them), viewers to
+the first. `--nodes` simulated nodes join through the real join API and POST real signed heartbeats
+over HTTP every `--period` seconds (spread evenly, from a thread pool in a separate process).
+`--viewers` WebSocket clients (the `websockets` package on uvloop, split over `--viewer-procs`
+processes) watch the project's live channel; they note the receipt time first and decode only the
+fields they need (msgspec), so their own parsing stays out of the latency they report.
+
+Delivery latency is measured per node update, from its `at` (the time the portal's heartbeat view
+started, before its database write) to a viewer's receipt, on one machine's clock. It is split at the
+hub's flush (`server_time` in each message): ingest to flush (database write, commit, channel layer,
+coalescing wait of up to 250 ms) and flush to receipt (fan-out, sockets, client). Prints one JSON object.
 
     .venv/bin/python benchmarks/bench_live.py            # 500 viewers, 200 nodes, 40 s
     .venv/bin/python benchmarks/bench_live.py --viewers 50 --nodes 20 --duration 15
