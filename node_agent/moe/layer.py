@@ -115,6 +115,9 @@ class _Plan:
     calls: list[_Call]
     batch_size: int
     k: int
+    # Decided outside the autograd Function (where grad mode is always off): servers keep the forward's
+    # graph for a backward only when one can follow, so evaluation passes cost them no memory.
+    keep_graph: bool = True
     answered: list[bool] = field(default_factory=list)
 
 
@@ -191,12 +194,14 @@ class _RemoteMoECall(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, plan: _Plan):  # type: ignore[override]
+    def forward(ctx, _dummy: torch.Tensor, x: torch.Tensor, plan: _Plan):  # type: ignore[override]
         layer = plan.layer
         x = x.detach()
         inputs = [x[call.samples] for call in plan.calls]
         futures = [
-            layer.caller.forward(call.handle, [inp], timeout=layer.forward_policy.timeout)
+            layer.caller.forward(
+                call.handle, [inp], timeout=layer.forward_policy.timeout, keep_graph=plan.keep_graph
+            )
             for call, inp in zip(plan.calls, inputs, strict=True)
         ]
         calls_of_sample: list[list[int]] = [[] for _ in range(plan.batch_size)]
@@ -274,7 +279,7 @@ class _RemoteMoECall(torch.autograd.Function):
         for call, reply in zip(plan.calls, replies, strict=True):
             if reply is not None:
                 grad_x.index_add_(0, torch.tensor(call.samples), reply[0].to(x.dtype))
-        return grad_x, None
+        return None, grad_x, None
 
 
 class _GridMixtureBase(nn.Module):
@@ -320,6 +325,7 @@ class _GridMixtureBase(nn.Module):
             backward_k_min, timeout_after_k_min, backward_timeout, allow_zero_outputs
         )
         self.reliability = reliability if reliability is not None else ReliabilityTracker()
+        self._backward_trigger = torch.empty(0, requires_grad=True)  # not a parameter: never updated
         self.gate = nn.Linear(in_features, sum(self.grid_size))
         self.stats = CallStats()
         self.clock: Callable[[], float] = time.monotonic
@@ -387,7 +393,10 @@ class _GridMixtureBase(nn.Module):
         scores = self.grid_scores(x)
         found = self.find_experts(scores, k)
         plan, coords, routed = self.plan_calls(found, k)
-        outputs, mask = _RemoteMoECall.apply(x, plan)
+        plan.keep_graph = torch.is_grad_enabled()
+        # The dummy requires grad so that backward reaches the experts (and their optimisers step on the
+        # servers) even when `x` itself needs no gradient, e.g. a MoE layer right after the data.
+        outputs, mask = _RemoteMoECall.apply(self._backward_trigger, x, plan)
         return RoutedOutputs(scores, outputs, mask, coords, routed)
 
 

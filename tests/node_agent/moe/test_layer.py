@@ -110,6 +110,29 @@ async def test_output_and_gradients_match_local_computation(make_expert_server, 
     )
 
 
+async def test_servers_keep_forward_graphs_only_when_a_backward_can_follow(make_expert_server, make_caller):
+    server = await make_expert_server("ffn.[0:3].[0:3]", hidden_dim=HIDDEN)
+    torch.manual_seed(0)
+    layer = make_layer(await make_caller())
+    x = torch.randn(8, HIDDEN)
+
+    def evaluate() -> torch.Tensor:
+        with torch.no_grad():  # grad mode is per thread: switch it off where the layer runs
+            return layer(x)
+
+    await asyncio.to_thread(evaluate)  # an evaluation pass: the servers must keep nothing for it
+    assert server.forward_cache.stats()["entries"] == 0
+
+    # A training pass: graphs kept, then used by backward, which reaches the experts even though `x` itself
+    # needs no gradient (their optimisers must still step).
+    out = await asyncio.to_thread(layer, x)
+    assert server.forward_cache.stats()["entries"] > 0
+    await asyncio.to_thread(out.sum().backward)
+    assert server.forward_cache.stats()["entries"] == 0
+    assert server.forward_cache.stats()["hits"] > 0
+    assert sum(b.steps for b in server.backends.values()) > 0
+
+
 async def test_missing_expert_is_masked_and_softmax_renormalised(
     bootstrap_node, make_expert_server, make_caller
 ):
