@@ -486,7 +486,7 @@ def start_trainer_reporting(
             "bytes_out": 0,
             "samples_per_s": round(counters.samples_per_s, 3),
             "uptime_s": round(time.monotonic() - counters.started, 1),
-            "peers": [],
+            "peers": counters.take_peers(),
         }
 
     telemetry = BackgroundTelemetry(

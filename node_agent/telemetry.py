@@ -128,6 +128,14 @@ class TrainerCounters:
         self.samples_per_s = 0.0
         self.answered = 0
         self.failed = 0
+        #: Set once the trainer's ExpertCaller exists: calls per expert server since the last heartbeat.
+        self.peer_requests: Callable[[], dict[bytes, int]] | None = None
+
+    def take_peers(self, limit: int = 256) -> list[dict[str, Any]]:
+        """The busiest expert servers since the last heartbeat, as the heartbeat's `peers` field."""
+        counts = self.peer_requests() if self.peer_requests is not None else {}
+        busiest = sorted(counts.items(), key=lambda item: item[1], reverse=True)[:limit]
+        return [{"node_id": node_id.hex(), "requests": requests} for node_id, requests in busiest]
 
     @property
     def samples(self) -> int:

@@ -204,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if portal is not None and config.mode == "remote":
             caller = _gated_caller(config, portal[0].config)
+            if reporting is not None and caller is not None:
+                reporting.counters.peer_requests = caller.take_peer_requests
         result = run_training(config, metrics, caller=caller)
     except (TrainingError, ExpertError, ValueError, OSError) as exc:
         log.error("training failed: %s", exc)

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -150,6 +150,10 @@ class ExpertCaller:
         #: Backwards served from a kept forward / that had to re-send the inputs after a miss.
         self.kept_backwards = 0
         self.recomputed_backwards = 0
+        # Calls per expert server since the last `take_peer_requests()`: telemetry reports them as the
+        # trainer-to-expert traffic the portal draws. Written on the loop thread, read from others.
+        self._peer_requests: Counter[bytes] = Counter()
+        self._peer_requests_lock = threading.Lock()
 
     @classmethod
     def start_caller(
@@ -320,8 +324,17 @@ class ExpertCaller:
         except TensorCodecError as exc:
             raise ExpertProtocolError(str(exc)) from exc
 
+    def take_peer_requests(self) -> dict[bytes, int]:
+        """Calls made to each server (by node id) since the previous call; thread-safe."""
+        with self._peer_requests_lock:
+            taken = dict(self._peer_requests)
+            self._peer_requests.clear()
+        return taken
+
     async def _call(self, handle: ExpertHandle, method: str, body: dict[str, Any], timeout: float) -> Any:
         assert self.pool is not None
+        with self._peer_requests_lock:
+            self._peer_requests[handle.node_id] += 1
         try:
             async with asyncio.timeout(timeout):
                 link = await self.pool.connect(handle.node_id, handle.endpoint, timeout)

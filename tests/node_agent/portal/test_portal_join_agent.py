@@ -96,7 +96,7 @@ async def train_against_the_agent(portal: LocalPortal, directory: Path) -> None:
         str(directory / AGENT_STATE_FILE),
         "--rtc-loopback-only",
     ]
-    command += ["--k-best", "2", "--batch-size", "16"]
+    command += ["--k-best", "2", "--batch-size", "16", "--heartbeat-period", "0.5"]
     process = await asyncio.create_subprocess_exec(
         *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -106,7 +106,11 @@ async def train_against_the_agent(portal: LocalPortal, directory: Path) -> None:
     summary = json.loads(output.strip().splitlines()[-1])
     assert summary["steps"] == 12 and summary["experts_answered"] > 0, output
     assert {m["step"] for m in portal.metrics} >= {4, 8, 12}
-    assert any(h["role"] == "trainer" and h["node_id"] == identity.node_id.hex() for h in portal.heartbeats)
+    trainer_beats = [h for h in portal.heartbeats if h["node_id"] == identity.node_id.hex()]
+    assert trainer_beats and all(h["role"] == "trainer" for h in trainer_beats)
+    # The trainer reports which expert servers it called: the portal draws these as trainer->expert edges.
+    called = {peer["node_id"] for h in trainer_beats for peer in h["peers"] if peer["requests"] > 0}
+    assert called, trainer_beats
 
 
 async def visible(reader: DHTNode, uid: str) -> list[bytes]:
