@@ -88,11 +88,31 @@ class MetricsReceivedEvent(TypedDict):
     points: list[MetricPointSummary]
 
 
+class AlertSummary(TypedDict):
+    id: str
+    kind: str
+    severity: str
+    message: str
+    node_id: str | None
+    raised_at: str  # ISO-8601
+
+
+class AlertChangedEvent(TypedDict):
+    """An alert of a project's swarm was raised or resolved (group `swarm.<slug>`)."""
+
+    type: Literal["swarm.alert_changed"]
+    project: str
+    alert: AlertSummary
+    resolved_at: str | None  # ISO-8601 once resolved, None while open
+
+
 def project_swarm_group(slug: str) -> str:
     return f"swarm.{slug}"
 
 
-PortalEvent = ProjectChangedEvent | NodeChangedEvent | CoverageChangedEvent | MetricsReceivedEvent
+PortalEvent = (
+    ProjectChangedEvent | NodeChangedEvent | CoverageChangedEvent | MetricsReceivedEvent | AlertChangedEvent
+)
 
 
 def broadcast(group: str, event: PortalEvent) -> None:

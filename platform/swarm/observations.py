@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, TypedDict
 
 from django.conf import settings
 from django.db import transaction
 
-from core.events import broadcast_on_commit, project_swarm_group
+from core.events import AlertChangedEvent, broadcast_on_commit, project_swarm_group
 from projects.models import Project
 from swarm import selectors
 from swarm.events import announce_coverage
@@ -33,27 +32,6 @@ class WantedAlert:
     node: Node | None = None
 
 
-class AlertSummary(TypedDict):
-    id: str
-    kind: str
-    severity: str
-    message: str
-    node_id: str | None
-    raised_at: str  # ISO-8601
-
-
-class AlertChangedEvent(TypedDict):
-    """An alert of a project's swarm was raised or resolved (group `swarm.<slug>`).
-
-    Shaped like core.events' typed events; it belongs in that module's `PortalEvent` union.
-    """
-
-    type: Literal["swarm.alert_changed"]
-    project: str
-    alert: AlertSummary
-    resolved_at: str | None  # ISO-8601 once resolved, None while open
-
-
 def announce_alert(alert: Alert, slug: str) -> None:
     """Tell the project's live viewers that `alert` opened or closed, once the transaction commits."""
     event: AlertChangedEvent = {
@@ -69,7 +47,7 @@ def announce_alert(alert: Alert, slug: str) -> None:
         },
         "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
     }
-    broadcast_on_commit(project_swarm_group(slug), event)  # type: ignore[arg-type]
+    broadcast_on_commit(project_swarm_group(slug), event)
 
 
 def thresholds() -> Thresholds:
