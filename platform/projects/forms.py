@@ -7,22 +7,13 @@ from django import forms
 from projects.catalog import format_grid_shape, parse_grid_shape
 from projects.lifecycle import PUBLIC_STATUSES, ProjectStatus
 from projects.models import Project
+from projects.services import EDITABLE_FIELDS
 
 
 class ProjectForm(forms.ModelForm):
     class Meta:
         model = Project
-        fields = [
-            "title",
-            "description",
-            "expert_architecture",
-            "hidden_size",
-            "grid_shape",
-            "optimizer",
-            "learning_rate",
-            "dataset",
-            "join_policy",
-        ]
+        fields = list(EDITABLE_FIELDS)  # the service decides what an edit may change
         widgets = {
             "description": forms.Textarea(attrs={"rows": 5}),
             "join_policy": forms.RadioSelect,
