@@ -50,6 +50,8 @@ def assert_words_exist(words: list[str]) -> None:
             assert words[i + 1] in get_commands(), f"manage.py has no command {words[i + 1]!r}"
         if re.fullmatch(r"[a-z_]+(\.[a-z_]+)+:[A-Za-z_]\w*", word):
             assert_python_target(word)
+        if word == "-m" and words[i - 1] == "python":  # a module of the portal, run as `python -m`
+            assert (REPO_DIR / "platform" / (words[i + 1].replace(".", "/") + ".py")).is_file()
         if word == "-A":
             assert (REPO_DIR / "platform" / words[i + 1] / "celery.py").is_file()
         if word == "--workdir":
@@ -79,8 +81,9 @@ def test_portal_services_build_from_the_repo_and_run_real_things(name: str) -> N
 
 
 def test_the_portal_command_serves_the_asgi_application() -> None:
+    # Daphne, started through live.serve so that it runs on uvloop (see platform/live/serve.py).
     words = command_words(SERVICES["portal"]["command"])
-    assert "daphne" in words and "config.asgi:application" in words and "migrate" in words
+    assert "live.serve" in words and "config.asgi:application" in words and "migrate" in words
 
 
 def test_dockerfile_copies_only_what_exists() -> None:
