@@ -90,17 +90,18 @@ def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
     return state, identity
 
 
-def _gated_caller(session_config, project_config: dict):  # -> ExpertCaller | None
-    """In a gated project the trainer, too, drops announcements without a valid credential."""
+def _portal_caller(session_config, project_config: dict):  # -> ExpertCaller
+    """The trainer's caller for a portal project: its traffic is reported in heartbeats, and in a gated
+    project the trainer, too, drops announcements without a valid credential."""
     from node_agent.portal_protocol import parse_project_config
-
-    project = parse_project_config(project_config)
-    if not project.gated:
-        return None
-    from node_agent.credentials import CredentialPolicy, install_credential_checks
     from node_agent.training.session import start_caller
 
+    project = parse_project_config(project_config)
     caller = start_caller(session_config)
+    if not project.gated:
+        return caller
+    from node_agent.credentials import CredentialPolicy, install_credential_checks
+
     policy = CredentialPolicy(project.project, project.portal_key)
 
     async def install() -> None:  # on the caller's loop: validators are only touched from there
@@ -203,8 +204,8 @@ def run(args: argparse.Namespace) -> int:
     caller = None
     try:
         if portal is not None and config.mode == "remote":
-            caller = _gated_caller(config, portal[0].config)
-            if reporting is not None and caller is not None:
+            caller = _portal_caller(config, portal[0].config)
+            if reporting is not None:
                 reporting.counters.peer_requests = caller.take_peer_requests
         result = run_training(config, metrics, caller=caller)
     except (TrainingError, ExpertError, ValueError, OSError) as exc:

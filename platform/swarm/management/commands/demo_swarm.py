@@ -29,7 +29,7 @@ from core.management.commands.seed_demo import DEMO_PROJECT_SLUG, DEMO_VOLUNTEER
 from projects.models import Project
 from swarm.models import ProjectSwarm
 from swarm.services import join_code_create
-from swarm.wheel import build_agent_wheel, latest_wheel
+from swarm.wheel import build_agent_wheel
 
 PEER_LINE = re.compile(r"^(\S+:\d+/[0-9a-f]{40})$", re.M)
 
@@ -76,7 +76,7 @@ class Command(BaseCommand):
         call_command("seed_demo", stdout=self.stdout)
         project = Project.objects.get(slug=DEMO_PROJECT_SLUG)
         volunteer = User.objects.get(email=DEMO_VOLUNTEER)
-        wheel = latest_wheel() or build_agent_wheel()
+        wheel = build_agent_wheel()  # always fresh: the demo must run the code of this checkout
         self._wait_for_portal(url)
         boot_command = [
             sys.executable,
