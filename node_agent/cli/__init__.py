@@ -18,6 +18,11 @@ from node_agent import __version__
 COMMAND_MODULES: tuple[str, ...] = ("bootstrap", "dht", "serve", "train", "swarm", "join")
 
 
+def peer_list(text: str) -> list[str]:
+    """An `--initial-peers` value: comma-separated `host:port[/nodeid]` addresses (argparse `type=`)."""
+    return [peer for peer in text.split(",") if peer]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="node-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"node-agent {__version__}")

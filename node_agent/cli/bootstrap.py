@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from node_agent.cli import peer_list
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--initial-peers",
         action="extend",
-        type=lambda text: [p for p in text.split(",") if p],
+        type=peer_list,
         default=[],
         help="join an existing swarm through these HOST:PORT (comma-separated or repeated)",
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from node_agent.cli import peer_list
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("dht", help="query or write the DHT (debugging)")
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument(
             "--initial-peers",
             action="extend",
-            type=_split_peers,
+            type=peer_list,
             required=True,
             help="HOST:PORT of swarm members (comma-separated or repeated)",
         )
@@ -31,10 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--identity", default=None, help="identity key file (default: throwaway)")
         sub.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for initial peers")
         sub.set_defaults(handler=run)
-
-
-def _split_peers(text: str) -> list[str]:
-    return [part for part in text.split(",") if part]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _peers(text: str) -> list[str]:
-    return [p for p in text.split(",") if p]
+from node_agent.cli import peer_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--hidden-dim", type=int, default=1024)
     parser.add_argument(
-        "--initial-peers", action="extend", type=_peers, default=[], help="HOST:PORT of the swarm"
+        "--initial-peers", action="extend", type=peer_list, default=[], help="HOST:PORT of the swarm"
     )
     parser.add_argument("--listen", default="0.0.0.0:0", help="DHT HOST:PORT to bind (default %(default)s)")
     parser.add_argument("--identity", default=None, help="identity key file (default: user data directory)")

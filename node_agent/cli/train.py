@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _peers(text: str) -> list[str]:
-    return [p for p in text.split(",") if p]
+from node_agent.cli import peer_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "dataset; prints progress, streams metrics as JSON lines and ends with a JSON summary.",
     )
     parser.add_argument(
-        "--initial-peers", action="extend", type=_peers, default=[], help="HOST:PORT of the swarm"
+        "--initial-peers", action="extend", type=peer_list, default=[], help="HOST:PORT of the swarm"
     )
     parser.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
     parser.add_argument("--grid", default=None, help="expert grid, e.g. 4x4 (default: project's, or 4x4)")
