@@ -127,9 +127,7 @@ class BatchingRuntime:
             pieces = [o.split(sizes) for o in outputs]
         except Exception as exc:
             logger.warning("batch of %d for %s failed: %s", sum(sizes), name, exc)
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(exc)
+            _fail_all(batch, exc)
             return
         self.batches += 1
         self.samples += sum(sizes)
@@ -145,9 +143,7 @@ class BatchingRuntime:
                 raise RuntimeError(f"{name}: {len(results)} results for {len(batch)} requests")
         except Exception as exc:
             logger.warning("batch of %d requests for %s failed: %s", len(batch), name, exc)
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(exc)
+            _fail_all(batch, exc)
             return
         self.batches += 1
         for request, result in zip(batch, results, strict=True):
@@ -169,3 +165,10 @@ class BatchingRuntime:
                 if not request.future.done():
                     request.future.set_exception(RuntimeError("server shutting down"))
         self.executor.shutdown(wait=True)
+
+
+def _fail_all(batch: list[_Request], exc: BaseException) -> None:
+    """Every caller of a failed batch gets the error (callers that gave up meanwhile are skipped)."""
+    for request in batch:
+        if not request.future.done():
+            request.future.set_exception(exc)
