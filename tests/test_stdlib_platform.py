@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
+
+from tests.processes import stop_process
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 STDLIB_DIR = Path(sysconfig.get_paths()["stdlib"]).resolve()
@@ -68,11 +69,6 @@ def test_in_a_celery_worker_process(tmp_path: Path) -> None:
         info = runtime_info.delay().get(timeout=90)
     finally:
         app.conf.task_always_eager = was_eager
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(timeout=5)
+        stop_process(worker, timeout=15)
     assert is_stdlib_platform(info["platform_module"]), log_path.read_text(errors="replace")
     assert info["platform_system"] == platform.system()

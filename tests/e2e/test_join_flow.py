@@ -30,6 +30,7 @@ import pytest
 from accounts.models import Role, User
 from projects import services as project_services
 from swarm.models import Node, NodeState, ProjectSwarm
+from tests.processes import stop_process
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 PASSWORD = "a-Strong-passphrase-42"
@@ -83,13 +84,7 @@ class Processes:
 
     @staticmethod
     def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process, timeout=20, sig=sig)
 
     def stop_all(self) -> None:
         for process in reversed(self.running):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from projects import services as project_services
 from projects.models import Project
 from swarm import services as swarm_services
 from swarm.models import Node
+from tests.processes import stop_process
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_DIR / "test-artifacts"
@@ -70,13 +70,7 @@ def portal_env() -> dict[str, str]:
 
 
 def stop(process: subprocess.Popen, timeout: float = 15) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    stop_process(process, timeout=timeout)
 
 
 class Daphne:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from django.test import Client
 from accounts.models import Role, User
 from projects import services as project_services
 from projects.models import Project
+from tests.processes import stop_process
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 PLATFORM_DIR = REPO_DIR / "platform"
@@ -134,10 +134,5 @@ def celery_worker(celery_worker_env: Callable[[], dict[str, str]], tmp_path: Pat
     try:
         yield log_path
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, timeout=15)
         app.conf.task_always_eager = was_eager

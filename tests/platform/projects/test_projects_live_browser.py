@@ -7,7 +7,6 @@ the first sees the card appear and its badge change without reloading.
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from accounts.models import User
+from tests.processes import stop_process
 
 REPO_DIR = Path(__file__).resolve().parents[3]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -57,12 +57,7 @@ def portal_url(celery_worker_env: Callable[[], dict[str, str]], tmp_path: Path) 
                 time.sleep(0.2)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, timeout=10)
         log.close()
 
 
