@@ -23,13 +23,20 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import resource
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _server_main(args: argparse.Namespace, ready: mp.Queue, stop: mp.Event) -> None:
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _server_main(args: argparse.Namespace, ready: mp.Queue, start: mp.Event, stop: mp.Event) -> None:
     import uvloop
 
     uvloop.install()
@@ -48,8 +55,12 @@ def _server_main(args: argparse.Namespace, ready: mp.Queue, stop: mp.Event) -> N
             dht, backends, options, RTCOptions.for_loopback(chunk_size=args.chunk_size)
         )
         ready.put(dht.endpoint)
+        while not start.is_set():
+            await asyncio.sleep(0.005)
+        began = _cpu_seconds()
         while not stop.is_set():
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.005)
+        ready.put(_cpu_seconds() - began)
         await server.shutdown()
         await dht.shutdown()
 
@@ -80,18 +91,18 @@ def _client_main(args: argparse.Namespace, endpoint: str, start: mp.Event, resul
         caller.kept_backwards = caller.recomputed_backwards = 0
         results.put("ready")
         start.wait()
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), _cpu_seconds()
         for i in range(args.batches_per_client):
             handle = handles[i % len(handles)]
             (out,) = caller.forward(handle, [x], timeout=120).result()
             (g,) = caller.backward(handle, [x], [grad], timeout=120).result()
             assert out.shape == x.shape and g.shape == x.shape
-        elapsed = time.perf_counter() - began
+        elapsed, cpu = time.perf_counter() - began, _cpu_seconds() - cpu_began
         kept, recomputed = caller.kept_backwards, caller.recomputed_backwards
     # tensor bytes per batch: forward (x in, y out) + backward (grad in, grad_x out), plus x again when
     # the backward had to recompute (no kept forward on the server)
     wire = args.batches_per_client * 4 * payload + recomputed * payload
-    results.put((began, began + elapsed, wire, kept, recomputed, caller.compression.value))
+    results.put((began, began + elapsed, wire, kept, recomputed, caller.compression.value, cpu))
 
 
 def local_samples_per_s(args: argparse.Namespace) -> float:
@@ -125,12 +136,16 @@ def local_samples_per_s(args: argparse.Namespace) -> float:
     return steps * args.batch_size / (time.perf_counter() - began)
 
 
-async def raw_channel_mb_per_s(total: int = 64 * 2**20, message: int = 64 * 2**10) -> float:
+async def raw_channel_mb_per_s(
+    total: int = 64 * 2**20, message: int = 64 * 2**10, large_chunks: bool = True
+) -> float:
+    """One data channel between two connections in this process; `large_chunks` as the pool does on loopback."""
     from aiortc import RTCPeerConnection
 
     from node_agent.rtc.config import RTCOptions, apply_process_settings, rtc_configuration
+    from node_agent.rtc.large_records import enable_large_chunks, selected_path_is_loopback
 
-    options = RTCOptions.for_loopback()
+    options = RTCOptions.for_loopback(large_chunks_on_loopback=large_chunks)
     apply_process_settings(options)
     a, b = RTCPeerConnection(rtc_configuration(options)), RTCPeerConnection(rtc_configuration(options))
     channel = a.createDataChannel("raw")
@@ -153,6 +168,8 @@ async def raw_channel_mb_per_s(total: int = 64 * 2**20, message: int = 64 * 2**1
     await b.setLocalDescription(await b.createAnswer())
     await a.setRemoteDescription(b.localDescription)
     await asyncio.wait_for(opened.wait(), 10)
+    if large_chunks and selected_path_is_loopback(a):
+        assert enable_large_chunks(a), "aiortc changed: large chunks unavailable"
     writable = asyncio.Event()
     channel.bufferedAmountLowThreshold = 1 << 20
     channel.on("bufferedamountlow", writable.set)
@@ -211,11 +228,11 @@ def main() -> None:
     import torch
 
     ctx = mp.get_context("spawn")
-    ready, stop = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=_server_main, args=(args, ready, stop), daemon=True)
+    ready, start, stop = ctx.Queue(), ctx.Event(), ctx.Event()
+    server = ctx.Process(target=_server_main, args=(args, ready, start, stop), daemon=True)
     server.start()
     endpoint = _get(ready, [server], 120)
-    start, results = ctx.Event(), ctx.Queue()
+    results = ctx.Queue()
     clients = [
         ctx.Process(target=_client_main, args=(args, endpoint, start, results))
         for _ in range(args.num_clients)
@@ -229,6 +246,7 @@ def main() -> None:
     for client in clients:
         client.join(30)
     stop.set()
+    server_cpu = _get(ready, [server], 30)
     server.join(30)
     wall = max(span[1] for span in spans) - min(span[0] for span in spans)
     samples = args.num_clients * args.batches_per_client * args.batch_size
@@ -248,12 +266,19 @@ def main() -> None:
         "samples_per_s": round(samples / wall, 1),
         "payload_mb_per_s": round(payload_bytes / 2**20 / wall, 2),
         "local_samples_per_s": round(local_samples_per_s(args), 1),
+        # CPU seconds spent while the clients ran (server: from the start signal until every client finished)
+        "server_cpu_s": round(server_cpu, 2),
+        "clients_cpu_s": round(sum(span[6] for span in spans), 2),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     if not args.skip_raw:
         result["raw_channel_mb_per_s"] = round(asyncio.run(raw_channel_mb_per_s()), 2)
+        # the same channel with aiortc's standard ~1.2 KB chunks, as on a path that is not loopback
+        result["raw_channel_standard_chunks_mb_per_s"] = round(
+            asyncio.run(raw_channel_mb_per_s(large_chunks=False)), 2
+        )
     print(json.dumps(result))
 
 

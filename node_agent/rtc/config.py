@@ -14,6 +14,9 @@ aioice asks for a 256 KiB UDP receive buffer; under load the kernel drops datagr
 
 aiortc acknowledges every SCTP packet separately; `coalesce_sacks` makes it send one SACK per burst of
 received packets (`node_agent.rtc.sctp_tuning`, RFC 4960 section 6.2), process-wide once any pool asks.
+
+aiortc cuts messages into ~1.2 KB SCTP chunks, one DTLS record and datagram each; `large_chunks_on_loopback`
+lets a connection whose ICE path is loopback at both ends use 16 KB chunks (`node_agent.rtc.large_records`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class RTCOptions:
     idle_timeout: float = 120.0
     #: One SCTP SACK per burst of received packets instead of one per packet (process-wide).
     coalesce_sacks: bool = True
+    #: 16 KB SCTP chunks on connections between loopback addresses (same machine) when the peer can read them.
+    large_chunks_on_loopback: bool = True
 
     @classmethod
     def for_loopback(cls, **overrides: object) -> RTCOptions:
@@ -89,6 +94,10 @@ def apply_process_settings(options: RTCOptions) -> None:
         from node_agent.rtc.sctp_tuning import install_sack_coalescing
 
         install_sack_coalescing()
+    if options.large_chunks_on_loopback:
+        from node_agent.rtc.large_records import install_large_record_reads
+
+        install_large_record_reads()
     if options.udp_receive_buffer > aioice.turn.UDP_SOCKET_BUFFER_SIZE:
         aioice.turn.UDP_SOCKET_BUFFER_SIZE = options.udp_receive_buffer
     try:

@@ -22,6 +22,11 @@ from typing import Any
 from node_agent.dht.api import DHTError, PeerInfo
 from node_agent.rtc.config import RTCOptions, apply_process_settings, rtc_configuration
 from node_agent.rtc.fingerprint import FingerprintMismatchError, verify_peer_connection
+from node_agent.rtc.large_records import (
+    enable_large_chunks,
+    large_record_reads_installed,
+    selected_path_is_loopback,
+)
 from node_agent.rtc.rpc import ChannelRPC, Handler
 
 logger = logging.getLogger(__name__)
@@ -117,7 +122,7 @@ class ConnectionPool:
                     _peer, reply = await self.dht.call_rpc(
                         endpoint,
                         OFFER_RPC,
-                        {"sdp": pc.localDescription.sdp},
+                        self._signalling_message(pc),
                         timeout=self.options.connect_timeout,
                         expected_node_id=node_id,
                     )
@@ -137,6 +142,7 @@ class ConnectionPool:
         except BaseException:
             await pc.close()
             raise
+        self._tune_path(pc, reply, node_id)
         link = self._make_link(node_id, pc, channel, outbound=True)
         self._outbound[node_id] = link
         logger.info("connected to %s at %s", node_id.hex()[:8], endpoint)
@@ -165,10 +171,13 @@ class ConnectionPool:
         except Exception:
             await pc.close()
             raise
-        self._track(asyncio.ensure_future(self._accept(peer, pc, offer, channel_ready)))
-        return {"sdp": pc.localDescription.sdp}
+        self._track(asyncio.ensure_future(self._accept(peer, pc, payload, channel_ready)))
+        return self._signalling_message(pc)
 
-    async def _accept(self, peer: PeerInfo, pc: Any, offer: str, channel_ready: asyncio.Future[Any]) -> None:
+    async def _accept(
+        self, peer: PeerInfo, pc: Any, payload: dict, channel_ready: asyncio.Future[Any]
+    ) -> None:
+        offer = _checked_sdp(payload)
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 channel = await channel_ready
@@ -183,9 +192,28 @@ class ConnectionPool:
             )
             await pc.close()
             return
+        self._tune_path(pc, payload, peer.node_id)
         link = self._make_link(peer.node_id, pc, channel, outbound=False)
         self._inbound.setdefault(peer.node_id, []).append(link)
         logger.info("accepted connection from %s (%s)", peer.node_id.hex()[:8], peer.endpoint)
+
+    # ---- signalling and path tuning ------------------------------------------------------------------
+
+    def _signalling_message(self, pc: Any) -> dict:
+        """Our offer or answer: the SDP and whether we can receive large SCTP chunks."""
+        return {"sdp": pc.localDescription.sdp, "large_records": large_record_reads_installed()}
+
+    def _tune_path(self, pc: Any, remote_message: Any, node_id: bytes) -> None:
+        """Large chunks towards a peer on this machine that said it reads them (`large_records`)."""
+        if not (
+            self.options.large_chunks_on_loopback
+            and isinstance(remote_message, dict)
+            and remote_message.get("large_records") is True
+            and selected_path_is_loopback(pc)
+        ):
+            return
+        if enable_large_chunks(pc):
+            logger.debug("large SCTP chunks towards %s (loopback path)", node_id.hex()[:8])
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""Large SCTP chunks on loopback paths: one DTLS record and one UDP datagram per 16 KB instead of per 1.2 KB.
+
+aiortc cuts every data-channel message into SCTP DATA chunks of at most ~1,150 bytes so that a packet fits
+the smallest IPv6 MTU after DTLS and UDP overhead, the right choice on the Internet. On loopback the MTU is
+64 KiB, and almost all of aiortc's cost is per packet (pure-Python SCTP bookkeeping, one DTLS record, one
+`sendto`, one SACK), so a same-machine connection (tests, benchmarks, a volunteer running several agents, the
+local demo swarm) spends most of its CPU cutting and reassembling. Here a connection whose selected ICE pair
+is loopback at both ends sends DATA chunks that fill one DTLS record (16 KiB of plaintext) instead. Nothing
+changes on other paths.
+
+Two pieces, both needed:
+
+* **Receiving** (`install_large_record_reads`, process-wide): aiortc reads one decrypted record per datagram
+  with `recv(1500)` and one outgoing record with `bio_read(1500)`, which would cut a large record short.
+  After each DTLS handshake the session is switched to a subclass that reads whole records (up to 16 KiB of
+  plaintext; a 1.2 KB record reads as before). A peer announces in signalling that it has this installed.
+* **Sending** (`enable_large_chunks`, per connection): the SCTP transport is switched to a subclass whose
+  fragmenting and congestion-window methods see a larger `USERDATA_MAX_LENGTH` (aiortc's own methods,
+  rebound to a copy of their module's globals), so bursts and window growth scale with the chunk size.
+  Used only when the remote announced large-record reads and the path is loopback.
+
+Chunk size is each sender's own choice in SCTP, and the receiver reassembles by TSN whatever the sizes, so
+switching mid-association is safe. These touch private aiortc attributes; every step checks that they look
+as expected and otherwise leaves the connection as it is (standard chunks), logging why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import types
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Largest DTLS plaintext record (RFC 6347: 2^14 bytes).
+MAX_RECORD_PLAINTEXT = 16384
+#: SCTP common header (12) and DATA chunk header (16) in front of the user data, rounded down to 4 bytes.
+LARGE_CHUNK_USER_DATA = (MAX_RECORD_PLAINTEXT - 12 - 16) // 4 * 4
+#: Read buffer for one datagram's record; above any DTLS record, so nothing is ever cut short.
+_READ_SIZE = 65536
+#: The aiortc methods that read `USERDATA_MAX_LENGTH` (fragmenting, bursts, window growth and reset).
+_CHUNK_SIZED_METHODS = ("_send", "_transmit", "_receive_sack_chunk", "_t3_expired")
+
+_reads_installed = False
+_large_transport_class: type | None = None
+
+
+def install_large_record_reads() -> bool:
+    """Make every DTLS session of this process read whole records (idempotent); False if aiortc differs."""
+    global _reads_installed
+    if _reads_installed:
+        return True
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+    from OpenSSL import SSL
+
+    original_start = getattr(RTCDtlsTransport, "start", None)
+    if original_start is None:
+        logger.info("aiortc's DTLS transport has no start(): large-record reads not installed")
+        return False
+
+    class WholeRecordConnection(SSL.Connection):
+        """An OpenSSL session that always offers room for a whole record when reading."""
+
+        def recv(self, bufsiz: int, flags: int | None = None) -> bytes:
+            return super().recv(max(bufsiz, _READ_SIZE), flags)
+
+        def bio_read(self, bufsiz: int) -> bytes:
+            return super().bio_read(max(bufsiz, _READ_SIZE))
+
+    async def start(transport: Any, remote_parameters: Any) -> None:
+        await original_start(transport, remote_parameters)
+        session = getattr(transport, "_ssl", None)
+        if type(session) is SSL.Connection:
+            session.__class__ = WholeRecordConnection
+
+    RTCDtlsTransport.start = start  # type: ignore[method-assign]
+    _reads_installed = True
+    return True
+
+
+def large_record_reads_installed() -> bool:
+    """What this node announces in signalling: it can receive large-chunk packets."""
+    return _reads_installed
+
+
+def selected_path_is_loopback(peer_connection: Any) -> bool:
+    """True when every nominated ICE pair of the data transport runs between loopback addresses."""
+    try:
+        ice_connection = peer_connection.sctp.transport.transport._connection
+        pairs = list(ice_connection._nominated.values())
+    except AttributeError:
+        return False
+    if not pairs:
+        return False
+    try:
+        return all(
+            ipaddress.ip_address(pair.local_addr[0]).is_loopback
+            and ipaddress.ip_address(pair.remote_addr[0]).is_loopback
+            for pair in pairs
+        )
+    except (AttributeError, ValueError):
+        return False
+
+
+def enable_large_chunks(peer_connection: Any) -> bool:
+    """Send large DATA chunks on this connection from now on; False (and unchanged) if not possible."""
+    sctp = getattr(peer_connection, "sctp", None)
+    cls = _large_chunk_transport_class()
+    if sctp is None or cls is None:
+        return False
+    if type(sctp) is cls:
+        return True
+    if type(sctp) is not cls.__base__:
+        logger.info("unexpected SCTP transport %s: keeping standard chunks", type(sctp).__name__)
+        return False
+    sctp.__class__ = cls
+    return True
+
+
+def _large_chunk_transport_class() -> type | None:
+    """aiortc's SCTP transport with its chunk-sized methods seeing `LARGE_CHUNK_USER_DATA` (built once)."""
+    global _large_transport_class
+    if _large_transport_class is not None:
+        return _large_transport_class
+    import aiortc.rtcsctptransport as sctp_module
+
+    base = sctp_module.RTCSctpTransport
+    if not isinstance(getattr(sctp_module, "USERDATA_MAX_LENGTH", None), int):
+        logger.info("aiortc has no USERDATA_MAX_LENGTH: large chunks not available")
+        return None
+    scope = dict(vars(sctp_module), USERDATA_MAX_LENGTH=LARGE_CHUNK_USER_DATA)
+    methods: dict[str, Any] = {}
+    for name in _CHUNK_SIZED_METHODS:
+        function = base.__dict__.get(name)
+        if not isinstance(function, types.FunctionType):
+            logger.info("aiortc's SCTP transport has no %s(): large chunks not available", name)
+            return None
+        rebound = types.FunctionType(
+            function.__code__, scope, function.__name__, function.__defaults__, function.__closure__
+        )
+        rebound.__kwdefaults__ = function.__kwdefaults__
+        rebound.__qualname__ = function.__qualname__
+        methods[name] = rebound
+    _large_transport_class = type("LargeChunkSctpTransport", (base,), methods)
+    return _large_transport_class
