@@ -8,18 +8,20 @@ Two ways to run backward:
 * Kept graph (`forward_kept` / `backward_kept`, used with `forward_cache`): the forward is run with autograd
   and its graph kept, so backward costs one backward. Optimiser steps change the parameters in place, which
   would corrupt the graphs of forwards still waiting for their backward, so a kept forward runs against a
-  *snapshot* of the trainable parameters (`torch.func.functional_call` with detached clones). One snapshot
-  serves every kept forward between two optimiser steps (a "generation"): a copy of the parameters per step
-  at most, cheap next to the matmuls. The gradient w.r.t. the snapshot is applied to the live parameters by
-  the optimiser: a delayed gradient as in Learning@home (section 3.3), exact for the forward the trainer saw.
-  Every request keeps its own graph (no concatenation), and the kept backwards taken together by the runtime
-  share one optimiser step, as a concatenated recompute batch does.
+  *snapshot* of the trainable parameters (`torch.func.functional_call` with detached copies). One snapshot
+  serves every kept forward between two optimiser steps (a "generation"); when no kept graph refers to the
+  previous generation any more (`snapshot_in_use`), its tensors are overwritten in place instead of
+  allocating fresh ones. The gradient w.r.t. the snapshot is applied to the live parameters by the
+  optimiser: a delayed gradient as in Learning@home (section 3.3), exact for the forward the trainer saw.
+  `backward_kept` answers one request and adds its parameter gradients to an accumulator; the server
+  decides when `step_accumulated` applies them (one optimiser step for several trainers' backwards, as one
+  concatenated recompute batch would have).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +46,10 @@ class OptimizerConfig:
         if not params:
             return None
         if self.name == "adam":
-            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            try:  # one fused kernel per step: ~2.5x faster than the per-tensor loop on CPU
+                return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=True)
+            except (RuntimeError, ValueError):  # a device or dtype the fused kernel does not support
+                return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         if self.name == "sgd":
             return torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay)
         raise ValueError(f"unknown optimiser {self.name!r} (adam, sgd)")
@@ -136,6 +141,12 @@ class ExpertBackend:
         self._snapshot: list[torch.Tensor] = []
         self._snapshot_step = -1
         self._generation = 0
+        #: Set by the server: whether a kept graph still refers to a generation's snapshot. Unset, every
+        #: generation gets fresh tensors (always safe).
+        self.snapshot_in_use: Callable[[Hashable], bool] | None = None
+        #: Parameter gradients of kept backwards not applied yet, and how many samples they cover.
+        self._accumulated: list[torch.Tensor | None] = [None] * len(self._params)
+        self.accumulated_samples = 0
 
     @staticmethod
     def _as_list(outputs: Any) -> list[torch.Tensor]:
@@ -176,37 +187,35 @@ class ExpertBackend:
         self.samples_forward += inputs[0].shape[0] if inputs and inputs[0].dim() else 0
         return KeptForward(leaves, outputs, params, counter.nbytes, (self.uid, self._generation))
 
-    def backward_kept(
-        self, requests: Sequence[tuple[KeptForward, Sequence[torch.Tensor]]]
-    ) -> list[list[torch.Tensor] | Exception]:
-        """Input gradients per kept forward (or the error of that one), then one optimiser step for all.
+    def backward_kept(self, kept: KeptForward, grad_outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Input gradients of one kept forward; its parameter gradients wait in the accumulator.
 
-        Each graph yields gradients w.r.t. its own snapshot; their sum goes to the live parameters, which is
-        what one concatenated recompute batch would have produced had no step happened in between.
+        Each graph yields gradients w.r.t. its own snapshot; their sum goes to the live parameters at the
+        next `step_accumulated`, which is what one concatenated recompute batch would have produced had no
+        step happened in between. Raises ValueError (nothing accumulated) for gradients that do not fit.
         """
-        results: list[list[torch.Tensor] | Exception] = []
-        totals: list[torch.Tensor | None] = [None] * len(self._params)
-        answered = 0
-        for kept, grad_outputs in requests:
-            try:
-                input_grads, param_grads = self._kept_gradients(kept, grad_outputs)
-            except ValueError as exc:
-                results.append(exc)
-                continue
-            for i, grad in enumerate(param_grads):
-                if grad is not None:
-                    totals[i] = grad if totals[i] is None else totals[i].add_(grad)  # type: ignore[union-attr]
-            results.append(input_grads)
-            answered += kept.batch_size
-        if answered:
-            for param, total in zip(self._params, totals, strict=True):
-                param.grad = total
-            try:
-                self._step()
-            except ValueError as exc:
-                return [exc if isinstance(r, list) else r for r in results]
-            self.samples_backward += answered
-        return results
+        input_grads, param_grads = self._kept_gradients(kept, grad_outputs)
+        for i, grad in enumerate(param_grads):
+            if grad is not None:
+                total = self._accumulated[i]
+                self._accumulated[i] = grad if total is None else total.add_(grad)
+        self.accumulated_samples += kept.batch_size
+        self.samples_backward += kept.batch_size
+        return input_grads
+
+    def step_accumulated(self) -> bool:
+        """Apply the accumulated gradients in one optimiser step; False if there were none.
+
+        Raises ValueError when the gradients are not finite (the step is skipped and they are dropped).
+        """
+        if not self.accumulated_samples:
+            return False
+        for param, total in zip(self._params, self._accumulated, strict=True):
+            param.grad = total
+        self._accumulated = [None] * len(self._params)
+        self.accumulated_samples = 0
+        self._step()
+        return True
 
     def _kept_gradients(
         self, kept: KeptForward, grad_outputs: Sequence[torch.Tensor]
@@ -235,10 +244,19 @@ class ExpertBackend:
 
     def _current_snapshot(self) -> list[torch.Tensor]:
         """Detached copies of the trainable parameters, taken at most once per optimiser step."""
-        if self._snapshot_step != self.steps or len(self._snapshot) != len(self._params):
+        if self._snapshot_step == self.steps and len(self._snapshot) == len(self._params):
+            return self._snapshot
+        previous = (self.uid, self._generation)
+        if self._snapshot and self.snapshot_in_use is not None and not self.snapshot_in_use(previous):
+            # Nothing refers to the old copies: overwrite them. Were that wrong, autograd's version check
+            # would fail the stale graph's backward loudly rather than give wrong gradients.
+            with torch.no_grad():
+                for copy, param in zip(self._snapshot, self._params, strict=True):
+                    copy.copy_(param)
+        else:
             self._snapshot = [p.detach().clone().requires_grad_() for p in self._params]
-            self._snapshot_step = self.steps
-            self._generation += 1
+        self._snapshot_step = self.steps
+        self._generation += 1
         return self._snapshot
 
     def _step(self) -> None:

@@ -9,12 +9,14 @@ TTL) and evicts the oldest entry first. A miss (evicted, expired, never existed,
 
 Pure bookkeeping: no torch, no clock (callers pass `now`), no locks (the server touches it from its compute
 thread only). Graphs made between two optimiser steps share one parameter snapshot (a "generation"), so a
-snapshot's bytes are counted once, for as long as any entry still refers to it.
+snapshot's bytes are counted once, for as long as any entry still refers to it. Entries may name a `group`
+(the server uses the expert uid) so the server can ask how many forwards of an expert still await their
+backward (`pending`) and whether a generation's snapshot is still referenced (`holds_generation`).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,7 @@ class _Entry:
     nbytes: int
     generation: Hashable
     expires: float
+    group: Hashable
 
 
 @dataclass(slots=True)
@@ -54,6 +57,7 @@ class ForwardCache:
         self.ttl = ttl
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._generations: dict[Hashable, _Generation] = {}
+        self._groups: Counter[Hashable] = Counter()
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -82,6 +86,7 @@ class ForwardCache:
         generation: Hashable,
         generation_bytes: int,
         now: float,
+        group: Hashable = None,
     ) -> bool:
         """Keep `value` (evicting the oldest entries to make room); False if it can never fit."""
         self.expire(now)
@@ -97,8 +102,17 @@ class ForwardCache:
         self.bytes += nbytes + self._new_generation_bytes(generation, generation_bytes)
         held = self._generations.setdefault(generation, _Generation(0, generation_bytes))
         held.refs += 1
-        self._entries[key] = _Entry(owner, value, nbytes, generation, now + self.ttl)
+        self._entries[key] = _Entry(owner, value, nbytes, generation, now + self.ttl, group)
+        self._groups[group] += 1
         return True
+
+    def pending(self, group: Hashable) -> int:
+        """How many entries of `group` are kept (forwards still waiting for their backward)."""
+        return self._groups.get(group, 0)
+
+    def holds_generation(self, generation: Hashable) -> bool:
+        """Whether any entry still refers to `generation`'s parameter snapshot."""
+        return generation in self._generations
 
     def take(self, key: Hashable, owner: bytes, now: float) -> Any:
         """Remove and return what `owner` kept under `key`; another peer's id is refused, not consumed."""
@@ -148,6 +162,9 @@ class ForwardCache:
     def _drop(self, key: Hashable) -> None:
         entry = self._entries.pop(key)
         self.bytes -= entry.nbytes
+        self._groups[entry.group] -= 1
+        if not self._groups[entry.group]:
+            del self._groups[entry.group]
         held = self._generations[entry.generation]
         held.refs -= 1
         if held.refs == 0:

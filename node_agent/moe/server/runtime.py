@@ -5,11 +5,10 @@ more until `max_batch_size` samples are gathered, concatenates them along the ba
 on a single compute thread (PyTorch parallelises inside ops; one thread keeps optimiser steps ordered)
 and splits the results back to the callers. Requests whose non-batch shapes differ run in separate batches.
 
-A queue added with `concat=False` keeps requests apart: its function gets the list of `(tensors, context)`
-items taken together and returns one result per item (an exception instance fails only that item). Kept
-forward graphs need this (`forward_cache`): each request owns its own graph, so concatenating would tie
-their backwards together; a 256-sample request is an efficient matmul on its own, and the items of one
-collection still share one trip to the compute thread (and one parameter snapshot).
+Work that must not be concatenated goes straight to the compute thread with `call`: kept forward graphs
+(`forward_cache`) belong to one request each, a 256-sample request is an efficient matmul on its own, and
+waiting for company would only leave the cores idle. Everything on the compute thread runs in arrival order,
+one job at a time, so jobs may share state (the forward cache, optimiser state) without locks.
 """
 
 from __future__ import annotations
@@ -21,22 +20,20 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 BatchFn = Callable[[list[torch.Tensor]], list[torch.Tensor]]
-#: `concat=False` queues: `[(tensors, context), ...] -> [result or exception, ...]`, one per item.
-ItemsFn = Callable[[list[tuple[list[torch.Tensor], Any]]], list[Any]]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class _Request:
     tensors: list[torch.Tensor]
     future: asyncio.Future[Any]
-    context: Any = None
 
     @property
     def size(self) -> int:
@@ -49,8 +46,7 @@ class _Request:
 
 @dataclass(slots=True)
 class _Queue:
-    fn: BatchFn | ItemsFn
-    concat: bool = True
+    fn: BatchFn
     items: deque[_Request] = field(default_factory=deque)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -65,19 +61,15 @@ class BatchingRuntime:
         self.batches = 0
         self.samples = 0
 
-    def add_queue(self, name: str, fn: BatchFn | ItemsFn, *, concat: bool = True) -> None:
+    def add_queue(self, name: str, fn: BatchFn) -> None:
         """Register a batched function, e.g. `("ffn.0.1/forward", backend.forward)`; see the docstring."""
-        queue = self._queues[name] = _Queue(fn, concat)
+        queue = self._queues[name] = _Queue(fn)
         queue.task = asyncio.create_task(self._collect(name, queue), name=f"batch-{name}")
 
-    async def submit(self, name: str, tensors: list[torch.Tensor], context: Any = None) -> Any:
-        """Queue one request (all tensors share the batch axis 0) and wait for its result.
-
-        A concatenating queue answers with this request's slice of the outputs; a `concat=False` queue
-        with whatever its function returned for the item `(tensors, context)`.
-        """
+    async def submit(self, name: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Queue one request (all tensors share the batch axis 0); the answer is its slice of the outputs."""
         queue = self._queues[name]
-        request = _Request(tensors, asyncio.get_running_loop().create_future(), context)
+        request = _Request(tensors, asyncio.get_running_loop().create_future())
         queue.items.append(request)
         queue.ready.set()
         return await request.future
@@ -94,10 +86,16 @@ class BatchingRuntime:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(queue.ready.wait(), deadline - loop.time())
             batch = self._take_batch(queue)
-            if batch and queue.concat:
-                await self._run(name, queue.fn, batch)  # type: ignore[arg-type]
-            elif batch:
-                await self._run_items(name, queue.fn, batch)  # type: ignore[arg-type]
+            if batch:
+                await self._run(name, queue.fn, batch)
+
+    async def call(self, fn: Callable[..., T], *args: Any, samples: int = 0) -> T:
+        """Run `fn(*args)` on the compute thread, after the jobs already queued there; counts `samples`."""
+        result = await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        if samples:
+            self.batches += 1
+            self.samples += samples
+        return result
 
     def _take_batch(self, queue: _Queue) -> list[_Request]:
         batch: list[_Request] = []
@@ -108,8 +106,7 @@ class BatchingRuntime:
                 queue.items.popleft()
                 continue
             if batch and (
-                total + request.size > self.max_batch_size
-                or (queue.concat and request.signature != batch[0].signature)
+                total + request.size > self.max_batch_size or request.signature != batch[0].signature
             ):
                 break
             batch.append(queue.items.popleft())
@@ -134,26 +131,6 @@ class BatchingRuntime:
         for i, request in enumerate(batch):
             if not request.future.done():
                 request.future.set_result([p[i] for p in pieces])
-
-    async def _run_items(self, name: str, fn: ItemsFn, batch: list[_Request]) -> None:
-        items = [(r.tensors, r.context) for r in batch]
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, fn, items)
-            if len(results) != len(batch):
-                raise RuntimeError(f"{name}: {len(results)} results for {len(batch)} requests")
-        except Exception as exc:
-            logger.warning("batch of %d requests for %s failed: %s", len(batch), name, exc)
-            _fail_all(batch, exc)
-            return
-        self.batches += 1
-        for request, result in zip(batch, results, strict=True):
-            if request.future.done():
-                continue
-            if isinstance(result, BaseException):
-                request.future.set_exception(result)
-            else:
-                self.samples += request.size
-                request.future.set_result(result)
 
     async def shutdown(self) -> None:
         for queue in self._queues.values():

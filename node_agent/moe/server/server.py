@@ -37,10 +37,10 @@ import torch
 
 from node_agent.dht.api import DHTValidationError
 from node_agent.moe.announce import CredentialChecker, announce_experts, register_experts_validator
-from node_agent.moe.server.backend import ExpertBackend, KeptForward
+from node_agent.moe.server.backend import ExpertBackend
 from node_agent.moe.server.checkpoints import load_checkpoint, save_checkpoint
 from node_agent.moe.server.forward_cache import ForwardCache, ForwardCacheMiss
-from node_agent.moe.server.runtime import BatchingRuntime, ItemsFn
+from node_agent.moe.server.runtime import BatchingRuntime
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectionPool
 from node_agent.rtc.rpc import RPCHandlerError, current_caller
@@ -63,6 +63,9 @@ class ServerOptions:
     forward_cache_entries: int = 256
     forward_cache_bytes: int = 512 * 2**20
     forward_cache_ttl: float = 30.0
+    #: Kept backwards accumulate into one optimiser step until no kept forward of the expert awaits its
+    #: backward, `max_batch_size` samples are in, or this many seconds passed; 0 steps on every backward.
+    step_delay: float = 0.05
 
 
 FORWARD_ID_BYTES = 16
@@ -86,6 +89,8 @@ class ExpertServer:
             options.forward_cache_entries, options.forward_cache_bytes, options.forward_cache_ttl
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._step_timers: dict[str, asyncio.TimerHandle] = {}
+        self._step_jobs: set[asyncio.Future[Any]] = set()
 
     @classmethod
     async def create(
@@ -111,8 +116,7 @@ class ExpertServer:
         for uid, backend in backends.items():
             server.runtime.add_queue(f"{uid}/forward", backend.forward)
             server.runtime.add_queue(f"{uid}/backward", server._backward_fn(backend))
-            server.runtime.add_queue(f"{uid}/forward_keep", server._forward_keep_fn(backend), concat=False)
-            server.runtime.add_queue(f"{uid}/backward_kept", server._backward_kept_fn(backend), concat=False)
+            backend.snapshot_in_use = server.forward_cache.holds_generation
         register_experts_validator(dht, credentials)
         server.pool = await ConnectionPool.create(dht, server.handle, rtc_options)
         if announce:
@@ -130,51 +134,60 @@ class ExpertServer:
         split = len(backend.input_schema)
         return lambda tensors: backend.backward(tensors[:split], tensors[split:])
 
-    def _forward_keep_fn(self, backend: ExpertBackend) -> ItemsFn:
-        """Compute thread: forward with a kept graph per request; the result is (outputs, kept?)."""
+    # ---- compute-thread jobs (one at a time, in arrival order: no locks needed) -------------------------
 
-        def run(items: list[tuple[list[torch.Tensor], Any]]) -> list[Any]:
-            results: list[Any] = []
-            for inputs, (fid, owner) in items:
-                try:
-                    kept = backend.forward_kept(inputs)
-                except Exception as exc:
-                    results.append(exc)
-                    continue
-                stored = self.forward_cache.put(
-                    (backend.uid, fid),
-                    owner,
-                    kept,
-                    nbytes=kept.nbytes,
-                    generation=kept.generation,
-                    generation_bytes=backend.snapshot_bytes,
-                    now=time.monotonic(),
-                )
-                results.append(([o.detach() for o in kept.outputs], stored))
-            return results
+    def _forward_kept(
+        self, backend: ExpertBackend, inputs: list[torch.Tensor], fid: bytes, owner: bytes
+    ) -> tuple[list[torch.Tensor], bool]:
+        """Forward with its graph kept under `fid`; the outputs and whether the cache took the graph."""
+        kept = backend.forward_kept(inputs)
+        stored = self.forward_cache.put(
+            (backend.uid, fid),
+            owner,
+            kept,
+            nbytes=kept.nbytes,
+            generation=kept.generation,
+            generation_bytes=backend.snapshot_bytes,
+            now=time.monotonic(),
+            group=backend.uid,
+        )
+        return [o.detach() for o in kept.outputs], stored
 
-        return run
+    def _backward_kept(
+        self, backend: ExpertBackend, grads: list[torch.Tensor], fid: bytes, owner: bytes
+    ) -> tuple[list[torch.Tensor], bool]:
+        """Backward on a kept graph; steps now if this was the last awaited one. (input grads, stepped?)"""
+        kept = self.forward_cache.take((backend.uid, fid), owner, time.monotonic())
+        input_grads = backend.backward_kept(kept, grads)
+        due = (
+            self.options.step_delay <= 0
+            or self.forward_cache.pending(backend.uid) == 0
+            or backend.accumulated_samples >= self.options.max_batch_size
+        )
+        if due:
+            self._step(backend)
+        return input_grads, due
 
-    def _backward_kept_fn(self, backend: ExpertBackend) -> ItemsFn:
-        """Compute thread: backward on kept graphs (misses fail alone), one optimiser step for the rest."""
+    def _step(self, backend: ExpertBackend) -> None:
+        try:
+            backend.step_accumulated()
+        except ValueError as exc:
+            self.failures += 1
+            logger.warning("%s: optimiser step skipped: %s", backend.uid, exc)
 
-        def run(items: list[tuple[list[torch.Tensor], Any]]) -> list[Any]:
-            now = time.monotonic()
-            results: list[Any] = [None] * len(items)
-            found: list[tuple[int, KeptForward, list[torch.Tensor]]] = []
-            for i, (grads, (fid, owner)) in enumerate(items):
-                try:
-                    kept = self.forward_cache.take((backend.uid, fid), owner, now)
-                except ForwardCacheMiss as exc:
-                    results[i] = exc
-                    continue
-                found.append((i, kept, grads))
-            answers = backend.backward_kept([(kept, grads) for _, kept, grads in found])
-            for (i, _, _), answer in zip(found, answers, strict=True):
-                results[i] = answer
-            return results
+    def _step_later(self, backend: ExpertBackend) -> None:
+        """Bound how long accumulated gradients wait for backwards that may never come."""
+        if backend.uid in self._step_timers:
+            return
 
-        return run
+        def fire() -> None:
+            self._step_timers.pop(backend.uid, None)
+            job = asyncio.ensure_future(self.runtime.call(self._step, backend))
+            self._step_jobs.add(job)
+            job.add_done_callback(self._step_jobs.discard)
+
+        loop = asyncio.get_running_loop()
+        self._step_timers[backend.uid] = loop.call_later(self.options.step_delay, fire)
 
     def set_credential(self, credential: str | None) -> None:
         """Use a renewed credential from the next announcement on (well before the old one expires)."""
@@ -232,8 +245,8 @@ class ExpertServer:
         self.bytes_in += _payload_bytes(body.get("inputs"))
         if body.get("keep") is True and self.forward_cache.enabled:
             fid = secrets.token_bytes(FORWARD_ID_BYTES)
-            outputs, kept = await self.runtime.submit(
-                f"{uid}/forward_keep", inputs, (fid, current_caller() or b"")
+            outputs, kept = await self.runtime.call(
+                self._forward_kept, backend, inputs, fid, current_caller() or b"", samples=len(inputs[0])
             )
             reply = self._reply("outputs", encode_tensors(outputs, compression))
             if kept:
@@ -251,9 +264,11 @@ class ExpertServer:
             if not isinstance(fid, bytes) or len(fid) != FORWARD_ID_BYTES:
                 raise RPCHandlerError("bad_request", f"fid must be {FORWARD_ID_BYTES} bytes")
             self.bytes_in += _payload_bytes(body.get("grads"))
-            grad_inputs = await self.runtime.submit(
-                f"{uid}/backward_kept", grads, (fid, current_caller() or b"")
+            grad_inputs, stepped = await self.runtime.call(
+                self._backward_kept, backend, grads, fid, current_caller() or b"", samples=len(grads[0])
             )
+            if not stepped:
+                self._step_later(backend)
             return self._reply("grads", encode_tensors(grad_inputs, compression))
         inputs = self._decode(body.get("inputs"), backend.input_schema, "inputs")
         if any(g.shape[0] != inputs[0].shape[0] for g in grads):
@@ -320,12 +335,9 @@ class ExpertServer:
     async def _expire_loop(self) -> None:
         """Free expired graphs even when no request comes (on the compute thread, like every access)."""
         period = max(0.5, self.options.forward_cache_ttl / 4)
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
-            await loop.run_in_executor(
-                self.runtime.executor, lambda: self.forward_cache.expire(time.monotonic())
-            )
+            await self.runtime.call(lambda: self.forward_cache.expire(time.monotonic()))
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -337,8 +349,8 @@ class ExpertServer:
             return []
         directory = self.options.checkpoint_dir
         # Run on the compute thread so no optimiser step happens while we read the parameters.
-        return await asyncio.get_running_loop().run_in_executor(
-            self.runtime.executor, lambda: [save_checkpoint(directory, b) for b in self.backends.values()]
+        return await self.runtime.call(
+            lambda: [save_checkpoint(directory, backend) for backend in self.backends.values()]
         )
 
     async def shutdown(self) -> None:
@@ -355,6 +367,11 @@ class ExpertServer:
             await asyncio.wait_for(self.announce(withdrawn=True), timeout=5.0)
         except Exception as exc:
             logger.warning("could not withdraw announcements: %s", exc)
+        for timer in self._step_timers.values():
+            timer.cancel()
+        self._step_timers.clear()
+        for backend in self.backends.values():  # apply what trainers already sent before saving
+            await self.runtime.call(self._step, backend)
         await self.save_checkpoints()
         await self.runtime.shutdown()
         self.forward_cache.clear()  # the compute thread has stopped: safe from the loop now

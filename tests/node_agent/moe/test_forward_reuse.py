@@ -57,7 +57,7 @@ async def test_a_step_in_between_gives_the_gradient_of_the_forward_the_client_sa
     make_expert_server, make_caller
 ):
     """Learning@home's delayed gradients: the second backward uses the parameters its forward used."""
-    server = await make_expert_server("ffn.1", hidden_dim=16)
+    server = await make_expert_server("ffn.1", hidden_dim=16, step_delay=0)  # a step on every backward
     backend = server.backends["ffn.1"]
     reference = copy.deepcopy(backend.module)
     caller = await make_caller()
@@ -198,3 +198,73 @@ async def test_bad_gradients_for_a_kept_forward_are_refused(make_expert_server, 
     # the server is healthy afterwards
     (out,) = await _call(caller, "forward", handle, [x], 10)
     assert out.shape == (6, 16)
+
+
+async def test_backwards_awaited_together_share_one_optimiser_step(make_expert_server, make_caller):
+    """Two trainers' forwards outstanding: the first backward waits, the second brings one summed step."""
+    server = await make_expert_server("ffn.9", hidden_dim=16, step_delay=30)
+    backend = server.backends["ffn.9"]
+    reference = copy.deepcopy(backend.module)
+    first, second = await make_caller(), await make_caller()
+    handle = _handle(server, "ffn.9")
+    x1, x2, g1, g2 = (torch.randn(4, 16) for _ in range(4))
+    await _call(first, "forward", handle, [x1], 10)
+    await _call(second, "forward", handle, [x2], 10)
+    (grad_x1,) = await _call(first, "backward", handle, [x1], [g1], 10)
+    assert backend.steps == 0 and backend.accumulated_samples == 4, "waits for the other awaited backward"
+    (grad_x2,) = await _call(second, "backward", handle, [x2], [g2], 10)
+    assert backend.steps == 1 and backend.accumulated_samples == 0
+
+    params = list(reference.parameters())
+    grads = []
+    for x, g, grad_x in ((x1, g1, grad_x1), (x2, g2, grad_x2)):
+        leaf = x.clone().requires_grad_()
+        found = torch.autograd.grad(reference(leaf), [leaf, *params], g)
+        assert torch.equal(grad_x, found[0])
+        grads.append(found[1:])
+    for p, a, b in zip(params, *grads, strict=True):
+        p.grad = a + b
+    torch.optim.SGD(params, lr=0.01).step()
+    for remote, local in zip(backend.module.parameters(), params, strict=True):
+        assert torch.allclose(remote, local, atol=1e-7)
+
+
+async def test_a_backward_that_never_comes_delays_the_step_only_briefly(make_expert_server, make_caller):
+    server = await make_expert_server("ffn.10", hidden_dim=16, step_delay=0.2)
+    backend = server.backends["ffn.10"]
+    caller = await make_caller()
+    handle = _handle(server, "ffn.10")
+    x = torch.randn(4, 16)
+    await _call(caller, "forward", handle, [x], 10)
+    await _call(caller, "forward", handle, [torch.randn(4, 16)], 10)  # its backward never comes
+    await _call(caller, "backward", handle, [x], [torch.randn(4, 16)], 10)
+    assert backend.steps == 0
+    for _ in range(50):
+        await asyncio.sleep(0.05)
+        if backend.steps:
+            break
+    assert backend.steps == 1 and backend.accumulated_samples == 0
+    assert server.forward_cache.pending("ffn.10") == 1
+
+
+async def test_snapshots_are_reused_only_when_no_kept_graph_needs_them(make_expert_server, make_caller):
+    server = await make_expert_server("ffn.11", hidden_dim=16, step_delay=0)
+    backend = server.backends["ffn.11"]
+    caller = await make_caller()
+    handle = _handle(server, "ffn.11")
+    x, g = torch.randn(4, 16), torch.randn(4, 16)
+    await _call(caller, "forward", handle, [x], 10)
+    first = [t.data_ptr() for t in backend._snapshot]
+    await _call(caller, "backward", handle, [x], [g], 10)
+    await _call(caller, "forward", handle, [x], 10)  # nothing refers to the old snapshot: overwritten
+    assert [t.data_ptr() for t in backend._snapshot] == first
+    await _call(caller, "forward", handle, [x], 10)  # same generation: shared
+    (grad_a,) = await _call(caller, "backward", handle, [x], [g], 10)
+    await _call(caller, "forward", handle, [x], 10)  # the other graph still needs it: fresh copies
+    assert [t.data_ptr() for t in backend._snapshot] != first
+    (grad_b,) = await _call(caller, "backward", handle, [x], [g], 10)
+    (grad_c,) = await _call(caller, "backward", handle, [x], [g], 10)
+    assert caller.kept_backwards == 4 and caller.recomputed_backwards == 0
+    assert backend.steps == 4
+    assert not torch.equal(grad_a, grad_c), "the last forward saw parameters after more steps"
+    del grad_b

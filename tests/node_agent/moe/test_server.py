@@ -18,8 +18,9 @@ async def test_many_concurrent_clients_are_batched(make_expert_server, make_call
     handle = ExpertHandle("ffn.0", server.dht.node_id, server.dht.endpoint)
     reference = server.backends["ffn.0"].module
     inputs = [torch.randn(4, 16) for _ in range(12)]
-    futures = [
-        asyncio.wrap_future(callers[i % 3].forward(handle, [x], timeout=20)) for i, x in enumerate(inputs)
+    futures = [  # evaluation forwards (no kept graph) are concatenated into batches
+        asyncio.wrap_future(callers[i % 3].forward(handle, [x], timeout=20, keep_graph=False))
+        for i, x in enumerate(inputs)
     ]
     results = await asyncio.gather(*futures)
     for x, (out,) in zip(inputs, results, strict=True):
