@@ -338,13 +338,20 @@ class TelemetryReporter:
     # ---- shutdown ----------------------------------------------------------------------------------------
 
     async def stop(self, flush_timeout: float = 3.0) -> None:
-        """Cancel the loop; if the portal was reachable, try to send what is queued within the timeout."""
+        """Cancel the loop; if the portal was reachable, send what is queued and a last heartbeat in time.
+
+        The last heartbeat carries the final totals (a short training run may end between two heartbeats,
+        and the dashboard would otherwise never see whom it called).
+        """
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         deadline = time.monotonic() + flush_timeout
+        if self.heartbeat is not None and self.heartbeats_sent and self.failures == 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._send_heartbeat(), flush_timeout)
         while len(self.outbox) and self.failures == 0 and time.monotonic() < deadline:
             try:
                 sent = await asyncio.wait_for(self._send_metrics(), deadline - time.monotonic())
