@@ -139,7 +139,7 @@ def local_samples_per_s(args: argparse.Namespace) -> float:
 async def raw_channel_mb_per_s(
     total: int = 64 * 2**20, message: int = 64 * 2**10, large_chunks: bool = True
 ) -> float:
-    """One data channel between two connections in this process; `large_chunks` as the pool does on loopback."""
+    """One data channel between two connections in this process (large chunks as the pool uses them)."""
     from aiortc import RTCPeerConnection
 
     from node_agent.rtc.config import RTCOptions, apply_process_settings, rtc_configuration
