@@ -129,7 +129,8 @@ def local_samples_per_s(args: argparse.Namespace) -> float:
             optimizer.zero_grad(set_to_none=True)
 
     step()
-    steps = max(4, args.batches_per_client // 2)
+    # as many samples as the remote run trained, so both figures average over the same amount of work
+    steps = max(4, args.num_clients * args.batches_per_client)
     began = time.perf_counter()
     for _ in range(steps):
         step()

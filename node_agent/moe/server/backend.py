@@ -187,20 +187,24 @@ class ExpertBackend:
         self.samples_forward += inputs[0].shape[0] if inputs and inputs[0].dim() else 0
         return KeptForward(leaves, outputs, params, counter.nbytes, (self.uid, self._generation))
 
-    def backward_kept(self, kept: KeptForward, grad_outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def backward_kept(
+        self, kept: KeptForward, grad_outputs: Sequence[torch.Tensor], samples: int | None = None
+    ) -> list[torch.Tensor]:
         """Input gradients of one kept forward; its parameter gradients wait in the accumulator.
 
         Each graph yields gradients w.r.t. its own snapshot; their sum goes to the live parameters at the
         next `step_accumulated`, which is what one concatenated recompute batch would have produced had no
-        step happened in between. Raises ValueError (nothing accumulated) for gradients that do not fit.
+        step happened in between. `samples`: rows that carry gradients (default: all). Raises ValueError
+        (nothing accumulated) for gradients that do not fit.
         """
         input_grads, param_grads = self._kept_gradients(kept, grad_outputs)
         for i, grad in enumerate(param_grads):
             if grad is not None:
                 total = self._accumulated[i]
                 self._accumulated[i] = grad if total is None else total.add_(grad)
-        self.accumulated_samples += kept.batch_size
-        self.samples_backward += kept.batch_size
+        counted = kept.batch_size if samples is None else samples
+        self.accumulated_samples += counted
+        self.samples_backward += counted
         return input_grads
 
     def step_accumulated(self) -> bool:

@@ -128,6 +128,11 @@ class ForwardCache:
         self.hits += 1
         return entry.value
 
+    def discard(self, key: Hashable) -> None:
+        """Drop an entry nobody will take any more (not counted as a hit, miss or eviction)."""
+        if key in self._entries:
+            self._drop(key)
+
     def expire(self, now: float) -> int:
         """Drop entries past their TTL (oldest first, so we stop at the first live one)."""
         dropped = 0

@@ -40,6 +40,7 @@ from node_agent.moe.announce import CredentialChecker, announce_experts, registe
 from node_agent.moe.server.backend import ExpertBackend
 from node_agent.moe.server.checkpoints import load_checkpoint, save_checkpoint
 from node_agent.moe.server.forward_cache import ForwardCache, ForwardCacheMiss
+from node_agent.moe.server.kept_groups import KeptGroup
 from node_agent.moe.server.runtime import BatchingRuntime
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectionPool
@@ -89,8 +90,11 @@ class ExpertServer:
             options.forward_cache_entries, options.forward_cache_bytes, options.forward_cache_ttl
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._step_timers: dict[str, asyncio.TimerHandle] = {}
-        self._step_jobs: set[asyncio.Future[Any]] = set()
+        self._timers: dict[Any, asyncio.TimerHandle] = {}
+        self._jobs: set[asyncio.Future[Any]] = set()
+        #: Kept groups with a member still awaited (compute thread only).
+        self._waiting_groups: set[KeptGroup] = set()
+        self._loop = asyncio.get_running_loop()
 
     @classmethod
     async def create(
@@ -116,7 +120,8 @@ class ExpertServer:
         for uid, backend in backends.items():
             server.runtime.add_queue(f"{uid}/forward", backend.forward)
             server.runtime.add_queue(f"{uid}/backward", server._backward_fn(backend))
-            backend.snapshot_in_use = server.forward_cache.holds_generation
+            server.runtime.add_queue(f"{uid}/forward_keep", server._forward_kept_fn(backend), tagged=True)
+            backend.snapshot_in_use = server._snapshot_in_use
         register_experts_validator(dht, credentials)
         server.pool = await ConnectionPool.create(dht, server.handle, rtc_options)
         if announce:
@@ -134,31 +139,63 @@ class ExpertServer:
         split = len(backend.input_schema)
         return lambda tensors: backend.backward(tensors[:split], tensors[split:])
 
-    # ---- compute-thread jobs (one at a time, in arrival order: no locks needed) -------------------------
+    # ---- kept forwards: compute-thread jobs run one at a time in arrival order, so no locks ---------
 
-    def _forward_kept(
-        self, backend: ExpertBackend, inputs: list[torch.Tensor], fid: bytes, owner: bytes
-    ) -> tuple[list[torch.Tensor], bool]:
-        """Forward with its graph kept under `fid`; the outputs and whether the cache took the graph."""
-        kept = backend.forward_kept(inputs)
-        stored = self.forward_cache.put(
-            (backend.uid, fid),
-            owner,
-            kept,
-            nbytes=kept.nbytes,
-            generation=kept.generation,
-            generation_bytes=backend.snapshot_bytes,
-            now=time.monotonic(),
-            group=backend.uid,
-        )
-        return [o.detach() for o in kept.outputs], stored
+    def _forward_kept_fn(self, backend: ExpertBackend):  # -> TaggedBatchFn
+        """A concatenated batch of kept forwards: one graph, one cache entry per member request."""
 
-    def _backward_kept(
-        self, backend: ExpertBackend, grads: list[torch.Tensor], fid: bytes, owner: bytes
-    ) -> tuple[list[torch.Tensor], bool]:
-        """Backward on a kept graph; steps now if this was the last awaited one. (input grads, stepped?)"""
-        kept = self.forward_cache.take((backend.uid, fid), owner, time.monotonic())
-        input_grads = backend.backward_kept(kept, grads)
+        def run(columns: list[torch.Tensor], tickets: list[_KeepTicket]) -> list[torch.Tensor]:
+            kept = backend.forward_kept(columns)
+            group = KeptGroup(backend.uid, kept, [t.fid for t in tickets], [t.rows for t in tickets])
+            share = kept.nbytes // len(tickets)
+            now = time.monotonic()
+            for index, ticket in enumerate(tickets):
+                ticket.stored = self.forward_cache.put(
+                    (backend.uid, ticket.fid),
+                    ticket.owner,
+                    (group, index),
+                    nbytes=share,
+                    generation=kept.generation,
+                    generation_bytes=backend.snapshot_bytes,
+                    now=now,
+                    group=backend.uid,
+                )
+            return [o.detach() for o in kept.outputs]
+
+        return run
+
+    def _backward_arrived(
+        self, backend: ExpertBackend, grads: list[torch.Tensor], fid: bytes, owner: bytes, waiter: Any
+    ) -> KeptGroup | None:
+        """One member's gradients; runs its group's backward if nobody else is awaited, else returns it."""
+        group, index = self.forward_cache.take((backend.uid, fid), owner, time.monotonic())
+        group.arrive(index, grads, waiter)
+        if self.options.step_delay > 0 and not group.ready(
+            lambda other: (backend.uid, other) in self.forward_cache
+        ):
+            self._waiting_groups.add(group)
+            return group
+        self._run_group(backend, group)
+        return None
+
+    def _run_group(self, backend: ExpertBackend, group: KeptGroup) -> None:
+        """One backward for the group's whole batch; answers its members; steps if nothing else is awaited."""
+        if group.done:
+            return
+        group.done = True
+        self._waiting_groups.discard(group)
+        for fid in group.absent_fids():  # too late now: their backward will re-send the inputs
+            self.forward_cache.discard((backend.uid, fid))
+        answers: dict[int, Any]
+        try:
+            input_grads = backend.backward_kept(group.kept, group.full_grads(), group.arrived_samples)
+            answers = dict(group.split(input_grads))
+        except Exception as exc:
+            logger.warning("%s: backward of %d kept requests failed: %s", backend.uid, len(group.grads), exc)
+            answers = dict.fromkeys(group.grads, exc)
+        for index, answer in answers.items():
+            self._loop.call_soon_threadsafe(_settle, group.waiters[index], answer)
+        group.kept.outputs.clear()  # free the graph's activations now
         due = (
             self.options.step_delay <= 0
             or self.forward_cache.pending(backend.uid) == 0
@@ -166,7 +203,8 @@ class ExpertServer:
         )
         if due:
             self._step(backend)
-        return input_grads, due
+        else:
+            self._loop.call_soon_threadsafe(self._step_later, backend)
 
     def _step(self, backend: ExpertBackend) -> None:
         try:
@@ -175,19 +213,37 @@ class ExpertServer:
             self.failures += 1
             logger.warning("%s: optimiser step skipped: %s", backend.uid, exc)
 
-    def _step_later(self, backend: ExpertBackend) -> None:
-        """Bound how long accumulated gradients wait for backwards that may never come."""
-        if backend.uid in self._step_timers:
+    def _snapshot_in_use(self, generation: Any) -> bool:
+        return self.forward_cache.holds_generation(generation) or any(
+            group.kept.generation == generation for group in self._waiting_groups
+        )
+
+    # ---- kept forwards: waiting on the event loop (bounded by step_delay) ----------------------------
+
+    def _later(self, key: Any, job: Any) -> None:
+        """Run `job` on the compute thread after `step_delay`, once per key until it ran."""
+        if key in self._timers:
             return
 
         def fire() -> None:
-            self._step_timers.pop(backend.uid, None)
-            job = asyncio.ensure_future(self.runtime.call(self._step, backend))
-            self._step_jobs.add(job)
-            job.add_done_callback(self._step_jobs.discard)
+            self._timers.pop(key, None)
+            task = asyncio.ensure_future(self.runtime.call(job))
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
 
-        loop = asyncio.get_running_loop()
-        self._step_timers[backend.uid] = loop.call_later(self.options.step_delay, fire)
+        self._timers[key] = self._loop.call_later(self.options.step_delay, fire)
+
+    def _step_later(self, backend: ExpertBackend) -> None:
+        """Bound how long accumulated gradients wait for backwards that may never come."""
+        self._later(("step", backend.uid), lambda: self._step(backend))
+
+    async def settle(self) -> None:
+        """Wait until every job already queued on the compute thread ran (e.g. the step after a backward).
+
+        Backward answers go out before the optimiser step that follows them; a caller's next request is
+        queued behind that step anyway, so only code inspecting the parameters directly needs this.
+        """
+        await self.runtime.call(lambda: None)
 
     def set_credential(self, credential: str | None) -> None:
         """Use a renewed credential from the next announcement on (well before the old one expires)."""
@@ -245,12 +301,11 @@ class ExpertServer:
         self.bytes_in += _payload_bytes(body.get("inputs"))
         if body.get("keep") is True and self.forward_cache.enabled:
             fid = secrets.token_bytes(FORWARD_ID_BYTES)
-            outputs, kept = await self.runtime.call(
-                self._forward_kept, backend, inputs, fid, current_caller() or b"", samples=len(inputs[0])
-            )
+            ticket = _KeepTicket(fid, current_caller() or b"", len(inputs[0]))
+            outputs = await self.runtime.submit(f"{uid}/forward_keep", inputs, ticket)
             reply = self._reply("outputs", encode_tensors(outputs, compression))
-            if kept:
-                reply["fid"] = fid
+            if ticket.stored:
+                reply["fid"] = ticket.fid
             return reply
         outputs = await self.runtime.submit(f"{uid}/forward", inputs)
         return self._reply("outputs", encode_tensors(outputs, compression))
@@ -264,11 +319,14 @@ class ExpertServer:
             if not isinstance(fid, bytes) or len(fid) != FORWARD_ID_BYTES:
                 raise RPCHandlerError("bad_request", f"fid must be {FORWARD_ID_BYTES} bytes")
             self.bytes_in += _payload_bytes(body.get("grads"))
-            grad_inputs, stepped = await self.runtime.call(
-                self._backward_kept, backend, grads, fid, current_caller() or b"", samples=len(grads[0])
+            waiter = self._loop.create_future()
+            group = await self.runtime.call(
+                self._backward_arrived, backend, grads, fid, current_caller() or b"", waiter
             )
-            if not stepped:
-                self._step_later(backend)
+            if group is not None:  # other members are awaited: their backward, or the timer, runs it
+                self._later(group, lambda: self._run_group(backend, group))
+            grad_inputs = await waiter
+            self.runtime.samples += len(grads[0])
             return self._reply("grads", encode_tensors(grad_inputs, compression))
         inputs = self._decode(body.get("inputs"), backend.input_schema, "inputs")
         if any(g.shape[0] != inputs[0].shape[0] for g in grads):
@@ -367,9 +425,11 @@ class ExpertServer:
             await asyncio.wait_for(self.announce(withdrawn=True), timeout=5.0)
         except Exception as exc:
             logger.warning("could not withdraw announcements: %s", exc)
-        for timer in self._step_timers.values():
+        for timer in self._timers.values():
             timer.cancel()
-        self._step_timers.clear()
+        self._timers.clear()
+        for group in list(self._waiting_groups):  # answer the members that sent their gradients
+            await self.runtime.call(self._run_group, self.backends[group.uid], group)
         for backend in self.backends.values():  # apply what trainers already sent before saving
             await self.runtime.call(self._step, backend)
         await self.save_checkpoints()
@@ -377,6 +437,25 @@ class ExpertServer:
         self.forward_cache.clear()  # the compute thread has stopped: safe from the loop now
         if self.pool is not None:
             await self.pool.close()
+
+
+@dataclass(slots=True)
+class _KeepTicket:
+    """A kept-forward request in a batch: its id, who may take it back, its rows; `stored` once kept."""
+
+    fid: bytes
+    owner: bytes
+    rows: int
+    stored: bool = False
+
+
+def _settle(waiter: asyncio.Future[Any], answer: Any) -> None:
+    if waiter.done():  # the caller gave up meanwhile
+        return
+    if isinstance(answer, BaseException):
+        waiter.set_exception(answer)
+    else:
+        waiter.set_result(answer)
 
 
 def _short(node_id: bytes | None) -> str:

@@ -36,6 +36,7 @@ async def test_remote_forward_backward_match_local_exactly(make_expert_server, m
     await asyncio.to_thread(out.backward, grad)
     out_local.backward(grad)
     assert torch.equal(x.grad, x_local.grad)
+    await server.settle()  # the optimiser step follows the answer
     after = list(backend.module.parameters())
     assert any(not torch.equal(b, a) for b, a in zip(before, after, strict=True)), "server did not step"
     assert backend.steps == 1

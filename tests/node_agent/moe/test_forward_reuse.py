@@ -41,6 +41,7 @@ async def test_kept_forward_and_backward_equal_a_local_training_step(make_expert
         (out,) = await _call(caller, "forward", handle, [x], 10)
         assert len(server.forward_cache) == 1
         (grad_x,) = await _call(caller, "backward", handle, [x], [grad], 10)
+        await server.settle()
         out_local, grad_local = _local_step(reference, optimizer, x, grad)
         assert torch.equal(out, out_local)
         assert torch.equal(grad_x, grad_local)
@@ -50,6 +51,7 @@ async def test_kept_forward_and_backward_equal_a_local_training_step(make_expert
     assert (
         server.forward_cache.hits == 2 and len(server.forward_cache) == 0 and server.forward_cache.bytes == 0
     )
+    await server.settle()
     assert backend.steps == 2
 
 
@@ -66,8 +68,10 @@ async def test_a_step_in_between_gives_the_gradient_of_the_forward_the_client_sa
     (out1,) = await _call(caller, "forward", handle, [x1], 10)
     (out2,) = await _call(caller, "forward", handle, [x2], 10)
     (grad_x1,) = await _call(caller, "backward", handle, [x1], [g1], 10)
+    await server.settle()
     assert backend.steps == 1  # the parameters moved in place
     (grad_x2,) = await _call(caller, "backward", handle, [x2], [g2], 10)
+    await server.settle()
     assert backend.steps == 2 and caller.kept_backwards == 2
 
     # reference: both gradients at the original parameters, then two SGD steps
@@ -189,11 +193,13 @@ async def test_bad_gradients_for_a_kept_forward_are_refused(make_expert_server, 
         await _call(caller, "backward", handle, [x], [torch.randn(6, 15)], 10)
     assert len(server.forward_cache) == 1 and backend.steps == 0  # refused before touching the graph
     (grad_x,) = await _call(caller, "backward", handle, [x], [torch.randn(6, 16)], 10)
+    await server.settle()
     assert grad_x.shape == (6, 16) and backend.steps == 1
     assert (caller.kept_backwards, caller.recomputed_backwards) == (1, 0)
     await _call(caller, "forward", handle, [x], 10)
     with pytest.raises(ExpertProtocolError, match="does not match the kept forward"):
         await _call(caller, "backward", handle, [x], [torch.randn(4, 16)], 10)
+    await server.settle()
     assert backend.steps == 1
     # the server is healthy afterwards
     (out,) = await _call(caller, "forward", handle, [x], 10)
@@ -213,6 +219,7 @@ async def test_backwards_awaited_together_share_one_optimiser_step(make_expert_s
     (grad_x1,) = await _call(first, "backward", handle, [x1], [g1], 10)
     assert backend.steps == 0 and backend.accumulated_samples == 4, "waits for the other awaited backward"
     (grad_x2,) = await _call(second, "backward", handle, [x2], [g2], 10)
+    await server.settle()
     assert backend.steps == 1 and backend.accumulated_samples == 0
 
     params = list(reference.parameters())
@@ -243,6 +250,7 @@ async def test_a_backward_that_never_comes_delays_the_step_only_briefly(make_exp
         await asyncio.sleep(0.05)
         if backend.steps:
             break
+    await server.settle()
     assert backend.steps == 1 and backend.accumulated_samples == 0
     assert server.forward_cache.pending("ffn.10") == 1
 
@@ -265,6 +273,74 @@ async def test_snapshots_are_reused_only_when_no_kept_graph_needs_them(make_expe
     (grad_b,) = await _call(caller, "backward", handle, [x], [g], 10)
     (grad_c,) = await _call(caller, "backward", handle, [x], [g], 10)
     assert caller.kept_backwards == 4 and caller.recomputed_backwards == 0
+    await server.settle()
     assert backend.steps == 4
     assert not torch.equal(grad_a, grad_c), "the last forward saw parameters after more steps"
     del grad_b
+
+
+async def test_concurrent_kept_forwards_share_one_batch_and_one_backward(make_expert_server, make_caller):
+    """Requests that arrive together run as one concatenated graph; each member gets its exact gradients."""
+    server = await make_expert_server("ffn.12", hidden_dim=16, max_wait=0.2, step_delay=5)
+    backend = server.backends["ffn.12"]
+    reference = copy.deepcopy(backend.module)
+    callers = [await make_caller() for _ in range(3)]
+    handle = _handle(server, "ffn.12")
+    for caller in callers:  # connect first, so the three forwards arrive within max_wait
+        await _call(caller, "info", handle, 10)
+    xs = [torch.randn(2 + i, 16) for i in range(3)]
+    gs = [torch.randn(2 + i, 16) for i in range(3)]
+    batches = server.runtime.batches
+    outs = await asyncio.gather(
+        *(_call(c, "forward", handle, [x], 10) for c, x in zip(callers, xs, strict=True))
+    )
+    assert server.runtime.batches == batches + 1 and server.forward_cache.pending("ffn.12") == 3
+    grads = await asyncio.gather(
+        *(_call(c, "backward", handle, [x], [g], 10) for c, x, g in zip(callers, xs, gs, strict=True))
+    )
+    await server.settle()
+    assert backend.steps == 1 and all(c.kept_backwards == 1 for c in callers)
+
+    params = list(reference.parameters())
+    totals = [torch.zeros_like(p) for p in params]
+    for x, g, (out,), (grad_x,) in zip(xs, gs, outs, grads, strict=True):
+        leaf = x.clone().requires_grad_()
+        y = reference(leaf)
+        assert torch.allclose(out, y.detach(), atol=1e-6)
+        found = torch.autograd.grad(y, [leaf, *params], g)
+        assert torch.allclose(grad_x, found[0], atol=1e-6)
+        for total, grad in zip(totals, found[1:], strict=True):
+            total += grad
+    for p, total in zip(params, totals, strict=True):
+        p.grad = total
+    torch.optim.SGD(params, lr=0.01).step()
+    for remote, local in zip(backend.module.parameters(), params, strict=True):
+        assert torch.allclose(remote, local, atol=1e-6)
+
+
+async def test_a_member_that_never_sends_its_backward_holds_the_others_only_briefly(
+    make_expert_server, make_caller
+):
+    server = await make_expert_server("ffn.13", hidden_dim=16, max_wait=0.2, step_delay=0.3)
+    backend = server.backends["ffn.13"]
+    present, absent = await make_caller(), await make_caller()
+    handle = _handle(server, "ffn.13")
+    for caller in (present, absent):
+        await _call(caller, "info", handle, 10)
+    x1, x2, g = torch.randn(3, 16), torch.randn(4, 16), torch.randn(3, 16)
+    await asyncio.gather(
+        _call(present, "forward", handle, [x1], 10), _call(absent, "forward", handle, [x2], 10)
+    )
+    reference = copy.deepcopy(backend.module)
+    started = asyncio.get_running_loop().time()
+    (grad_x1,) = await _call(present, "backward", handle, [x1], [g], 10)
+    assert 0.2 < asyncio.get_running_loop().time() - started < 5
+    leaf = x1.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(reference(leaf), [leaf], g)
+    assert torch.allclose(grad_x1, expected, atol=1e-6)
+    assert server.forward_cache.pending("ffn.13") == 0, "the absent member's graph was released"
+    # its backward arrives late: the server no longer has the graph, so the client re-sends the inputs
+    (grad_x2,) = await _call(absent, "backward", handle, [x2], [torch.randn(4, 16)], 10)
+    await server.settle()
+    assert grad_x2.shape == (4, 16) and absent.recomputed_backwards == 1
+    assert backend.steps == 2
