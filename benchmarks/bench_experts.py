@@ -3,10 +3,12 @@
 One server process hosts `--num-experts` experts; `--num-clients` client processes each run
 `--batches-per-client` forward+backward calls of `--batch-size` x `--hidden-dim`, round-robin over the
 experts, all at once, with the library's default settings (compression, kept forward graphs) unless told
-otherwise. Measured in the same run: `local_samples_per_s` (the same block, same batch: a plain PyTorch
-training step, i.e. one forward, one backward, clipping and the optimiser step, default torch threads, in
-this process) and `raw_channel_mb_per_s` (one aiortc data channel on loopback, 64 MiB in 64 KiB messages,
-both ends in one process).
+otherwise. The server process is set up as `node-agent serve` sets itself up (`process_tuning`: uvloop,
+allocator). Measured in the same run: `local_samples_per_s` (the same block, same batch: a plain PyTorch
+training step, i.e. one forward, one backward, clipping and the optimiser step, default torch threads, in a
+fresh process, best of two runs), `local_same_allocator_samples_per_s` (the same, with the server's
+allocator settings) and `raw_channel_mb_per_s` (one aiortc data channel on loopback, 64 MiB in 64 KiB
+messages, both ends in one process; `raw_channel_standard_chunks_mb_per_s` with aiortc's 1.2 KB chunks).
 
     python benchmarks/bench_experts.py --expert-class nop
     python benchmarks/bench_experts.py --expert-class ffn
@@ -37,9 +39,9 @@ def _cpu_seconds() -> float:
 
 
 def _server_main(args: argparse.Namespace, ready: mp.Queue, start: mp.Event, stop: mp.Event) -> None:
-    import uvloop
+    from node_agent.process_tuning import tune_server_process
 
-    uvloop.install()
+    tune_server_process()  # what `node-agent serve` does: uvloop, allocator settings
 
     async def main() -> None:
         from node_agent.dht import DHTNode
@@ -135,6 +137,15 @@ def local_samples_per_s(args: argparse.Namespace) -> float:
     for _ in range(steps):
         step()
     return steps * args.batch_size / (time.perf_counter() - began)
+
+
+def _local_main(args: argparse.Namespace, tuned: bool, results: mp.Queue) -> None:
+    """`local_samples_per_s` in a fresh process; `tuned`: with the allocator settings the server uses."""
+    if tuned:
+        from node_agent.process_tuning import tune_allocator
+
+        tune_allocator()
+    results.put(local_samples_per_s(args))
 
 
 async def raw_channel_mb_per_s(
@@ -249,6 +260,14 @@ def main() -> None:
     stop.set()
     server_cpu = _get(ready, [server], 30)
     server.join(30)
+    # after the remote run (nothing else running): each variant twice, interleaved, in fresh processes; the
+    # best of the two counts, so a slow moment of the machine cannot flatter the remote figure
+    local: dict[bool, float] = {False: 0.0, True: 0.0}
+    for tuned in (False, True, False, True):
+        worker = ctx.Process(target=_local_main, args=(args, tuned, results))
+        worker.start()
+        local[tuned] = max(local[tuned], _get(results, [worker], 300))
+        worker.join(30)
     wall = max(span[1] for span in spans) - min(span[0] for span in spans)
     samples = args.num_clients * args.batches_per_client * args.batch_size
     payload_bytes = sum(span[2] for span in spans)
@@ -266,7 +285,9 @@ def main() -> None:
         "wall_s": round(wall, 3),
         "samples_per_s": round(samples / wall, 1),
         "payload_mb_per_s": round(payload_bytes / 2**20 / wall, 2),
-        "local_samples_per_s": round(local_samples_per_s(args), 1),
+        "local_samples_per_s": round(local[False], 1),
+        # the same local step in a process with the expert server's allocator settings (process_tuning)
+        "local_same_allocator_samples_per_s": round(local[True], 1),
         # CPU seconds spent while the clients ran (server: from the start signal until every client finished)
         "server_cpu_s": round(server_cpu, 2),
         "clients_cpu_s": round(sum(span[6] for span in spans), 2),

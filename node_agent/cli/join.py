@@ -77,12 +77,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     expires = _local_time(state.expires_at)
     say(f"joined project {state.project} as node {identity.node_id.hex()} (credential valid until {expires})")
-    try:
-        import uvloop
+    from node_agent.process_tuning import tune_server_process
 
-        uvloop.install()
-    except ImportError:
-        pass
+    tune_server_process()
     return asyncio.run(_serve(args, identity, state, data_dir))
 
 

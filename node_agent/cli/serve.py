@@ -55,12 +55,9 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     logging.getLogger("node_agent").setLevel(min(logging.INFO, logging.getLogger().level or logging.INFO))
-    try:
-        import uvloop
+    from node_agent.process_tuning import tune_server_process
 
-        uvloop.install()
-    except ImportError:
-        pass
+    tune_server_process()
     return asyncio.run(_serve(args))
 
 

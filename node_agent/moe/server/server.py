@@ -64,8 +64,9 @@ class ServerOptions:
     forward_cache_entries: int = 256
     forward_cache_bytes: int = 512 * 2**20
     forward_cache_ttl: float = 30.0
-    #: Kept backwards accumulate into one optimiser step until no kept forward of the expert awaits its
-    #: backward, `max_batch_size` samples are in, or this many seconds passed; 0 steps on every backward.
+    #: Kept backwards accumulate into one optimiser step until no kept forward made with the same parameters
+    #: awaits its backward or `max_batch_size` samples are in, for at most this many seconds; members of a
+    #: concatenated kept forward wait as long for each other. 0: no waiting, a step on every backward.
     step_delay: float = 0.05
 
 
@@ -193,18 +194,20 @@ class ExpertServer:
         except Exception as exc:
             logger.warning("%s: backward of %d kept requests failed: %s", backend.uid, len(group.grads), exc)
             answers = dict.fromkeys(group.grads, exc)
-        for index, answer in answers.items():
-            self._loop.call_soon_threadsafe(_settle, group.waiters[index], answer)
         group.kept.outputs.clear()  # free the graph's activations now
+        # Step once no other forward made with these parameters awaits its backward: older forwards (whose
+        # backward may never come, e.g. answers that arrived too late) must not hold every later step.
         due = (
             self.options.step_delay <= 0
-            or self.forward_cache.pending(backend.uid) == 0
+            or not self.forward_cache.holds_generation(group.kept.generation)
             or backend.accumulated_samples >= self.options.max_batch_size
         )
-        if due:
+        if due:  # before answering: a step is memory-bound and runs worst beside the network work of replies
             self._step(backend)
         else:
             self._loop.call_soon_threadsafe(self._step_later, backend)
+        for index, answer in answers.items():
+            self._loop.call_soon_threadsafe(_settle, group.waiters[index], answer)
 
     def _step(self, backend: ExpertBackend) -> None:
         try:
@@ -238,10 +241,10 @@ class ExpertServer:
         self._later(("step", backend.uid), lambda: self._step(backend))
 
     async def settle(self) -> None:
-        """Wait until every job already queued on the compute thread ran (e.g. the step after a backward).
+        """Wait until every job already queued on the compute thread ran (e.g. a delayed optimiser step).
 
-        Backward answers go out before the optimiser step that follows them; a caller's next request is
-        queued behind that step anyway, so only code inspecting the parameters directly needs this.
+        A caller's next request is queued behind such jobs anyway, so only code inspecting the parameters
+        directly (tests, tools) needs this.
         """
         await self.runtime.call(lambda: None)
 
