@@ -1,9 +1,11 @@
 """Batches requests from many trainers into one forward/backward per expert (Learning@home, section 3.2).
 
 Each (expert, method) has a queue. A collector takes the oldest request, then waits up to `max_wait` for
-more until `max_batch_size` samples are gathered, concatenates them along the batch axis, runs the batch
-on a single compute thread (PyTorch parallelises inside ops; one thread keeps optimiser steps ordered)
-and splits the results back to the callers. Requests whose non-batch shapes differ run in separate batches.
+more until `max_batch_size` samples are gathered, and while the compute thread is still busy with earlier
+work it keeps gathering (a batch formed earlier would only wait in line, and requests arriving meanwhile
+would miss it). It concatenates the requests along the batch axis, runs the batch on a single compute
+thread (PyTorch parallelises inside ops; one thread keeps optimiser steps ordered) and splits the results
+back to the callers. Requests whose non-batch shapes differ run in separate batches.
 
 A queue added with `tagged=True` also hands its function each request's `tag` (in batch order), for work
 that must know whom the rows belong to (kept forward graphs: `forward_cache`). Other work goes straight to
@@ -33,6 +35,8 @@ BatchFn = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 #: `tagged=True` queues: `(columns, tags) -> outputs`, tags in the order of the batch's rows.
 TaggedBatchFn = Callable[[list[torch.Tensor], list[Any]], list[torch.Tensor]]
 T = TypeVar("T")
+#: Longest a collected batch waits for a busy compute thread before queueing behind it anyway.
+MAX_BUSY_WAIT = 1.0
 
 
 @dataclass(slots=True)
@@ -67,6 +71,10 @@ class BatchingRuntime:
         self._queues: dict[str, _Queue] = {}
         self.batches = 0
         self.samples = 0
+        #: Jobs submitted to the compute thread and not finished; `_idle` is set when there are none.
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def add_queue(self, name: str, fn: BatchFn | TaggedBatchFn, *, tagged: bool = False) -> None:
         """Register a batched function, e.g. `("ffn.0.1/forward", backend.forward)`; see the docstring."""
@@ -92,13 +100,26 @@ class BatchingRuntime:
                 queue.ready.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(queue.ready.wait(), deadline - loop.time())
+            if self._in_flight:  # the compute thread is busy: whatever arrives meanwhile joins this batch
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), MAX_BUSY_WAIT)
             batch = self._take_batch(queue)
             if batch:
                 await self._run(name, queue, batch)
 
+    async def _execute(self, fn: Callable[..., T], *args: Any) -> T:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
     async def call(self, fn: Callable[..., T], *args: Any, samples: int = 0) -> T:
         """Run `fn(*args)` on the compute thread, after the jobs already queued there; counts `samples`."""
-        result = await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        result = await self._execute(fn, *args)
         if samples:
             self.batches += 1
             self.samples += samples
@@ -128,7 +149,7 @@ class BatchingRuntime:
         ]
         args: tuple[Any, ...] = (columns, [r.tag for r in batch]) if queue.tagged else (columns,)
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, queue.fn, *args)
+            outputs = await self._execute(queue.fn, *args)
             pieces = [o.split(sizes) for o in outputs]
         except Exception as exc:
             logger.warning("batch of %d for %s failed: %s", sum(sizes), name, exc)

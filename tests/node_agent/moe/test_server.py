@@ -127,3 +127,34 @@ def test_backend_schemas_and_optimizer_features(backends_factory):
             "e.1", backend.module, [torch.randn(2, 8)], OptimizerConfig(clip_grad_norm=1.0)
         )
         clipped.backward([torch.randn(2, 8)], [torch.full((2, 8), float("inf"))])
+
+
+async def test_requests_arriving_while_the_compute_thread_is_busy_join_one_batch():
+    import threading
+
+    from node_agent.moe.server.runtime import BatchingRuntime
+
+    runtime = BatchingRuntime(max_batch_size=64, max_wait=0.001)
+    sizes: list[int] = []
+
+    def double(columns: list[torch.Tensor]) -> list[torch.Tensor]:
+        sizes.append(columns[0].shape[0])
+        return [columns[0] * 2]
+
+    runtime.add_queue("double", double)
+    release = threading.Event()
+    busy = asyncio.ensure_future(runtime.call(release.wait, 10))
+    requests = []
+    for i in range(3):  # further apart than max_wait, but the compute thread is busy all along
+        requests.append(asyncio.ensure_future(runtime.submit("double", [torch.full((2, 3), float(i))])))
+        await asyncio.sleep(0.02)
+    release.set()
+    await busy
+    results = await asyncio.gather(*requests)
+    assert sizes == [6]
+    for i, (out,) in enumerate(results):
+        assert torch.equal(out, torch.full((2, 3), 2.0 * i))
+    await runtime.call(lambda: None)
+    first = asyncio.ensure_future(runtime.submit("double", [torch.ones(1, 3)]))
+    assert (await first)[0].shape == (1, 3) and sizes == [6, 1], "an idle compute thread takes work at once"
+    await runtime.shutdown()
