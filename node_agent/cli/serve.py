@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip-grad-norm", type=float, default=1.0, help="0 disables clipping")
     parser.add_argument("--max-batch-size", type=int, default=4096)
     parser.add_argument("--max-wait", type=float, default=0.005, help="seconds to wait to fill a batch")
+    parser.add_argument(
+        "--step-delay",
+        type=float,
+        default=0.05,
+        help="seconds kept backwards may wait for each other before one optimiser step (0: step on each)",
+    )
     parser.add_argument("--announce-ttl", type=float, default=60.0)
     parser.add_argument("--announce-period", type=float, default=20.0)
     parser.add_argument("--checkpoint-dir", default=None, help="save/restore experts here (safetensors)")
@@ -105,6 +111,7 @@ async def _serve(args: argparse.Namespace) -> int:
     options = ServerOptions(
         max_batch_size=args.max_batch_size,
         max_wait=args.max_wait,
+        step_delay=args.step_delay,
         announce_ttl=args.announce_ttl,
         announce_period=args.announce_period,
         checkpoint_dir=args.checkpoint_dir,
