@@ -87,8 +87,9 @@ def _client_main(args: argparse.Namespace, endpoint: str, start: mp.Event, resul
         assert all(handles), f"experts not found: {handles}"
         x = torch.randn(args.batch_size, args.hidden_dim)
         grad = torch.randn(args.batch_size, args.hidden_dim)
-        for h in handles:  # connect and fetch schemas before the clock starts
-            caller.forward(h, [x[:1]], timeout=60).result()
+        for h in handles:  # connect, fetch schemas and run one training call before the clock starts, as
+            caller.forward(h, [x], timeout=60).result()  # the local baseline runs one step first (optimiser
+            caller.backward(h, [x], [grad], timeout=60).result()  # state, parameter snapshot, heap)
         payload = sum(len(t["data"]) for t in encode_tensors([x], caller.compression))
         caller.kept_backwards = caller.recomputed_backwards = 0
         results.put("ready")
