@@ -1,4 +1,5 @@
-"""Loopback pair: two real aiortc peer connections in one process, SDP handed across directly."""
+"""Loopback pair: two real aiortc peer connections in one process, SDP handed across directly; `two_nodes`:
+two DHT nodes on 127.0.0.1 for connection-pool tests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from typing import Any
 import pytest
 from aiortc import RTCPeerConnection
 
+from node_agent.dht import DHTNode
 from node_agent.rtc.config import RTCOptions, apply_process_settings, rtc_configuration
+
+
+@pytest.fixture
+async def two_nodes() -> AsyncIterator[tuple[DHTNode, DHTNode]]:
+    a = await DHTNode.create(listen="127.0.0.1:0")
+    b = await DHTNode.create(initial_peers=[a.endpoint], listen="127.0.0.1:0")
+    yield a, b
+    await b.shutdown()
+    await a.shutdown()
 
 
 @dataclass

@@ -6,9 +6,6 @@ import asyncio
 import os
 from types import SimpleNamespace
 
-import pytest
-
-from node_agent.dht import DHTNode
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.large_records import (
     LARGE_CHUNK_USER_DATA,
@@ -16,21 +13,9 @@ from node_agent.rtc.large_records import (
     selected_path_is_loopback,
 )
 from node_agent.rtc.pool import ConnectionPool
+from tests.node_agent.rtc.handlers import echo
 
 OPTIONS = RTCOptions.for_loopback(connect_timeout=4.0)
-
-
-async def _echo(method, body):
-    return body
-
-
-@pytest.fixture
-async def two_nodes():
-    a = await DHTNode.create(listen="127.0.0.1:0")
-    b = await DHTNode.create(initial_peers=[a.endpoint], listen="127.0.0.1:0")
-    yield a, b
-    await b.shutdown()
-    await a.shutdown()
 
 
 def _chunk_class(link) -> str:
@@ -45,7 +30,7 @@ async def _round_trip(link, size: int) -> None:
 async def test_loopback_peers_that_read_whole_records_use_large_chunks_both_ways(two_nodes):
     a, b = two_nodes
     client = await ConnectionPool.create(a, None, OPTIONS)
-    server = await ConnectionPool.create(b, _echo, OPTIONS)
+    server = await ConnectionPool.create(b, echo, OPTIONS)
     try:
         link = await client.connect(b.node_id, b.endpoint)
         assert selected_path_is_loopback(link.peer_connection)
@@ -67,7 +52,7 @@ async def test_standard_chunks_when_disabled_and_interoperable_with_a_large_chun
     a, b = two_nodes
     plain = RTCOptions.for_loopback(connect_timeout=4.0, large_chunks_on_loopback=False)
     client = await ConnectionPool.create(a, None, plain)
-    server = await ConnectionPool.create(b, _echo, OPTIONS)
+    server = await ConnectionPool.create(b, echo, OPTIONS)
     try:
         link = await client.connect(b.node_id, b.endpoint)
         assert _chunk_class(link) == "RTCSctpTransport"  # this side chose standard chunks

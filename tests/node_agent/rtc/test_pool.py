@@ -5,28 +5,13 @@ import re
 
 import pytest
 
-from node_agent.dht import DHTNode
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.fingerprint import FingerprintMismatchError, sdp_fingerprints, verify_peer_connection
 from node_agent.rtc.pool import OFFER_RPC, ConnectError, ConnectionPool
 from node_agent.rtc.rpc import RPCClosedError, RPCError
+from tests.node_agent.rtc.handlers import echo
 
 OPTIONS = RTCOptions.for_loopback(connect_timeout=4.0, idle_timeout=0.6)
-
-
-async def _echo(method, body):
-    if method == "slow":
-        await asyncio.sleep(30)
-    return body
-
-
-@pytest.fixture
-async def two_nodes():
-    a = await DHTNode.create(listen="127.0.0.1:0")
-    b = await DHTNode.create(initial_peers=[a.endpoint], listen="127.0.0.1:0")
-    yield a, b
-    await b.shutdown()
-    await a.shutdown()
 
 
 def _flip_fingerprint(sdp: str) -> str:
@@ -40,7 +25,7 @@ def _flip_fingerprint(sdp: str) -> str:
 async def test_connection_reused_shared_and_closed_when_idle(two_nodes):
     a, b = two_nodes
     client = await ConnectionPool.create(a, None, OPTIONS)
-    server = await ConnectionPool.create(b, _echo, OPTIONS)
+    server = await ConnectionPool.create(b, echo, OPTIONS)
     try:
         links = await asyncio.gather(*(client.connect(b.node_id, b.endpoint) for _ in range(5)))
         assert len({id(link) for link in links}) == 1  # concurrent callers shared one set-up
@@ -63,7 +48,7 @@ async def test_connection_reused_shared_and_closed_when_idle(two_nodes):
 async def test_wrong_fingerprint_in_signed_answer_is_refused(two_nodes):
     a, b = two_nodes
     client = await ConnectionPool.create(a, None, OPTIONS)
-    server = await ConnectionPool.create(b, _echo, OPTIONS)
+    server = await ConnectionPool.create(b, echo, OPTIONS)
 
     async def tampering_offer_handler(peer, payload):
         reply = await server.handle_offer(peer, payload)
@@ -104,7 +89,7 @@ async def test_wrong_node_id_or_dead_peer_fails_within_timeout(two_nodes):
 async def test_peer_vanishing_mid_call_then_reconnect(two_nodes):
     a, b = two_nodes
     client = await ConnectionPool.create(a, None, OPTIONS)
-    server = await ConnectionPool.create(b, _echo, OPTIONS)
+    server = await ConnectionPool.create(b, echo, OPTIONS)
     try:
         link = await client.connect(b.node_id, b.endpoint)
         pending = asyncio.ensure_future(link.rpc.call("slow", None, timeout=8))
@@ -112,7 +97,7 @@ async def test_peer_vanishing_mid_call_then_reconnect(two_nodes):
         await server.close()  # the peer's connections vanish
         with pytest.raises((RPCClosedError, RPCError)):
             await asyncio.wait_for(pending, 9)
-        server = await ConnectionPool.create(b, _echo, OPTIONS)
+        server = await ConnectionPool.create(b, echo, OPTIONS)
         again = await client.connect(b.node_id, b.endpoint)
         assert again is not link and await again.rpc.call("echo", "back", timeout=5) == "back"
     finally:
