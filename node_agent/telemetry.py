@@ -197,6 +197,7 @@ class TelemetryReporter:
         self.heartbeat = heartbeat
         self.heartbeat_period = heartbeat_period
         self.metrics_period = metrics_period
+        self._asked_metrics_period = metrics_period
         self.outbox: Outbox[dict[str, Any]] = outbox if outbox is not None else Outbox(10_000)
         self.backoff = backoff or Backoff()
         self.rng = rng
@@ -314,6 +315,9 @@ class TelemetryReporter:
         if isinstance(period, int | float) and not isinstance(period, bool) and math.isfinite(period):
             self.heartbeat_period = min(MAX_HEARTBEAT_PERIOD, max(MIN_HEARTBEAT_PERIOD, float(period)))
             self._next_heartbeat = time.monotonic() + self.heartbeat_period
+            # The portal's budget is two bodies per heartbeat period (heartbeats and metrics share it), so
+            # queued metrics go at most once per period: faster, a long run is rate-limited over and over.
+            self.metrics_period = max(self._asked_metrics_period, self.heartbeat_period)
 
     async def _send_metrics(self) -> bool:
         self._next_metrics = time.monotonic() + self.metrics_period

@@ -162,3 +162,17 @@ def test_join_polls_while_pending_approval_then_gets_a_credential(local_portal: 
     assert reply["config"]["project"] == "demo" and local_portal.joins == [identity.public_key_bytes.hex()]
     with pytest.raises(PortalRefused):  # the code is one-time
         PortalClient(local_portal.url).join(identity, "CODE-1234", "0.1.0", "test")
+
+
+async def test_metrics_keep_within_the_portals_budget_of_two_bodies_per_heartbeat_period(
+    local_portal: LocalPortal,
+) -> None:
+    """The portal names its heartbeat period; metrics then go at most once per period (no endless 429s)."""
+    local_portal.behaviour.next_heartbeat_s = 7
+    identity = Identity.generate()
+    reporter, _ = await make_reporter(local_portal.url, identity, local_portal, metrics_period=1.0)
+    try:
+        await wait_for(lambda: reporter.heartbeats_sent >= 1)
+        assert reporter.heartbeat_period == 7.0 and reporter.metrics_period == 7.0
+    finally:
+        await reporter.stop()
