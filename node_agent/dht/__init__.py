@@ -9,6 +9,7 @@ from __future__ import annotations
 from node_agent.dht.api import (
     DHTBootstrapError,
     DHTError,
+    DHTNodeStoppedError,
     DHTRPCError,
     DHTTimeoutError,
     DHTValidationError,
@@ -24,6 +25,7 @@ __all__ = [
     "DHTBootstrapError",
     "DHTError",
     "DHTNode",
+    "DHTNodeStoppedError",
     "DHTRPCError",
     "DHTTimeoutError",
     "DHTValidationError",

@@ -71,6 +71,10 @@ class DHTBootstrapError(DHTError):
     """None of the initial peers answered, so the node cannot join the swarm."""
 
 
+class DHTNodeStoppedError(DHTError):
+    """The node stopped itself after a fatal fault (its socket was lost, a background task kept failing)."""
+
+
 class DHTValidationError(DHTError):
     """A record broke a rule (signature, owner, schema, size, expiry); it is never stored."""
 
@@ -165,7 +169,12 @@ class DHTNodeAPI(Protocol):
     client_mode: bool
 
     async def shutdown(self) -> None:
-        """Stop background tasks and close the socket; pending requests fail with DHTTimeoutError."""
+        """Stop background tasks and close the socket; pending requests fail with DHTTimeoutError.
+
+        A node also stops itself, logging at CRITICAL level, when its socket is lost or its maintenance
+        keeps failing; every public method then raises :class:`DHTNodeStoppedError`. Network-caused
+        failures of public methods are always :class:`DHTError` subclasses.
+        """
 
     async def store(self, key: str, value: Any, expiration: float, subkey: str | None = None) -> bool:
         """Sign and store on the ``num_replicas`` nearest nodes; True if at least one node accepted it."""
@@ -201,7 +210,8 @@ class DHTNodeAPI(Protocol):
     ) -> tuple[PeerInfo, dict]:
         """Signed request/response to ``endpoint``; returns the verified responder and its payload.
 
-        Raises DHTRPCError when the remote handler failed or the name is unknown, DHTTimeoutError when no
+        Raises DHTRPCError when the remote handler failed or the name is unknown or ``endpoint`` cannot be
+        parsed, resolved (in 5 s) or reached from this socket's address family, DHTTimeoutError when no
         valid answer came in time (an answer from another address or another node id than
         ``expected_node_id`` is ignored, so it also ends as a timeout).
         """

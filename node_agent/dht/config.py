@@ -22,7 +22,10 @@ class DHTConfig:
     # Trust.
     max_clock_skew: float = 30.0  # a signed message older or newer than this is refused (replay window)
     offence_threshold: int = 3  # invalid messages or records before a peer is ignored
+    # Bans are per node id and per source key (/24 IPv4, /48 IPv6, loopback per address), never per port.
     ban_seconds: float = 60.0
+    max_penalised: int = 65_536  # peers with offences or bans remembered at once (oldest forgotten first)
+    max_routing_checks: int = 64  # concurrent pings that verify a new contact or address (more are skipped)
     # Routing table caps per IP prefix (/24 IPv4, /64 IPv6); loopback is exempt unless told otherwise.
     max_per_prefix_bucket: int = 2
     max_per_prefix_table: int = 10
@@ -31,11 +34,20 @@ class DHTConfig:
     max_datagram: int = DEFAULT_MAX_DATAGRAM
     max_value_size: int = 16 * 1024
     max_records_per_owner: int = 4096
+    # Storage caps per source (address prefix, as for bans) and in total; bytes are estimated memory
+    # (see storage.footprint: about twice the value plus 1 KiB per record).
+    max_records_per_source: int = 8192
+    max_bytes_per_source: int = 16 * 1024 * 1024
+    max_store_records: int = 65_536
+    max_store_bytes: int = 64 * 1024 * 1024
     max_expiration_ahead: float = 24 * 3600.0
     cache_on_get: bool = True
     # Maintenance (Kademlia sections 2.3 and 2.5).
     refresh_interval: float = 600.0
     republish_interval: float = 300.0
+    # A maintenance round that fails unexpectedly is retried after 1, 2, 4 ... s (at most the round's period);
+    # after this many failures in a row the node stops loudly (callers then get DHTNodeStoppedError).
+    max_task_failures: int = 5
 
     @classmethod
     def from_options(cls, **options: object) -> DHTConfig:

@@ -1,14 +1,66 @@
-"""Parsing and formatting of ``host:port[/nodeidhex]`` endpoint strings (no I/O except explicit resolve)."""
+"""Parsing and formatting of ``host:port[/nodeidhex]`` endpoint strings and checks on network addresses.
+
+No I/O except the explicit :func:`resolve`. Addresses named by peers (contacts in answers) are only ever used
+after :func:`numeric_address` accepted them: a host name would make the event loop resolve it (blocking under
+plain asyncio) and a malformed one makes asyncio's UDP transport close itself with a fatal error.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 
 from node_agent.dht.api import ID_BYTES
 
 Address = tuple[str, int]
+RESOLVE_TIMEOUT = 5.0
+_MAX_HOST_CHARS = 64  # the longest IPv6 literal is 45 characters
+
+
+def ip_version(host: str) -> int:
+    """4 or 6 for the family of a local socket's numeric address."""
+    return 6 if ":" in host else 4
+
+
+def numeric_address(host: object, port: object, version: int) -> Address:
+    """``(host, port)`` in canonical form if ``host`` is a unicast IP literal of ``version``; else ValueError.
+
+    Ports must be 1..65535. Scoped IPv6 (``fe80::1%eth0``) is refused: the interface name is the sender's.
+    """
+    if type(port) is not int or not 0 < port < 65536:
+        raise ValueError(f"port {port!r} is not in 1..65535")
+    if not isinstance(host, str) or not host or len(host) > _MAX_HOST_CHARS:
+        raise ValueError("host is not a numeric IP address")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"host {host!r} is not a numeric IP address") from None
+    if ip.version != version:
+        raise ValueError(f"host {host!r} is not an IPv{version} address")
+    if getattr(ip, "scope_id", None) or ip.is_unspecified or ip.is_multicast:
+        raise ValueError(f"host {host!r} is not a unicast address")
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise ValueError("the broadcast address is not a peer")
+    return str(ip), port
+
+
+@functools.lru_cache(maxsize=4096)
+def source_key(host: str) -> str:
+    """Who is accountable for traffic from ``host``: its /24 (IPv4) or /48 (IPv6), loopback per address.
+
+    Penalties and storage quotas are counted per source key, so rotating the source port (or the last
+    bits of the address) does not give an attacker a fresh allowance.
+    """
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if ip.is_loopback:
+        return str(ip)
+    bits = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
 def format_endpoint(address: Address) -> str:
@@ -38,14 +90,21 @@ def parse_endpoint(text: str) -> tuple[str, int, bytes | None]:
     return host, int(port_text), node_id
 
 
-async def resolve(host: str, port: int) -> Address:
-    """A numeric address for ``host`` (names are resolved once, with the event loop's resolver)."""
+async def resolve(host: str, port: int, timeout: float = RESOLVE_TIMEOUT) -> Address:
+    """A numeric address for ``host`` (names are resolved once, with the event loop's resolver).
+
+    Raises ValueError for anything that cannot be resolved in ``timeout`` seconds.
+    """
     try:
         ipaddress.ip_address(host)
         return host, port
     except ValueError:
         pass
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    try:
+        async with asyncio.timeout(timeout):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (OSError, ValueError, TypeError, TimeoutError) as exc:
+        raise ValueError(f"cannot resolve {host!r}: {exc}") from None
     if not infos:
         raise ValueError(f"cannot resolve {host!r}")
     sockaddr = infos[0][4]

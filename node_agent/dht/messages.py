@@ -119,22 +119,29 @@ class ReplayGuard:
 
 
 class PeerPenalties:
-    """Counts offences (invalid datagrams or records) per peer key; repeat offenders are ignored a while."""
+    """Counts offences (invalid datagrams or records) per peer; repeat offenders are ignored a while.
 
-    def __init__(self, threshold: int, ban_seconds: float) -> None:
+    A peer is a node id or a source key (an address prefix, never a host:port, so a new port is no escape).
+    At most ``capacity`` peers with offences and as many bans are remembered; the oldest go first.
+    """
+
+    def __init__(self, threshold: int, ban_seconds: float, capacity: int = 65_536) -> None:
         self.threshold = threshold
         self.ban_seconds = ban_seconds
-        self._offences: dict[object, int] = {}
-        self._banned_until: dict[object, float] = {}
+        self.capacity = capacity
+        self._offences: OrderedDict[object, int] = OrderedDict()
+        self._banned_until: OrderedDict[object, float] = OrderedDict()
 
     def offend(self, peer: object, now: float) -> bool:
         """Record one offence; True if the peer is now banned."""
-        count = self._offences.get(peer, 0) + 1
+        count = self._offences.pop(peer, 0) + 1
         if count >= self.threshold:
-            self._offences.pop(peer, None)
+            self._banned_until.pop(peer, None)
             self._banned_until[peer] = now + self.ban_seconds
+            _trim(self._banned_until, self.capacity)
             return True
         self._offences[peer] = count
+        _trim(self._offences, self.capacity)
         return False
 
     def is_banned(self, peer: object, now: float) -> bool:
@@ -145,3 +152,8 @@ class PeerPenalties:
             del self._banned_until[peer]
             return False
         return True
+
+
+def _trim(entries: OrderedDict, capacity: int) -> None:
+    while len(entries) > capacity:
+        entries.popitem(last=False)

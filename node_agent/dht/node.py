@@ -17,6 +17,7 @@ from node_agent.dht.api import (
     ID_BYTES,
     DHTBootstrapError,
     DHTError,
+    DHTNodeStoppedError,
     DHTRPCError,
     DHTTimeoutError,
     PeerInfo,
@@ -26,7 +27,14 @@ from node_agent.dht.api import (
     ValueWithExpiration,
 )
 from node_agent.dht.config import DHTConfig
-from node_agent.dht.endpoints import Address, format_endpoint, outward_ip, parse_endpoint, resolve
+from node_agent.dht.endpoints import (
+    Address,
+    format_endpoint,
+    numeric_address,
+    outward_ip,
+    parse_endpoint,
+    resolve,
+)
 from node_agent.dht.lookup import LookupState
 from node_agent.dht.protocol import ProtocolCore, Request, Response, RoutingAction
 from node_agent.dht.records import SignedRecord, key_id, sign_record
@@ -40,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 _STORE_CHUNK_OVERHEAD = 600
 MAX_CONCURRENT_RPC_HANDLERS = 256
+_MAINTENANCE = "maintenance"  # the one long-lived task: if it ends by an exception the node stops
 RPC_HANDLER_TIMEOUT = 30.0
 Merged = dict[str | None, tuple[SignedRecord, RecordView]]
 
@@ -84,6 +93,9 @@ class DHTNode:
         self._own_records: dict[tuple[str, str | None], SignedRecord] = {}
         self._timer = _RetransmitTimer(config.min_rpc_timeout, config.rpc_timeout)
         self._closed = False
+        self.failure: str | None = None  # why the node stopped itself, if it did
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._last_republish = 0.0
         self.last_lookup: LookupState | None = None  # for diagnostics and the simulator's hop counts
 
     @classmethod
@@ -106,14 +118,17 @@ class DHTNode:
         if network is not None:
             node._transport = network.bind(node._on_datagram, host, port)
         else:
-            node._transport = await UDPTransport.create(host, port, node._on_datagram)
+            node._transport = await UDPTransport.create(
+                host, port, node._on_datagram, node._on_transport_lost
+            )
+        node.core.ip_version = node._transport.ip_version
         node._advertised_host = outward_ip() if host in ("0.0.0.0", "") else host
         try:
             await node._bootstrap(initial_peers)
         except BaseException:
             await node.shutdown()
             raise
-        node._spawn(node._maintain(), "maintenance")
+        node._spawn(node._maintain(), _MAINTENANCE)
         return node
 
     @property
@@ -171,8 +186,30 @@ class DHTNode:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("background task %s failed", task.get_name(), exc_info=exc)
+            if task.get_name() == _MAINTENANCE:
+                self._fail(f"the maintenance task died: {exc!r}")
+        elif task.get_name() == _MAINTENANCE and not self._closed:
+            self._fail("the maintenance task ended")
+
+    def _fail(self, reason: str) -> None:
+        """Stop loudly: a node that cannot receive or maintain itself must not look alive to its callers."""
+        if self._closed:
+            return
+        self.failure = reason
+        logger.critical("DHT node %s stops: %s", self.node_id.hex()[:12], reason)
+        self._shutdown_task = asyncio.get_running_loop().create_task(self.shutdown())
+
+    def _on_transport_lost(self, exc: Exception | None) -> None:
+        self._fail(f"the UDP socket was lost: {exc!r}")
+
+    def _ensure_running(self) -> None:
+        if self.failure is not None:
+            raise DHTNodeStoppedError(f"the DHT node stopped: {self.failure}")
 
     # -- datagrams in ---------------------------------------------------------------------------------
     def _on_datagram(self, data: bytes, address: Address) -> None:
@@ -238,10 +275,10 @@ class DHTNode:
     def _check_contact(self, action: RoutingAction) -> None:
         """Ping the oldest contact of a full bucket, or a known id's new address (section 2.2)."""
         contact = action.contact
-        if contact.node_id in self._checking:
+        if contact.node_id in self._checking or len(self._checking) >= self.config.max_routing_checks:
             return
         self._checking.add(contact.node_id)
-        address = action.candidate_address if action.reason is AddResult.CHALLENGE else contact.address
+        address = contact.address if action.reason is AddResult.PING_OLDEST else action.candidate_address
         self._spawn(self._ping_contact(contact.node_id, address, action.reason), "routing-check")
 
     async def _ping_contact(self, node_id: bytes, address: Address, reason: AddResult) -> None:
@@ -267,7 +304,8 @@ class DHTNode:
         self._waiters[rid] = waiter
         started = time.monotonic()
         try:
-            self._transport.sendto(data, address)
+            if not self._transport.sendto(data, address):
+                raise DHTRPCError(f"cannot send {kind} to {address!r}")
             response = await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             if expected_id is not None:
@@ -290,8 +328,12 @@ class DHTNode:
     async def call_rpc(
         self, endpoint: str, name: str, payload: dict, timeout: float, expected_node_id: bytes | None = None
     ) -> tuple[PeerInfo, dict]:
-        host, port, pinned = parse_endpoint(endpoint)
-        address = await resolve(host, port)
+        self._ensure_running()
+        try:
+            host, port, pinned = parse_endpoint(endpoint)
+            address = numeric_address(*await resolve(host, port), self.core.ip_version)
+        except ValueError as exc:  # endpoints often come from records anyone may write
+            raise DHTRPCError(f"cannot call {endpoint!r}: {exc}") from None
         response = await self._call(
             address, "rpc", {"n": name, "p": payload}, expected_node_id or pinned, timeout
         )
@@ -354,19 +396,7 @@ class DHTNode:
         if not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0], list):
             raise DHTRPCError("malformed find answer")
         answer = answers[0]
-        raw_nodes = answer[0] if answer and isinstance(answer[0], list) else []
-        nodes = []
-        for entry in raw_nodes[: 2 * self.config.bucket_size]:
-            if (
-                isinstance(entry, list)
-                and len(entry) == 3
-                and isinstance(entry[0], bytes)
-                and len(entry[0]) == ID_BYTES
-                and isinstance(entry[1], str)
-                and isinstance(entry[2], int)
-                and 0 < entry[2] < 65536
-            ):
-                nodes.append((entry[0], (entry[1], entry[2])))
+        nodes = self.core.parse_contacts(answer[0] if answer else None, response.peer, time.time())
         records: list[tuple[SignedRecord, RecordView]] = []
         if key is not None and len(answer) > 1:
             for entry in self.core.check_records(answer[1], response.peer, time.time()):
@@ -382,6 +412,7 @@ class DHTNode:
 
     async def find_nearest(self, target: bytes, count: int | None = None) -> list[tuple[bytes, str]]:
         """The ``count`` (default k) live nodes nearest ``target``: (node id, endpoint), nearest first."""
+        self._ensure_running()
         count = count or self.config.bucket_size
         state, _, _ = await self._lookup(target, count)
         return [(node_id, format_endpoint(address)) for node_id, address in state.closest_responded(count)]
@@ -391,6 +422,7 @@ class DHTNode:
         return (await self.store_many([(key, subkey, value, expiration)]))[0]
 
     async def store_many(self, items: Iterable[tuple[str, str | None, Any, float]]) -> list[bool]:
+        self._ensure_running()
         now = time.time()
         results: list[bool] = []
         by_key: dict[str, list[tuple[int, SignedRecord]]] = {}
@@ -465,6 +497,7 @@ class DHTNode:
 
     # -- get ------------------------------------------------------------------------------------------
     async def get(self, key: str, latest: bool = False) -> dict[str | None, ValueWithExpiration]:
+        self._ensure_running()
         target = key_id(key)
         merged: Merged = {}
         if not self.client_mode:
@@ -500,26 +533,38 @@ class DHTNode:
 
     # -- maintenance (sections 2.3 and 2.5) -----------------------------------------------------------
     async def _maintain(self) -> None:
+        """Refresh stale buckets and republish, forever; a round that fails unexpectedly is retried with
+        backoff, and after ``max_task_failures`` such rounds in a row the node stops loudly."""
         period = max(1.0, min(self.config.refresh_interval, self.config.republish_interval) / 4)
-        last_republish = time.time()
+        self._last_republish = time.time()
+        failures = 0
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(period if failures == 0 else min(period, 2.0 ** (failures - 1)))
             try:
-                now = time.time()
-                self.core.store.expire(now)
-                for bucket in self.core.routing.stale_buckets(now, self.config.refresh_interval):
-                    offset = int.from_bytes(os.urandom(ID_BYTES), "big") % (bucket.hi - bucket.lo)
-                    await self._lookup(
-                        (bucket.lo + offset).to_bytes(ID_BYTES, "big"), self.config.bucket_size
-                    )
-                if now - last_republish >= self.config.republish_interval:
-                    last_republish = now
-                    await self.republish()
+                await self._maintenance_round()
+                failures = 0
             except DHTError as exc:
                 logger.info("maintenance round failed: %s", exc)
+            except Exception:
+                failures += 1
+                logger.exception("maintenance round failed unexpectedly (%d in a row)", failures)
+                if failures >= self.config.max_task_failures:
+                    self._fail(f"maintenance failed {failures} times in a row")
+                    return
+
+    async def _maintenance_round(self) -> None:
+        now = time.time()
+        self.core.store.expire(now)
+        for bucket in self.core.routing.stale_buckets(now, self.config.refresh_interval):
+            offset = int.from_bytes(os.urandom(ID_BYTES), "big") % (bucket.hi - bucket.lo)
+            await self._lookup((bucket.lo + offset).to_bytes(ID_BYTES, "big"), self.config.bucket_size)
+        if now - self._last_republish >= self.config.republish_interval:
+            self._last_republish = now
+            await self.republish()
 
     async def republish(self) -> int:
         """Re-send our own live records to the current nearest nodes, so they outlive churn."""
+        self._ensure_running()
         now = time.time()
         by_key: dict[str, list[SignedRecord]] = {}
         for (key, subkey), record in list(self._own_records.items()):

@@ -8,6 +8,7 @@ the request went to, record validation and penalties for senders of invalid data
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 from node_agent.dht.api import ID_BYTES, DHTValidationError, PeerInfo, RecordView
 from node_agent.dht.config import DHTConfig
-from node_agent.dht.endpoints import format_endpoint
+from node_agent.dht.endpoints import format_endpoint, numeric_address, source_key
 from node_agent.dht.messages import (
     REQUEST_KINDS,
     RESPONSE_KINDS,
@@ -28,7 +29,7 @@ from node_agent.dht.messages import (
 )
 from node_agent.dht.records import SignedRecord, key_id
 from node_agent.dht.routing import AddResult, Contact, RoutingTable
-from node_agent.dht.storage import RecordStore
+from node_agent.dht.storage import LOCAL_SOURCE, RecordStore, StoreLimits
 from node_agent.dht.validation import ExpiredRecordError, ValidatorRegistry
 from node_agent.identity import Identity
 from node_agent.wire import DropCounter, WireError
@@ -39,6 +40,16 @@ Address = tuple[str, int]
 MAX_QUERIES_PER_FIND = 64
 MAX_RECORDS_PER_STORE = 256
 _ENVELOPE_OVERHEAD = 400  # bytes of header, signature and framing around a payload
+
+
+def _is_ip_literal(host: object) -> bool:
+    if not isinstance(host, str):
+        return False
+    try:
+        ipaddress.ip_address(host)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +92,20 @@ class ProtocolCore:
             config.max_per_prefix_table,
             config.exempt_loopback,
         )
-        self.store = RecordStore(config.max_records_per_owner)
+        self.store = RecordStore(
+            config.max_records_per_owner,
+            StoreLimits(
+                config.max_records_per_owner,
+                config.max_records_per_source,
+                config.max_bytes_per_source,
+                config.max_store_records,
+                config.max_store_bytes,
+            ),
+        )
         self.validators = ValidatorRegistry(config.max_value_size, config.max_expiration_ahead)
         self.replay = ReplayGuard(config.max_clock_skew)
-        self.penalties = PeerPenalties(config.offence_threshold, config.ban_seconds)
+        self.penalties = PeerPenalties(config.offence_threshold, config.ban_seconds, config.max_penalised)
+        self.ip_version = 4  # of the node's socket: contacts of the other family cannot be reached
         self.drops = DropCounter(logger)
         self.actions: list[RoutingAction] = []
         self._pending: dict[bytes, tuple[Address, bytes | None]] = {}
@@ -126,18 +147,19 @@ class ProtocolCore:
     # -- incoming ---------------------------------------------------------------------------------------
     def receive(self, data: bytes, address: Address, now: float) -> Request | Response | None:
         """Verify a datagram; None means dropped (logged at debug level and counted in ``drops``)."""
-        if self.penalties.is_banned(address, now):
+        source = source_key(address[0])
+        if self.penalties.is_banned(source, now):
             self.drops.drop("banned address", source=address)
             return None
         try:
             envelope = open_sealed(data, self.config.max_datagram)
         except BadSignature as exc:
             self.drops.drop("bad signature", exc, address)
-            self.penalties.offend(address, now)
+            self.penalties.offend(source, now)
             return None
         except WireError as exc:
             self.drops.drop("malformed", exc, address)
-            self.penalties.offend(address, now)
+            self.penalties.offend(source, now)
             return None
         if self.penalties.is_banned(envelope.node_id, now):
             self.drops.drop("banned node", envelope.node_id.hex()[:12], address)
@@ -184,7 +206,7 @@ class ProtocolCore:
 
     def _observe(self, node_id: bytes, address: Address, now: float, address_proven: bool) -> None:
         result, contact = self.routing.observe(node_id, address[0], address[1], now, address_proven)
-        if result in (AddResult.PING_OLDEST, AddResult.CHALLENGE) and contact is not None:
+        if result in (AddResult.PING_OLDEST, AddResult.CHALLENGE, AddResult.VERIFY) and contact is not None:
             self.actions.append(RoutingAction(result, contact, address))
 
     # -- records ----------------------------------------------------------------------------------------
@@ -216,9 +238,47 @@ class ProtocolCore:
                 )
         return results
 
-    def store_locally(self, record: SignedRecord, view: RecordView, now: float) -> bool:
+    def parse_contacts(self, raw_nodes: Any, sender: PeerInfo, now: float) -> list[tuple[bytes, Address]]:
+        """Contacts named in a find answer that we can and may send to: ``(node id, numeric address)``.
+
+        Only unicast IP literals of our socket's family with ports 1..65535 are kept. An entry that is not
+        even that shape (a host name, a null byte, a wrong type) is one offence against the sender for the
+        whole answer; an address of the other family or a non-unicast one is dropped without blame (an honest
+        dual-stack peer may know it).
+        """
+        if not isinstance(raw_nodes, list):
+            return []
+        contacts: list[tuple[bytes, Address]] = []
+        malformed = 0
+        for entry in raw_nodes[: 2 * self.config.bucket_size]:
+            if (
+                not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], bytes))
+                or len(entry[0]) != ID_BYTES
+            ):
+                malformed += 1
+                continue
+            node_id, host, port = entry
+            try:
+                contacts.append((node_id, numeric_address(host, port, self.ip_version)))
+            except ValueError:
+                if not _is_ip_literal(host) or type(port) is not int or not 0 < port < 65536:
+                    malformed += 1
+        if malformed:
+            self.drops.drop("malformed contacts", malformed, sender.endpoint)
+            if self.penalties.offend(sender.node_id, now):
+                logger.info(
+                    "ignoring %s for %.0fs: repeated malformed contacts",
+                    sender.endpoint,
+                    self.config.ban_seconds,
+                )
+        return contacts
+
+    def store_locally(
+        self, record: SignedRecord, view: RecordView, now: float, source: str | None = LOCAL_SOURCE
+    ) -> bool:
+        """Store a validated record, charged to ``source`` (a source key; None for our own records)."""
         try:
-            return self.store.put(record, view, now, self.validators.prefers)
+            return self.store.put(record, view, now, self.validators.prefers, source)
         except DHTValidationError as exc:
             logger.debug("not storing %r: %s", record.key, exc)
             return False
@@ -231,7 +291,10 @@ class ProtocolCore:
         if self.client_mode:
             return "err", {"e": "client-mode node stores nothing for others"}
         checked = self.check_records(request.payload.get("r"), request.peer, now)
-        return "ok", {"ok": [entry is not None and self.store_locally(*entry, now) for entry in checked]}
+        source = source_key(request.address[0])
+        return "ok", {
+            "ok": [entry is not None and self.store_locally(*entry, now, source) for entry in checked]
+        }
 
     def handle_find(self, request: Request, now: float) -> tuple[str, dict[str, Any]]:
         """Merged find-node / find-value (section 2.3): nearest contacts plus records under the key."""

@@ -1,8 +1,10 @@
 """Kademlia routing table: k-buckets with splitting, LRU eviction by ping, IP-prefix caps (pure, no I/O).
 
-Only *verified* contacts enter the table (they signed a message from that address). A known id is never
-moved to a new address on an unproven claim: the node must first answer a challenge there (see
-:meth:`RoutingTable.observe`). Section numbers refer to Maymounkov & Mazieres, "Kademlia" (2002).
+Only *verified* contacts enter the table: they answered, from that address, a request we sent there. A
+signed request alone proves nothing about the address (it may be a capture replayed from elsewhere inside the
+clock-skew window), so an unknown id is added, and a known id moved to a new address, only after it answers a
+challenge there (see :meth:`RoutingTable.observe`). Section numbers refer to Maymounkov & Mazieres,
+"Kademlia" (2002).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class AddResult(enum.Enum):
     UPDATED = "updated"  # known contact, same address: moved to the tail (most recently seen)
     PING_OLDEST = "ping_oldest"  # bucket full: ping the returned oldest contact; candidate waits aside
     CHALLENGE = "challenge"  # known id claims a new address: prove it by answering a ping there
+    VERIFY = "verify"  # unknown id seen in an unproven message: it enters once it answers a ping there
     REJECTED = "rejected"  # own id or IP-prefix cap
 
 
@@ -134,8 +137,9 @@ class RoutingTable:
         """Record that ``node_id`` spoke to us from (host, port) with a valid signature.
 
         ``address_proven`` is True for responses to our own requests (the node answered at the address we
-        chose). An unproven message from a known id at a different address yields CHALLENGE (ping it there
-        and call again with ``address_proven=True`` if it answers). PING_OLDEST returns the contact to ping;
+        chose). An unproven message from a known id at a different address yields CHALLENGE, from an unknown
+        id VERIFY with the would-be contact (ping it there and call again with ``address_proven=True`` if it
+        answers). PING_OLDEST returns the contact to ping;
         the newcomer is kept as a replacement and enters when :meth:`mark_failed` evicts the old one.
         """
         if node_id == self.own_id or len(node_id) != ID_BYTES:
@@ -156,6 +160,8 @@ class RoutingTable:
         if not self._prefix_allowed(bucket, host):
             return AddResult.REJECTED, None
         contact = Contact(node_id, host, port, last_seen=now)
+        if not address_proven:
+            return AddResult.VERIFY, contact
         if len(bucket.contacts) < self.bucket_size:
             bucket.contacts[node_id] = contact
             self._count_prefix(host)

@@ -1,4 +1,10 @@
-"""Datagram transports for the protocol core: real UDP (asyncio) and an in-memory network (simulation)."""
+"""Datagram transports for the protocol core: real UDP (asyncio) and an in-memory network (simulation).
+
+Both refuse to send to anything but a numeric unicast address of their own family (see
+:func:`~node_agent.dht.endpoints.numeric_address`) and never let a send error escape: under plain asyncio a
+malformed host closes the UDP transport for good, under uvloop it raises from ``sendto``. A transport that
+is lost anyway reports it through ``on_lost`` so the node stops loudly instead of living on deaf.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +13,67 @@ import logging
 import socket
 from collections.abc import Callable
 
+from node_agent.dht.endpoints import ip_version, numeric_address
+
 logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 DatagramHandler = Callable[[bytes, Address], None]
+LostHandler = Callable[[Exception | None], None]
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # bursts of lookups from many peers must not overflow the socket
 
 
+def _checked_destination(address: object, version: int) -> Address | None:
+    """The address to send to, or None (logged) if it is not a numeric unicast address of our family."""
+    try:
+        host, port = address  # type: ignore[misc]
+        return numeric_address(host, port, version)
+    except (TypeError, ValueError) as exc:
+        logger.debug("not sending to %r: %s", address, exc)
+        return None
+
+
 class UDPTransport(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: DatagramHandler) -> None:
+    def __init__(self, on_datagram: DatagramHandler, on_lost: LostHandler | None = None) -> None:
         self._on_datagram = on_datagram
+        self._on_lost = on_lost
         self._transport: asyncio.DatagramTransport | None = None
+        self._closing = False
+        self.ip_version = 4
+        self.send_errors = 0
 
     @classmethod
-    async def create(cls, host: str, port: int, on_datagram: DatagramHandler) -> UDPTransport:
+    async def create(
+        cls, host: str, port: int, on_datagram: DatagramHandler, on_lost: LostHandler | None = None
+    ) -> UDPTransport:
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_datagram_endpoint(lambda: cls(on_datagram), local_addr=(host, port))
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: cls(on_datagram, on_lost), local_addr=(host, port)
+        )
         sock = protocol._transport.get_extra_info("socket") if protocol._transport else None
         if sock is not None:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
             except OSError:
                 logger.debug("could not raise the UDP receive buffer")
+        protocol.ip_version = ip_version(protocol.local_address[0])
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closing:
+            return
+        logger.error("the DHT's UDP socket was lost: %r", exc)
+        if self._on_lost is not None:
+            self._on_lost(exc)
+
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
-        self._on_datagram(data, (str(addr[0]), int(addr[1])))
+        try:
+            self._on_datagram(data, (str(addr[0]), int(addr[1])))
+        except Exception:  # a bug must cost one datagram, never the socket
+            logger.exception("error handling a datagram from %r", addr)
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("UDP error: %s", exc)
@@ -46,11 +84,24 @@ class UDPTransport(asyncio.DatagramProtocol):
         host, port = self._transport.get_extra_info("sockname")[:2]
         return str(host), int(port)
 
-    def sendto(self, data: bytes, address: Address) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.sendto(data, address)
+    def sendto(self, data: bytes, address: Address) -> bool:
+        """Send one datagram; False (logged, counted) if it could not be sent. Never raises."""
+        if self._transport is None or self._transport.is_closing():
+            return False
+        destination = _checked_destination(address, self.ip_version)
+        if destination is None:
+            self.send_errors += 1
+            return False
+        try:
+            self._transport.sendto(data, destination)
+        except Exception as exc:  # uvloop raises what plain asyncio reports to error_received
+            self.send_errors += 1
+            logger.debug("send to %r failed: %s", destination, exc)
+            return False
+        return True
 
     def close(self) -> None:
+        self._closing = True
         if self._transport is not None:
             self._transport.close()
 
@@ -93,11 +144,18 @@ class MemoryTransport:
         self.network = network
         self.local_address = address
         self.on_datagram = on_datagram
+        self.ip_version = ip_version(address[0])
+        self.send_errors = 0
         self._loop = asyncio.get_running_loop()
 
-    def sendto(self, data: bytes, address: Address) -> None:
+    def sendto(self, data: bytes, address: Address) -> bool:
+        destination = _checked_destination(address, self.ip_version)
+        if destination is None:
+            self.send_errors += 1
+            return False
         self.network.datagrams += 1
-        self._loop.call_soon(self.network.deliver, data, self.local_address, address)
+        self._loop.call_soon(self.network.deliver, data, self.local_address, destination)
+        return True
 
     def close(self) -> None:
         self.network.unbind(self.local_address)

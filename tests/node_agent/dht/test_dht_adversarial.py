@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from node_agent.dht import DHTNode, DHTValidationError, owner_subkey
-from node_agent.dht.endpoints import parse_endpoint
+from node_agent.dht.endpoints import parse_endpoint, source_key
 from node_agent.dht.records import key_id, sign_record
 from node_agent.dht.routing import distance
 from node_agent.dht.validation import SchemaValidator
@@ -89,7 +89,7 @@ async def test_garbage_datagrams_are_counted_and_repeat_offenders_ignored(bootst
             sock.sendto(payload, address(bootstrap_node))
         await settle()
         assert bootstrap_node.core.drops.counts["malformed"] >= 3
-        assert bootstrap_node.core.penalties.is_banned(sock.getsockname(), time.time())
+        assert bootstrap_node.core.penalties.is_banned(source_key(sock.getsockname()[0]), time.time())
         assert await bootstrap_node.store("still-alive", 1, time.time() + 60)
     finally:
         sock.close()

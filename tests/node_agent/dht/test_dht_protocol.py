@@ -22,10 +22,21 @@ def make_core(client_mode: bool = False, **options: object) -> ProtocolCore:
     return ProtocolCore(Identity.generate(), DHTConfig.from_options(**options), client_mode)
 
 
+def answer_verifications(b: ProtocolCore, a: ProtocolCore) -> None:
+    """Do what the adapter does for b's routing actions: ping a at the address it claimed; a answers."""
+    while b.actions:
+        action = b.actions.pop()
+        _rid, ping = b.request("ping", {}, action.candidate_address, action.contact.node_id, NOW)
+        request = a.receive(ping, B_ADDR, NOW)
+        assert isinstance(request, Request)
+        b.receive(a.respond(request, "ok", {}, NOW), A_ADDR, NOW)
+
+
 def exchange(a: ProtocolCore, b: ProtocolCore, kind: str, payload: dict) -> tuple[Request, Response | None]:
     _rid, data = a.request(kind, payload, B_ADDR, b.identity.node_id, NOW)
     request = b.receive(data, A_ADDR, NOW)
     assert isinstance(request, Request) and request.peer.node_id == a.identity.node_id
+    answer_verifications(b, a)
     handler = {"ping": b.handle_ping, "store": b.handle_store, "find": b.handle_find}[kind]
     answer = b.respond(request, *handler(request, NOW), NOW)
     return request, a.receive(answer, B_ADDR, NOW)
@@ -36,6 +47,23 @@ def test_ping_round_trip_adds_both_sides_to_routing_tables() -> None:
     _, response = exchange(a, b, "ping", {})
     assert isinstance(response, Response) and response.kind == "ok"
     assert b.identity.node_id in a.routing and a.identity.node_id in b.routing
+
+
+def test_a_request_alone_does_not_map_its_sender_to_the_source_address() -> None:
+    """A request without a pinned recipient, replayed to another node from Mallory's address: the receiver
+    answers it but maps the sender's id to that address only if a ping there is answered by that id."""
+    a, c = make_core(), make_core()
+    _, captured = a.request("ping", {}, B_ADDR, None, NOW)
+    assert isinstance(c.receive(captured, M_ADDR, NOW + 1), Request)
+    assert a.identity.node_id not in c.routing
+    [action] = c.actions
+    assert action.candidate_address == M_ADDR and action.contact.node_id == a.identity.node_id
+    _rid, ping = c.request("ping", {}, M_ADDR, a.identity.node_id, NOW + 1)
+    relayed = a.receive(ping, ("127.0.0.1", 1004), NOW + 1)  # Mallory relays the challenge to Alice
+    assert isinstance(relayed, Request)
+    assert c.receive(a.respond(relayed, "ok", {}, NOW + 1), A_ADDR, NOW + 1) is None  # not from M_ADDR
+    assert c.drops.counts["response from another address"] == 1
+    assert a.identity.node_id not in c.routing
 
 
 def test_client_mode_peers_are_not_added_and_store_nothing() -> None:

@@ -25,17 +25,17 @@ def test_buckets_split_around_own_id_and_far_buckets_keep_old_contacts() -> None
     far = [node_id(0x80 + i) for i in range(4)]
     for i, contact in enumerate(far):
         assert (
-            table.observe(contact, "127.0.0.1", 1000 + i, now=1.0, address_proven=False)[0] is AddResult.ADDED
+            table.observe(contact, "127.0.0.1", 1000 + i, now=1.0, address_proven=True)[0] is AddResult.ADDED
         )
     near = [node_id(0x01 + i) for i in range(4)]
     for i, contact in enumerate(near):
         assert (
-            table.observe(contact, "127.0.0.1", 2000 + i, now=2.0, address_proven=False)[0] is AddResult.ADDED
+            table.observe(contact, "127.0.0.1", 2000 + i, now=2.0, address_proven=True)[0] is AddResult.ADDED
         )
     assert len(table.buckets) >= 2 and len(table) == 8
     # The far half does not contain our id: it is full and never splits; the oldest must be pinged first.
     newcomer = node_id(0xF0)
-    result, oldest = table.observe(newcomer, "127.0.0.1", 3000, now=3.0, address_proven=False)
+    result, oldest = table.observe(newcomer, "127.0.0.1", 3000, now=3.0, address_proven=True)
     assert result is AddResult.PING_OLDEST and oldest is not None and oldest.node_id == far[0]
     assert newcomer not in table
     # The oldest answered? It stays. It failed? The newcomer replaces it.
@@ -57,7 +57,7 @@ def test_nearest_returns_sorted_by_xor_distance() -> None:
 def test_known_id_is_not_moved_by_an_unproven_address() -> None:
     table = RoutingTable(OWN)
     contact = node_id(0x42)
-    table.observe(contact, "127.0.0.1", 1000, now=1.0, address_proven=False)
+    table.observe(contact, "127.0.0.1", 1000, now=1.0, address_proven=True)
     result, known = table.observe(contact, "127.0.0.1", 6666, now=2.0, address_proven=False)
     assert result is AddResult.CHALLENGE and known is not None
     assert table.get(contact).port == 1000
@@ -90,3 +90,14 @@ def test_own_id_and_bad_ids_are_rejected_and_stale_buckets_reported() -> None:
     assert table.stale_buckets(now=1000.0, interval=600.0) == table.buckets
     table.touch(os.urandom(20), now=1000.0)
     assert table.stale_buckets(now=1000.0, interval=600.0) == []
+
+
+def test_unknown_id_enters_only_after_answering_at_its_address() -> None:
+    """A signed request may be a capture replayed from elsewhere: it names the id, not the address."""
+    table = RoutingTable(OWN)
+    contact = node_id(0x42)
+    result, candidate = table.observe(contact, "127.0.0.1", 6666, now=1.0, address_proven=False)
+    assert result is AddResult.VERIFY and candidate is not None and candidate.address == ("127.0.0.1", 6666)
+    assert contact not in table and len(table) == 0
+    assert table.observe(contact, "127.0.0.1", 6666, now=2.0, address_proven=True)[0] is AddResult.ADDED
+    assert table.get(contact).port == 6666
