@@ -36,7 +36,7 @@ from node_agent.dht.endpoints import (
     resolve,
 )
 from node_agent.dht.lookup import LookupState
-from node_agent.dht.protocol import ProtocolCore, Request, Response, RoutingAction
+from node_agent.dht.protocol import MAX_RECORDS_PER_STORE, ProtocolCore, Request, Response, RoutingAction
 from node_agent.dht.records import SignedRecord, key_id, sign_record
 from node_agent.dht.routing import AddResult, distance
 from node_agent.dht.transport import MemoryNetwork, UDPTransport
@@ -487,7 +487,7 @@ class DHTNode:
         used = 0
         for record in records:
             size = len(record.value_bytes) + len(record.key) + len(record.subkey or "") + 120
-            if chunk and used + size > budget:
+            if chunk and (used + size > budget or len(chunk) >= MAX_RECORDS_PER_STORE):
                 yield chunk
                 chunk, used = [], 0
             chunk.append(record)
