@@ -35,7 +35,7 @@ class DHTConfig:
     max_value_size: int = 16 * 1024
     max_records_per_owner: int = 4096
     # Storage caps per source (address prefix, as for bans) and in total; bytes are estimated memory
-    # (see storage.footprint: about twice the value plus 1 KiB per record).
+    # (see storage.footprint: the packed value, its decoded Python objects, plus 1 KiB per record).
     max_records_per_source: int = 8192
     max_bytes_per_source: int = 16 * 1024 * 1024
     max_store_records: int = 65_536
