@@ -39,7 +39,7 @@ class DHTConfig:
     max_records_per_source: int = 8192
     max_bytes_per_source: int = 16 * 1024 * 1024
     max_store_records: int = 65_536
-    max_store_bytes: int = 64 * 1024 * 1024
+    max_store_bytes: int = 48 * 1024 * 1024
     max_expiration_ahead: float = 24 * 3600.0
     cache_on_get: bool = True
     # Maintenance (Kademlia sections 2.3 and 2.5).

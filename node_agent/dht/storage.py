@@ -65,7 +65,7 @@ class StoreLimits:
     max_records_per_source: int = 8192
     max_bytes_per_source: int = 16 * 1024 * 1024
     max_records: int = 65536
-    max_bytes: int = 64 * 1024 * 1024
+    max_bytes: int = 48 * 1024 * 1024
 
 
 class RecordStore:
