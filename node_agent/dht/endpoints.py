@@ -57,6 +57,8 @@ def source_key(host: str) -> str:
         ip = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
         return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # IPv4 peers of a dual-stack socket are not one /48
     if ip.is_loopback:
         return str(ip)
     bits = 24 if ip.version == 4 else 48

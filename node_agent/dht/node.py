@@ -198,7 +198,7 @@ class DHTNode:
 
     def _fail(self, reason: str) -> None:
         """Stop loudly: a node that cannot receive or maintain itself must not look alive to its callers."""
-        if self._closed:
+        if self._closed or self.failure is not None:
             return
         self.failure = reason
         logger.critical("DHT node %s stops: %s", self.node_id.hex()[:12], reason)

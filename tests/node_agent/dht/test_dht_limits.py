@@ -64,6 +64,7 @@ def test_source_key_groups_by_prefix_and_loopback_by_address() -> None:
     assert source_key("10.1.2.3") == source_key("10.1.2.200") == "10.1.2.0/24"
     assert source_key("2001:db8:1:2::5") == source_key("2001:db8:1:ffff::9") == "2001:db8:1::/48"
     assert source_key("127.0.0.1") != source_key("127.0.0.2")
+    assert source_key("::ffff:10.1.2.3") == "10.1.2.0/24" != source_key("::ffff:10.9.2.3")
 
 
 def record(key: str = "k", subkey: str | None = None, value: object = 1, expiration: float = NOW + 60):
