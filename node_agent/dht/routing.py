@@ -59,7 +59,7 @@ class AddResult(enum.Enum):
     PING_OLDEST = "ping_oldest"  # bucket full: ping the returned oldest contact; candidate waits aside
     CHALLENGE = "challenge"  # known id claims a new address: prove it by answering a ping there
     VERIFY = "verify"  # unknown id seen in an unproven message: it enters once it answers a ping there
-    REJECTED = "rejected"  # own id or IP-prefix cap
+    REJECTED = "rejected"  # own id, IP-prefix cap, or an unproven stranger for a full bucket
 
 
 class KBucket:
@@ -139,8 +139,9 @@ class RoutingTable:
         ``address_proven`` is True for responses to our own requests (the node answered at the address we
         chose). An unproven message from a known id at a different address yields CHALLENGE, from an unknown
         id VERIFY with the would-be contact (ping it there and call again with ``address_proven=True`` if it
-        answers). PING_OLDEST returns the contact to ping;
-        the newcomer is kept as a replacement and enters when :meth:`mark_failed` evicts the old one.
+        answers) when its bucket has room or can split; a full bucket ignores it (no ping per stranger).
+        PING_OLDEST (proven newcomers only) returns the contact to ping; the newcomer is kept as a
+        replacement and enters when :meth:`mark_failed` evicts the old one.
         """
         if node_id == self.own_id or len(node_id) != ID_BYTES:
             return AddResult.REJECTED, None
@@ -160,9 +161,12 @@ class RoutingTable:
         if not self._prefix_allowed(bucket, host):
             return AddResult.REJECTED, None
         contact = Contact(node_id, host, port, last_seen=now)
+        has_room = len(bucket.contacts) < self.bucket_size
         if not address_proven:
-            return AddResult.VERIFY, contact
-        if len(bucket.contacts) < self.bucket_size:
+            if has_room or (bucket.covers(self.own_id) and bucket.hi - bucket.lo > 1):
+                return AddResult.VERIFY, contact
+            return AddResult.REJECTED, None  # a full bucket prefers its old contacts: no ping for a stranger
+        if has_room:
             bucket.contacts[node_id] = contact
             self._count_prefix(host)
             return AddResult.ADDED, contact

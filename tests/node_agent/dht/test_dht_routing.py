@@ -101,3 +101,11 @@ def test_unknown_id_enters_only_after_answering_at_its_address() -> None:
     assert contact not in table and len(table) == 0
     assert table.observe(contact, "127.0.0.1", 6666, now=2.0, address_proven=True)[0] is AddResult.ADDED
     assert table.get(contact).port == 6666
+
+
+def test_a_full_bucket_sends_no_verification_ping_to_strangers() -> None:
+    table = RoutingTable(OWN, bucket_size=2)
+    for i in range(2):
+        table.observe(node_id(0x80 + i), "127.0.0.1", 1000 + i, now=1.0, address_proven=True)
+    table.observe(node_id(0x01), "127.0.0.1", 999, now=1.0, address_proven=True)  # split: far half full
+    assert table.observe(node_id(0xF0), "127.0.0.1", 3000, 2.0, False) == (AddResult.REJECTED, None)
