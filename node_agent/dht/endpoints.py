@@ -24,10 +24,11 @@ def ip_version(host: str) -> int:
     return 6 if ":" in host else 4
 
 
-def numeric_address(host: object, port: object, version: int) -> Address:
+def numeric_address(host: object, port: object, version: int, allow_scope: bool = False) -> Address:
     """``(host, port)`` in canonical form if ``host`` is a unicast IP literal of ``version``; else ValueError.
 
-    Ports must be 1..65535. Scoped IPv6 (``fe80::1%eth0``) is refused: the interface name is the sender's.
+    Ports must be 1..65535. Scoped IPv6 (``fe80::1%eth0``) is refused unless ``allow_scope`` (the kernel's own
+    source addresses carry one; in a peer's answer the interface name would be the peer's, not ours).
     """
     if type(port) is not int or not 0 < port < 65536:
         raise ValueError(f"port {port!r} is not in 1..65535")
@@ -39,7 +40,7 @@ def numeric_address(host: object, port: object, version: int) -> Address:
         raise ValueError(f"host {host!r} is not a numeric IP address") from None
     if ip.version != version:
         raise ValueError(f"host {host!r} is not an IPv{version} address")
-    if getattr(ip, "scope_id", None) or ip.is_unspecified or ip.is_multicast:
+    if (getattr(ip, "scope_id", None) and not allow_scope) or ip.is_unspecified or ip.is_multicast:
         raise ValueError(f"host {host!r} is not a unicast address")
     if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
         raise ValueError("the broadcast address is not a peer")

@@ -27,7 +27,7 @@ def _checked_destination(address: object, version: int) -> Address | None:
     """The address to send to, or None (logged) if it is not a numeric unicast address of our family."""
     try:
         host, port = address  # type: ignore[misc]
-        return numeric_address(host, port, version)
+        return numeric_address(host, port, version, allow_scope=True)
     except (TypeError, ValueError) as exc:
         logger.debug("not sending to %r: %s", address, exc)
         return None

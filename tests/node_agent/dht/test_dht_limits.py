@@ -60,6 +60,10 @@ def test_numeric_address_refuses_what_a_socket_must_never_see(host, port, versio
         numeric_address(host, port, version)
 
 
+def test_scoped_addresses_only_where_the_kernel_gave_them() -> None:
+    assert numeric_address("fe80::1%eth0", 4000, 6, allow_scope=True) == ("fe80::1%eth0", 4000)
+
+
 def test_source_key_groups_by_prefix_and_loopback_by_address() -> None:
     assert source_key("10.1.2.3") == source_key("10.1.2.200") == "10.1.2.0/24"
     assert source_key("2001:db8:1:2::5") == source_key("2001:db8:1:ffff::9") == "2001:db8:1::/48"
