@@ -463,6 +463,8 @@ def _convert(body: object, schema: type[Any], what: str) -> Any:
         value = msgspec.convert(body, schema, strict=True)
     except msgspec.ValidationError as exc:
         raise PayloadError(f"{what}: {exc}") from None
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON) where a Literal is expected
+        raise PayloadError(f"{what}: text must be valid Unicode") from None
     for name in ("loss", "samples_per_s", "uptime_s", "ts", "timestamp"):
         number = getattr(value, name, 0.0)
         if isinstance(number, float) and not math.isfinite(number):

@@ -126,6 +126,7 @@ def test_metrics_numbers_beyond_their_columns_are_a_400(
         {"platform": "Linux\x00x86"},
         {"agent_version": "0.1\x00"},
         {"platform": "\ud800"},
+        {"role": "\ud800"},
         {"experts": ["ffn.0.0\x00"]},
         {"endpoint": "127.0.0.1\x00:4000"},
         {"endpoint": "127.0.0.1:4000\n"},
