@@ -15,8 +15,10 @@ When the DHT could not be read this round, only heartbeats count.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -117,18 +119,23 @@ def cell_uid(prefix: str, dims: Sequence[int], index: int) -> str:
     return ".".join([prefix, *map(str, reversed(coords))])
 
 
+@functools.lru_cache(maxsize=64)
+def _uid_pattern(prefix: str, rank: int) -> re.Pattern[str]:
+    coordinate = r"\.(0|[1-9][0-9]{0,5})"
+    return re.compile(re.escape(prefix) + coordinate * rank)
+
+
 def cell_index(prefix: str, dims: Sequence[int], uid: str) -> int | None:
-    """Row-major index of `uid` in the grid, or None when it is not one of its cells."""
-    head, _, rest = uid.partition(".")
-    parts = rest.split(".") if rest else []
-    if head != prefix or len(parts) != len(dims):
+    """Row-major index of `uid` in the grid, or None when it is not one of its cells (canonical spelling)."""
+    match = _uid_pattern(prefix, len(dims)).fullmatch(uid)
+    if match is None:
         return None
     index = 0
-    for part, side in zip(parts, dims, strict=True):
-        canonical = part.isascii() and part.isdigit() and len(part) <= 6 and str(int(part)) == part
-        if not canonical or int(part) >= side:
+    for part, side in zip(match.groups(), dims, strict=True):
+        value = int(part)
+        if value >= side:
             return None
-        index = index * side + int(part)
+        index = index * side + value
     return index
 
 
