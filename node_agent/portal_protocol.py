@@ -27,6 +27,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -58,11 +59,13 @@ __all__ = [
     "RevocationList",
     "SignedBodyError",
     "issue_credential",
+    "json_loads_bounded",
     "parse_project_config",
     "parse_revocation_list",
     "revocation_list_value",
     "revocations_key",
     "sign_body",
+    "sign_raw_body",
     "validate_heartbeat",
     "validate_join",
     "validate_metrics",
@@ -79,6 +82,12 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_CLOCK_SKEW = 60.0
 MAX_METRICS_PER_BODY = 100
 MAX_TOKEN_LENGTH = 1024
+#: Deepest nesting a signed body may have (json recurses once per level: 8,000 `[` overflow the stack).
+MAX_JSON_DEPTH = 16
+#: Counters are stored in 64-bit signed database columns.
+MAX_COUNTER = 2**63 - 1
+#: Step and expert counts of a metrics point are stored in 32-bit columns.
+MAX_SMALL_COUNT = 2**31 - 1
 #: A credential issued this far in the future (portal clock ahead of ours) is still accepted.
 CREDENTIAL_ISSUE_SKEW = 300.0
 REVOCATIONS_NAMESPACE = "revocations:"
@@ -264,6 +273,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_loads_bounded(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses nesting deeper than ``max_depth`` *before* parsing.
+
+    The standard decoder recurses once per level, so a small body of nested brackets raises
+    ``RecursionError``; this scan (strings removed, then brackets counted) is linear and raises
+    ``ValueError`` instead. NaN and Infinity are refused too.
+    """
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    depth = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > max_depth:
+            raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def sign_body(
     identity: Identity, body: Mapping[str, Any], now: float, nonce: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
@@ -272,13 +301,16 @@ def sign_body(
     full["ts"] = float(now)
     full["nonce"] = nonce if nonce is not None else secrets.token_hex(16)
     raw = json.dumps(full, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
-    signature = identity.sign(_BODY_DOMAIN + raw)
-    headers = {
+    return raw, sign_raw_body(identity, raw)
+
+
+def sign_raw_body(identity: Identity, raw: bytes) -> dict[str, str]:
+    """The headers that sign exactly ``raw`` (whatever it holds) with the node key."""
+    return {
         "Content-Type": "application/json",
         NODE_HEADER: identity.public_key_bytes.hex(),
-        SIGNATURE_HEADER: signature.hex(),
+        SIGNATURE_HEADER: identity.sign(_BODY_DOMAIN + raw).hex(),
     }
-    return raw, headers
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -314,19 +346,26 @@ def verify_body(
     if not verify(public_key, _BODY_DOMAIN + raw, signature):
         raise SignedBodyError("bad_signature", "body is not signed by the key in the header")
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = json_loads_bounded(raw)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise SignedBodyError("malformed", f"body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise SignedBodyError("malformed", "body must be a JSON object")
     ts, nonce = body.get("ts"), body.get("nonce")
-    if isinstance(ts, bool) or not isinstance(ts, int | float):
-        raise SignedBodyError("malformed", "body needs a numeric ts")
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not _finite_float(ts):
+        raise SignedBodyError("malformed", "body needs a ts that is a finite number")
     if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64 or not _is_hex(nonce):
         raise SignedBodyError("malformed", "body needs a hex nonce of 16..64 characters")
     if abs(now - ts) > max_skew:
         raise SignedBodyError("stale", f"timestamp is {now - ts:+.0f}s off (limit {max_skew:.0f}s)")
     return public_key, body
+
+
+def _finite_float(number: int | float) -> bool:
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:  # an integer beyond the float range (10**400)
+        return False
 
 
 def _is_hex(text: str) -> bool:
@@ -337,9 +376,13 @@ def _is_hex(text: str) -> bool:
 
 _NodeIdHex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}$")]
 _Token = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN_LENGTH)]
-_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
+_SmallCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_SMALL_COUNT)]
 _Rate = Annotated[float, msgspec.Meta(ge=0)]
-_ShortText = Annotated[str, msgspec.Meta(max_length=128)]
+# Text the portal stores: no control characters (PostgreSQL refuses NUL) and no lone surrogates.
+_PRINTABLE = "[^\\x00-\\x1f\\x7f\\ud800-\\udfff]"
+_ShortText = Annotated[str, msgspec.Meta(max_length=128, pattern=f"^{_PRINTABLE}*\\Z")]
+_Version = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=f"^{_PRINTABLE}+\\Z")]
 _Nonce = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{16,64}$")]
 
 
@@ -355,11 +398,11 @@ class Heartbeat(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     credential: _Token
     node_id: _NodeIdHex
-    endpoint: Annotated[str, msgspec.Meta(min_length=3, max_length=255, pattern=r"^\S+:\d{1,5}$")]
-    agent_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    endpoint: Annotated[str, msgspec.Meta(min_length=3, max_length=255, pattern=r"^[!-~]+:\d{1,5}\Z")]
+    agent_version: _Version
     platform: _ShortText
     role: Literal["server", "trainer"]
-    experts: Annotated[list[Annotated[str, msgspec.Meta(max_length=128)]], msgspec.Meta(max_length=1024)]
+    experts: Annotated[list[_ShortText], msgspec.Meta(max_length=1024)]
     requests: _Count
     samples: _Count
     failures: _Count
@@ -375,12 +418,12 @@ class Heartbeat(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class MetricPoint(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """One training metrics event (``node_agent.training.metrics.MetricsEvent`` as sent to the portal)."""
 
-    step: _Count
+    step: _SmallCount
     loss: float
     accuracy: Annotated[float, msgspec.Meta(ge=0, le=1)]
     samples_per_s: _Rate
-    experts_answered: _Count
-    experts_failed: _Count
+    experts_answered: _SmallCount
+    experts_failed: _SmallCount
     timestamp: float
     kind: Literal["train", "eval"] = "train"
 
@@ -399,7 +442,7 @@ class JoinRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Body of ``POST /api/v1/agent/join``: a one-time code traded for a credential."""
 
     code: Annotated[str, msgspec.Meta(min_length=4, max_length=64)]
-    agent_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    agent_version: _Version
     platform: _ShortText
     ts: float
     nonce: _Nonce
@@ -420,6 +463,8 @@ def _convert(body: object, schema: type[Any], what: str) -> Any:
         value = msgspec.convert(body, schema, strict=True)
     except msgspec.ValidationError as exc:
         raise PayloadError(f"{what}: {exc}") from None
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON) where a Literal is expected
+        raise PayloadError(f"{what}: text must be valid Unicode") from None
     for name in ("loss", "samples_per_s", "uptime_s", "ts", "timestamp"):
         number = getattr(value, name, 0.0)
         if isinstance(number, float) and not math.isfinite(number):

@@ -219,7 +219,16 @@ SWARM = {
     "OFFLINE_AFTER": env_int("SWARM_OFFLINE_AFTER_S", 90),
     "OBSERVE_INTERVAL": env_int("SWARM_OBSERVE_INTERVAL_S", 10),
     "RAW_RETENTION": env_int("SWARM_RAW_RETENTION_S", 2 * 86_400),
+    # Rate limits (requests per window, counted per portal process; 0 disables one):
+    "RATE_AGENT_PER_IP": env_int("SWARM_RATE_AGENT_PER_IP", 6000),  # per minute, all agent endpoints
+    "RATE_JOIN_PER_IP": env_int("SWARM_RATE_JOIN_PER_IP", 300),  # per 5 minutes
+    "RATE_JOIN_PER_KEY": env_int("SWARM_RATE_JOIN_PER_KEY", 120),  # per 5 minutes (pending nodes poll)
+    "RATE_RENEW_PER_KEY": env_int("SWARM_RATE_RENEW_PER_KEY", 30),  # per 5 minutes
+    "RATE_JOIN_CODES_PER_USER": env_int("SWARM_RATE_JOIN_CODES_PER_USER", 30),  # per hour
 }
+
+# The largest expert grid a project may have (cells in all): what one swarm can serve and a page can show.
+PROJECT_MAX_GRID_CELLS = env_int("PROJECT_MAX_GRID_CELLS", 65_536)
 
 # --- Logging ----------------------------------------------------------------------------------------------
 LOGGING = {

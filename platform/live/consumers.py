@@ -1,6 +1,6 @@
 """The live swarm socket: a thin shell around the project's hub (live.hub) and the viewer's stream.
 
-Connect: check who may watch (live.access), join the hub, accept, send a snapshot. Then every hub flush
+Connect: check who may watch (swarm.permissions), join the hub, accept, send a snapshot. Then every hub flush
 goes out with this viewer's next `seq`. The browser may ask for `resync` (at most once per
 `RESYNC_MIN_INTERVAL_S`); anything else it sends is logged and ignored. Refusals close the handshake with
 4403 (not allowed) or 4404 (no such project).
@@ -15,11 +15,12 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from live import access, selectors
+from live import selectors
 from live.hub import ProjectHub, hubs
 from live.inbound import owner_key
 from live.protocol import ClientMessageError, dumps, parse_client_message
 from live.stream import ViewerStream
+from swarm.permissions import can_view_swarm
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class SwarmConsumer(AsyncWebsocketConsumer):
         project = selectors.project_for_slug(slug)
         if project is None:
             return None
-        if user is None or not access.can_watch_swarm(user, project):
+        if user is None or not can_view_swarm(user, project):
             return False
         self.project_id = project.pk
         from django.conf import settings

@@ -26,6 +26,8 @@ import json
 import logging
 from typing import Any, Literal, NotRequired, TypedDict
 
+from node_agent.portal_protocol import json_loads_bounded
+
 logger = logging.getLogger(__name__)
 
 MAX_CLIENT_MESSAGE_BYTES = 1024
@@ -202,9 +204,9 @@ def parse_client_message(text: str | None) -> ResyncRequest:
     if len(text) > MAX_CLIENT_MESSAGE_BYTES:
         raise ClientMessageError(f"message longer than {MAX_CLIENT_MESSAGE_BYTES} bytes")
     try:
-        message = json.loads(text)
+        message = json_loads_bounded(text, max_depth=4)  # json.loads overflows the stack on 1,000 `[`
     except ValueError:
-        raise ClientMessageError("not JSON") from None
+        raise ClientMessageError("not JSON (or nested too deeply)") from None
     if not isinstance(message, dict) or message.get("type") != "resync":
         raise ClientMessageError("only {'type': 'resync'} is accepted")
     return {"type": "resync"}

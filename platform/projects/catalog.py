@@ -36,8 +36,13 @@ ARCHITECTURE_CHOICES = [("ffn", "Feed-forward block"), ("transformer", "Transfor
 OPTIMIZER_CHOICES = [("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD with momentum")]
 
 
-def parse_grid_shape(text: str) -> tuple[int, ...]:
-    """Parse an expert grid such as "16x16" (1 to 4 dimensions, each 1..1024) or raise ValueError."""
+def parse_grid_shape(text: str, *, max_cells: int | None = None) -> tuple[int, ...]:
+    """Parse an expert grid such as "16x16" (1 to 4 dimensions, each 1..1024) or raise ValueError.
+
+    `max_cells` bounds the whole grid (new and edited projects pass settings.PROJECT_MAX_GRID_CELLS): a
+    swarm cannot serve more experts, and pages and the observer would pay for every cell. Reading an
+    existing project's grid passes None, so older, larger grids still load (and are shown summarised).
+    """
     parts = text.strip().lower().replace("\u00d7", "x").split("x")
     if not 1 <= len(parts) <= MAX_GRID_DIMS:
         raise ValueError(f"a grid has 1 to {MAX_GRID_DIMS} dimensions, like 16x16")
@@ -52,6 +57,9 @@ def parse_grid_shape(text: str) -> tuple[int, ...]:
         if not 1 <= side <= MAX_GRID_SIDE:
             raise ValueError(f"each grid dimension must be between 1 and {MAX_GRID_SIDE}, got {side}")
         dims.append(side)
+    cells = grid_size(tuple(dims))
+    if max_cells is not None and cells > max_cells:
+        raise ValueError(f"a grid may have at most {max_cells:,} cells in all, got {cells:,}")
     return tuple(dims)
 
 

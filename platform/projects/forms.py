@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 
 from projects.catalog import format_grid_shape, parse_grid_shape
 from projects.lifecycle import PUBLIC_STATUSES, ProjectStatus
@@ -20,10 +21,15 @@ class ProjectForm(forms.ModelForm):
             "learning_rate": forms.NumberInput(attrs={"step": "any"}),
         }
         labels = {"expert_architecture": "Expert architecture", "join_policy": "Who may join"}
+        help_texts = {
+            "grid_shape": f"e.g. 16x16 or 8x8x4; at most {settings.PROJECT_MAX_GRID_CELLS:,} cells in all."
+        }
 
     def clean_grid_shape(self) -> str:
         try:
-            return format_grid_shape(parse_grid_shape(self.cleaned_data["grid_shape"]))
+            limit = settings.PROJECT_MAX_GRID_CELLS
+            dims = parse_grid_shape(self.cleaned_data["grid_shape"], max_cells=limit)
+            return format_grid_shape(dims)
         except ValueError as exc:
             raise forms.ValidationError(f"Invalid grid shape: {exc}.") from None
 

@@ -22,7 +22,7 @@ from projects.lifecycle import ProjectStatus
 
 def validate_grid_shape(value: str) -> None:
     try:
-        parse_grid_shape(value)
+        parse_grid_shape(value, max_cells=settings.PROJECT_MAX_GRID_CELLS)
     except ValueError as exc:
         raise ValidationError(f"Invalid grid shape: {exc}.") from None
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import OperationalError
+from django.db import DataError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -33,11 +33,11 @@ from node_agent.portal_protocol import (
 )
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
-from projects.permissions import can_view_project
 from projects.selectors import project_get
-from swarm import selectors, services, telemetry
+from swarm import ratelimit, selectors, services, telemetry
 from swarm.errors import AgentRequestError
 from swarm.openapi import openapi_schema
+from swarm.permissions import can_view_swarm
 
 logger = logging.getLogger(__name__)
 
@@ -72,37 +72,59 @@ def _signed_body(request: HttpRequest, now: float) -> tuple[bytes, dict[str, Any
 AgentHandler = Callable[[HttpRequest, bytes, dict[str, Any]], JsonResponse]
 
 
-def agent_endpoint(handler: AgentHandler) -> Callable[[HttpRequest], JsonResponse]:
-    """Signed-body POST endpoint: verify, call `handler(request, public_key, body)`, map refusals."""
+def agent_endpoint(
+    *, ip_limit: str = "RATE_AGENT_PER_IP", key_limit: str | None = None
+) -> Callable[[AgentHandler], Callable[[HttpRequest], JsonResponse]]:
+    """Signed-body POST endpoint: rate limit, verify, call `handler(request, public_key, body)`, map refusals.
 
-    @functools.wraps(handler)
-    @csrf_exempt
-    @require_POST
-    @never_cache
-    def view(request: HttpRequest) -> JsonResponse:
-        try:
-            public_key, body = _signed_body(request, timezone.now().timestamp())
-            return handler(request, public_key, body)
-        except PayloadError as exc:
-            error = AgentRequestError(400, "invalid", exc.detail)
-        except AgentRequestError as exc:
-            error = exc
-        except OperationalError as exc:  # database busy or away: the agent retries with backoff
-            logger.error("database unavailable for %s: %s", request.path, exc)
-            error = AgentRequestError(503, "unavailable", "the portal is busy; retry later", retry_after=5)
-        logger.warning(
-            "refused %s from %s: %s %s",
-            request.path,
-            request.META.get("REMOTE_ADDR"),
-            error.code,
-            error.detail[:200],
-        )
-        return error_response(error)
+    The per-address limit is counted before any work; the per-key one after the signature holds, so
+    nobody spends another node's budget. Bodies that break the schema, nest too deep or carry numbers
+    the database cannot hold are answered 400, never 500.
+    """
 
-    return view
+    def decorate(handler: AgentHandler) -> Callable[[HttpRequest], JsonResponse]:
+        @functools.wraps(handler)
+        @csrf_exempt
+        @require_POST
+        @never_cache
+        def view(request: HttpRequest) -> JsonResponse:
+            now = timezone.now().timestamp()
+            try:
+                address = str(request.META.get("REMOTE_ADDR") or "unknown")
+                ratelimit.enforce("RATE_AGENT_PER_IP", address, now=now)
+                if ip_limit != "RATE_AGENT_PER_IP":
+                    ratelimit.enforce(ip_limit, address, now=now)
+                public_key, body = _signed_body(request, now)
+                if key_limit is not None:
+                    ratelimit.enforce(key_limit, public_key.hex(), now=now)
+                return handler(request, public_key, body)
+            except PayloadError as exc:
+                error = AgentRequestError(400, "invalid", exc.detail)
+            except AgentRequestError as exc:
+                error = exc
+            except DataError as exc:  # a value the schema let through but a column cannot hold
+                logger.error("database refused a value for %s: %s", request.path, exc)
+                error = AgentRequestError(400, "invalid", "a value is out of range for the portal")
+            except OperationalError as exc:  # database busy or away: the agent retries with backoff
+                logger.error("database unavailable for %s: %s", request.path, exc)
+                error = AgentRequestError(
+                    503, "unavailable", "the portal is busy; retry later", retry_after=5
+                )
+            logger.warning(
+                "refused %s from %s: %s %s",
+                request.path,
+                request.META.get("REMOTE_ADDR"),
+                error.code,
+                error.detail[:200],
+            )
+            return error_response(error)
+
+        return view
+
+    return decorate
 
 
-@agent_endpoint
+@agent_endpoint(ip_limit="RATE_JOIN_PER_IP", key_limit="RATE_JOIN_PER_KEY")
 def agent_join(request: HttpRequest, public_key: bytes, body: dict[str, Any]) -> JsonResponse:
     status, payload = services.agent_join(
         public_key=public_key, request=validate_join(body), now=timezone.now(), portal_url=portal_url(request)
@@ -110,13 +132,13 @@ def agent_join(request: HttpRequest, public_key: bytes, body: dict[str, Any]) ->
     return JsonResponse(payload, status=status)
 
 
-@agent_endpoint
+@agent_endpoint(key_limit="RATE_RENEW_PER_KEY")
 def agent_renew(request: HttpRequest, public_key: bytes, body: dict[str, Any]) -> JsonResponse:
     payload = services.agent_renew(public_key=public_key, request=validate_renew(body), now=timezone.now())
     return JsonResponse(payload, status=201)
 
 
-@agent_endpoint
+@agent_endpoint()
 def agent_heartbeat(request: HttpRequest, public_key: bytes, body: dict[str, Any]) -> JsonResponse:
     node = telemetry.heartbeat_record(
         public_key=public_key, heartbeat=validate_heartbeat(body), now=timezone.now()
@@ -127,7 +149,7 @@ def agent_heartbeat(request: HttpRequest, public_key: bytes, body: dict[str, Any
     )
 
 
-@agent_endpoint
+@agent_endpoint()
 def agent_metrics(request: HttpRequest, public_key: bytes, body: dict[str, Any]) -> JsonResponse:
     stored = telemetry.metrics_record(
         public_key=public_key, report=validate_metrics(body), now=timezone.now()
@@ -135,15 +157,33 @@ def agent_metrics(request: HttpRequest, public_key: bytes, body: dict[str, Any])
     return JsonResponse({"status": "ok", "stored": stored}, status=202)
 
 
-def _readable_project(request: HttpRequest, slug: str) -> Project:
+def _swarm_project(request: HttpRequest, slug: str) -> Project:
+    """The project whose swarm `request.user` may see (swarm.permissions), else Http404."""
     project = project_get(slug=slug)
-    if project is None or not can_view_project(request.user, project):
+    if project is None or not can_view_swarm(request.user, project):
         raise Http404("No such project.")
     return project
 
 
 def _not_found(slug: str) -> JsonResponse:
     return JsonResponse({"error": "not_found", "detail": f"no project {slug!r}"}, status=404)
+
+
+def _page_params(request: HttpRequest, **pages: tuple[str, tuple[int, int]]) -> dict[str, int]:
+    """Paging from the query string: `name=(query prefix, (default limit, largest limit))`.
+
+    Each prefix reads `<prefix>offset` and `<prefix>limit`; a limit above the largest is clamped and a
+    value that is not a small non-negative integer is refused (400).
+    """
+    values: dict[str, int] = {}
+    for name, (prefix, (default, largest)) in pages.items():
+        for suffix, fallback in (("offset", 0), ("limit", default)):
+            raw = request.GET.get(f"{prefix}{suffix}", "")
+            if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
+                raise AgentRequestError(400, "invalid", f"{prefix}{suffix} must be a non-negative integer")
+            value = int(raw) if raw else fallback
+            values[f"{name}_{suffix}"] = min(value, largest) if suffix == "limit" else value
+    return values
 
 
 @require_GET
@@ -160,23 +200,40 @@ def project_config(request: HttpRequest, slug: str) -> JsonResponse:
 @require_GET
 @never_cache
 def project_swarm(request: HttpRequest, slug: str) -> JsonResponse:
+    """Counts and pages (`nodes_`, `cells_`, `holes_` + `offset`/`limit`), never every cell or node."""
     try:
-        project = _readable_project(request, slug)
+        project = _swarm_project(request, slug)
+        pages = _page_params(
+            request,
+            nodes=("nodes_", selectors.NODES_PAGE),
+            cells=("cells_", selectors.CELLS_PAGE),
+            holes=("holes_", selectors.HOLES_PAGE),
+        )
     except Http404:
         return _not_found(slug)
-    return JsonResponse(selectors.swarm_state(project=project, now=timezone.now()))
+    except AgentRequestError as exc:
+        return error_response(exc)
+    return JsonResponse(
+        selectors.swarm_state(project=project, viewer=request.user, now=timezone.now(), **pages)
+    )
 
 
 @require_GET
 @never_cache
 def project_nodes(request: HttpRequest, slug: str) -> JsonResponse:
+    """One page of nodes (`offset`, `limit`); endpoint and platform only for their owner and staff."""
     try:
-        project = _readable_project(request, slug)
+        project = _swarm_project(request, slug)
+        page = _page_params(request, nodes=("", selectors.NODES_PAGE))
     except Http404:
         return _not_found(slug)
+    except AgentRequestError as exc:
+        return error_response(exc)
     now = timezone.now()
-    nodes = [selectors.node_as_dict(n, now) for n in selectors.nodes_of_project(project=project)]
-    return JsonResponse({"project": project.slug, "generated_at": now.isoformat(), "nodes": nodes})
+    body = selectors.nodes_page(
+        project=project, viewer=request.user, now=now, offset=page["nodes_offset"], limit=page["nodes_limit"]
+    )
+    return JsonResponse({"project": project.slug, "generated_at": now.isoformat(), **body})
 
 
 @require_GET

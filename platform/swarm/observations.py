@@ -18,7 +18,7 @@ from projects.models import Project
 from swarm import selectors
 from swarm.events import announce_coverage
 from swarm.models import Alert, AlertSeverity, Node, NodeState, ProjectSwarm
-from swarm.reconcile import NodeFacts, Thresholds, grid_coverage, reconcile
+from swarm.reconcile import NodeFacts, Thresholds, grid_cells, grid_coverage, reconcile
 from swarm.services import node_set_state
 
 logger = logging.getLogger(__name__)
@@ -112,11 +112,14 @@ def observation_record(
                 if uids:
                     node.last_seen_in_dht_at = now
                 node.save(update_fields=["announced_experts", "last_seen_in_dht_at"])
-            cells = grid_coverage(selectors.expert_prefix(project), project.grid_dims, announced)
+            # Only covered cells are stored (a hole is a cell not listed), at most as many as a grid may have.
+            covered = grid_coverage(selectors.expert_prefix(project), project.grid_dims, announced)
+            cells = dict(list(covered.items())[: settings.PROJECT_MAX_GRID_CELLS])
+            total = grid_cells(project.grid_dims)
             swarm.coverage, swarm.announced = cells, {k: sorted(v) for k, v in announced.items()}
             swarm.observed_at = now
-            holes = sum(1 for n in cells.values() if n == 0)
-            if holes == len(cells):
+            holes = total - len(cells)
+            if not cells:
                 wanted["coverage:none"] = WantedAlert(
                     "coverage", AlertSeverity.CRITICAL, "No expert is live in the DHT."
                 )
@@ -124,7 +127,7 @@ def observation_record(
                 wanted["coverage:holes"] = WantedAlert(
                     "coverage",
                     AlertSeverity.WARNING,
-                    f"{holes} of {len(cells)} grid cells have no live expert.",
+                    f"{holes} of {total} grid cells have no live expert.",
                 )
             for node_id in result.announced_without_heartbeat:
                 text = f"Node {node_id[:12]} announces experts but sends no heartbeats."

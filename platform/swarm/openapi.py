@@ -8,7 +8,16 @@ from __future__ import annotations
 from typing import Any
 
 from node_agent import __version__
-from node_agent.portal_protocol import MAX_BODY_BYTES, MAX_METRICS_PER_BODY, NODE_HEADER, SIGNATURE_HEADER
+from node_agent.portal_protocol import (
+    MAX_BODY_BYTES,
+    MAX_COUNTER,
+    MAX_JSON_DEPTH,
+    MAX_METRICS_PER_BODY,
+    MAX_SMALL_COUNT,
+    NODE_HEADER,
+    SIGNATURE_HEADER,
+)
+from swarm.selectors import CELLS_PAGE, HOLES_PAGE, NODES_PAGE
 
 _ERROR = {
     "type": "object",
@@ -23,7 +32,25 @@ _SIGNED = {
     "nonce": {"type": "string", "pattern": "^[0-9a-fA-F]{16,64}$", "description": "never reused"},
 }
 _NODE_ID = {"type": "string", "pattern": "^[0-9a-f]{40}$"}
-_COUNT = {"type": "integer", "minimum": 0}
+_COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_COUNTER}
+_SMALL_COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_SMALL_COUNT}
+_PAGE_SIZES = {"nodes_": NODES_PAGE, "cells_": CELLS_PAGE, "holes_": HOLES_PAGE, "": NODES_PAGE}
+
+
+def _paging(*prefixes: str) -> list[dict[str, Any]]:
+    """`<prefix>offset` and `<prefix>limit` query parameters (limits above the largest are clamped)."""
+    parameters = []
+    for prefix in prefixes:
+        default, largest = _PAGE_SIZES[prefix]
+        parameters += [
+            {"name": f"{prefix}offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {
+                "name": f"{prefix}limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 0, "maximum": largest, "default": default},
+            },
+        ]
+    return parameters
 
 
 def _obj(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +59,7 @@ def _obj(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     texts = {
-        400: "malformed body, invalid field or unknown code",
+        400: f"malformed body (JSON nested deeper than {MAX_JSON_DEPTH}), invalid field, unknown code",
         401: "bad signature, stale timestamp or invalid credential",
         403: "banned node or user, revoked credential",
         404: "no such project",
@@ -70,13 +97,16 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _get(summary: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+def _get(
+    summary: str, description: str, schema: dict[str, Any], query: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    slug = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
     return {
         "get": {
             "summary": summary,
             "description": description,
-            "parameters": [{"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": _json("OK", schema), **_errors(404)},
+            "parameters": [slug, *(query or [])],
+            "responses": {"200": _json("OK", schema), **_errors(*((400, 404) if query else (404,)))},
         }
     }
 
@@ -106,12 +136,12 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
     metric = _obj(
         ["step", "loss", "accuracy", "samples_per_s", "experts_answered", "experts_failed", "timestamp"],
         {
-            "step": _COUNT,
+            "step": _SMALL_COUNT,
             "loss": {"type": "number"},
             "accuracy": {"type": "number", "minimum": 0, "maximum": 1},
             "samples_per_s": {"type": "number", "minimum": 0},
-            "experts_answered": _COUNT,
-            "experts_failed": _COUNT,
+            "experts_answered": _SMALL_COUNT,
+            "experts_failed": _SMALL_COUNT,
             "timestamp": {"type": "number"},
             "kind": {"enum": ["train", "eval"]},
         },
@@ -157,11 +187,19 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
             ),
             "/api/v1/projects/{slug}/swarm": _get(
                 "Swarm state",
-                "Nodes with state and freshness, coverage per grid cell (from the DHT), recent metrics.",
+                "Counts of nodes per state and one page of nodes with state and freshness; coverage as "
+                "counts (total, covered, holes), one page of covered cells with their replicas and one "
+                "page of holes (from the DHT); recent metrics. Visible like the swarm page: open projects "
+                "to anyone, approval projects to members, drafts to the owner. A node's endpoint and "
+                "platform only for its volunteer and staff.",
                 {"type": "object"},
+                _paging("nodes_", "cells_", "holes_"),
             ),
             "/api/v1/projects/{slug}/nodes": _get(
-                "Nodes of a project", "Every node and its state.", {"type": "object"}
+                "Nodes of a project",
+                "One page of nodes and their state (same visibility as the swarm state).",
+                {"type": "object"},
+                _paging(""),
             ),
             "/api/v1/agent/join": _signed_post(
                 "Trade a join code for a credential",
@@ -190,14 +228,14 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
                         },
                     ),
                     "202": _json("pending approval", {"type": "object"}),
-                    **_errors(410),
+                    **_errors(410, 429),
                 },
             ),
             "/api/v1/agent/renew": _signed_post(
                 "Renew a credential",
                 signed_note + " Refused for banned nodes and revoked credentials.",
                 _obj(["credential", "ts", "nonce"], {"credential": {"type": "string"}, **_SIGNED}),
-                {"201": _json("new credential", {"type": "object"})},
+                {"201": _json("new credential", {"type": "object"}), **_errors(429)},
             ),
             "/api/v1/agent/heartbeat": _signed_post(
                 "Report a heartbeat",

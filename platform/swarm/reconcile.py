@@ -15,7 +15,10 @@ When the DHT could not be read this round, only heartbeats count.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -102,18 +105,77 @@ def reconcile(
     return result
 
 
+def grid_cells(dims: Sequence[int]) -> int:
+    """How many cells a grid has."""
+    return math.prod(dims)
+
+
+def cell_uid(prefix: str, dims: Sequence[int], index: int) -> str:
+    """The uid of the `index`-th cell in row-major order (`ffn.1.0` is index 2 of a 2x2 grid)."""
+    coords = []
+    for side in reversed(dims):
+        index, coordinate = divmod(index, side)
+        coords.append(coordinate)
+    return ".".join([prefix, *map(str, reversed(coords))])
+
+
+@functools.lru_cache(maxsize=64)
+def _uid_pattern(prefix: str, rank: int) -> re.Pattern[str]:
+    coordinate = r"\.(0|[1-9][0-9]{0,5})"
+    return re.compile(re.escape(prefix) + coordinate * rank)
+
+
+def cell_index(prefix: str, dims: Sequence[int], uid: str) -> int | None:
+    """Row-major index of `uid` in the grid, or None when it is not one of its cells (canonical spelling)."""
+    match = _uid_pattern(prefix, len(dims)).fullmatch(uid)
+    if match is None:
+        return None
+    index = 0
+    for part, side in zip(match.groups(), dims, strict=True):
+        value = int(part)
+        if value >= side:
+            return None
+        index = index * side + value
+    return index
+
+
 def grid_uids(prefix: str, dims: Sequence[int]) -> list[str]:
-    """Every expert uid of a grid: `ffn.0.0` .. `ffn.3.3` for prefix ffn and dims (4, 4)."""
+    """Every expert uid of a grid: `ffn.0.0` .. `ffn.3.3` for prefix ffn and dims (4, 4). Small grids only."""
     return [
         ".".join([prefix, *map(str, coords)]) for coords in itertools.product(*(range(side) for side in dims))
     ]
 
 
 def grid_coverage(prefix: str, dims: Sequence[int], announced: Mapping[str, set[str]]) -> dict[str, int]:
-    """Live replicas per grid cell (0 for a hole); uids outside the grid are ignored."""
-    coverage = dict.fromkeys(grid_uids(prefix, dims), 0)
+    """Live replicas of each *covered* cell, in grid order; holes are the cells not listed.
+
+    Costs what was announced, never the grid's size: a grid may have far more cells than memory.
+    Uids outside the grid are ignored.
+    """
+    replicas: dict[int, int] = {}
     for uids in announced.values():
         for uid in uids:
-            if uid in coverage:
-                coverage[uid] += 1
-    return coverage
+            index = cell_index(prefix, dims, uid)
+            if index is not None:
+                replicas[index] = replicas.get(index, 0) + 1
+    return {cell_uid(prefix, dims, index): replicas[index] for index in sorted(replicas)}
+
+
+def grid_holes(
+    prefix: str, dims: Sequence[int], covered: Iterable[str], *, offset: int, limit: int
+) -> list[str]:
+    """The uids of holes number `offset` .. `offset + limit - 1` (grid order), without walking the grid."""
+    taken = sorted({i for i in (cell_index(prefix, dims, uid) for uid in covered) if i is not None})
+    total = grid_cells(dims)
+    # Hole number `offset` sits `offset` cells in, plus one for each covered cell at or before it.
+    index, position = offset, 0
+    while position < len(taken) and taken[position] <= index:
+        position, index = position + 1, index + 1
+    holes: list[str] = []
+    while len(holes) < limit and index < total:
+        if position < len(taken) and taken[position] == index:
+            position += 1
+        else:
+            holes.append(cell_uid(prefix, dims, index))
+        index += 1
+    return holes

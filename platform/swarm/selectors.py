@@ -10,11 +10,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from accounts.models import User
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
+from projects.permissions import AnyUser
 from swarm.keys import portal_public_key
 from swarm.models import (
     Alert,
@@ -25,11 +26,15 @@ from swarm.models import (
     ProjectSwarm,
     TrainingMetric,
 )
-from swarm.reconcile import grid_uids
+from swarm.reconcile import grid_cells, grid_holes
 from swarm.wheel import latest_wheel
 
 MAX_BOOTSTRAP_PEERS = 16
 RECENT_METRICS = 200
+#: Pages of the read-only API and the pages: (default size, largest size a caller may ask for).
+NODES_PAGE = (200, 500)
+CELLS_PAGE = (4096, 4096)
+HOLES_PAGE = (100, 1000)
 
 
 def swarm_settings(*, project: Project) -> ProjectSwarm:
@@ -131,16 +136,15 @@ def node_credential_state(*, node: Node, now: datetime) -> dict[str, Any]:
     return {"state": "valid", "label": "Valid", "expires_at": latest.expires_at}
 
 
-def node_as_dict(node: Node, now: datetime) -> dict[str, Any]:
-    return {
+def node_as_dict(node: Node, now: datetime, *, private: bool = False) -> dict[str, Any]:
+    """A node for the API; its endpoint (IP address) and platform only when `private` (owner, staff)."""
+    row = {
         "node_id": node.node_id,
         "state": node.state,
         "state_changed_at": iso(node.state_changed_at),
         "state_reason": node.state_reason,
         "role": node.role,
-        "endpoint": node.endpoint,
         "agent_version": node.agent_version,
-        "platform": node.platform,
         "experts": list(node.experts),
         "announced_experts": list(node.announced_experts),
         "requests": node.requests,
@@ -153,12 +157,46 @@ def node_as_dict(node: Node, now: datetime) -> dict[str, Any]:
         "heartbeat_age_s": age_s(node.last_heartbeat_at, now),
         "last_seen_in_dht_at": iso(node.last_seen_in_dht_at),
     }
+    if private:
+        row |= {"endpoint": node.endpoint, "platform": node.platform}
+    return row
 
 
 def coverage_of(*, project: Project) -> dict[str, int]:
-    """Replicas per grid cell from the last observation (every cell, 0 = hole)."""
+    """Live replicas of each covered grid cell from the last observation (grid order); holes are absent.
+
+    Observations before sparse coverage stored zeros too; they are dropped here. Bounded by what the
+    observer stores, never by the grid's size.
+    """
     observed = swarm_settings(project=project).coverage or {}
-    return {uid: int(observed.get(uid, 0)) for uid in grid_uids(expert_prefix(project), project.grid_dims)}
+    return {
+        str(uid): n for uid, n in observed.items() if isinstance(n, int) and not isinstance(n, bool) and n > 0
+    }
+
+
+def coverage_summary(
+    *, project: Project, cells_offset: int = 0, cells_limit: int = CELLS_PAGE[0],
+    holes_offset: int = 0, holes_limit: int = HOLES_PAGE[0],
+) -> dict[str, Any]:  # fmt: skip
+    """Counts, one page of covered cells and one page of holes: what any grid costs to show."""
+    dims, prefix = project.grid_dims, expert_prefix(project)
+    cells = coverage_of(project=project)
+    total = grid_cells(dims)
+    listed = list(cells.items())[cells_offset : cells_offset + cells_limit]
+    holes = grid_holes(prefix, dims, cells, offset=holes_offset, limit=holes_limit)
+    return {
+        "total": total,
+        "covered": len(cells),
+        "holes": max(0, total - len(cells)),
+        "cells": dict(listed),
+        "cells_page": _page(cells_offset, cells_limit, len(cells)),
+        "hole_uids": holes,
+        "holes_page": _page(holes_offset, holes_limit, max(0, total - len(cells))),
+    }
+
+
+def _page(offset: int, limit: int, count: int) -> dict[str, Any]:
+    return {"offset": offset, "limit": limit, "count": count, "more": offset + limit < count}
 
 
 def recent_metrics(*, project: Project, limit: int = RECENT_METRICS) -> list[TrainingMetric]:
@@ -166,10 +204,34 @@ def recent_metrics(*, project: Project, limit: int = RECENT_METRICS) -> list[Tra
     return list(reversed(latest))
 
 
-def swarm_state(*, project: Project, now: datetime) -> dict[str, Any]:
-    """The read-only swarm state of `GET /api/v1/projects/<slug>/swarm`."""
+def node_counts(*, project: Project) -> dict[str, int]:
+    """Nodes per state (one grouped query)."""
+    rows = Node.objects.filter(project=project).values_list("state").annotate(n=Count("pk"))
+    return {state: n for state, n in rows}
+
+
+def nodes_page(
+    *, project: Project, viewer: AnyUser, now: datetime, offset: int = 0, limit: int = NODES_PAGE[0]
+) -> dict[str, Any]:
+    """One page of a project's nodes for the API, private details only where `viewer` may see them."""
+    from swarm.permissions import can_see_node_private
+
+    counts = node_counts(project=project)
+    nodes = nodes_of_project(project=project)[offset : offset + limit]
+    return {
+        "nodes": [node_as_dict(n, now, private=can_see_node_private(viewer, n)) for n in nodes],
+        "nodes_page": _page(offset, limit, sum(counts.values())),
+        "node_states": counts,
+    }
+
+
+def swarm_state(
+    *, project: Project, viewer: AnyUser, now: datetime, nodes_offset: int = 0,
+    nodes_limit: int = NODES_PAGE[0], **coverage_pages: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The read-only swarm state of `GET /api/v1/projects/<slug>/swarm`: counts and pages, never the
+    whole grid or every node."""
     swarm = swarm_settings(project=project)
-    coverage = coverage_of(project=project)
     metrics = recent_metrics(project=project, limit=50)
     return {
         "project": project.slug,
@@ -177,12 +239,8 @@ def swarm_state(*, project: Project, now: datetime) -> dict[str, Any]:
         "observed_at": iso(swarm.observed_at),
         "observation_age_s": age_s(swarm.observed_at, now),
         "observation_error": swarm.observation_error,
-        "nodes": [node_as_dict(n, now) for n in nodes_of_project(project=project)],
-        "coverage": {
-            "cells": coverage,
-            "covered": sum(1 for v in coverage.values() if v),
-            "total": len(coverage),
-        },
+        **nodes_page(project=project, viewer=viewer, now=now, offset=nodes_offset, limit=nodes_limit),
+        "coverage": coverage_summary(project=project, **coverage_pages),
         "metrics": [
             {
                 "step": m.step,
@@ -218,9 +276,9 @@ def health_overview(*, now: datetime) -> list[dict[str, Any]]:
         "title"
     )
     for project in projects:
-        nodes = list(nodes_of_project(project=project))
-        states = Counter(n.state for n in nodes)
-        coverage = coverage_of(project=project)
+        nodes = list(nodes_of_project(project=project)[: NODES_PAGE[1]])
+        states = Counter(node_counts(project=project))
+        coverage = coverage_summary(project=project, cells_limit=0, holes_limit=40)
         swarm = swarm_settings(project=project)
         rows.append(
             {
@@ -229,9 +287,11 @@ def health_overview(*, now: datetime) -> list[dict[str, Any]]:
                 "nodes": nodes,
                 "states": states,
                 "online": states.get(NodeState.ONLINE, 0),
-                "holes": [uid for uid, n in coverage.items() if n == 0],
-                "covered": sum(1 for n in coverage.values() if n),
-                "cells": len(coverage),
+                "node_total": sum(states.values()),
+                "holes": coverage["hole_uids"],
+                "hole_count": coverage["holes"],
+                "covered": coverage["covered"],
+                "cells": coverage["total"],
                 "troubled": [n for n in nodes if n.state in (NodeState.UNREACHABLE,) or n.failures > 0],
                 "pending": [n for n in nodes if n.state == NodeState.PENDING],
                 "versions": sorted(

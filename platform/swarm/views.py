@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from datetime import timedelta
 
 from django.contrib import messages
@@ -17,16 +18,19 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from projects.lifecycle import ProjectStatus
 from projects.permissions import can_manage_project, can_view_project
 from projects.selectors import project_get
-from swarm import selectors, services
+from swarm import ratelimit, selectors, services
 from swarm.api import portal_url
 from swarm.charts import polyline
+from swarm.errors import AgentRequestError
 from swarm.models import Node
 from swarm.openapi import openapi_schema
+from swarm.permissions import can_view_swarm
+from swarm.reconcile import grid_cells, grid_uids
 from swarm.wheel import SUMS_FILE, latest_wheel, wheel_dir, wheel_path
 
 logger = logging.getLogger(__name__)
@@ -50,23 +54,32 @@ def join_commands(*, base_url: str, wheel_name: str, code: str) -> dict[str, str
 
 @login_required
 @never_cache
+@require_http_methods(["GET", "POST"])
 def join_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """GET explains and offers a button; only the POST (CSRF-checked, rate-limited) creates a join code."""
     project = project_get(slug=slug)
     if project is None or not can_view_project(request.user, project):
         raise Http404("No such project.")
     wheel = latest_wheel()
-    context = {"project": project, "wheel": wheel}
+    context = {"project": project, "wheel": wheel, "approval": project.join_policy == "approval"}
     if project.status != ProjectStatus.ACTIVE:
         context["closed"] = True
-    elif wheel is not None:
+    elif wheel is not None and request.method == "POST":
         now = timezone.now()
+        try:
+            ratelimit.enforce("RATE_JOIN_CODES_PER_USER", str(request.user.pk), now=now.timestamp())
+        except AgentRequestError as exc:
+            logger.warning("user %s asks for join codes too often", request.user.pk)
+            context["rate_limited"] = exc.detail
+            response = render(request, "swarm/join.html", context, status=429)
+            response["Retry-After"] = str(max(1, math.ceil(exc.retry_after or 1)))
+            return response
         row, code = services.join_code_create(project=project, user=request.user, now=now)
         context |= {
             "code": code,
             "expires_at": row.expires_at,
             "ttl_minutes": int((row.expires_at - now).total_seconds() // 60),
             "commands": join_commands(base_url=portal_url(request), wheel_name=wheel.filename, code=code),
-            "approval": project.join_policy == "approval",
         }
     return render(request, "swarm/join.html", context)
 
@@ -110,24 +123,42 @@ def my_nodes(request: HttpRequest) -> HttpResponse:
     return render(request, "swarm/my_nodes.html", {"rows": rows, "now": now})
 
 
+#: A grid up to this many cells is drawn cell by cell in the server-rendered page; larger ones summarised.
+MAX_RENDERED_CELLS = 1024
+
+
 def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
+    """The swarm page: counts, one page of nodes and coverage that costs the same for any grid size."""
     project = project_get(slug=slug)
-    if project is None or not can_view_project(request.user, project):
+    if project is None or not can_view_swarm(request.user, project):
         raise Http404("No such project.")
     now = timezone.now()
-    state = selectors.swarm_state(project=project, now=now)
-    metrics = selectors.recent_metrics(project=project)
     dims = project.grid_dims
-    cells = state["coverage"]["cells"]
-    columns = dims[-1] if len(dims) > 1 else min(dims[0], 16)
+    small_grid = grid_cells(dims) <= MAX_RENDERED_CELLS
+    state = selectors.swarm_state(
+        project=project,
+        viewer=request.user,
+        now=now,
+        nodes_limit=0,
+        cells_limit=0,
+        holes_limit=50,
+    )
+    metrics = selectors.recent_metrics(project=project)
+    nodes = list(selectors.nodes_of_project(project=project)[: selectors.NODES_PAGE[1]])
+    if small_grid:
+        covered = selectors.coverage_of(project=project)
+        cells = [(uid, covered.get(uid, 0)) for uid in grid_uids(selectors.expert_prefix(project), dims)]
+    else:
+        cells = []
     context = {
         "project": project,
         "state": state,
         "now": now,
         "can_manage": can_manage_project(request.user, project),
-        "nodes": list(selectors.nodes_of_project(project=project)),
-        "cells": list(cells.items()),
-        "grid_columns": columns,
+        "nodes": nodes,
+        "node_total": state["nodes_page"]["count"],
+        "cells": cells,
+        "grid_columns": dims[-1] if len(dims) > 1 else min(dims[0], 16),
         "loss_points": polyline([m.loss for m in metrics], width=520, height=140),
         "accuracy_points": polyline([m.accuracy for m in metrics], width=520, height=140),
         "last_metric": metrics[-1] if metrics else None,

@@ -182,10 +182,15 @@ def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Proces
         REPO_DIR,
     )
 
-    # The volunteer opens the Join page and copies the command.
+    # The volunteer opens the Join page, asks for a command (a POST: a plain GET creates no code) and
+    # copies it.
     volunteer = browser()
     log_in(volunteer, url, "vol@example.org")
-    page = volunteer.open(f"{url}/projects/{project.slug}/join/", timeout=10).read().decode()
+    offer = volunteer.open(f"{url}/projects/{project.slug}/join/", timeout=10).read().decode()
+    assert "data-join-create" in offer and "data-join-command" not in offer
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', offer).group(1)
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": token}).encode()
+    page = volunteer.open(f"{url}/projects/{project.slug}/join/", data=form, timeout=10).read().decode()
     command = html.unescape(
         re.search(r"<pre class=\"command\" data-join-command>([^<]+)</pre>", page).group(1)
     )

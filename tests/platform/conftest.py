@@ -27,6 +27,15 @@ def make_user(email: str, role: str = Role.VOLUNTEER, **extra: object) -> User:
     )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits() -> Iterator[None]:
+    """Rate-limit windows live in the (per-process, local-memory) cache: each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
 @pytest.fixture
 def volunteer(db: None) -> User:
     return make_user("vera@example.org", Role.VOLUNTEER)

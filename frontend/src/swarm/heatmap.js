@@ -1,10 +1,13 @@
 // The expert grid as a heatmap on a canvas: one cell per expert uid, shaded by how many live replicas
 // the portal's observer saw in the DHT; holes (no live replica) in red. Rows are the grid's first
-// dimension, columns the rest, so any grid up to 1024 x 1024 fits one canvas.
+// dimension, columns the rest. The portal lists covered cells only (a missing cell is a hole); a grid
+// larger than MAX_DRAWN_CELLS (older projects, made before the portal bounded grids) is not drawn.
 import { scaleSequential } from "d3-scale";
 import { interpolateGreens } from "d3-scale-chromatic";
 import { cssVar } from "./colors.js";
 import { uidCoords } from "./state.js";
+
+export const MAX_DRAWN_CELLS = 1 << 20;
 
 export function gridLayout(dims) {
   const rows = dims.length > 1 ? dims[0] : 1;
@@ -43,6 +46,14 @@ export class CoverageHeatmap {
   update(swarm) {
     this.swarm = swarm;
     const dims = swarm.project?.grid || [1];
+    const total = dims.reduce((a, b) => a * b, 1);
+    if (total > MAX_DRAWN_CELLS) {
+      const covered = Object.keys(swarm.coverage.cells || {}).length;
+      this.matrix = null;
+      this.canvas.width = this.canvas.height = 0;
+      Object.assign(this.container.dataset, { covered: String(covered), holes: String(total - covered), cells: String(total) });
+      return { covered, holes: total - covered, total, max: 1 };
+    }
     this.matrix = cellMatrix(swarm.coverage.cells || {}, dims);
     this.prefix = swarm.project?.expert_prefix || "";
     this.dims = dims;

@@ -29,6 +29,8 @@ def test_resync_is_the_only_client_message() -> None:
         '"resync"',
         '{"type": "node.upsert"}',
         '{"type": "resync", "x": "' + "a" * 2000 + '"}',
+        "[" * 1000,  # json.loads alone raises RecursionError here
+        '{"type": "resync", "x": ' + "[" * 500 + "]" * 500 + "}",
     ],
 )
 def test_anything_else_is_a_clear_error(text: str | None) -> None:

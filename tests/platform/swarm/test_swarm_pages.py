@@ -19,7 +19,11 @@ pytestmark = pytest.mark.django_db
 def test_join_page_shows_one_command_with_a_fresh_code(
     logged_in: Any, volunteer: Any, project: Any, wheel_settings: Any
 ) -> None:
-    page = logged_in(volunteer).get(f"/projects/{project.slug}/join/")
+    browser = logged_in(volunteer)
+    offer = browser.get(f"/projects/{project.slug}/join/")
+    assert offer.status_code == 200 and "data-join-create" in offer.content.decode()
+    assert not JoinCode.objects.exists()  # a plain GET (a link preview, a prefetch) creates nothing
+    page = browser.post(f"/projects/{project.slug}/join/")
     assert page.status_code == 200 and page["Cache-Control"].startswith("max-age=0")
     text = page.content.decode()
     wheel = next(wheel_settings.glob("*.whl")).name
@@ -29,11 +33,33 @@ def test_join_page_shows_one_command_with_a_fresh_code(
     assert (code.expires_at - code.created_at).total_seconds() == 900
 
 
+def test_join_codes_need_a_csrf_token(volunteer: Any, project: Any, wheel_settings: Any) -> None:
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(volunteer)
+    assert browser.post(f"/projects/{project.slug}/join/").status_code == 403
+    assert not JoinCode.objects.exists()
+
+
+def test_join_codes_are_rate_limited_per_user(
+    logged_in: Any, volunteer: Any, project: Any, wheel_settings: Any, settings: Any
+) -> None:
+    settings.SWARM = {**settings.SWARM, "RATE_JOIN_CODES_PER_USER": 3}
+    browser = logged_in(volunteer)
+    assert [browser.post(f"/projects/{project.slug}/join/").status_code for _ in range(3)] == [200] * 3
+    refused = browser.post(f"/projects/{project.slug}/join/")
+    assert refused.status_code == 429 and 1 <= int(refused["Retry-After"]) <= 3600
+    assert "try again" in refused.content.decode() and JoinCode.objects.count() == 3
+
+
 def test_join_page_needs_a_login_and_an_active_project(client: Any, project: Any, make_project: Any,
                                                        logged_in: Any, volunteer: Any) -> None:  # fmt: skip
     assert client.get(f"/projects/{project.slug}/join/").status_code == 302
+    assert client.post(f"/projects/{project.slug}/join/").status_code == 302
     draft = make_project(title="Draft", launch=False)
-    assert logged_in(volunteer).get(f"/projects/{draft.slug}/join/").status_code == 404
+    assert logged_in(volunteer).post(f"/projects/{draft.slug}/join/").status_code == 404
+    assert not JoinCode.objects.exists()
 
 
 def test_project_page_has_a_join_button(client: Any, project: Any) -> None:
@@ -108,6 +134,7 @@ def test_openapi_documents_every_route(client: Any) -> None:
 def test_read_only_swarm_api(client: Any, project: Any, joined: dict[str, Any]) -> None:
     state = client.get(f"/api/v1/projects/{project.slug}/swarm").json()
     assert state["coverage"]["total"] == 16 and len(state["nodes"]) == 1 and "observation_age_s" in state
+    assert state["coverage"]["holes"] == 16 and len(state["coverage"]["hole_uids"]) == 16
     assert client.get(f"/api/v1/projects/{project.slug}/nodes").json()["nodes"][0]["state"] == "registered"
 
 
