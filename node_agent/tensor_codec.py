@@ -51,6 +51,9 @@ class Compression(enum.StrEnum):
     BLOCKWISE_8BIT = "blockwise8"
 
 
+_COMPRESSIONS = frozenset(c.value for c in Compression)
+
+
 class TensorCodecError(ValueError):
     """A tensor header or buffer is malformed, or the tensor does not match the expected schema."""
 
@@ -67,13 +70,13 @@ class TensorSchema:
 
     @classmethod
     def from_dict(cls, data: Any) -> TensorSchema:
-        if not isinstance(data, dict) or data.get("dtype") not in DTYPES:
-            raise TensorCodecError(f"bad tensor schema {data!r}")
+        if not isinstance(data, dict) or not _is_dtype_name(data.get("dtype")):
+            raise TensorCodecError(f"bad tensor schema {_brief(data)}")
         shape = data.get("shape")
         if not isinstance(shape, list | tuple) or len(shape) > MAX_DIMS:
-            raise TensorCodecError(f"bad tensor schema shape {shape!r}")
+            raise TensorCodecError(f"bad tensor schema shape {_brief(shape)}")
         if not all(s is None or (type(s) is int and s >= 0) for s in shape):
-            raise TensorCodecError(f"bad tensor schema shape {shape!r}")
+            raise TensorCodecError(f"bad tensor schema shape {_brief(shape)}")
         return cls(dtype=data["dtype"], shape=tuple(shape))
 
     @classmethod
@@ -96,6 +99,27 @@ class TensorSchema:
         ):
             expected = tuple("*" if s is None else s for s in self.shape)
             raise TensorCodecError(f"{what}: expected shape {expected}, got {tuple(shape)}")
+
+
+def _is_dtype_name(name: object) -> bool:
+    """A known dtype name; anything else from the wire (lists, maps: unhashable) is simply not one."""
+    return isinstance(name, str) and name in DTYPES
+
+
+def _brief(value: object, limit: int = 60) -> str:
+    """A bounded description of untrusted input for error messages (an attacker's value may be megabytes,
+    so nothing large is ever passed to `repr`)."""
+    if isinstance(value, str | bytes | bytearray):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, list | tuple) and len(value) <= MAX_DIMS and all(_is_scalar(v) for v in value):
+        return repr(value)[: limit * 2]
+    if isinstance(value, list | tuple | dict):
+        return f"<{type(value).__name__} of {len(value)}>"
+    return repr(value)[:limit]
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, int | float)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -165,26 +189,28 @@ def _from_bytes(data: Any, dtype: torch.dtype, count: int, what: str) -> torch.T
 def decode_tensor(
     header: Any, schema: TensorSchema | None = None, *, allow_nonfinite: bool = True, what: str = "tensor"
 ) -> torch.Tensor:
-    """Rebuild a tensor from `encode_tensor`'s dict, validating everything before allocating compute."""
+    """Rebuild a tensor from `encode_tensor`'s dict, validating everything before allocating compute.
+
+    Raises only TensorCodecError, whatever structure `header` is (it comes from the network).
+    """
     if not isinstance(header, dict):
         raise TensorCodecError(f"{what}: header must be a map")
     name, shape, comp = header.get("dtype"), header.get("shape"), header.get("comp", "none")
-    if name not in DTYPES:
-        raise TensorCodecError(f"{what}: unsupported dtype {name!r}")
+    if not _is_dtype_name(name):
+        raise TensorCodecError(f"{what}: unsupported dtype {_brief(name)}")
     if not isinstance(shape, list | tuple) or len(shape) > MAX_DIMS:
-        raise TensorCodecError(f"{what}: bad shape {shape!r}")
+        raise TensorCodecError(f"{what}: bad shape {_brief(shape)}")
     if not all(type(s) is int and 0 <= s <= MAX_ELEMENTS for s in shape):
-        raise TensorCodecError(f"{what}: bad shape {shape!r}")
+        raise TensorCodecError(f"{what}: bad shape {_brief(shape)}")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise TensorCodecError(f"{what}: {count} elements exceed the limit of {MAX_ELEMENTS}")
     dtype = DTYPES[name]
     if schema is not None:
         schema.check_header(name, tuple(shape), what)
-    try:
-        comp = Compression(comp)
-    except ValueError:
-        raise TensorCodecError(f"{what}: unknown compression {comp!r}") from None
+    if not isinstance(comp, str) or comp not in _COMPRESSIONS:
+        raise TensorCodecError(f"{what}: unknown compression {_brief(comp)}")
+    comp = Compression(comp)
     if comp is not Compression.NONE and not dtype.is_floating_point:
         raise TensorCodecError(f"{what}: compression {comp} applies to floating-point tensors only")
     data = header.get("data")
@@ -194,7 +220,7 @@ def decode_tensor(
         flat = _from_bytes(data, torch.float16, count, what).to(dtype)
     elif comp is Compression.UNIFORM_8BIT:
         low, scale = header.get("low"), header.get("scale")
-        if not all(isinstance(v, float) and math.isfinite(v) for v in (low, scale)):
+        if not all(type(v) is float and math.isfinite(v) for v in (low, scale)):
             raise TensorCodecError(f"{what}: uint8 compression needs finite low and scale")
         flat = (_from_bytes(data, torch.uint8, count, what).float() * scale + low).to(dtype)
     else:

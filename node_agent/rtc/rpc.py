@@ -6,6 +6,10 @@ so a large payload never piles up unbounded in aiortc's SCTP queue. Every call h
 or cancelled call sends CANCEL so the remote stops working on it. A malformed frame is logged and answered
 with an ERROR (when it names a call), never raised into the event loop.
 
+Bounds per connection: unfinished incoming messages (`framing.Reassembler`, bytes per connection and in
+shared per-peer / per-node budgets; going over drops the connection) and requests served at once
+(`max_serving`; more are answered `busy`). Every decoder here raises only `wire.WireError`.
+
 A handler learns which peer is calling from `current_caller()` (the node id the connection was verified
 against, set per served request), so servers can bind per-caller state such as kept forward graphs.
 """
@@ -20,13 +24,13 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
-import msgpack
-
 from node_agent import wire
 from node_agent.rtc.framing import (
     DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_PARTIAL_BYTES,
     DEFAULT_MAX_PAYLOAD,
     MAX_CALL_ID,
+    ByteBudget,
     FrameError,
     FrameKind,
     Message,
@@ -37,6 +41,11 @@ from node_agent.rtc.framing import (
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[str, Any], Awaitable[Any]]
+
+DEFAULT_MAX_SERVING = 128
+#: Error codes and messages from the peer are cut to these lengths before anyone logs or raises them.
+MAX_ERROR_CODE = 64
+MAX_ERROR_MESSAGE = 1024
 
 _caller: ContextVar[bytes | None] = ContextVar("rpc_caller", default=None)
 
@@ -89,6 +98,10 @@ class ChannelRPC:
         high_water: int = 1024 * 1024,
         label: str = "",
         peer_id: bytes | None = None,
+        max_partial_bytes: int = DEFAULT_MAX_PARTIAL_BYTES,
+        budgets: tuple[ByteBudget, ...] = (),
+        max_serving: int = DEFAULT_MAX_SERVING,
+        on_abort: Callable[[str], None] | None = None,
     ) -> None:
         self.channel = channel
         self.peer_id = peer_id
@@ -97,8 +110,16 @@ class ChannelRPC:
         self.max_payload = max_payload
         self.high_water = high_water
         self.label = label or getattr(channel, "label", "rpc")
+        self.max_serving = max_serving
+        self.on_abort = on_abort
         self.last_used = time.monotonic()
-        self._reassembler = Reassembler(max_frame_size=max(chunk_size, 256 * 1024), max_payload=max_payload)
+        self.served = 0
+        self._reassembler = Reassembler(
+            max_frame_size=max(chunk_size, 256 * 1024),
+            max_payload=max_payload,
+            max_partial_bytes=max_partial_bytes,
+            budgets=budgets,
+        )
         self._next_id = 1
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._serving: dict[int, asyncio.Task[None]] = {}
@@ -115,6 +136,11 @@ class ChannelRPC:
     @property
     def closed(self) -> bool:
         return self._closed or self.channel.readyState in ("closing", "closed")
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of unfinished incoming messages held for this connection."""
+        return self._reassembler.held_bytes
 
     @property
     def in_flight(self) -> int:
@@ -194,6 +220,9 @@ class ChannelRPC:
             message = self._reassembler.feed(data)
         except FrameError as exc:
             self.bad_frames += 1
+            if exc.fatal:
+                self._abort(str(exc))
+                return
             logger.warning("bad frame on %s: %s", self.label, exc)
             if exc.call_id is not None and exc.kind is FrameKind.REQUEST:
                 self._send_error(exc.call_id, "bad_frame", str(exc))
@@ -204,10 +233,20 @@ class ChannelRPC:
             self.last_used = time.monotonic()
             self._dispatch(message)
 
+    def _abort(self, reason: str) -> None:
+        """Drop the connection: the peer broke a memory bound (its unfinished messages are already gone)."""
+        logger.warning("dropping connection %s: %s", self.label, reason)
+        self.close()
+        if self.on_abort is not None:
+            self.on_abort(reason)
+
     def _dispatch(self, message: Message) -> None:
         if message.kind is FrameKind.REQUEST:
             if message.call_id in self._serving:
                 self._send_error(message.call_id, "bad_request", "duplicate call id")
+                return
+            if len(self._serving) >= self.max_serving:
+                self._send_error(message.call_id, "busy", f"more than {self.max_serving} calls in progress")
                 return
             task = asyncio.ensure_future(self._serve(message.call_id, message.payload))
             self._serving[message.call_id] = task
@@ -222,15 +261,14 @@ class ChannelRPC:
             if future is None or future.done():
                 return  # a reply to a call that already timed out
             try:
-                future.set_result(_unpack(message.payload, max_size=self.max_payload))
+                future.set_result(wire.unpack(message.payload, max_size=self.max_payload))
             except wire.WireError as exc:
                 logger.warning("undecodable response on %s: %s", self.label, exc)
                 future.set_exception(RPCRemoteError("bad_frame", f"undecodable response: {exc}"))
         else:
             try:
-                body = _unpack(message.payload, max_size=self.max_payload)
-                error = RPCRemoteError(str(body["code"]), str(body["message"]))
-            except (wire.WireError, KeyError, TypeError) as exc:
+                error = parse_error_reply(message.payload, self.max_payload)
+            except wire.WireError as exc:
                 error = RPCRemoteError("bad_frame", f"undecodable error reply: {exc}")
             self._fail(message.call_id, error)
 
@@ -242,14 +280,12 @@ class ChannelRPC:
     async def _serve(self, call_id: int, payload: bytes) -> None:
         _caller.set(self.peer_id)  # this task's own context: visible to the handler only
         try:
-            request = _unpack(payload, max_size=self.max_payload)
-            if not isinstance(request, dict) or not isinstance(request.get("m"), str) or "b" not in request:
-                raise RPCHandlerError(
-                    "bad_request", "request must be a map with a method name 'm' and body 'b'"
-                )
+            method, body = parse_request(payload, self.max_payload)
+            del payload  # the decoded body is all the handler needs; free the raw bytes now
             if self.handler is None:
                 raise RPCHandlerError("unknown_method", "this peer serves no calls")
-            result = await self.handler(request["m"], request["b"])
+            self.served += 1
+            result = await self.handler(method, body)
             reply = wire.pack(result)
         except asyncio.CancelledError:
             return  # cancelled by the caller or by shutdown: nobody waits for an answer
@@ -269,6 +305,7 @@ class ChannelRPC:
         if self._closed:
             return
         self._closed = True
+        self._reassembler.clear()
         self._writable.set()
         for call_id in list(self._pending):
             self._fail(call_id, RPCClosedError(f"channel {self.label} closed"))
@@ -276,20 +313,23 @@ class ChannelRPC:
             task.cancel()
 
 
-def _unpack(data: bytes, max_size: int) -> Any:
-    """msgpack from the peer: size-checked, no extension types (never pickle)."""
-    if len(data) > max_size:
-        raise wire.WireError(f"{len(data)} bytes exceeds the {max_size}-byte limit")
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_reject_ext)
-    except wire.WireError:
-        raise
-    except Exception as exc:  # msgpack raises many types (ExtraData, ValueError, TypeError, ...)
-        raise wire.WireError(f"undecodable msgpack: {type(exc).__name__}: {exc}") from exc
+def parse_request(payload: bytes, max_size: int) -> tuple[str, Any]:
+    """A REQUEST payload -> (method, body); WireError for anything but `{"m": str, "b": any}`."""
+    request = wire.unpack(payload, max_size)
+    if not isinstance(request, dict) or not isinstance(request.get("m"), str) or "b" not in request:
+        raise wire.WireError("request must be a map with a method name 'm' and body 'b'")
+    return request["m"], request["b"]
 
 
-def _reject_ext(code: int, data: bytes) -> Any:
-    raise wire.WireError(f"msgpack extension type {code} is not allowed")
+def parse_error_reply(payload: bytes, max_size: int) -> RPCRemoteError:
+    """An ERROR payload -> the remote error it describes; WireError unless `{"code": str, "message": str}`."""
+    body = wire.unpack(payload, max_size)
+    if not isinstance(body, dict):
+        raise wire.WireError("error reply is not a map")
+    code, message = body.get("code"), body.get("message")
+    if not isinstance(code, str) or not isinstance(message, str):
+        raise wire.WireError("error reply lacks a string code and message")
+    return RPCRemoteError(code[:MAX_ERROR_CODE], message[:MAX_ERROR_MESSAGE])
 
 
 def _log_task_error(task: asyncio.Future[Any]) -> None:

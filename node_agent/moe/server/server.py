@@ -14,8 +14,9 @@ Wire bodies (msgpack):
   re-sends `{"uid", "inputs": [tensor], "grads": [tensor], "reply_compression"}`, which recomputes the
   forward (Learning@home, section 3.2). Both reply `{"grads": [tensor]}` (gradients w.r.t. the inputs).
 * `info` replies with `ExpertBackend.info()`.
-Errors use the RPC error codes `unknown_expert`, `unknown_forward`, `bad_request`, `bad_tensor`,
-`shutting_down`, `internal`.
+Errors use the RPC error codes `unknown_expert`, `unknown_method`, `unknown_forward`, `bad_request`,
+`bad_tensor`, `shutting_down`, `busy`, `internal`; every malformed body gets one of the first five
+(`requests.parse_request` checks the whole schema, an empty batch included, before any compute).
 
 In a gated project (`node_agent.credentials`) the server carries its portal credential in every
 announcement (`credential`, replaced on renewal by `set_credential`) and its DHT node refuses other
@@ -41,11 +42,20 @@ from node_agent.moe.server.backend import ExpertBackend
 from node_agent.moe.server.checkpoints import load_checkpoint, save_checkpoint
 from node_agent.moe.server.forward_cache import ForwardCache, ForwardCacheMiss
 from node_agent.moe.server.kept_groups import KeptGroup
+from node_agent.moe.server.requests import (
+    FORWARD_ID_BYTES,
+    BackwardRequest,
+    ForwardRequest,
+    InfoRequest,
+    RequestError,
+    parse_request,
+    payload_bytes,
+)
 from node_agent.moe.server.runtime import BatchingRuntime
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectionPool
 from node_agent.rtc.rpc import RPCHandlerError, current_caller
-from node_agent.tensor_codec import Compression, TensorCodecError, decode_tensors, encode_tensors
+from node_agent.tensor_codec import encode_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +78,6 @@ class ServerOptions:
     #: awaits its backward or `max_batch_size` samples are in, for at most this many seconds; members of a
     #: concatenated kept forward wait as long for each other. 0: no waiting, a step on every backward.
     step_delay: float = 0.05
-
-
-FORWARD_ID_BYTES = 16
 
 
 class ExpertServer:
@@ -269,21 +276,23 @@ class ExpertServer:
     async def handle(self, method: str, body: Any) -> Any:
         if not self.accepting:
             raise RPCHandlerError("shutting_down", "server is shutting down")
-        if not isinstance(body, dict):
-            raise RPCHandlerError("bad_request", "request body must be a map")
-        uid = body.get("uid")
-        backend = self.backends.get(uid) if isinstance(uid, str) else None
-        if backend is None:
-            raise RPCHandlerError("unknown_expert", f"expert {uid!r} is not served here")
-        self.requests += 1
         try:
-            if method == "info":
+            request = parse_request(method, body, self.backends, self.options.max_batch_size)
+        except RequestError as exc:
+            if exc.code != "unknown_expert":
+                self.requests += 1
+                self.failures += 1
+            logger.debug("refused a request from %s: %s", _short(current_caller()), exc)
+            raise RPCHandlerError(exc.code, exc.message) from None
+        self.requests += 1
+        backend = self.backends[request.uid]
+        try:
+            if isinstance(request, InfoRequest):
                 return backend.info()
-            compression = self._reply_compression(body)
-            if method == "forward":
-                return await self._forward(uid, backend, body, compression)
-            if method == "backward":
-                return await self._backward(uid, backend, body, compression)
+            self.bytes_in += request.payload_bytes
+            if isinstance(request, ForwardRequest):
+                return await self._forward(backend, request)
+            return await self._backward(backend, request)
         except RPCHandlerError:
             self.failures += 1
             raise
@@ -295,14 +304,10 @@ class ExpertServer:
         except ValueError as exc:
             self.failures += 1
             raise RPCHandlerError("bad_tensor", str(exc)) from exc
-        raise RPCHandlerError("unknown_method", f"unknown method {method!r}")
 
-    async def _forward(
-        self, uid: str, backend: ExpertBackend, body: dict[str, Any], compression: Compression
-    ) -> dict[str, Any]:
-        inputs = self._decode(body.get("inputs"), backend.input_schema, "inputs")
-        self.bytes_in += _payload_bytes(body.get("inputs"))
-        if body.get("keep") is True and self.forward_cache.enabled:
+    async def _forward(self, backend: ExpertBackend, request: ForwardRequest) -> dict[str, Any]:
+        uid, inputs, compression = request.uid, request.inputs, request.compression
+        if request.keep and self.forward_cache.enabled:
             fid = secrets.token_bytes(FORWARD_ID_BYTES)
             ticket = _KeepTicket(fid, current_caller() or b"", len(inputs[0]))
             outputs = await self.runtime.submit(f"{uid}/forward_keep", inputs, ticket)
@@ -313,54 +318,25 @@ class ExpertServer:
         outputs = await self.runtime.submit(f"{uid}/forward", inputs)
         return self._reply("outputs", encode_tensors(outputs, compression))
 
-    async def _backward(
-        self, uid: str, backend: ExpertBackend, body: dict[str, Any], compression: Compression
-    ) -> dict[str, Any]:
-        grads = self._decode(body.get("grads"), backend.output_schema, "grads")
-        fid = body.get("fid")
-        if fid is not None:
-            if not isinstance(fid, bytes) or len(fid) != FORWARD_ID_BYTES:
-                raise RPCHandlerError("bad_request", f"fid must be {FORWARD_ID_BYTES} bytes")
-            self.bytes_in += _payload_bytes(body.get("grads"))
+    async def _backward(self, backend: ExpertBackend, request: BackwardRequest) -> dict[str, Any]:
+        uid, grads, compression = request.uid, request.grads, request.compression
+        if request.fid is not None:
             waiter = self._loop.create_future()
             group = await self.runtime.call(
-                self._backward_arrived, backend, grads, fid, current_caller() or b"", waiter
+                self._backward_arrived, backend, grads, request.fid, current_caller() or b"", waiter
             )
             if group is not None:  # other members are awaited: their backward, or the timer, runs it
                 self._later(group, lambda: self._run_group(backend, group))
             grad_inputs = await waiter
             self.runtime.samples += len(grads[0])
             return self._reply("grads", encode_tensors(grad_inputs, compression))
-        inputs = self._decode(body.get("inputs"), backend.input_schema, "inputs")
-        if any(g.shape[0] != inputs[0].shape[0] for g in grads):
-            raise RPCHandlerError("bad_tensor", "grads and inputs have different batch sizes")
-        self.bytes_in += _payload_bytes(body.get("inputs")) + _payload_bytes(body.get("grads"))
-        grad_inputs = await self.runtime.submit(f"{uid}/backward", [*inputs, *grads])
+        assert request.inputs is not None  # parse_request gives inputs whenever there is no fid
+        grad_inputs = await self.runtime.submit(f"{uid}/backward", [*request.inputs, *grads])
         return self._reply("grads", encode_tensors(grad_inputs, compression))
 
     def _reply(self, name: str, encoded: list[dict[str, Any]]) -> dict[str, Any]:
-        self.bytes_out += _payload_bytes(encoded)
+        self.bytes_out += payload_bytes(encoded)
         return {name: encoded}
-
-    def _reply_compression(self, body: dict[str, Any]) -> Compression:
-        try:
-            return Compression(body.get("reply_compression", "none"))
-        except ValueError:
-            raise RPCHandlerError(
-                "bad_request", f"unknown compression {body.get('reply_compression')!r}"
-            ) from None
-
-    def _decode(self, headers: Any, schemas: list, what: str) -> list[torch.Tensor]:
-        try:
-            tensors = decode_tensors(headers, schemas, allow_nonfinite=False, what=what)
-        except TensorCodecError as exc:
-            raise RPCHandlerError("bad_tensor", str(exc)) from exc
-        sizes = {t.shape[0] for t in tensors if t.dim()}
-        if len(sizes) != 1:
-            raise RPCHandlerError("bad_tensor", f"{what}: tensors must share a non-empty batch axis")
-        if next(iter(sizes)) > self.options.max_batch_size:
-            raise RPCHandlerError("bad_tensor", f"{what}: batch exceeds {self.options.max_batch_size}")
-        return tensors
 
     # ---- background ----------------------------------------------------------------------------------
 
@@ -463,10 +439,3 @@ def _settle(waiter: asyncio.Future[Any], answer: Any) -> None:
 
 def _short(node_id: bytes | None) -> str:
     return node_id.hex()[:8] if node_id else "?"
-
-
-def _payload_bytes(headers: Any) -> int:
-    """Tensor bytes in encoded headers (telemetry's bandwidth counters; framing overhead not counted)."""
-    if not isinstance(headers, list):
-        return 0
-    return sum(len(h.get("data", b"")) + len(h.get("scales", b"")) for h in headers if isinstance(h, dict))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 import msgpack
 import pytest
 import torch
@@ -17,6 +19,7 @@ from node_agent.tensor_codec import (
     encode_tensor,
     encode_tensors,
 )
+from tests.node_agent.msgpack_strategies import hostile_headers, msgpack_values
 
 shapes = st.lists(st.integers(0, 9), min_size=0, max_size=4).map(tuple)
 
@@ -138,3 +141,53 @@ def test_schema_dict_round_trip_and_validation():
     for bad in [None, {"dtype": "x", "shape": []}, {"dtype": "float32", "shape": [-1]}]:
         with pytest.raises(TensorCodecError):
             TensorSchema.from_dict(bad)
+
+
+# ---- hostile input: every decoder raises only its documented error -----------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(hostile_headers, st.booleans())
+def test_decode_tensor_raises_only_codec_errors(header, with_schema):
+    schema = TensorSchema("float32", (None, 2)) if with_schema else None
+    try:
+        tensor = decode_tensor(header, schema, allow_nonfinite=False)
+    except TensorCodecError:
+        return
+    assert isinstance(tensor, torch.Tensor)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(hostile_headers, max_size=3) | msgpack_values)
+def test_decode_tensors_raises_only_codec_errors(headers):
+    with contextlib.suppress(TensorCodecError):
+        decode_tensors(headers, [TensorSchema("float32", (None, 2))])
+
+
+@settings(max_examples=200, deadline=None)
+@given(msgpack_values | st.fixed_dictionaries({"dtype": msgpack_values, "shape": msgpack_values}))
+def test_schema_from_dict_raises_only_codec_errors(data):
+    with contextlib.suppress(TensorCodecError):
+        TensorSchema.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "header, match",
+    [
+        ({"dtype": ["float32"], "shape": [1], "data": b"\0" * 4}, "unsupported dtype"),
+        ({"dtype": {"a": 1}, "shape": [1], "data": b"\0" * 4}, "unsupported dtype"),
+        ({"dtype": "float32", "shape": [1], "comp": ["none"], "data": b"\0" * 4}, "unknown compression"),
+        ({"dtype": "float32", "shape": [1], "comp": "blockwise8", "scales": 7, "data": b"\0"}, "scales"),
+        ({"dtype": "float32", "shape": [1], "data": [0, 0, 0, 0]}, "must be bytes"),
+        (
+            {"dtype": "float32", "shape": [1], "comp": "uint8", "low": 1, "scale": 1.0, "data": b"\0"},
+            "finite",
+        ),
+    ],
+)
+def test_wrong_types_in_headers_are_codec_errors(header, match):
+    with pytest.raises(TensorCodecError, match=match):
+        decode_tensor(header)
+    with pytest.raises(TensorCodecError) as info:
+        decode_tensor({**header, "dtype": "x" * 10**6})
+    assert len(str(info.value)) < 200  # a hostile value is never echoed whole

@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node_agent.rtc.framing import HEADER_SIZE, FrameError, FrameKind, Reassembler, encode_frames
+from node_agent.rtc.framing import (
+    FLAG_FIN,
+    HEADER_SIZE,
+    ByteBudget,
+    FrameError,
+    FrameKind,
+    Reassembler,
+    encode_frames,
+)
 
 
 @settings(max_examples=50, deadline=None)
@@ -62,3 +71,44 @@ def test_limits_are_enforced_and_partial_state_dropped():
         reassembler.feed(next(encode_frames(FrameKind.REQUEST, call_id, b"y" * 150, 100)))
     with pytest.raises(FrameError, match="in flight"):
         reassembler.feed(next(encode_frames(FrameKind.REQUEST, 5, b"y" * 150, 100)))
+
+
+def _unfinished(call_id: int, size: int) -> bytes:
+    """The first frame of a message that never gets its FIN."""
+    return struct.pack("!BBBBI", 1, FrameKind.REQUEST, 0, 0, call_id) + b"z" * size
+
+
+def test_unfinished_bytes_bounded_per_connection_and_in_shared_budgets():
+    peer = ByteBudget(2500, "peer")
+    first = Reassembler(max_partial_bytes=1500, budgets=(peer,))
+    for call_id in range(3):
+        first.feed(_unfinished(call_id, 500))
+    assert first.held_bytes == 1500 and peer.used == 1500
+    with pytest.raises(FrameError, match="on this connection") as info:
+        first.feed(_unfinished(9, 1))
+    assert info.value.fatal and first.pending == 0 and first.held_bytes == 0 and peer.used == 0
+
+    second, third = (Reassembler(max_partial_bytes=1500, budgets=(peer,)) for _ in range(2))
+    second.feed(_unfinished(1, 1400))
+    third.feed(_unfinished(1, 1000))
+    with pytest.raises(FrameError, match="peer budget") as info:
+        third.feed(_unfinished(2, 200))  # 1400 + 1200 > 2500: the connection that asks for more goes
+    assert info.value.fatal and peer.used == 1400
+    message = second.feed(struct.pack("!BBBBI", 1, FrameKind.REQUEST, FLAG_FIN, 0, 1) + b"!")
+    assert message.payload == b"z" * 1400 + b"!" and peer.used == 0
+    second.feed(_unfinished(3, 100))
+    second.clear()  # connection closed
+    assert peer.used == 0 and second.pending == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 1), st.binary(max_size=90))))
+def test_arbitrary_frames_raise_only_frame_errors_and_keep_accounts(frames):
+    budget = ByteBudget(400)
+    reassembler = Reassembler(max_frame_size=100, max_payload=300, max_partial=3, budgets=(budget,))
+    for kind, call_id, fin, body in frames:
+        with contextlib.suppress(FrameError):
+            reassembler.feed(struct.pack("!BBBBI", 1, kind, fin, 0, call_id) + body)
+        assert reassembler.held_bytes == budget.used <= 300 * 3
+    reassembler.clear()
+    assert budget.used == 0

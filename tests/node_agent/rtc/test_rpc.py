@@ -1,12 +1,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from node_agent.rtc.rpc import ChannelRPC, RPCClosedError, RPCHandlerError, RPCRemoteError, RPCTimeoutError
+from node_agent.rtc.rpc import (
+    ChannelRPC,
+    RPCClosedError,
+    RPCHandlerError,
+    RPCRemoteError,
+    RPCTimeoutError,
+    parse_error_reply,
+    parse_request,
+)
+from node_agent.wire import WireError
+from tests.node_agent.msgpack_strategies import msgpack_values
 
 
 async def _echo(method: str, body):
@@ -80,3 +93,24 @@ async def test_peer_closing_fails_pending_calls(loopback_pair):
         await asyncio.wait_for(pending, 10)
     with pytest.raises(RPCClosedError):
         await client.call("x", None, timeout=1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(msgpack_values | st.fixed_dictionaries({"m": msgpack_values, "b": msgpack_values}))
+def test_request_and_error_decoders_raise_only_wire_errors(value):
+    payload = msgpack.packb(value)
+    for decode in (parse_request, parse_error_reply):
+        with contextlib.suppress(WireError):
+            decode(payload, 1 << 20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_request_decoder_on_arbitrary_bytes(payload):
+    with contextlib.suppress(WireError):
+        parse_request(payload, 1 << 20)
+
+
+def test_error_reply_is_cut_to_bounded_strings():
+    error = parse_error_reply(msgpack.packb({"code": "c" * 500, "message": "m" * 10**5}), 1 << 20)
+    assert len(error.code) == 64 and len(error.message) == 1024
