@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Codes of remote errors meaning "this replica cannot serve you" rather than "your request was bad".
-_UNAVAILABLE_CODES = {"unknown_expert", "shutting_down"}
+_UNAVAILABLE_CODES = {"unknown_expert", "shutting_down", "busy"}
 DEFAULT_COMPRESSION = Compression.BLOCKWISE_8BIT
 
 
@@ -131,9 +131,13 @@ class ExpertCaller:
         use_uvloop: bool = True,
         reuse_forward: bool = True,
         forward_ttl: float = 30.0,
+        credential: str | None = None,
     ) -> None:
         """`reuse_forward`: ask servers to keep forward graphs for the backward (see the module docstring);
-        `forward_ttl`: how long we remember a forward id (match the servers' `forward_cache_ttl`)."""
+        `forward_ttl`: how long we remember a forward id (match the servers' `forward_cache_ttl`);
+        `credential`: our portal credential, carried in connection offers so that servers of a gated
+        project admit us ahead of unknown peers when they are busy."""
+        self.credential = credential
         self.initial_peers = list(initial_peers)
         self.rtc_options = rtc_options or RTCOptions()
         self.compression = Compression(compression)
@@ -186,7 +190,7 @@ class ExpertCaller:
             initial_peers=self.initial_peers, listen=self.listen, identity=self.identity, client_mode=True
         )
         register_experts_validator(self.dht)
-        self.pool = await ConnectionPool.create(self.dht, None, self.rtc_options)
+        self.pool = await ConnectionPool.create(self.dht, None, self.rtc_options, credential=self.credential)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._loop is None:

@@ -17,13 +17,19 @@ received packets (`node_agent.rtc.sctp_tuning`, RFC 4960 section 6.2), process-w
 
 aiortc cuts messages into ~1.2 KB SCTP chunks, one DTLS record and datagram each; `large_chunks_on_loopback`
 lets a connection whose ICE path is loopback at both ends use 16 KB chunks (`node_agent.rtc.large_records`).
+
+What one peer may cost us: `admission` (which offers get a connection), unfinished incoming messages
+(`max_partial_bytes` per connection, `max_peer_partial_bytes` per peer, `max_node_partial_bytes` for the
+whole node; over a bound the connection is dropped) and `max_serving` calls served at once per connection.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from node_agent.rtc.admission import AdmissionLimits
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +62,15 @@ class RTCOptions:
     coalesce_sacks: bool = True
     #: 16 KB SCTP chunks on connections between loopback addresses (same machine) when the peer can read them.
     large_chunks_on_loopback: bool = True
+    #: Which incoming offers get a peer connection (rates, counts, tiers).
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    #: Bytes of unfinished incoming messages: per connection (at least one `max_payload` message), per peer
+    #: (all its connections) and for the whole node; over any bound the connection is dropped.
+    max_partial_bytes: int = 64 * 1024 * 1024
+    max_peer_partial_bytes: int = 96 * 1024 * 1024
+    max_node_partial_bytes: int = 256 * 1024 * 1024
+    #: Calls served at once on one connection; more are answered `busy`.
+    max_serving: int = 128
 
     @classmethod
     def for_loopback(cls, **overrides: object) -> RTCOptions:

@@ -8,6 +8,11 @@ sides check the remote certificate against the fingerprint in the SDP the other 
 
 Concurrent callers share the connection being set up; a connection idle for `idle_timeout` is closed; a
 dropped connection is forgotten so the next call sets up a fresh one.
+
+Incoming offers pass `admission.Admission` first (rates, connection counts, tiers: a credential carried in
+the offer as `cred`, or a key that already made calls, ranks above an unknown key); a refusal allocates
+nothing and is answered `{"refused": reason}`, logged at most once per `REFUSAL_LOG_PERIOD`. Unfinished
+incoming messages share byte budgets per peer and per node (`framing.ByteBudget`).
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from node_agent.dht.api import DHTError, PeerInfo
+from node_agent.dht.endpoints import parse_endpoint
+from node_agent.rtc.admission import Admission, Slot, Tier
 from node_agent.rtc.config import RTCOptions, apply_process_settings, rtc_configuration
 from node_agent.rtc.fingerprint import FingerprintMismatchError, verify_peer_connection
+from node_agent.rtc.framing import ByteBudget
 from node_agent.rtc.large_records import (
     enable_large_chunks,
     large_record_reads_installed,
@@ -34,10 +43,22 @@ logger = logging.getLogger(__name__)
 OFFER_RPC = "rtc.offer"
 MAX_SDP_BYTES = 16 * 1024
 CHANNEL_LABEL = "colearn-rpc"
+MAX_CREDENTIAL_CHARS = 4096
+REFUSAL_LOG_PERIOD = 10.0
 
 
 class ConnectError(Exception):
     """No verified data channel to the peer: unreachable, refused, timed out or wrong fingerprint."""
+
+
+class ConnectRefusedError(ConnectError):
+    """The peer answered but refused a connection now (its limits: load, rates), not a failure of ours."""
+
+
+class CredentialChecker(Protocol):
+    """`node_agent.credentials.CredentialPolicy`: raises a ValueError subclass if `token` is not valid."""
+
+    def check(self, token: object, *, owner: bytes, now: float) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -49,6 +70,9 @@ class PeerLink:
     rpc: ChannelRPC
     outbound: bool
     opened_at: float = field(default_factory=time.monotonic)
+    #: Inbound links: the sender's address and what it ranked as when admitted.
+    host: str = ""
+    tier: Tier = Tier.UNKNOWN
 
     @property
     def alive(self) -> bool:
@@ -58,24 +82,48 @@ class PeerLink:
 class ConnectionPool:
     """Owns this node's peer connections; `handler` serves calls that remote peers make to us."""
 
-    def __init__(self, dht: Any, handler: Handler | None, options: RTCOptions) -> None:
+    def __init__(
+        self,
+        dht: Any,
+        handler: Handler | None,
+        options: RTCOptions,
+        credentials: CredentialChecker | None = None,
+        credential: str | None = None,
+    ) -> None:
         self.dht = dht
         self.handler = handler
         self.options = options
+        #: Checks credentials that offers carry (gated projects); without it every offer is uncredentialed.
+        self.credentials = credentials
+        #: Our own credential, carried in our offers and answers (`set_credential` on renewal).
+        self.credential = credential
+        self.admission = Admission(options.admission, time.monotonic())
         self._outbound: dict[bytes, PeerLink] = {}
         self._inbound: dict[bytes, list[PeerLink]] = {}
+        self._handshakes: dict[int, _Handshake] = {}
         self._connecting: dict[bytes, asyncio.Future[PeerLink]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
         self.accepting = True
+        self._total_budget = ByteBudget(options.max_node_partial_bytes, "node")
+        self._peer_budgets: dict[bytes, ByteBudget] = {}
+        self._refusals: Counter[str] = Counter()
+        self._refusals_logged = 0.0
+        self.refused_offers = 0
 
     @classmethod
     async def create(
-        cls, dht: Any, handler: Handler | None = None, options: RTCOptions | None = None
+        cls,
+        dht: Any,
+        handler: Handler | None = None,
+        options: RTCOptions | None = None,
+        *,
+        credentials: CredentialChecker | None = None,
+        credential: str | None = None,
     ) -> ConnectionPool:
         """Register the `rtc.offer` RPC on `dht` (so peers can reach us) and start the idle reaper."""
-        pool = cls(dht, handler, options or RTCOptions())
+        pool = cls(dht, handler, options or RTCOptions(), credentials, credential)
         apply_process_settings(pool.options)
         dht.register_rpc(OFFER_RPC, pool.handle_offer)
         pool._reaper = asyncio.create_task(pool._reap_idle(), name="rtc-idle-reaper")
@@ -84,6 +132,14 @@ class ConnectionPool:
     @property
     def links(self) -> list[PeerLink]:
         return [*self._outbound.values(), *(link for links in self._inbound.values() for link in links)]
+
+    @property
+    def handshakes(self) -> int:
+        """Inbound connections still being set up."""
+        return len(self._handshakes)
+
+    def set_credential(self, credential: str | None) -> None:
+        self.credential = credential
 
     # ---- outbound ------------------------------------------------------------------------------------
 
@@ -128,6 +184,9 @@ class ConnectionPool:
                     )
                 except DHTError as exc:
                     raise ConnectError(f"signalling to {endpoint} failed: {exc}") from exc
+                if isinstance(reply, dict) and "refused" in reply:
+                    reason = str(reply["refused"])[:200]
+                    raise ConnectRefusedError(f"{node_id.hex()[:8]} refused the connection: {reason}")
                 answer = _checked_sdp(reply)
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
                 await _wait_open(pc, opened)
@@ -151,13 +210,23 @@ class ConnectionPool:
     # ---- inbound -------------------------------------------------------------------------------------
 
     async def handle_offer(self, peer: PeerInfo, payload: dict) -> dict:
-        """DHT RPC handler for `rtc.offer`: answer, then verify the DTLS fingerprint in the background."""
+        """DHT RPC handler for `rtc.offer`: admit, answer, verify the DTLS fingerprint in the background."""
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
         if self._closed or not self.accepting:
-            raise ConnectError("not accepting connections")
+            return {"refused": "not accepting connections"}
         offer = _checked_sdp(payload)
+        host = _host_of(peer.endpoint)
+        tier = self._tier(peer.node_id, payload)
+        decision = self.admission.decide(peer.node_id, host, tier, self._slots(), time.monotonic())
+        if not decision.admitted:
+            self._note_refusal(decision.reason)
+            return {"refused": decision.reason}
+        for handle in decision.evict:
+            self._evict(handle)
         pc = RTCPeerConnection(rtc_configuration(self.options))
+        handshake = _Handshake(peer.node_id, host, tier, pc)
+        self._handshakes[id(handshake)] = handshake
         channel_ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         @pc.on("datachannel")
@@ -169,14 +238,19 @@ class ConnectionPool:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception:
+            self._handshakes.pop(id(handshake), None)
             await pc.close()
             raise
-        self._track(asyncio.ensure_future(self._accept(peer, pc, payload, channel_ready)))
+        if self._handshakes.get(id(handshake)) is not handshake:  # evicted meanwhile
+            return {"refused": "replaced by another connection"}
+        handshake.task = asyncio.ensure_future(self._accept(peer, handshake, payload, channel_ready))
+        self._track(handshake.task)
         return self._signalling_message(pc)
 
     async def _accept(
-        self, peer: PeerInfo, pc: Any, payload: dict, channel_ready: asyncio.Future[Any]
+        self, peer: PeerInfo, handshake: _Handshake, payload: dict, channel_ready: asyncio.Future[Any]
     ) -> None:
+        pc = handshake.pc
         offer = _checked_sdp(payload)
         try:
             async with asyncio.timeout(self.options.connect_timeout):
@@ -187,21 +261,70 @@ class ConnectionPool:
                     await opened.wait()
             verify_peer_connection(pc, offer)
         except (TimeoutError, FingerprintMismatchError) as exc:
-            logger.warning(
-                "dropping inbound connection from %s: %s", peer.node_id.hex()[:8], exc or "timeout"
-            )
+            reason = str(exc) or "timeout"
+            logger.info("dropping inbound connection from %s: %s", peer.node_id.hex()[:8], reason)
             await pc.close()
             return
+        except BaseException:
+            await pc.close()
+            raise
+        finally:
+            self._handshakes.pop(id(handshake), None)
         self._tune_path(pc, payload, peer.node_id)
         link = self._make_link(peer.node_id, pc, channel, outbound=False)
+        link.host, link.tier = handshake.host, handshake.tier
         self._inbound.setdefault(peer.node_id, []).append(link)
         logger.info("accepted connection from %s (%s)", peer.node_id.hex()[:8], peer.endpoint)
+
+    # ---- admission -----------------------------------------------------------------------------------
+
+    def _tier(self, node_id: bytes, payload: dict) -> Tier:
+        token = payload.get("cred")
+        if self.credentials is not None and isinstance(token, str) and len(token) <= MAX_CREDENTIAL_CHARS:
+            try:
+                self.credentials.check(token, owner=node_id, now=time.time())
+                return Tier.CREDENTIALED
+            except ValueError as exc:
+                logger.debug("offer from %s carries a refused credential: %s", node_id.hex()[:8], exc)
+        return Tier.KNOWN if self.admission.is_known(node_id) else Tier.UNKNOWN
+
+    def _slots(self) -> list[Slot]:
+        slots = [Slot(h.node_id, h.host, h.tier, True, h.started, h) for h in self._handshakes.values()]
+        for links in self._inbound.values():
+            for link in links:
+                tier = max(link.tier, Tier.KNOWN) if link.rpc.served else link.tier
+                idle = link.rpc.in_flight == 0
+                slots.append(Slot(link.node_id, link.host, tier, idle, link.rpc.last_used, link))
+        return slots
+
+    def _evict(self, handle: Any) -> None:
+        if isinstance(handle, PeerLink):
+            logger.info("closing connection with %s to admit another peer", handle.node_id.hex()[:8])
+            self._forget(handle)
+        elif self._handshakes.pop(id(handle), None) is not None:
+            if handle.task is not None:
+                handle.task.cancel()
+            self._track(asyncio.ensure_future(handle.pc.close()))
+
+    def _note_refusal(self, reason: str) -> None:
+        """Count refused offers; one log line per period at most (a flood must not flood the log)."""
+        self.refused_offers += 1
+        self._refusals[reason] += 1
+        now = time.monotonic()
+        if now - self._refusals_logged >= REFUSAL_LOG_PERIOD:
+            summary = ", ".join(f"{count} x {why}" for why, count in self._refusals.most_common())
+            logger.warning("refused rtc offers: %s", summary)
+            self._refusals.clear()
+            self._refusals_logged = now
 
     # ---- signalling and path tuning ------------------------------------------------------------------
 
     def _signalling_message(self, pc: Any) -> dict:
-        """Our offer or answer: the SDP and whether we can receive large SCTP chunks."""
-        return {"sdp": pc.localDescription.sdp, "large_records": large_record_reads_installed()}
+        """Our offer or answer: the SDP, whether we can receive large SCTP chunks, our credential if any."""
+        message = {"sdp": pc.localDescription.sdp, "large_records": large_record_reads_installed()}
+        if self.credential is not None:
+            message["cred"] = self.credential
+        return message
 
     def _tune_path(self, pc: Any, remote_message: Any, node_id: bytes) -> None:
         """Large chunks towards a peer on this machine that said it reads them (`large_records`)."""
@@ -218,6 +341,10 @@ class ConnectionPool:
     # ---- bookkeeping ---------------------------------------------------------------------------------
 
     def _make_link(self, node_id: bytes, pc: Any, channel: Any, outbound: bool) -> PeerLink:
+        peer_budget = self._peer_budgets.get(node_id)
+        if peer_budget is None:
+            peer_budget = ByteBudget(self.options.max_peer_partial_bytes, "peer")
+            self._peer_budgets[node_id] = peer_budget
         rpc = ChannelRPC(
             channel,
             self.handler,
@@ -225,8 +352,12 @@ class ConnectionPool:
             max_payload=self.options.max_payload,
             label=f"{'to' if outbound else 'from'} {node_id.hex()[:8]}",
             peer_id=node_id,
+            max_partial_bytes=self.options.max_partial_bytes,
+            budgets=(peer_budget, self._total_budget),
+            max_serving=self.options.max_serving,
         )
         link = PeerLink(node_id, pc, rpc, outbound)
+        rpc.on_abort = lambda _reason: self._forget(link)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -239,6 +370,8 @@ class ConnectionPool:
 
     def _forget(self, link: PeerLink) -> None:
         link.rpc.close()
+        if link.rpc.served:
+            self.admission.remember(link.node_id)
         if self._outbound.get(link.node_id) is link:
             del self._outbound[link.node_id]
         inbound = self._inbound.get(link.node_id)
@@ -246,6 +379,8 @@ class ConnectionPool:
             inbound.remove(link)
             if not inbound:
                 del self._inbound[link.node_id]
+        if link.node_id not in self._outbound and link.node_id not in self._inbound:
+            self._peer_budgets.pop(link.node_id, None)
         self._track(asyncio.ensure_future(link.peer_connection.close()))
 
     def _track(self, task: asyncio.Future[Any]) -> None:
@@ -278,8 +413,29 @@ class ConnectionPool:
             pending.cancel()
         for link in self.links:
             self._forget(link)
+        for handshake in list(self._handshakes.values()):
+            self._evict(handshake)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
+
+
+@dataclass(slots=True, eq=False)
+class _Handshake:
+    """An admitted inbound connection whose data channel is not open yet (it holds sockets already)."""
+
+    node_id: bytes
+    host: str
+    tier: Tier
+    pc: Any
+    started: float = field(default_factory=time.monotonic)
+    task: asyncio.Future[Any] | None = None
+
+
+def _host_of(endpoint: str) -> str:
+    try:
+        return parse_endpoint(endpoint)[0]
+    except ValueError:
+        return endpoint
 
 
 def _checked_sdp(payload: Any) -> str:

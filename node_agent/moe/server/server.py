@@ -118,7 +118,8 @@ class ExpertServer:
         """Restore checkpoints, start batching, accept connections and announce the experts.
 
         `credential`: this node's portal credential, carried in announcements (gated projects);
-        `credentials`: the checker that makes this node refuse uncredentialed announcements of others.
+        `credentials`: the checker that makes this node refuse uncredentialed announcements of others, and
+        rank peers whose connection offers carry a valid credential above unknown ones.
         """
         server = cls(dht, backends, options or ServerOptions())
         server.credential = credential
@@ -131,7 +132,9 @@ class ExpertServer:
             server.runtime.add_queue(f"{uid}/forward_keep", server._forward_kept_fn(backend), tagged=True)
             backend.snapshot_in_use = server._snapshot_in_use
         register_experts_validator(dht, credentials)
-        server.pool = await ConnectionPool.create(dht, server.handle, rtc_options)
+        server.pool = await ConnectionPool.create(
+            dht, server.handle, rtc_options, credentials=credentials, credential=credential
+        )
         if announce:
             await server.announce()
             server._tasks.append(asyncio.create_task(server._reannounce(), name="expert-reannounce"))
@@ -258,6 +261,8 @@ class ExpertServer:
     def set_credential(self, credential: str | None) -> None:
         """Use a renewed credential from the next announcement on (well before the old one expires)."""
         self.credential = credential
+        if self.pool is not None:
+            self.pool.set_credential(credential)
 
     async def announce(self, withdrawn: bool = False) -> None:
         results = await announce_experts(
