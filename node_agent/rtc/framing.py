@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 FRAME_VERSION = 1
@@ -59,14 +59,24 @@ class FrameError(ValueError):
 
 
 class ByteBudget:
-    """Bytes that several reassemblers may hold together (one peer's connections, or a whole node)."""
+    """Bytes that several reassemblers may hold together (one peer's connections, or a whole node).
 
-    def __init__(self, limit: int, name: str = "shared") -> None:
+    `reclaim(size, holder)`, if given, is asked to free room when a take would not fit, e.g. by dropping
+    the connection that holds the most (so that a few greedy peers cannot starve everyone else); it must
+    never drop `holder`, the reassembler asking.
+    """
+
+    def __init__(
+        self, limit: int, name: str = "shared", reclaim: Callable[[int, Reassembler], None] | None = None
+    ) -> None:
         self.limit = limit
         self.name = name
+        self.reclaim = reclaim
         self.used = 0
 
-    def take(self, size: int) -> bool:
+    def take(self, size: int, holder: Reassembler | None = None) -> bool:
+        if self.used + size > self.limit and self.reclaim is not None and holder is not None:
+            self.reclaim(size, holder)
         if self.used + size > self.limit:
             return False
         self.used += size
@@ -166,7 +176,7 @@ class Reassembler:
             over = f"unfinished messages exceed {self.max_partial_bytes} bytes on this connection"
         else:
             for index, budget in enumerate(self.budgets):
-                if not budget.take(size):
+                if not budget.take(size, self):
                     for taken in self.budgets[:index]:
                         taken.give(size)
                     over = f"unfinished messages exceed the {budget.name} budget of {budget.limit} bytes"

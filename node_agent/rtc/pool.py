@@ -106,7 +106,7 @@ class ConnectionPool:
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
         self.accepting = True
-        self._total_budget = ByteBudget(options.max_node_partial_bytes, "node")
+        self._total_budget = ByteBudget(options.max_node_partial_bytes, "node", self._reclaim)
         self._peer_budgets: dict[bytes, ByteBudget] = {}
         self._refusals: Counter[str] = Counter()
         self._refusals_logged = 0.0
@@ -215,7 +215,11 @@ class ConnectionPool:
 
         if self._closed or not self.accepting:
             return {"refused": "not accepting connections"}
-        offer = _checked_sdp(payload)
+        try:
+            offer = _checked_sdp(payload)
+        except ConnectError as exc:
+            self._note_refusal(str(exc))
+            return {"refused": str(exc)}
         host = _host_of(peer.endpoint)
         tier = self._tier(peer.node_id, payload)
         decision = self.admission.decide(peer.node_id, host, tier, self._slots(), time.monotonic())
@@ -305,6 +309,24 @@ class ConnectionPool:
             if handle.task is not None:
                 handle.task.cancel()
             self._track(asyncio.ensure_future(handle.pc.close()))
+
+    def _reclaim(self, size: int, holder: Any) -> None:
+        """The node's reassembly budget is full: drop the connections holding the most unfinished bytes,
+        as long as each holds more than the asking one would; otherwise the asking one is dropped."""
+        wanted = self._total_budget.used + size - self._total_budget.limit
+        for link in sorted(self.links, key=lambda link: link.rpc.held_bytes, reverse=True):
+            if wanted <= 0 or link.rpc.held_bytes <= holder.held_bytes + size:
+                return
+            if link.rpc.reassembler is holder:
+                continue
+            wanted -= link.rpc.held_bytes
+            logger.warning(
+                "dropping connection with %s: it holds %d bytes of unfinished messages and the node's budget "
+                "is full",
+                link.node_id.hex()[:8],
+                link.rpc.held_bytes,
+            )
+            self._forget(link)
 
     def _note_refusal(self, reason: str) -> None:
         """Count refused offers; one log line per period at most (a flood must not flood the log)."""

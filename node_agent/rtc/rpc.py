@@ -114,7 +114,7 @@ class ChannelRPC:
         self.on_abort = on_abort
         self.last_used = time.monotonic()
         self.served = 0
-        self._reassembler = Reassembler(
+        self.reassembler = Reassembler(
             max_frame_size=max(chunk_size, 256 * 1024),
             max_payload=max_payload,
             max_partial_bytes=max_partial_bytes,
@@ -140,7 +140,7 @@ class ChannelRPC:
     @property
     def held_bytes(self) -> int:
         """Bytes of unfinished incoming messages held for this connection."""
-        return self._reassembler.held_bytes
+        return self.reassembler.held_bytes
 
     @property
     def in_flight(self) -> int:
@@ -217,7 +217,7 @@ class ChannelRPC:
 
     def _on_message(self, data: Any) -> None:
         try:
-            message = self._reassembler.feed(data)
+            message = self.reassembler.feed(data)
         except FrameError as exc:
             self.bad_frames += 1
             if exc.fatal:
@@ -305,7 +305,7 @@ class ChannelRPC:
         if self._closed:
             return
         self._closed = True
-        self._reassembler.clear()
+        self.reassembler.clear()
         self._writable.set()
         for call_id in list(self._pending):
             self._fail(call_id, RPCClosedError(f"channel {self.label} closed"))

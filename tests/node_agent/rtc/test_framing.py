@@ -112,3 +112,21 @@ def test_arbitrary_frames_raise_only_frame_errors_and_keep_accounts(frames):
         assert reassembler.held_bytes == budget.used <= 300 * 3
     reassembler.clear()
     assert budget.used == 0
+
+
+def test_a_full_shared_budget_can_reclaim_from_the_greediest_holder():
+    greedy, modest = Reassembler(), Reassembler()
+
+    def reclaim(size: int, holder: Reassembler) -> None:
+        if greedy is not holder and greedy.held_bytes > holder.held_bytes + size:
+            greedy.clear()  # what the pool does: drop the connection holding the most
+
+    node = ByteBudget(1000, "node", reclaim)
+    greedy.budgets = modest.budgets = (node,)
+    greedy.feed(_unfinished(1, 900))
+    modest.feed(_unfinished(1, 50))
+    modest.feed(_unfinished(2, 100))  # does not fit: the greedy holder's bytes are reclaimed
+    assert greedy.held_bytes == 0 and modest.held_bytes == 150 and node.used == 150
+    with pytest.raises(FrameError, match="node budget") as info:
+        modest.feed(_unfinished(3, 900))  # nobody holds more than the asker: the asker goes
+    assert info.value.fatal and node.used == 0
