@@ -130,3 +130,13 @@ def test_a_full_shared_budget_can_reclaim_from_the_greediest_holder():
     with pytest.raises(FrameError, match="node budget") as info:
         modest.feed(_unfinished(3, 900))  # nobody holds more than the asker: the asker goes
     assert info.value.fatal and node.used == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40) | st.text(max_size=5), max_size=8))
+def test_arbitrary_bytes_raise_only_frame_errors(frames):
+    reassembler = Reassembler(max_frame_size=32, max_payload=64, max_partial=2, max_partial_bytes=80)
+    for frame in frames:
+        with contextlib.suppress(FrameError):
+            reassembler.feed(frame)
+        assert reassembler.held_bytes <= 80
