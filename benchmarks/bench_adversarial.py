@@ -25,7 +25,8 @@ did. Targets: honest success >= 0.99, RSS growth < 100 MB, no 5xx, no crash. Abo
     .venv/bin/python benchmarks/bench_adversarial.py
     .venv/bin/python benchmarks/bench_adversarial.py --phase-seconds 2 --scale 0.1   # a quick smoke run
 
-The withdrawal flood runs last: its records live for an hour, so it would hide experts in later phases.
+Attacks whose damage outlasts them run last (floods that overload the nodes so that clients drop their
+contacts, bans, withdrawals that live for an hour), so each earlier phase measures its own attack.
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     except OSError:
         pass
     return 0.0
+
+
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
 
 
 class Processes:
@@ -293,23 +301,11 @@ async def play(
         )
         calls = await newcomer
         result["notes"]["newcomer_calls_ok"] = f"{sum(calls)}/{len(calls)}"
+        result["notes"]["server_open_fds"] = open_fds(procs.procs["expert_server"].pid)
         result["honest_extra"] = calls
         return result
 
     await phase("quiet_baseline", lambda: asyncio.sleep(seconds, result={"sent": 0, "notes": {}}))
-    await phase(
-        "dht_replay_remap",
-        lambda: dht_attacks.replay_remap(
-            bootstrap, swarm["server"], swarm["server_id"], max(2, round(10 * scale))
-        ),
-    )
-    await phase(
-        "dht_store_flood_rotating_ports",
-        lambda: dht_attacks.store_flood(victims, seconds, round(6000 * scale), sockets=32),
-    )
-    await phase(
-        "dht_restore_one_record", lambda: dht_attacks.restore_heap(victims, seconds, round(20000 * scale))
-    )
     await phase(
         "rtc_malformed_tensors",
         lambda: rtc_attacks.malformed_tensors(handle, HIDDEN_DIM, seconds, max_calls=400),
@@ -325,6 +321,21 @@ async def play(
     await phase("portal_anonymous_access", portal(portal_attacks.anonymous_access))
     portal_rss = lambda: rss_mb(procs.procs["portal"].pid)  # noqa: E731
     await phase("portal_huge_grid", portal(portal_attacks.huge_grid, args.grid_requests, portal_rss))
+    # Last: attacks whose damage outlasts them (dead or re-mapped contacts, overload that makes clients
+    # drop contacts, bans, hour-long withdrawals), so that the earlier phases each measure their own attack.
+    await phase(
+        "dht_replay_remap",
+        lambda: dht_attacks.replay_remap(
+            bootstrap, swarm["server"], swarm["server_id"], max(2, round(5 * scale))
+        ),
+    )
+    await phase(
+        "dht_restore_one_record", lambda: dht_attacks.restore_heap(victims, seconds, round(20000 * scale))
+    )
+    await phase(
+        "dht_store_flood_rotating_ports",
+        lambda: dht_attacks.store_flood(victims, 2 * seconds, round(6000 * scale), sockets=32),
+    )
     await phase(
         "dht_forged_revocations",
         lambda: dht_attacks.forged_revocations(

