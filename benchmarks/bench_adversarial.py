@@ -19,8 +19,9 @@ crafted with the project's own message, record, framing and signing code (`bench
 Prints one JSON object: `honest_success_rate` (honest calls that succeeded / started during the
 attacks), `victim_rss_growth_mb` (DHT node and expert server: peak RSS over the run minus RSS before the
 attacks, from /proc/PID/status), `portal_5xx`, `crashed_processes` (victims that died or did not answer a
-real request at the end), and per attack what was sent, how the honest calls fared and what the victims
-did. Targets: honest success >= 0.99, RSS growth < 100 MB, no 5xx, no crash. About 2.5 minutes.
+real request at the end), and per attack what was sent, how the honest calls fared (and how many peers
+the trainer's DHT node still knew), the victims' RSS growth and what they did with the traffic.
+Targets: honest success >= 0.99, RSS growth < 100 MB, no 5xx, no crash. About 2 to 2.5 minutes.
 
     .venv/bin/python benchmarks/bench_adversarial.py
     .venv/bin/python benchmarks/bench_adversarial.py --phase-seconds 2 --scale 0.1   # a quick smoke run
@@ -388,7 +389,7 @@ def honest_calls(procs: Processes, wait: float) -> list[dict[str, Any]]:
 def report(
     args: argparse.Namespace, phases: list[Phase], calls: list[dict[str, Any]], sampler: RSSSampler,
     start_rss: dict[str, float], peak_rss: dict[str, float], answering: dict[str, bool], procs: Processes,
-    database: str, began: float,
+    database: str, began: float, portal_base: str,
 ) -> dict[str, Any]:  # fmt: skip
     attacks: dict[str, Any] = {}
     total = ok = portal_5xx = 0
@@ -408,12 +409,14 @@ def report(
             **({"statuses": statuses, "portal_5xx": fivexx} if statuses else {}),
             "notes": result.get("notes", {}),
             **({"honest_errors": dict(errors.most_common(3))} if errors else {}),
+            # peers the trainer's DHT node knew during the phase (0: it can find nothing any more)
+            "trainer_dht_contacts": sorted({c["contacts"] for c in mine if c.get("contacts") is not None}),
         }
         portal_5xx += fivexx
         if name != "quiet_baseline":
             total, ok = total + honest_total, ok + honest_ok
     growth = {v: round(max(0.0, peak_rss[v] - start_rss[v]), 1) for v in VICTIMS}
-    portal_healthy = procs.alive("portal") and portal_attacks.healthy(procs.env["_BASE"])
+    portal_healthy = procs.alive("portal") and portal_attacks.healthy(portal_base)
     alive = {v: procs.alive(v) and answering.get(v, False) for v in VICTIMS} | {"portal": portal_healthy}
     crashed = sorted(v for v, up in alive.items() if not up)
     rate = round(ok / total, 4) if total else None
@@ -460,15 +463,15 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-adversarial-"))
     server_url = os.environ.get("DATABASE_URL")
     database_url, database = None, "sqlite (throwaway)"
+    admin_url = server_url.rsplit("/", 1)[0] + "/postgres" if server_url else ""  # the server's own database
     if server_url:
         name = f"bench_adv_{os.getpid()}"
-        _postgres(server_url, f"CREATE DATABASE {name}")
+        _postgres(admin_url, f"CREATE DATABASE {name}")
         database_url, database = server_url.rsplit("/", 1)[0] + f"/{name}", "postgresql (throwaway)"
     procs = Processes(workdir, portal_env(workdir, database_url))
     try:
         base = start_portal(procs)
-        procs.env["_BASE"] = base
-        os.environ.update({k: v for k, v in procs.env.items() if not k.startswith("_")})
+        os.environ.update(procs.env)
         import django
 
         django.setup()
@@ -492,14 +495,14 @@ def main() -> None:
         hwm = {v: rss_mb(pid, "VmHWM") for v, pid in pids.items()}
         peak_rss = {v: max(sampled[v], hwm[v] if hwm[v] > start_hwm[v] else 0.0) for v in VICTIMS}
         result = report(args, phases, calls, sampler, start_rss, peak_rss, answering, procs,
-                        database, began)  # fmt: skip
+                        database, began, targets.base)  # fmt: skip
     finally:
         procs.stop_all()
         if database_url:
             from django.db import connections
 
             connections.close_all()
-            _postgres(server_url, f"DROP DATABASE IF EXISTS {database_url.rsplit('/', 1)[1]} WITH (FORCE)")
+            _postgres(admin_url, f"DROP DATABASE IF EXISTS {database_url.rsplit('/', 1)[1]} WITH (FORCE)")
     result["logs"] = str(workdir)
     print(json.dumps(result))
 

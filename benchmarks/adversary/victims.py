@@ -102,6 +102,15 @@ async def honest_call(caller: Any, hidden_dim: int, prefix: str) -> None:
         raise ValueError(f"wrong shapes {tuple(y.shape)} / {tuple(g.shape)}")
 
 
+def contacts(caller: Any) -> int | None:
+    """How many peers the trainer's DHT node knows (None if that cannot be read): a client that lost them
+    all finds nothing any more, whatever the swarm holds."""
+    try:
+        return len(caller.dht.core.routing)
+    except Exception:
+        return None
+
+
 def run_trainer(config: dict[str, Any]) -> None:
     import torch
 
@@ -130,7 +139,13 @@ def run_trainer(config: dict[str, Any]) -> None:
                 call.result(HONEST_CALL_TIMEOUT * 3)
             except BaseException as exc:  # any failure of an honest call is what the benchmark counts
                 error = f"{type(exc).__name__}: {exc}"[:160]
-            record = {"t0": started, "t1": time.time(), "ok": not error, "error": error}
+            record = {
+                "t0": started,
+                "t1": time.time(),
+                "ok": not error,
+                "error": error,
+                "contacts": contacts(caller),
+            }
             print(json.dumps(record), flush=True)
             stop.wait(config["pause"])
 
