@@ -1,0 +1,1 @@
+"""Attack and victim helpers of `benchmarks/bench_adversarial.py` (benchmark code, never shipped)."""
