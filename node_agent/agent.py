@@ -27,7 +27,6 @@ from node_agent.credentials import (
     AgentState,
     CredentialPolicy,
     RevocationWatcher,
-    install_credential_checks,
     load_agent_state,
     save_agent_state,
 )
@@ -40,6 +39,7 @@ from node_agent.portal_client import (
     normalise_portal_url,
 )
 from node_agent.portal_protocol import ProjectConfig, ProtocolError, parse_project_config, peek_credential
+from node_agent.project_dht import ProjectScope, install_project_validators
 from node_agent.telemetry import (
     BackgroundTelemetry,
     Backoff,
@@ -258,9 +258,9 @@ class AgentRuntime:
         self.dht = await DHTNode.create(
             initial_peers=list(config.bootstrap_peers), listen=self.options.listen, identity=self.identity
         )
+        policy = install_project_validators(self.dht, ProjectScope.from_config(config))
         if config.gated:
-            self.policy = CredentialPolicy(config.project, config.portal_key)
-            install_credential_checks(self.dht, self.policy)
+            self.policy = policy
             self.watcher = await RevocationWatcher.create(
                 self.dht, self.policy, self.options.revocation_period
             )

@@ -86,6 +86,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from node_agent.moe.server.backend import OptimizerConfig, create_backends
     from node_agent.moe.server.server import ExpertServer, ServerOptions
     from node_agent.moe.uids import expand_patterns
+    from node_agent.project_dht import install_project_validators
 
     log = logging.getLogger("node_agent.cli.serve")
     try:
@@ -108,6 +109,7 @@ async def _serve(args: argparse.Namespace) -> int:
     except (DHTError, OSError, ValueError) as exc:
         print(f"error: {exc}", flush=True)
         return 1
+    install_project_validators(dht)  # no portal, no project: ungated experts, nothing else
     options = ServerOptions(
         max_batch_size=args.max_batch_size,
         max_wait=args.max_wait,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from node_agent.dht.api import (
     DHTBootstrapError,
     DHTError,
+    DHTRecordRefused,
     DHTRPCError,
     DHTTimeoutError,
     DHTValidationError,
@@ -25,6 +26,7 @@ __all__ = [
     "DHTError",
     "DHTNode",
     "DHTRPCError",
+    "DHTRecordRefused",
     "DHTTimeoutError",
     "DHTValidationError",
     "PeerInfo",

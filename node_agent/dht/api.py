@@ -75,6 +75,12 @@ class DHTValidationError(DHTError):
     """A record broke a rule (signature, owner, schema, size, expiry); it is never stored."""
 
 
+class DHTRecordRefused(DHTValidationError):
+    """Refused for want of context an honest relayer may lack (a credential policy, a revocation list, the
+    project's portal key, a namespace it does not know): dropped, and whoever passed it on is not
+    penalised, since only what every honest node would reject (signature, schema, size) proves malice."""
+
+
 @dataclass(frozen=True, slots=True)
 class ValueWithExpiration:
     """One live value found in the DHT; ``owner`` is the node id that signed it (``None`` if unknown)."""

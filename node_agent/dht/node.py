@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from node_agent.dht.answers import MAX_FIND_PAGES, Cursor, cursor_from_wire, cursor_to_wire
 from node_agent.dht.api import (
     ID_BYTES,
     DHTBootstrapError,
@@ -42,6 +43,7 @@ _STORE_CHUNK_OVERHEAD = 600
 MAX_CONCURRENT_RPC_HANDLERS = 256
 RPC_HANDLER_TIMEOUT = 30.0
 Merged = dict[str | None, tuple[SignedRecord, RecordView]]
+FindResult = tuple[list[tuple[bytes, Address]], list[tuple[SignedRecord, RecordView]]]
 
 
 class _RetransmitTimer:
@@ -314,14 +316,13 @@ class DHTNode:
         self.core.routing.touch(target, time.time())
         merged: Merged = {}
         had_value: set[bytes] = set()
-        inflight: dict[asyncio.Task[Response], bytes] = {}
+        inflight: dict[asyncio.Task[FindResult], bytes] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.lookup_timeout
         try:
             while True:
                 for node_id, address in state.next_queries():
-                    call = self._call(address, "find", {"q": [[target, key]]}, node_id, self._timer.timeout)
-                    inflight[loop.create_task(call)] = node_id
+                    inflight[loop.create_task(self._find(node_id, address, target, key))] = node_id
                 if state.finished or not inflight or loop.time() >= deadline:
                     break
                 done, _ = await asyncio.wait(
@@ -330,7 +331,7 @@ class DHTNode:
                 for task in done:
                     node_id = inflight.pop(task)
                     try:
-                        nodes, records = self._parse_find(task.result(), key)
+                        nodes, records = task.result()
                     except DHTError:
                         state.on_failure(node_id)
                         continue
@@ -347,9 +348,37 @@ class DHTNode:
         self.last_lookup = state
         return state, merged, had_value
 
+    async def _find(self, node_id: bytes, address: Address, target: bytes, key: str | None) -> FindResult:
+        """One node's answer to a find, following its cursor through truncated answers (bounded pages)."""
+        query: list[Any] = [target, key]
+        response = await self._call(address, "find", {"q": [query]}, node_id, self._timer.timeout)
+        nodes, records, cursor = self._parse_find(response, key)
+        for _ in range(MAX_FIND_PAGES - 1):
+            if cursor is None:
+                return nodes, records
+            try:
+                response = await self._call(
+                    address, "find", {"q": [[*query, cursor_to_wire(cursor)]]}, node_id, self._timer.timeout
+                )
+                _, more, next_cursor = self._parse_find(response, key)
+            except DHTError as exc:  # keep the pages we have: they are verified records
+                logger.info("find %r at %s stopped after a page: %s", key, format_endpoint(address), exc)
+                return nodes, records
+            records.extend(more)
+            cursor = next_cursor if next_cursor is not None and next_cursor > cursor else None
+        if cursor is not None:
+            logger.warning(
+                "%s holds more than %d pages under %r; reading the first %d",
+                format_endpoint(address),
+                MAX_FIND_PAGES,
+                key,
+                MAX_FIND_PAGES,
+            )
+        return nodes, records
+
     def _parse_find(
         self, response: Response, key: str | None
-    ) -> tuple[list[tuple[bytes, Address]], list[tuple[SignedRecord, RecordView]]]:
+    ) -> tuple[list[tuple[bytes, Address]], list[tuple[SignedRecord, RecordView]], Cursor | None]:
         answers = response.payload.get("a")
         if not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0], list):
             raise DHTRPCError("malformed find answer")
@@ -368,11 +397,17 @@ class DHTNode:
             ):
                 nodes.append((entry[0], (entry[1], entry[2])))
         records: list[tuple[SignedRecord, RecordView]] = []
+        cursor: Cursor | None = None
         if key is not None and len(answer) > 1:
             for entry in self.core.check_records(answer[1], response.peer, time.time()):
                 if entry is not None and entry[0].key == key:
                     records.append(entry)
-        return nodes, records
+            if len(answer) > 3 and answer[2] is True and answer[3] is not None:
+                try:
+                    cursor = cursor_from_wire(answer[3])
+                except WireError as exc:
+                    logger.debug("ignoring a bad cursor from %s: %s", response.peer.endpoint, exc)
+        return nodes, records, cursor
 
     def _merge(self, merged: Merged, records: Iterable[tuple[SignedRecord, RecordView]]) -> None:
         for record, view in records:

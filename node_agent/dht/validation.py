@@ -10,7 +10,13 @@ from typing import Any
 
 import msgspec
 
-from node_agent.dht.api import DHTValidationError, RecordValidator, RecordView, subkey_owner
+from node_agent.dht.api import (
+    DHTRecordRefused,
+    DHTValidationError,
+    RecordValidator,
+    RecordView,
+    subkey_owner,
+)
 from node_agent.dht.records import SignedRecord, record_signing_bytes
 from node_agent.identity import verify
 from node_agent.wire import WireError, unpack
@@ -34,6 +40,15 @@ class SchemaValidator(RecordValidator):
             msgspec.convert(record.value, self.schema, strict=True)
         except msgspec.ValidationError as exc:
             raise DHTValidationError(f"value for {record.key!r} breaks its schema: {exc}") from exc
+
+
+class UnknownNamespaceValidator(RecordValidator):
+    """Registered under the empty prefix by project nodes: keys outside the project's namespaces are
+    refused (without blame: a newer peer may know a namespace we do not), so nobody can park data here
+    that no project reader would ever check."""
+
+    def validate(self, record: RecordView, now: float) -> None:
+        raise DHTRecordRefused(f"{record.key[:64]!r} is in no namespace this node serves")
 
 
 class ValidatorRegistry:

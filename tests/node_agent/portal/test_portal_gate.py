@@ -19,7 +19,8 @@ from node_agent.credentials import (
     fetch_revocations,
     install_credential_checks,
 )
-from node_agent.dht import DHTNode, DHTValidationError
+from node_agent.dht import DHTNode, DHTRecordRefused, DHTValidationError
+from node_agent.dht.records import key_id
 from node_agent.identity import Identity
 from node_agent.moe.announce import announce_experts, live_replicas, uid_key
 from node_agent.portal_protocol import issue_credential, revocation_list_value, revocations_key
@@ -149,11 +150,20 @@ async def test_revoked_credentials_are_refused_once_the_portal_publishes_the_lis
             await watcher.stop()
 
 
-async def test_withdrawal_needs_no_credential_and_hides_the_owner(swarm: GatedSwarm) -> None:
+async def test_withdrawal_needs_the_credential_and_hides_the_owner(swarm: GatedSwarm) -> None:
     identity = Identity.generate()
     server = await swarm.add(identity=identity, client_mode=False)
     reader = await swarm.add(client_mode=True)
-    assert all(await announce_experts(server, ["ffn.1.1"], ttl=60, credential=credential(identity)))
+    token = credential(identity)
+    assert all(await announce_experts(server, ["ffn.1.1"], ttl=60, credential=token))
     assert await swarm.visible(reader, "ffn.1.1") == [server.node_id]
-    assert any(await announce_experts(server, ["ffn.1.1"], ttl=60, withdrawn=True))
+    with pytest.raises(DHTRecordRefused, match="no credential"):  # its own gated node refuses first
+        await announce_experts(server, ["ffn.1.1"], ttl=60, withdrawn=True)
+    # A credential-less node cannot plant withdrawals in a gated swarm (not even its own), ...
+    planter = await swarm.add(client_mode=True, gate=False)
+    assert not any(await announce_experts(planter, ["ffn.1.2"], ttl=60, withdrawn=True))
+    assert all(not node.core.store.get(key_id(uid_key("ffn.1.2")), time.time()) for node, _ in swarm.gated)
+    # ... and nobody is blamed for that: the gated peers only dropped what their policy refuses.
+    assert all(not node.core.penalties.is_banned(planter.node_id, time.time()) for node, _ in swarm.gated)
+    assert any(await announce_experts(server, ["ffn.1.1"], ttl=60, withdrawn=True, credential=token))
     assert await swarm.visible(reader, "ffn.1.1") == []
