@@ -20,6 +20,7 @@ from node_agent.credentials import (
     install_credential_checks,
 )
 from node_agent.dht import DHTNode, DHTRecordRefused, DHTValidationError, owner_subkey
+from node_agent.dht.endpoints import parse_endpoint
 from node_agent.dht.records import key_id
 from node_agent.identity import Identity
 from node_agent.moe.announce import (
@@ -173,7 +174,9 @@ async def test_withdrawal_needs_the_credential_and_hides_the_owner(swarm: GatedS
     assert not any(await announce_experts(planter, ["ffn.1.2"], ttl=60, withdrawn=True))
     assert all(not node.core.store.get(key_id(uid_key("ffn.1.2")), time.time()) for node, _ in swarm.gated)
     # ... and nobody is blamed for that: the gated peers only dropped what their policy refuses.
-    assert all(not node.core.penalties.is_banned(planter.node_id, time.time()) for node, _ in swarm.gated)
+    for node, _ in swarm.gated:  # a node that ignored the planter would drop its ping: a timeout
+        host, port, _ = parse_endpoint(node.endpoint)
+        await planter._call((host, port), "ping", {}, node.node_id, 1.0)
     assert any(await announce_experts(server, ["ffn.1.1"], ttl=60, withdrawn=True, credential=token))
     assert await swarm.visible(reader, "ffn.1.1") == []
 
@@ -201,7 +204,9 @@ async def test_withdrawal_floods_do_not_hide_credentialed_servers(swarm: GatedSw
             for c in range(300)
         ]
         assert all(await rogue.store_many(items))
-    assert len(swarm.nodes[0].core.store.get(key_id(prefix_key("ffn.")), time.time())) >= 300
+    assert (
+        max(len(node.core.store.get(key_id(prefix_key("ffn.")), time.time())) for node in swarm.nodes) >= 300
+    )
     # Without a credential, the same flood is not stored at all.
     outsider = await swarm.add(client_mode=True, gate=False)
     bare = announcement_value(padded_endpoint, outsider.node_id, now, withdrawn=True)
