@@ -39,7 +39,7 @@ from node_agent.portal_client import (
     normalise_portal_url,
 )
 from node_agent.portal_protocol import ProjectConfig, ProtocolError, parse_project_config, peek_credential
-from node_agent.project_dht import ProjectScope, install_project_validators
+from node_agent.project_dht import ProjectScope, project_validators
 from node_agent.telemetry import (
     BackgroundTelemetry,
     Backoff,
@@ -255,10 +255,13 @@ class AgentRuntime:
         from node_agent.rtc.config import RTCOptions
 
         config = self.config
+        policy = CredentialPolicy(config.project, config.portal_key)
         self.dht = await DHTNode.create(
-            initial_peers=list(config.bootstrap_peers), listen=self.options.listen, identity=self.identity
+            initial_peers=list(config.bootstrap_peers),
+            listen=self.options.listen,
+            identity=self.identity,
+            validators=project_validators(ProjectScope.from_config(config), policy),
         )
-        policy = install_project_validators(self.dht, ProjectScope.from_config(config))
         if config.gated:
             self.policy = policy
             self.watcher = await RevocationWatcher.create(

@@ -79,18 +79,20 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from node_agent.dht import DHTError, DHTNode, RecordValidator
     from node_agent.identity import Identity
-    from node_agent.project_dht import install_project_validators
+    from node_agent.project_dht import project_validators
 
     try:
         scope = project_scope(args)
         identity = Identity.generate() if args.ephemeral else Identity.load_or_create(args.identity)
-        node = await DHTNode.create(initial_peers=args.initial_peers, listen=args.listen, identity=identity)
+        validators = project_validators(scope)
+        if args.any_namespace:
+            validators[""] = RecordValidator()
+        node = await DHTNode.create(
+            initial_peers=args.initial_peers, listen=args.listen, identity=identity, validators=validators
+        )
     except (DHTError, OSError, ValueError) as exc:
         print(f"error: {exc}", flush=True)
         return 1
-    install_project_validators(node, scope)
-    if args.any_namespace:
-        node.register_validator("", RecordValidator())
     print(f"{node.endpoint}/{node.node_id.hex()}", flush=True)
     print(f"bootstrap node up; others join with: --initial-peers {node.endpoint}", flush=True)
     project = f"project {scope.project} ({'gated' if scope.gated else 'open'})" if scope else "no project"

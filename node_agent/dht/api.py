@@ -157,7 +157,8 @@ class DHTNodeAPI(Protocol):
     """The methods ``node_agent.dht.node.DHTNode`` provides (build it with ``await DHTNode.create(...)``).
 
     ``DHTNode.create(initial_peers: Sequence[str] = (), listen: str = "127.0.0.1:0",
-    identity: Identity | None = None, client_mode: bool = False, **options)`` binds the UDP socket,
+    identity: Identity | None = None, client_mode: bool = False, validators=None, **options)`` registers
+    ``validators`` (namespace prefix -> :class:`RecordValidator`), binds the UDP socket,
     pings the initial peers (raising :class:`DHTBootstrapError` if some were given and none answered)
     and looks up its own id to fill the routing table. ``options`` are the fields of
     ``node_agent.dht.config.DHTConfig`` (bucket_size, alpha, num_replicas, rpc_timeout, ...).

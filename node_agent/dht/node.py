@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from node_agent.dht.answers import MAX_FIND_PAGES, Cursor, cursor_from_wire, cursor_to_wire
@@ -97,13 +97,17 @@ class DHTNode:
         client_mode: bool = False,
         *,
         network: MemoryNetwork | None = None,
+        validators: Mapping[str, RecordValidator] | None = None,
         **options: Any,
     ) -> DHTNode:
         """Bind, bootstrap from ``initial_peers`` and start maintenance; ``network`` selects the simulator.
 
         ``identity=None`` makes a fresh ephemeral identity; pass ``Identity.load_or_create()`` to keep one.
+        ``validators`` (namespace prefix -> validator) apply before the first datagram, joining included.
         """
         node = cls(identity or Identity.generate(), DHTConfig.from_options(**options), client_mode)
+        for prefix, validator in (validators or {}).items():
+            node.register_validator(prefix, validator)
         host, port, _ = parse_endpoint(listen)
         if network is not None:
             node._transport = network.bind(node._on_datagram, host, port)
