@@ -52,12 +52,15 @@ def answer_page(
     records: Iterable[SignedRecord],
     after: Cursor | None,
     budget: int,
+    page_size: int,
     max_records: int = MAX_RECORDS_PER_PAGE,
-) -> tuple[list[SignedRecord], Cursor | None]:
-    """The records after ``after`` that fit in ``budget`` bytes, and the cursor to continue (None: all sent).
+) -> tuple[list[SignedRecord], Cursor | None, bool]:
+    """The records after ``after`` that fit in ``budget`` bytes: (page, cursor to continue, truncated).
 
-    A record larger than a whole page is skipped (an honest one never is: values are capped well below the
-    datagram size), so a reader always makes progress.
+    A record larger than a whole page (``page_size``) is stepped over, so a reader always makes progress
+    (an honest one never is: values are capped well below the datagram). When the remaining ``budget`` of
+    a many-query answer fits nothing, the answer is truncated with no cursor when nothing was sent from the
+    start (the reader asks that key alone).
     """
     page: list[SignedRecord] = []
     last: Cursor | None = after
@@ -65,15 +68,15 @@ def answer_page(
         if after is not None and position <= after:
             continue
         size = wire_size(record)
+        if size > page_size:
+            last = position  # can never be sent; step over it
+            continue
         if len(page) >= max_records or size > budget:
-            if not page and size > budget:
-                last = position  # cannot be sent at all; step over it
-                continue
-            return page, last
+            return page, last, True
         budget -= size
         page.append(record)
         last = position
-    return page, None
+    return page, None, False
 
 
 def cursor_to_wire(cursor: Cursor) -> list[Any]:

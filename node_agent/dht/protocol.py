@@ -40,6 +40,7 @@ Address = tuple[str, int]
 MAX_QUERIES_PER_FIND = 64
 MAX_RECORDS_PER_STORE = 256
 _ENVELOPE_OVERHEAD = 400  # bytes of header, signature and framing around a payload
+_CURSOR_RESERVE = 64  # an answer's cursor and truncated flag
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,14 +272,16 @@ class ProtocolCore:
             budget -= 40 * len(nodes) + 8
             records: list[Any] = []
             cursor: list[Any] | None = None
+            truncated = False
             if key is not None and not self.client_mode:
-                page, next_cursor = answer_page(
+                page, next_cursor, truncated = answer_page(
                     (record for record, _ in self.store.get(target, now) if record.key == key),
                     after,
-                    max(0, budget - 64),
+                    budget - _CURSOR_RESERVE,
+                    self.config.max_datagram - _ENVELOPE_OVERHEAD - _CURSOR_RESERVE,
                 )
                 budget -= sum(wire_size(record) for record in page)
                 records = [record.to_wire() for record in page]
                 cursor = cursor_to_wire(next_cursor) if next_cursor is not None else None
-            answers.append([nodes, records, cursor is not None, cursor])
+            answers.append([nodes, records, truncated, cursor])
         return "ok", {"a": answers}

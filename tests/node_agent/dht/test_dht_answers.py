@@ -23,6 +23,16 @@ from node_agent.identity import Identity
 from node_agent.wire import WireError, pack, unpack
 
 NOW = 1_700_000_000.0
+ANY_MSGPACK = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=24),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=10,
+)
 OWNERS = [Identity.generate() for _ in range(3)]
 
 
@@ -48,7 +58,8 @@ def test_pages_cover_every_record_exactly_once() -> None:
     cursor = None
     pages = 0
     while True:
-        page, cursor = answer_page(stored, cursor, budget=8 * 1024)
+        page, cursor, truncated = answer_page(stored, cursor, budget=8 * 1024, page_size=8 * 1024)
+        assert truncated == (cursor is not None)
         assert sum(wire_size(r) for r in page) <= 8 * 1024 and len(page) <= MAX_RECORDS_PER_PAGE
         seen.extend(page)
         pages += 1
@@ -61,32 +72,40 @@ def test_pages_cover_every_record_exactly_once() -> None:
 def test_a_record_larger_than_a_page_is_stepped_over() -> None:
     big = records_of(OWNERS[0], 1, pad=4000)
     small = records_of(OWNERS[1], 1)
-    seen, cursor = answer_page(big + small, None, budget=1000)
-    if cursor is not None:  # the small one came first: the next page steps over the big one
-        more, cursor = answer_page(big + small, cursor, budget=1000)
-        seen += more
-    assert seen == small and cursor is None
+    assert answer_page(big + small, None, budget=1000, page_size=1000) == (small, None, False)
+
+
+def test_an_exhausted_budget_truncates_without_losing_records() -> None:
+    stored = records_of(OWNERS[0], 3)
+    assert answer_page(stored, None, budget=10, page_size=8 * 1024) == ([], None, True)
+    page, cursor, truncated = answer_page(stored, None, budget=2 * wire_size(stored[0]), page_size=8 * 1024)
+    assert len(page) == 2 and truncated and cursor is not None
+    assert answer_page(stored, cursor, budget=8 * 1024, page_size=8 * 1024)[0] == [stored[2]]
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.recursive(
-        st.none()
-        | st.booleans()
-        | st.integers()
-        | st.floats()
-        | st.text(max_size=8)
-        | st.binary(max_size=24),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
-        max_leaves=10,
-    )
-)
+@given(ANY_MSGPACK)
 def test_any_msgpack_structure_as_cursor_parses_or_raises_wire_error(obj: object) -> None:
     try:
         position, owner = cursor_from_wire(obj)
     except WireError:
         return
     assert isinstance(position, int) and position >= 0 and len(owner) == 20
+
+
+HOLDER = ProtocolCore(Identity.generate(), DHTConfig())
+for _record in records_of(OWNERS[0], 3):
+    HOLDER.store_locally(_record, HOLDER.validators.check(_record, NOW), NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(ANY_MSGPACK, st.tuples(ANY_MSGPACK).map(lambda t: [[key_id("grid"), "grid", t[0]]])))
+def test_any_find_payload_is_answered_never_raised(queries: object) -> None:
+    reader = ProtocolCore(Identity.generate(), DHTConfig())
+    _, data = reader.request("find", {"q": queries}, ("127.0.0.1", 2), None, NOW)
+    request = HOLDER.receive(data, ("127.0.0.1", 1), NOW)
+    kind, payload = HOLDER.handle_find(request, NOW)
+    assert kind in ("ok", "err") and isinstance(payload, dict)
 
 
 def test_find_with_a_hostile_cursor_is_answered_with_an_error() -> None:
