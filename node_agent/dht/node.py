@@ -371,7 +371,7 @@ class DHTNode:
             records.extend(more)
             cursor = next_cursor if next_cursor is not None and next_cursor > cursor else None
         if cursor is not None:
-            logger.warning(
+            logger.info(  # info, not warning: a flooded key would log on every read
                 "%s holds more than %d pages under %r; reading the first %d",
                 format_endpoint(address),
                 MAX_FIND_PAGES,
