@@ -27,7 +27,6 @@ from node_agent.credentials import (
     AgentState,
     CredentialPolicy,
     RevocationWatcher,
-    install_credential_checks,
     load_agent_state,
     save_agent_state,
 )
@@ -40,6 +39,7 @@ from node_agent.portal_client import (
     normalise_portal_url,
 )
 from node_agent.portal_protocol import ProjectConfig, ProtocolError, parse_project_config, peek_credential
+from node_agent.project_dht import ProjectScope, project_validators
 from node_agent.telemetry import (
     BackgroundTelemetry,
     Backoff,
@@ -255,12 +255,15 @@ class AgentRuntime:
         from node_agent.rtc.config import RTCOptions
 
         config = self.config
+        policy = CredentialPolicy(config.project, config.portal_key)
         self.dht = await DHTNode.create(
-            initial_peers=list(config.bootstrap_peers), listen=self.options.listen, identity=self.identity
+            initial_peers=list(config.bootstrap_peers),
+            listen=self.options.listen,
+            identity=self.identity,
+            validators=project_validators(ProjectScope.from_config(config), policy),
         )
         if config.gated:
-            self.policy = CredentialPolicy(config.project, config.portal_key)
-            install_credential_checks(self.dht, self.policy)
+            self.policy = policy
             self.watcher = await RevocationWatcher.create(
                 self.dht, self.policy, self.options.revocation_period
             )

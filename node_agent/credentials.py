@@ -9,7 +9,8 @@ stored by a DHT node whose identity IS the portal key, so the record's owner is 
   token for the node that signed a record (:meth:`CredentialPolicy.check`).
 * :class:`RevocationListValidator`: the ``revocations:`` namespace rule (owner must be the portal).
 * :class:`RevocationWatcher`: a background task that re-reads the list and updates the policy.
-* :func:`install_credential_checks`: registers both validators on a DHT node.
+* :func:`install_credential_checks`: makes a DHT node a gated project's node
+  (:func:`node_agent.project_dht.install_project_validators`).
 * :class:`AgentState` with :func:`save_agent_state` / :func:`load_agent_state`: this node's own
   credential and project config in its data directory (``agent.json``, mode 0600), so a restarted agent
   works without a new join code and without the portal.
@@ -28,10 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node_agent.dht.api import DHTError, DHTValidationError, RecordValidator, RecordView
+from node_agent.dht.api import DHTError, DHTRecordRefused, DHTValidationError, RecordValidator, RecordView
 from node_agent.identity import node_id_from_public_key
 from node_agent.portal_protocol import (
-    REVOCATIONS_NAMESPACE,
     Credential,
     CredentialError,
     PayloadError,
@@ -97,25 +97,33 @@ class CredentialPolicy:
 
 
 class RevocationListValidator(RecordValidator):
-    """``revocations:<project>`` may only be written by the portal; the newer list (``t``) wins."""
+    """``revocations:<project>`` may only be written by the portal; the newer list (``t``) wins.
+
+    The shape (plain value, a valid list) is checked by every node: a record that breaks it is an offence.
+    Whether the list is *this project's portal's* needs the project's context; without it (``policy`` is
+    None: a node started for no project) the node refuses every list, and refusals for want of context
+    are :class:`DHTRecordRefused`, so nobody is penalised for relaying a list it could not judge.
+    """
 
     max_value_size = 32 * 1024
     max_expiration_ahead = 7 * 24 * 3600.0
 
-    def __init__(self, policy: CredentialPolicy) -> None:
+    def __init__(self, policy: CredentialPolicy | None) -> None:
         self.policy = policy
 
     def validate(self, record: RecordView, now: float) -> None:
-        if record.key != revocations_key(self.policy.project):
-            raise DHTValidationError(f"{record.key!r} is not this project's revocation list")
         if record.subkey is not None:
             raise DHTValidationError("a revocation list is a plain value (no subkey)")
-        if record.owner != self.policy.portal_node_id:
-            raise DHTValidationError("revocation list not stored by the project's portal")
         try:
             parse_revocation_list(record.value)
         except PayloadError as exc:
             raise DHTValidationError(str(exc)) from exc
+        if self.policy is None:
+            raise DHTRecordRefused("this node serves no project: it cannot tell a portal's revocation list")
+        if record.key != revocations_key(self.policy.project):
+            raise DHTRecordRefused(f"{record.key!r} is not this project's revocation list")
+        if record.owner != self.policy.portal_node_id:
+            raise DHTRecordRefused("revocation list not stored by the project's portal")
 
     def prefers(self, new: RecordView, old: RecordView) -> bool:
         new_t, old_t = _published_at(new), _published_at(old)
@@ -130,11 +138,10 @@ def _published_at(record: RecordView) -> float:
 
 
 def install_credential_checks(dht: Any, policy: CredentialPolicy) -> None:
-    """Make ``dht`` refuse uncredentialed expert announcements and foreign revocation lists."""
-    from node_agent.moe.announce import register_experts_validator
+    """Make ``dht`` a gated project's node: the full validator set of :mod:`node_agent.project_dht`."""
+    from node_agent.project_dht import ProjectScope, install_project_validators
 
-    register_experts_validator(dht, credentials=policy)
-    dht.register_validator(REVOCATIONS_NAMESPACE, RevocationListValidator(policy))
+    install_project_validators(dht, ProjectScope(policy.project, policy.portal_public_key, True), policy)
 
 
 async def fetch_revocations(dht: Any, policy: CredentialPolicy) -> RevocationList | None:

@@ -86,6 +86,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from node_agent.moe.server.backend import OptimizerConfig, create_backends
     from node_agent.moe.server.server import ExpertServer, ServerOptions
     from node_agent.moe.uids import expand_patterns
+    from node_agent.project_dht import project_validators
 
     log = logging.getLogger("node_agent.cli.serve")
     try:
@@ -104,7 +105,12 @@ async def _serve(args: argparse.Namespace) -> int:
         return 2
     identity = Identity.generate() if args.ephemeral else Identity.load_or_create(args.identity)
     try:
-        dht = await DHTNode.create(initial_peers=args.initial_peers, listen=args.listen, identity=identity)
+        dht = await DHTNode.create(  # no portal, no project: ungated experts, nothing else
+            initial_peers=args.initial_peers,
+            listen=args.listen,
+            identity=identity,
+            validators=project_validators(),
+        )
     except (DHTError, OSError, ValueError) as exc:
         print(f"error: {exc}", flush=True)
         return 1

@@ -92,18 +92,14 @@ def _portal_caller(session_config, project_config: dict):  # -> ExpertCaller
     """The trainer's caller for a portal project: its traffic is reported in heartbeats, and in a gated
     project the trainer, too, drops announcements without a valid credential."""
     from node_agent.portal_protocol import parse_project_config
+    from node_agent.project_dht import ProjectScope, install_project_validators
     from node_agent.training.session import start_caller
 
     project = parse_project_config(project_config)
     caller = start_caller(session_config)
-    if not project.gated:
-        return caller
-    from node_agent.credentials import CredentialPolicy, install_credential_checks
-
-    policy = CredentialPolicy(project.project, project.portal_key)
 
     async def install() -> None:  # on the caller's loop: validators are only touched from there
-        install_credential_checks(caller.dht, policy)
+        install_project_validators(caller.dht, ProjectScope.from_config(project))
 
     caller.run(install()).result(10.0)
     return caller

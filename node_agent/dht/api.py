@@ -79,6 +79,12 @@ class DHTValidationError(DHTError):
     """A record broke a rule (signature, owner, schema, size, expiry); it is never stored."""
 
 
+class DHTRecordRefused(DHTValidationError):
+    """Refused for want of context an honest relayer may lack (a credential policy, a revocation list, the
+    project's portal key, a namespace it does not know): dropped, and whoever passed it on is not
+    penalised, since only what every honest node would reject (signature, schema, size) proves malice."""
+
+
 @dataclass(frozen=True, slots=True)
 class ValueWithExpiration:
     """One live value found in the DHT; ``owner`` is the node id that signed it (``None`` if unknown)."""
@@ -155,7 +161,8 @@ class DHTNodeAPI(Protocol):
     """The methods ``node_agent.dht.node.DHTNode`` provides (build it with ``await DHTNode.create(...)``).
 
     ``DHTNode.create(initial_peers: Sequence[str] = (), listen: str = "127.0.0.1:0",
-    identity: Identity | None = None, client_mode: bool = False, **options)`` binds the UDP socket,
+    identity: Identity | None = None, client_mode: bool = False, validators=None, **options)`` registers
+    ``validators`` (namespace prefix -> :class:`RecordValidator`), binds the UDP socket,
     pings the initial peers (raising :class:`DHTBootstrapError` if some were given and none answered)
     and looks up its own id to fill the routing table. ``options`` are the fields of
     ``node_agent.dht.config.DHTConfig`` (bucket_size, alpha, num_replicas, rpc_timeout, ...).

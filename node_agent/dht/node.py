@@ -10,9 +10,10 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from node_agent.dht.answers import MAX_FIND_PAGES, Cursor, cursor_from_wire, cursor_to_wire
 from node_agent.dht.api import (
     ID_BYTES,
     DHTBootstrapError,
@@ -51,6 +52,7 @@ MAX_CONCURRENT_RPC_HANDLERS = 256
 _MAINTENANCE = "maintenance"  # the one long-lived task: if it ends by an exception the node stops
 RPC_HANDLER_TIMEOUT = 30.0
 Merged = dict[str | None, tuple[SignedRecord, RecordView]]
+FindResult = tuple[list[tuple[bytes, Address]], list[tuple[SignedRecord, RecordView]]]
 
 
 class _RetransmitTimer:
@@ -107,13 +109,17 @@ class DHTNode:
         client_mode: bool = False,
         *,
         network: MemoryNetwork | None = None,
+        validators: Mapping[str, RecordValidator] | None = None,
         **options: Any,
     ) -> DHTNode:
         """Bind, bootstrap from ``initial_peers`` and start maintenance; ``network`` selects the simulator.
 
         ``identity=None`` makes a fresh ephemeral identity; pass ``Identity.load_or_create()`` to keep one.
+        ``validators`` (namespace prefix -> validator) apply before the first datagram, joining included.
         """
         node = cls(identity or Identity.generate(), DHTConfig.from_options(**options), client_mode)
+        for prefix, validator in (validators or {}).items():
+            node.register_validator(prefix, validator)
         host, port, _ = parse_endpoint(listen)
         if network is not None:
             node._transport = network.bind(node._on_datagram, host, port)
@@ -356,14 +362,13 @@ class DHTNode:
         self.core.routing.touch(target, time.time())
         merged: Merged = {}
         had_value: set[bytes] = set()
-        inflight: dict[asyncio.Task[Response], bytes] = {}
+        inflight: dict[asyncio.Task[FindResult], bytes] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.lookup_timeout
         try:
             while True:
                 for node_id, address in state.next_queries():
-                    call = self._call(address, "find", {"q": [[target, key]]}, node_id, self._timer.timeout)
-                    inflight[loop.create_task(call)] = node_id
+                    inflight[loop.create_task(self._find(node_id, address, target, key))] = node_id
                 if state.finished or not inflight or loop.time() >= deadline:
                     break
                 done, _ = await asyncio.wait(
@@ -372,7 +377,7 @@ class DHTNode:
                 for task in done:
                     node_id = inflight.pop(task)
                     try:
-                        nodes, records = self._parse_find(task.result(), key)
+                        nodes, records = task.result()
                     except DHTError:
                         state.on_failure(node_id)
                         continue
@@ -389,20 +394,54 @@ class DHTNode:
         self.last_lookup = state
         return state, merged, had_value
 
+    async def _find(self, node_id: bytes, address: Address, target: bytes, key: str | None) -> FindResult:
+        """One node's answer to a find, following its cursor through truncated answers (bounded pages)."""
+        query: list[Any] = [target, key]
+        response = await self._call(address, "find", {"q": [query]}, node_id, self._timer.timeout)
+        nodes, records, cursor = self._parse_find(response, key)
+        for _ in range(MAX_FIND_PAGES - 1):
+            if cursor is None:
+                return nodes, records
+            try:
+                response = await self._call(
+                    address, "find", {"q": [[*query, cursor_to_wire(cursor)]]}, node_id, self._timer.timeout
+                )
+                _, more, next_cursor = self._parse_find(response, key)
+            except DHTError as exc:  # keep the pages we have: they are verified records
+                logger.info("find %r at %s stopped after a page: %s", key, format_endpoint(address), exc)
+                return nodes, records
+            records.extend(more)
+            cursor = next_cursor if next_cursor is not None and next_cursor > cursor else None
+        if cursor is not None:
+            logger.info(  # info, not warning: a flooded key would log on every read
+                "%s holds more than %d pages under %r; reading the first %d",
+                format_endpoint(address),
+                MAX_FIND_PAGES,
+                key,
+                MAX_FIND_PAGES,
+            )
+        return nodes, records
+
     def _parse_find(
         self, response: Response, key: str | None
-    ) -> tuple[list[tuple[bytes, Address]], list[tuple[SignedRecord, RecordView]]]:
+    ) -> tuple[list[tuple[bytes, Address]], list[tuple[SignedRecord, RecordView]], Cursor | None]:
         answers = response.payload.get("a")
         if not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0], list):
             raise DHTRPCError("malformed find answer")
         answer = answers[0]
         nodes = self.core.parse_contacts(answer[0] if answer else None, response.peer, time.time())
         records: list[tuple[SignedRecord, RecordView]] = []
+        cursor: Cursor | None = None
         if key is not None and len(answer) > 1:
             for entry in self.core.check_records(answer[1], response.peer, time.time()):
                 if entry is not None and entry[0].key == key:
                     records.append(entry)
-        return nodes, records
+            if len(answer) > 3 and answer[2] is True and answer[3] is not None:
+                try:
+                    cursor = cursor_from_wire(answer[3])
+                except WireError as exc:
+                    logger.debug("ignoring a bad cursor from %s: %s", response.peer.endpoint, exc)
+        return nodes, records, cursor
 
     def _merge(self, merged: Merged, records: Iterable[tuple[SignedRecord, RecordView]]) -> None:
         for record, view in records:

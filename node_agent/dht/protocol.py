@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from node_agent.dht.api import ID_BYTES, DHTValidationError, PeerInfo, RecordView
+from node_agent.dht.answers import answer_page, cursor_from_wire, cursor_to_wire, wire_size
+from node_agent.dht.api import ID_BYTES, DHTRecordRefused, DHTValidationError, PeerInfo, RecordView
 from node_agent.dht.config import DHTConfig
 from node_agent.dht.endpoints import format_endpoint, numeric_address, source_key
 from node_agent.dht.messages import (
@@ -40,6 +41,7 @@ Address = tuple[str, int]
 MAX_QUERIES_PER_FIND = 64
 MAX_RECORDS_PER_STORE = 256
 _ENVELOPE_OVERHEAD = 400  # bytes of header, signature and framing around a payload
+_CURSOR_RESERVE = 64  # an answer's cursor and truncated flag
 
 
 def _is_ip_literal(host: object) -> bool:
@@ -224,6 +226,9 @@ class ProtocolCore:
                 results.append((record, self.validators.check(record, now)))
             except ExpiredRecordError:
                 results.append(None)  # expired in transit: not the sender's fault
+            except DHTRecordRefused as exc:  # needs context an honest relayer may lack: drop, do not blame
+                self.drops.drop("record refused without blame", exc, sender and sender.endpoint)
+                results.append(None)
             except (WireError, DHTValidationError) as exc:
                 logger.debug("invalid record from %s: %s", sender and sender.endpoint, exc)
                 results.append(None)
@@ -297,34 +302,49 @@ class ProtocolCore:
         }
 
     def handle_find(self, request: Request, now: float) -> tuple[str, dict[str, Any]]:
-        """Merged find-node / find-value (section 2.3): nearest contacts plus records under the key."""
+        """Merged find-node / find-value (section 2.3): nearest contacts plus records under the key.
+
+        A query is ``[target, key]``, or ``[target, key, cursor]`` for the next page of a truncated answer
+        (:mod:`node_agent.dht.answers`); an answer is ``[nodes, records, truncated, cursor or nil]``.
+        """
         queries = request.payload.get("q")
         if not isinstance(queries, list) or len(queries) > MAX_QUERIES_PER_FIND:
             return "err", {"e": "find needs a list of at most 64 queries"}
         budget = self.config.max_datagram - _ENVELOPE_OVERHEAD
         answers: list[list[Any]] = []
         for query in queries:
-            if not (isinstance(query, list) and len(query) == 2 and isinstance(query[0], bytes)):
-                return "err", {"e": "each query is [target id, key or nil]"}
-            target, key = query
+            if not (isinstance(query, list) and len(query) in (2, 3) and isinstance(query[0], bytes)):
+                return "err", {"e": "each query is [target id, key or nil, cursor?]"}
+            target, key = query[0], query[1]
             if len(target) != ID_BYTES or (
                 key is not None and (not isinstance(key, str) or key_id(key) != target)
             ):
                 return "err", {"e": "target id must be 20 bytes and match the key"}
-            nodes = [
-                [c.node_id, c.host, c.port]
-                for c in self.routing.nearest(target, self.config.bucket_size, exclude=request.peer.node_id)
-            ]
+            try:
+                after = cursor_from_wire(query[2]) if len(query) == 3 else None
+            except WireError as exc:
+                return "err", {"e": str(exc)}
+            nodes = []
+            if after is None:  # a continuation only wants more records
+                nodes = [
+                    [c.node_id, c.host, c.port]
+                    for c in self.routing.nearest(
+                        target, self.config.bucket_size, exclude=request.peer.node_id
+                    )
+                ]
             budget -= 40 * len(nodes) + 8
             records: list[Any] = []
+            cursor: list[Any] | None = None
             truncated = False
             if key is not None and not self.client_mode:
-                for record, _ in sorted(self.store.get(target, now), key=lambda e: -e[0].expiration):
-                    size = len(record.value_bytes) + len(record.key) + len(record.subkey or "") + 120
-                    if size > budget:
-                        truncated = True
-                        break
-                    budget -= size
-                    records.append(record.to_wire())
-            answers.append([nodes, records, truncated])
+                page, next_cursor, truncated = answer_page(
+                    (record for record, _ in self.store.get(target, now) if record.key == key),
+                    after,
+                    budget - _CURSOR_RESERVE,
+                    self.config.max_datagram - _ENVELOPE_OVERHEAD - _CURSOR_RESERVE,
+                )
+                budget -= sum(wire_size(record) for record in page)
+                records = [record.to_wire() for record in page]
+                cursor = cursor_to_wire(next_cursor) if next_cursor is not None else None
+            answers.append([nodes, records, truncated, cursor])
         return "ok", {"a": answers}

@@ -10,11 +10,15 @@ Format (namespace `experts:`; every subkey is owner-protected, so only the hosti
 
 Every value is `{"endpoint": "host:port", "node_id": <20 bytes>, "t": <announce unix time>}`, plus
 `"withdrawn": true` when the server shut down, plus `"cred": <portal credential token>` in a gated project
-(`node_agent.credentials`): there, peers refuse a live announcement whose credential is missing, expired,
-forged, for another project, issued to another node key or revoked (a withdrawal needs none: it only
-hides the owner's own entries). The DHT keeps the later expiration by default, so a
-withdrawal could never replace an announcement; this namespace's validator prefers the larger `t` instead
-(newer statement from the same owner wins), and readers skip withdrawn entries.
+(`node_agent.credentials`): there, peers refuse an announcement *or a withdrawal* whose credential is
+missing, expired, forged, for another project, issued to another node key or revoked (a node whose
+credential is no longer valid has nothing to withdraw: readers already refuse its announcements). A
+withdrawal is as constrained as an announcement: owner-protected subkey, expiry at most
+`MAX_ANNOUNCE_TTL` ahead, and small (`MAX_WITHDRAWAL_SIZE`). The DHT keeps the later expiration by
+default, so a withdrawal could never replace an announcement; this namespace's validator prefers the
+larger `t` instead (newer statement from the same owner wins), and readers skip withdrawn entries.
+Credential failures raise `DHTRecordRefused` (a relayer without the project's credential policy could not
+have known); schema failures raise `DHTValidationError` (every honest node refuses those).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Protocol
 
 from node_agent.dht.api import (
     ID_BYTES,
+    DHTRecordRefused,
     DHTValidationError,
     RecordValidator,
     RecordView,
@@ -34,12 +39,16 @@ from node_agent.dht.api import (
     owner_subkey,
     subkey_owner,
 )
+from node_agent.dht.endpoints import parse_endpoint
 from node_agent.moe.api import ExpertHandle
 from node_agent.moe.uids import is_valid_prefix, is_valid_uid, uid_prefix_chain
 
 EXPERTS_NAMESPACE = "experts:"
-MAX_ENDPOINT_LENGTH = 255
-MAX_ANNOUNCE_TTL = 3600.0
+MAX_ENDPOINT_LENGTH = 64  # "[v6 address]:port" fits; the server's DHT endpoint is a numeric address
+MAX_ANNOUNCE_TTL = 600.0  # seconds an announcement or withdrawal may live (servers re-announce well before)
+MAX_ANNOUNCEMENT_SIZE = 1024
+MAX_WITHDRAWAL_SIZE = 640  # endpoint, node id, time, flag and a real credential token (~400 chars at most)
+MAX_CREDENTIAL_LENGTH = 600
 _VALUE_FIELDS = {"endpoint", "node_id", "t", "withdrawn", "cred"}
 
 
@@ -137,63 +146,81 @@ def live_replicas(uid: str, entries: Mapping[str | None, ValueWithExpiration]) -
 class ExpertsValidator(RecordValidator):
     """Schema rules for the `experts:` namespace; the newer announcement (`t`) of an owner wins.
 
-    With `credentials` (a gated project) a live announcement must also carry a credential that the
-    checker accepts for the record's owner.
+    With `credentials` (a gated project) an announcement or withdrawal must also carry a credential that
+    the checker accepts for the record's owner.
     """
 
-    max_value_size = 1024
+    max_value_size = MAX_ANNOUNCEMENT_SIZE
     max_expiration_ahead = MAX_ANNOUNCE_TTL
 
     def __init__(self, credentials: CredentialChecker | None = None) -> None:
         self.credentials = credentials
 
     def validate(self, record: RecordView, now: float) -> None:
-        name = record.key[len(EXPERTS_NAMESPACE) :]
-        owner = subkey_owner(record.subkey)
-        if owner is None or owner != record.owner:
-            raise DHTValidationError("expert announcements need an owner-protected subkey of the signer")
-        label = record.subkey.rsplit("@", 1)[0]  # type: ignore[union-attr]
-        if is_valid_prefix(name):
-            if not label.isdigit() or len(label) > 10:
-                raise DHTValidationError(
-                    f"prefix announcement subkey must be '<coordinate>@<owner>', got {label!r}"
-                )
-        elif is_valid_uid(name):
-            if label:
-                raise DHTValidationError("uid announcement subkey must be '@<owner>'")
-        else:
-            raise DHTValidationError(f"{record.key!r} is not an expert uid or uid prefix")
-        value = record.value
-        if not isinstance(value, dict) or not set(value) <= _VALUE_FIELDS:
-            raise DHTValidationError("announcement must be a map of endpoint, node_id, t[, withdrawn, cred]")
-        endpoint, node_id, t = value.get("endpoint"), value.get("node_id"), value.get("t")
-        if (
-            not isinstance(endpoint, str)
-            or not 0 < len(endpoint) <= MAX_ENDPOINT_LENGTH
-            or ":" not in endpoint
-        ):
-            raise DHTValidationError("announcement endpoint must be 'host:port'")
-        if not isinstance(node_id, bytes) or len(node_id) != ID_BYTES or node_id != record.owner:
-            raise DHTValidationError("announcement node_id must be the signer's node id")
-        if not isinstance(t, int | float) or not math.isfinite(t) or t > now + 300:
-            raise DHTValidationError("announcement time must be a unix time not in the future")
-        if not isinstance(value.get("withdrawn", False), bool):
-            raise DHTValidationError("withdrawn must be a boolean")
-        if "cred" in value and not isinstance(value["cred"], str):
-            raise DHTValidationError("cred must be a credential token string")
-        if self.credentials is not None and not value.get("withdrawn", False):
-            if "cred" not in value:
-                raise DHTValidationError("gated project: announcement carries no credential")
+        _check_subkey(record)
+        withdrawn = _check_value(record, now)
+        if withdrawn and record.value_size > MAX_WITHDRAWAL_SIZE:
+            raise DHTValidationError(f"a withdrawal is at most {MAX_WITHDRAWAL_SIZE} bytes")
+        if self.credentials is not None:
+            if "cred" not in record.value:
+                raise DHTRecordRefused("gated project: announcement or withdrawal carries no credential")
             try:
-                self.credentials.check(value["cred"], owner=record.owner, now=now)
+                self.credentials.check(record.value["cred"], owner=record.owner, now=now)
             except ValueError as exc:
-                raise DHTValidationError(f"gated project: credential refused ({exc})") from exc
+                raise DHTRecordRefused(f"gated project: credential refused ({exc})") from exc
 
     def prefers(self, new: RecordView, old: RecordView) -> bool:
         new_t, old_t = _announce_time(new), _announce_time(old)
         if new_t != old_t:
             return new_t > old_t
         return new.expiration > old.expiration
+
+
+def _check_subkey(record: RecordView) -> None:
+    name = record.key[len(EXPERTS_NAMESPACE) :]
+    owner = subkey_owner(record.subkey)
+    if owner is None or owner != record.owner:
+        raise DHTValidationError("expert announcements need an owner-protected subkey of the signer")
+    label = record.subkey.rsplit("@", 1)[0]  # type: ignore[union-attr]
+    if is_valid_prefix(name):
+        if not label.isdigit() or len(label) > 10:
+            raise DHTValidationError(
+                f"prefix announcement subkey must be '<coordinate>@<owner>', got {label!r}"
+            )
+    elif is_valid_uid(name):
+        if label:
+            raise DHTValidationError("uid announcement subkey must be '@<owner>'")
+    else:
+        raise DHTValidationError(f"{record.key!r} is not an expert uid or uid prefix")
+
+
+def _check_value(record: RecordView, now: float) -> bool:
+    """Schema of an announcement value (any honest node checks it); returns whether it is a withdrawal."""
+    value = record.value
+    if not isinstance(value, dict) or not set(value) <= _VALUE_FIELDS:
+        raise DHTValidationError("announcement must be a map of endpoint, node_id, t[, withdrawn, cred]")
+    endpoint, node_id, t = value.get("endpoint"), value.get("node_id"), value.get("t")
+    if not isinstance(endpoint, str) or not 0 < len(endpoint) <= MAX_ENDPOINT_LENGTH:
+        raise DHTValidationError(
+            f"announcement endpoint must be 'host:port' of at most {MAX_ENDPOINT_LENGTH}"
+        )
+    try:
+        parse_endpoint(endpoint)
+    except ValueError as exc:
+        raise DHTValidationError(f"announcement endpoint: {exc}") from None
+    if not isinstance(node_id, bytes) or len(node_id) != ID_BYTES or node_id != record.owner:
+        raise DHTValidationError("announcement node_id must be the signer's node id")
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t > now + 300:
+        raise DHTValidationError("announcement time must be a unix time not in the future")
+    withdrawn = value.get("withdrawn", False)
+    if not isinstance(withdrawn, bool):
+        raise DHTValidationError("withdrawn must be a boolean")
+    cred = value.get("cred")
+    if "cred" in value and (not isinstance(cred, str) or not 0 < len(cred) <= MAX_CREDENTIAL_LENGTH):
+        raise DHTValidationError(
+            f"cred must be a credential token of at most {MAX_CREDENTIAL_LENGTH} characters"
+        )
+    return withdrawn
 
 
 def _announce_time(record: RecordView) -> float:

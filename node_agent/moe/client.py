@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from node_agent.moe.announce import live_replicas, register_experts_validator, uid_key
+from node_agent.moe.announce import live_replicas, uid_key
 from node_agent.moe.api import (
     ExpertError,
     ExpertHandle,
@@ -40,6 +40,7 @@ from node_agent.moe.api import (
     ExpertTimeoutError,
     ExpertUnavailableError,
 )
+from node_agent.project_dht import project_validators
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectError, ConnectionPool
 from node_agent.rtc.rpc import RPCClosedError, RPCError, RPCRemoteError, RPCTimeoutError
@@ -186,10 +187,13 @@ class ExpertCaller:
     async def _setup(self) -> None:
         from node_agent.dht import DHTNode
 
-        self.dht = await DHTNode.create(
-            initial_peers=self.initial_peers, listen=self.listen, identity=self.identity, client_mode=True
+        self.dht = await DHTNode.create(  # a portal project's trainer re-installs validators with its scope
+            initial_peers=self.initial_peers,
+            listen=self.listen,
+            identity=self.identity,
+            client_mode=True,
+            validators=project_validators(),
         )
-        register_experts_validator(self.dht)
         self.pool = await ConnectionPool.create(self.dht, None, self.rtc_options, credential=self.credential)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -19,10 +19,12 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from node_agent.credentials import CredentialPolicy
 from node_agent.dht import DHTError
 from node_agent.identity import Identity
-from node_agent.moe.announce import live_children, register_experts_validator
+from node_agent.moe.announce import live_children
 from node_agent.portal_protocol import MAX_REVOKED, revocation_list_value, revocations_key
+from node_agent.project_dht import ProjectScope, install_project_validators
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class ProjectTarget:
     dims: tuple[int, ...]
     peers: tuple[str, ...]
     revoked: tuple[str, ...]
+    gated: bool = False
 
 
 @dataclass
@@ -91,6 +94,7 @@ def load_targets() -> list[ProjectTarget]:
                 dims=project.grid_dims,
                 peers=tuple(selectors.bootstrap_peers(project=project, now=now)),
                 revoked=tuple(revoked.values_list("cid", flat=True)[:MAX_REVOKED]),
+                gated=selectors.swarm_settings(project=project).gated,
             )
         )
     return targets
@@ -120,10 +124,15 @@ class SwarmObserver:
             client_mode=True,
             rpc_timeout=self.rpc_timeout,
         )
-        register_experts_validator(dht)
         self._joined[target.slug] = _Joined(dht, target.peers)
         logger.info("observer joined the DHT of %s through %d peer(s)", target.slug, len(target.peers))
         return dht
+
+    def _install_validators(self, dht: Any, target: ProjectTarget) -> None:
+        """The project's full validator set, with the revocations as the database knows them this round."""
+        scope = ProjectScope(target.slug, self.identity.public_key_bytes, target.gated)
+        policy = CredentialPolicy(scope.project, scope.portal_key, frozenset(target.revoked))
+        install_project_validators(dht, scope, policy)
 
     async def _leave(self, slug: str) -> None:
         joined = self._joined.pop(slug, None)
@@ -136,6 +145,7 @@ class SwarmObserver:
             return None, "no bootstrap peers known yet"
         try:
             dht = await self._dht_for(target)
+            self._install_validators(dht, target)
             announced = await read_announcements(dht, target.prefix, target.dims)
             now = time.time()
             await dht.store(

@@ -270,7 +270,7 @@ class ExpertServer:
             list(self.backends),
             self.options.announce_ttl,
             withdrawn,
-            credential=None if withdrawn else self.credential,
+            credential=self.credential,  # a gated project's peers want it on withdrawals too
         )
         stored = sum(results)
         if stored < len(results):

@@ -10,7 +10,16 @@ import pytest
 @pytest.fixture
 def bootstrap_process():
     process = subprocess.Popen(
-        [sys.executable, "-m", "node_agent", "bootstrap", "--listen", "127.0.0.1:0", "--ephemeral"],
+        [
+            sys.executable,
+            "-m",
+            "node_agent",
+            "bootstrap",
+            "--listen",
+            "127.0.0.1:0",
+            "--ephemeral",
+            "--any-namespace",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -137,8 +137,12 @@ def test_store_and_find_round_trip_with_subkeys_from_several_owners() -> None:
     _, response = exchange(a, b, "store", {"r": [r.to_wire() for r in records]})
     assert response.payload == {"ok": [True, True]}
     _, found = exchange(c, b, "find", {"q": [[key_id("grid"), "grid"]]})
-    nodes, raw_records, truncated = found.payload["a"][0]
-    assert not truncated and sorted(r[1] for r in raw_records) == sorted(r.subkey for r in records)
+    nodes, raw_records, truncated, cursor = found.payload["a"][0]
+    assert (
+        not truncated
+        and cursor is None
+        and sorted(r[1] for r in raw_records) == sorted(r.subkey for r in records)
+    )
     assert [n[0] for n in nodes] == [a.identity.node_id]  # the requester is not told about itself
 
 

@@ -50,6 +50,11 @@ def test_tampered_records_are_refused(mutate, reason: str) -> None:
     record = sign_record(ALICE, "k", None, [1, 2, 3], NOW + 60)
     with pytest.raises(DHTValidationError, match=reason):
         registry().check(mutate(record), NOW)
+    checks = registry()
+    checks.check(record, NOW)  # the genuine one is remembered as verified ...
+    checks.check(record, NOW)
+    with pytest.raises(DHTValidationError, match=reason):  # ... which vouches for nothing else
+        checks.check(mutate(record), NOW)
 
 
 def test_forged_owner_protected_subkey_is_refused() -> None:

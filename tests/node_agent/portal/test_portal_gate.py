@@ -19,9 +19,20 @@ from node_agent.credentials import (
     fetch_revocations,
     install_credential_checks,
 )
-from node_agent.dht import DHTNode, DHTValidationError
+from node_agent.dht import DHTNode, DHTRecordRefused, DHTValidationError, owner_subkey
+from node_agent.dht.endpoints import parse_endpoint
+from node_agent.dht.records import key_id
 from node_agent.identity import Identity
-from node_agent.moe.announce import announce_experts, live_replicas, uid_key
+from node_agent.moe.announce import (
+    MAX_ANNOUNCE_TTL,
+    announce_experts,
+    announcement_value,
+    live_replicas,
+    prefix_key,
+    uid_key,
+)
+from node_agent.moe.beam_search import ExpertSearcher, dht_prefix_fetcher
+from node_agent.moe.client import get_experts
 from node_agent.portal_protocol import issue_credential, revocation_list_value, revocations_key
 
 PROJECT = "demo"
@@ -149,11 +160,70 @@ async def test_revoked_credentials_are_refused_once_the_portal_publishes_the_lis
             await watcher.stop()
 
 
-async def test_withdrawal_needs_no_credential_and_hides_the_owner(swarm: GatedSwarm) -> None:
+async def test_withdrawal_needs_the_credential_and_hides_the_owner(swarm: GatedSwarm) -> None:
     identity = Identity.generate()
     server = await swarm.add(identity=identity, client_mode=False)
     reader = await swarm.add(client_mode=True)
-    assert all(await announce_experts(server, ["ffn.1.1"], ttl=60, credential=credential(identity)))
+    token = credential(identity)
+    assert all(await announce_experts(server, ["ffn.1.1"], ttl=60, credential=token))
     assert await swarm.visible(reader, "ffn.1.1") == [server.node_id]
-    assert any(await announce_experts(server, ["ffn.1.1"], ttl=60, withdrawn=True))
+    with pytest.raises(DHTRecordRefused, match="no credential"):  # its own gated node refuses first
+        await announce_experts(server, ["ffn.1.1"], ttl=60, withdrawn=True)
+    # A credential-less node cannot plant withdrawals in a gated swarm (not even its own), ...
+    planter = await swarm.add(client_mode=True, gate=False)
+    assert not any(await announce_experts(planter, ["ffn.1.2"], ttl=60, withdrawn=True))
+    assert all(not node.core.store.get(key_id(uid_key("ffn.1.2")), time.time()) for node, _ in swarm.gated)
+    # ... and nobody is blamed for that: the gated peers only dropped what their policy refuses.
+    for node, _ in swarm.gated:  # a node that ignored the planter would drop its ping: a timeout
+        host, port, _ = parse_endpoint(node.endpoint)
+        await planter._call((host, port), "ping", {}, node.node_id, 1.0)
+    assert any(await announce_experts(server, ["ffn.1.1"], ttl=60, withdrawn=True, credential=token))
     assert await swarm.visible(reader, "ffn.1.1") == []
+
+
+async def test_withdrawal_floods_do_not_hide_credentialed_servers(swarm: GatedSwarm) -> None:
+    """A rogue volunteer with a valid credential stores hundreds of padded withdrawals at the longest
+    expiry allowed under the prefix keys beam search reads; before, answers listed the longest expiries
+    first and were cut at one datagram, so readers no longer saw the real servers."""
+    servers = []
+    cells = {0: ["ffn.0.0", "ffn.0.1"], 1: ["ffn.1.2"], 2: ["ffn.2.3", "ffn.3.3"]}  # server -> uids
+    for uids in cells.values():
+        identity = Identity.generate()
+        server = await swarm.add(identity=identity, client_mode=False)
+        assert all(await announce_experts(server, uids, ttl=30, credential=credential(identity)))
+        servers.append(server)
+    rogue_identity = Identity.generate()
+    rogue = await swarm.add(identity=rogue_identity, client_mode=True, gate=False)
+    token = credential(rogue_identity, cid="cid-rogue")
+    padded_endpoint = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+    now = time.time()
+    flood = announcement_value(padded_endpoint, rogue.node_id, now, withdrawn=True, credential=token)
+    for prefix in ("ffn.", "ffn.0.", "ffn.3."):  # one key at a time: all nodes share this test's one CPU
+        items = [
+            (prefix_key(prefix), owner_subkey(str(c), rogue.node_id), flood, now + MAX_ANNOUNCE_TTL - 5)
+            for c in range(300)
+        ]
+        assert all(await rogue.store_many(items))
+    assert (
+        max(len(node.core.store.get(key_id(prefix_key("ffn.")), time.time())) for node in swarm.nodes) >= 300
+    )
+    # Without a credential, the same flood is not stored at all.
+    outsider = await swarm.add(client_mode=True, gate=False)
+    bare = announcement_value(padded_endpoint, outsider.node_id, now, withdrawn=True)
+    assert not any(
+        await outsider.store_many(
+            [(prefix_key("ffn."), owner_subkey(str(c), outsider.node_id), bare, now + 500) for c in range(50)]
+        )
+    )
+
+    reader = await swarm.add(client_mode=True)
+    searcher = ExpertSearcher(dht_prefix_fetcher(reader))
+    scores = [[[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]]
+    found = await searcher.find_best_experts("ffn", scores, k=16)
+    expected = {uid for uids in cells.values() for uid in uids}
+    assert {expert.uid for expert in found[0]} == expected
+    handles = await get_experts(reader, sorted(expected))
+    owners = {
+        uid: server.node_id for server, uids in zip(servers, cells.values(), strict=True) for uid in uids
+    }
+    assert [h.node_id if h else None for h in handles] == [owners[uid] for uid in sorted(expected)]

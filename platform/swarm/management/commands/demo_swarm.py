@@ -86,6 +86,10 @@ class Command(BaseCommand):
             "--listen",
             "127.0.0.1:0",
             "--ephemeral",
+            "--portal",  # so the bootstrap checks records as the project's nodes do
+            url,
+            "--project",
+            project.slug,
         ]
         boot = self._spawn("bootstrap", boot_command)
         peer = self._wait_for_line(boot, "bootstrap")

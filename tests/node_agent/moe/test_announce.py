@@ -1,0 +1,96 @@
+"""The `experts:` rules: withdrawals are as constrained as announcements; which refusals blame the sender."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from node_agent.credentials import CredentialPolicy
+from node_agent.dht import DHTRecordRefused, DHTValidationError, owner_subkey
+from node_agent.dht.records import sign_record
+from node_agent.dht.validation import ValidatorRegistry
+from node_agent.identity import Identity
+from node_agent.moe.announce import (
+    MAX_ANNOUNCE_TTL,
+    ExpertsValidator,
+    announcement_value,
+    prefix_key,
+)
+from node_agent.portal_protocol import issue_credential
+
+PORTAL = Identity.generate()
+SERVER = Identity.generate()
+NOW = time.time()
+ENDPOINT = "10.0.0.7:4000"
+
+
+def registry(gated: bool = False) -> ValidatorRegistry:
+    checks = ValidatorRegistry(16 * 1024, 24 * 3600)
+    policy = CredentialPolicy("demo", PORTAL.public_key_bytes) if gated else None
+    checks.register("experts:", ExpertsValidator(policy))
+    return checks
+
+
+def token(identity: Identity = SERVER) -> str:
+    return issue_credential(
+        PORTAL, cid="c1", project="demo", user=1, node_public_key=identity.public_key_bytes, now=NOW, ttl=600
+    )
+
+
+def withdrawal(value: object, *, ttl: float = 60.0, identity: Identity = SERVER):
+    return sign_record(identity, prefix_key("ffn."), owner_subkey("3", identity.node_id), value, NOW + ttl)
+
+
+def test_a_plain_withdrawal_is_accepted() -> None:
+    view = registry().check(
+        withdrawal(announcement_value(ENDPOINT, SERVER.node_id, NOW, withdrawn=True)), NOW
+    )
+    assert view.value["withdrawn"] is True and view.value_size < 100
+
+
+@pytest.mark.parametrize(
+    ("value", "ttl", "reason"),
+    [
+        ({**announcement_value(ENDPOINT, SERVER.node_id, NOW, True), "pad": "x" * 500}, 60, "map of"),
+        (announcement_value(ENDPOINT, SERVER.node_id, NOW, True, credential="x" * 900), 60, "cred must be"),
+        (announcement_value("[" + "f" * 70 + "]:1", SERVER.node_id, NOW, True), 60, "endpoint"),
+        (announcement_value("no-port-here", SERVER.node_id, NOW, True), 60, "endpoint"),
+        (announcement_value(ENDPOINT, SERVER.node_id, NOW, True), MAX_ANNOUNCE_TTL + 60, "future"),
+        (announcement_value(ENDPOINT, b"\x01" * 20, NOW, True), 60, "node_id"),
+    ],
+    ids=[
+        "unknown-field-padding",
+        "credential-padding",
+        "long-endpoint",
+        "bad-endpoint",
+        "long-expiry",
+        "other-id",
+    ],
+)
+def test_padded_or_long_lived_withdrawals_are_offences(value: object, ttl: float, reason: str) -> None:
+    with pytest.raises(DHTValidationError, match=reason) as refused:
+        registry().check(withdrawal(value, ttl=ttl), NOW)
+    assert not isinstance(refused.value, DHTRecordRefused)  # every honest node refuses these: blame
+
+
+def test_withdrawals_are_smaller_than_announcements() -> None:
+    padded = announcement_value("[" + "f" * 55 + "]:65535", SERVER.node_id, NOW, True, credential="y" * 590)
+    with pytest.raises(DHTValidationError, match="withdrawal is at most"):
+        registry().check(withdrawal(padded), NOW)
+    live = dict(padded, withdrawn=False)
+    registry().check(withdrawal(live), NOW)  # the same bytes as an announcement are fine
+
+
+def test_a_gated_withdrawal_needs_the_owners_valid_credential_and_its_absence_blames_nobody() -> None:
+    gated = registry(gated=True)
+    bare = announcement_value(ENDPOINT, SERVER.node_id, NOW, withdrawn=True)
+    with pytest.raises(DHTRecordRefused, match="no credential"):
+        gated.check(withdrawal(bare), NOW)
+    stolen = announcement_value(
+        ENDPOINT, SERVER.node_id, NOW, withdrawn=True, credential=token(Identity.generate())
+    )
+    with pytest.raises(DHTRecordRefused, match="another node key"):
+        gated.check(withdrawal(stolen), NOW)
+    own = announcement_value(ENDPOINT, SERVER.node_id, NOW, withdrawn=True, credential=token())
+    assert gated.check(withdrawal(own), NOW).value["withdrawn"] is True
