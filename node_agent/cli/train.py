@@ -88,15 +88,16 @@ def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
     return state, identity
 
 
-def _portal_caller(session_config, project_config: dict):  # -> ExpertCaller
-    """The trainer's caller for a portal project: its traffic is reported in heartbeats, and in a gated
-    project the trainer, too, drops announcements without a valid credential."""
+def _portal_caller(session_config, state, identity):  # -> ExpertCaller
+    """The trainer's caller for a portal project: it speaks with its joined identity and carries its
+    credential in connection offers (busy servers admit credentialed peers first), its traffic is reported in
+    heartbeats, and in a gated project the trainer, too, drops announcements without a valid credential."""
     from node_agent.portal_protocol import parse_project_config
     from node_agent.project_dht import ProjectScope, install_project_validators
     from node_agent.training.session import start_caller
 
-    project = parse_project_config(project_config)
-    caller = start_caller(session_config)
+    project = parse_project_config(state.config)
+    caller = start_caller(session_config, identity=identity, credential=state.credential)
 
     async def install() -> None:  # on the caller's loop: validators are only touched from there
         install_project_validators(caller.dht, ProjectScope.from_config(project))
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     caller = None
     try:
         if portal is not None and config.mode == "remote":
-            caller = _portal_caller(config, portal[0].config)
+            caller = _portal_caller(config, *portal)
             if reporting is not None:
                 reporting.counters.peer_requests = caller.take_peer_requests
         result = run_training(config, metrics, caller=caller)

@@ -90,12 +90,16 @@ def build_model(config: SessionConfig, dataset: Dataset, caller: Any = None) -> 
     return MoEClassifier(dataset.num_features, dataset.num_classes, config.hidden_dim, moe)
 
 
-def start_caller(config: SessionConfig) -> Any:
+def start_caller(config: SessionConfig, *, identity: Any = None, credential: str | None = None) -> Any:
+    """The trainer's `ExpertCaller`; a portal trainer passes its joined identity and credential, so that
+    busy servers of a gated project admit it ahead of unknown peers (the credential names that key)."""
     from node_agent.moe.client import ExpertCaller
     from node_agent.rtc.config import RTCOptions
 
     rtc = RTCOptions.for_loopback() if config.rtc_loopback_only else RTCOptions(loopback=True)
-    return ExpertCaller.start_caller(list(config.initial_peers), rtc_options=rtc)
+    return ExpertCaller.start_caller(
+        list(config.initial_peers), rtc_options=rtc, identity=identity, credential=credential
+    )
 
 
 def run_training(
