@@ -1,7 +1,8 @@
 """Typed readers for the environment variables that drive settings.
 
-One place parses strings into bools, ints, lists and database URLs, so a typo in production fails loudly at
-start-up with the variable's name instead of surfacing later as a confusing Django error.
+One place parses strings into bools, ints, lists and database URLs (those through dj-database-url), so a
+typo in production fails loudly at start-up with the variable's name instead of surfacing later as a confusing
+Django error.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote
+
+import dj_database_url
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_SUPPORTED_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
 
 
 class EnvError(ValueError):
@@ -65,29 +69,22 @@ def env_secret(name: str, default: str | None = None) -> str | None:
 
 
 def parse_database_url(url: str) -> dict[str, Any]:
-    """Turn `postgres://user:pass@host:port/name?opt=v` or `sqlite:///abs/path` into a DATABASES entry."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "sqlite":
-        # sqlite:///relative -> path "relative"; sqlite:////abs -> "/abs" (the SQLAlchemy convention).
-        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-        if not path:
-            raise EnvError("DATABASE_URL=sqlite:/// needs a file path")
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": path}
-    if scheme in {"postgres", "postgresql", "pgsql"}:
-        name = unquote(parts.path.lstrip("/"))
-        if not name:
-            raise EnvError("DATABASE_URL for PostgreSQL needs a database name")
-        return {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": name,
-            "USER": unquote(parts.username or ""),
-            "PASSWORD": unquote(parts.password or ""),
-            "HOST": parts.hostname or "",
-            "PORT": str(parts.port or ""),
-            "OPTIONS": dict(parse_qsl(parts.query)),
-        }
-    raise EnvError(f"DATABASE_URL scheme {scheme!r} is not supported (use postgres:// or sqlite:///)")
+    """A DATABASES entry from `postgres://user:pass@host:port/name?opt=v` or `sqlite:////abs/path`.
+
+    dj-database-url does the parsing; this only refuses what the portal does not run on (other engines, a URL
+    without a database name, SQLite in memory) with the variable's name in the message.
+    """
+    try:
+        parsed = dict(dj_database_url.parse(url))
+    except ValueError as exc:
+        raise EnvError(f"DATABASE_URL cannot be parsed: {exc}") from None
+    engine = parsed.get("ENGINE", "")
+    if engine not in _SUPPORTED_ENGINES:
+        raise EnvError(f"DATABASE_URL engine {engine!r} is not supported (use postgres:// or sqlite:///)")
+    if parsed.get("NAME") in {"", None, ":memory:"}:
+        raise EnvError("DATABASE_URL needs a database name (a file path for SQLite)")
+    parsed["PORT"] = str(parsed.get("PORT") or "")
+    return parsed
 
 
 def database_url(settings_dict: dict[str, Any]) -> str:
