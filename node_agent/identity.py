@@ -1,6 +1,6 @@
 """Node identity: an Ed25519 key pair whose public key hash is the node's DHT id.
 
-Because the id is a hash of the key (design brief section 3), nobody can choose their place in the DHT or
+Because the id is a hash of the key (docs/architecture.md, 3.1), nobody can choose their place in the DHT or
 claim another node's id without its private key. The key is made on first run and kept with mode 0600.
 """
 

@@ -1,7 +1,7 @@
 """Tensors on the wire: a small msgpack-able header (dtype, shape, compression) plus one raw buffer.
 
-Never pickle and never `torch.load` network data (design brief, section 3 "Wire"): decoding only
-reinterprets bytes as a known dtype after checking that the length matches the declared shape, and
+Never pickle and never `torch.load` network data (docs/architecture.md, 3.1 "Identity and wire"): decoding
+only reinterprets bytes as a known dtype after checking that the length matches the declared shape, and
 checks the result against the expert's schema before any compute sees it.
 
 Compression (chosen per tensor, floating-point tensors only; others always travel uncompressed):

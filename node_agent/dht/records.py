@@ -1,7 +1,7 @@
 """Signed records ``(key, subkey, value, expiration)``: self-authenticating, so any node may carry them.
 
 The owner signs the packed value bytes together with key, subkey and expiration; nodes forward, replicate
-and cache the record unchanged, and every receiver re-checks the signature (design brief section 3).
+and cache the record unchanged, and every receiver re-checks the signature (docs/architecture.md, 3.2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One WebRTC peer connection per pair of peers, set up through signed DHT RPCs and reused for every call.
 
-Signalling (design brief section 3): the caller sends its SDP offer as the app-level DHT RPC `rtc.offer`
+Signalling (docs/architecture.md, 3.3): the caller sends its SDP offer as the app-level DHT RPC `rtc.offer`
 to the peer's DHT endpoint, pinned to the peer's node id; the answer comes back in the signed reply. There
 is no trickle ICE in aiortc, so that one round trip carries all candidates. After the DTLS handshake both
 sides check the remote certificate against the fingerprint in the SDP the other signed
