@@ -153,14 +153,12 @@ async def raw_channel_mb_per_s(
     total: int = 64 * 2**20, message: int = 64 * 2**10, large_chunks: bool = True
 ) -> float:
     """One data channel between two connections in this process (large chunks as the pool uses them)."""
-    from aiortc import RTCPeerConnection
-
-    from node_agent.rtc.config import RTCOptions, apply_process_settings, rtc_configuration
+    from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
     from node_agent.rtc.large_records import enable_large_chunks, selected_path_is_loopback
 
     options = RTCOptions.for_loopback(large_chunks_on_loopback=large_chunks)
     apply_process_settings(options)
-    a, b = RTCPeerConnection(rtc_configuration(options)), RTCPeerConnection(rtc_configuration(options))
+    a, b = new_peer_connection(options), new_peer_connection(options)
     channel = a.createDataChannel("raw")
     done = asyncio.Event()
     received = 0

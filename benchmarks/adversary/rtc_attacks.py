@@ -19,7 +19,7 @@ from adversary.dht_attacks import RawPeer, address_of
 from node_agent.identity import Identity
 from node_agent.moe.api import ExpertHandle
 from node_agent.moe.client import ExpertCaller
-from node_agent.rtc.config import RTCOptions, rtc_configuration
+from node_agent.rtc.config import RTCOptions, new_peer_connection
 from node_agent.rtc.framing import FrameKind, encode_frames
 from node_agent.rtc.pool import OFFER_RPC
 from node_agent.rtc.rpc import RPCError, RPCRemoteError
@@ -145,9 +145,7 @@ async def unfinished_messages(
 
 async def real_offer_sdp() -> str:
     """One genuine SDP offer (aiortc, loopback ICE) to put in every flooded `rtc.offer`."""
-    from aiortc import RTCPeerConnection
-
-    pc = RTCPeerConnection(rtc_configuration(RTCOptions.for_loopback()))
+    pc = new_peer_connection(RTCOptions.for_loopback())
     pc.createDataChannel("rpc")
     await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp

@@ -3,14 +3,17 @@
 aiortc contacts a public STUN server when `iceServers` is left unset, so we always pass an explicit list
 (empty by default: nothing leaves the machine unless the operator configures STUN/TURN).
 
-aioice never offers 127.0.0.1 as a host candidate (`aioice.ice.get_host_addresses` filters it), so two
-agents on one machine without another interface, and every loopback test, could not connect. With
-`RTCOptions.loopback` we wrap that function (process-wide, idempotent) to also offer 127.0.0.1, or, with
-`host_addresses`, to offer exactly the given addresses.
+aioice never offers 127.0.0.1 as a host candidate, so two agents on one machine without another interface,
+and every loopback test, could not connect. `RTCOptions.loopback` also offers 127.0.0.1, `host_addresses`
+offers exactly the given addresses; both apply to the connections made with these options only
+(`new_peer_connection`, `node_agent.rtc.host_candidates`), never to other pools of the process.
 
 aioice asks for a 256 KiB UDP receive buffer; under load the kernel drops datagrams and SCTP stalls for a
 1 s retransmission timeout. `udp_receive_buffer` raises what aioice asks for (the kernel caps it at
 `net.core.rmem_max`, so this works without root, only less well).
+
+The patches of aiortc's private parts install only on the exactly tested aiortc/aioice/pyOpenSSL versions
+(`node_agent.rtc.library_versions`); on any other the first pool refuses to start.
 
 aiortc acknowledges every SCTP packet separately; `coalesce_sacks` makes it send one SACK per burst of
 received packets (`node_agent.rtc.sctp_tuning`, RFC 4960 section 6.2), process-wide once any pool asks.
@@ -28,12 +31,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from node_agent.rtc.admission import AdmissionLimits
+from node_agent.rtc.host_candidates import LOOPBACK_V4, HostCandidates
 
 logger = logging.getLogger(__name__)
-
-LOOPBACK_V4 = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +51,10 @@ class IceServer:
 @dataclass(frozen=True, slots=True)
 class RTCOptions:
     ice_servers: tuple[IceServer, ...] = ()
-    #: Also offer a 127.0.0.1 host candidate (same-machine swarms, tests).
+    #: Also offer a 127.0.0.1 host candidate (same-machine swarms, tests); this pool's connections only.
     loopback: bool = False
-    #: If set, offer exactly these host addresses instead of every interface's (e.g. ("127.0.0.1",)).
+    #: If set, offer exactly these host addresses instead of every interface's (e.g. ("127.0.0.1",));
+    #: this pool's connections only.
     host_addresses: tuple[str, ...] | None = None
     udp_receive_buffer: int = 8 * 1024 * 1024
     #: Largest frame we send; the remote's SCTP max-message-size (aiortc: 256 KiB) is the hard bound.
@@ -77,34 +81,24 @@ class RTCOptions:
         """Only 127.0.0.1 host candidates: what tests and single-machine benchmarks use."""
         return cls(loopback=True, host_addresses=(LOOPBACK_V4,), **overrides)  # type: ignore[arg-type]
 
-
-_host_override: dict[str, object] = {"loopback": False, "only": None}
-_installed = False
+    def host_candidates(self) -> HostCandidates | None:
+        """This configuration's host-candidate policy; None leaves aioice's own choice."""
+        if not self.loopback and self.host_addresses is None:
+            return None
+        return HostCandidates(self.loopback, tuple(self.host_addresses) if self.host_addresses else None)
 
 
 def apply_process_settings(options: RTCOptions) -> None:
-    """Install the host-candidate policy and UDP buffer size for every peer connection of this process."""
-    global _installed
-    import aioice.ice
+    """Install the aiortc patches `options` asks for (process-wide, idempotent) and raise UDP buffers.
+
+    Raises `UntestedLibraryError` when aiortc, aioice or pyOpenSSL is not the tested version."""
     import aioice.turn
 
-    if options.loopback or options.host_addresses is not None:
-        _host_override["loopback"] = options.loopback
-        _host_override["only"] = tuple(options.host_addresses) if options.host_addresses else None
-    if not _installed:
-        original = aioice.ice.get_host_addresses
+    from node_agent.rtc.host_candidates import install_host_candidate_hook
+    from node_agent.rtc.library_versions import require_tested_versions
 
-        def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-            only = _host_override["only"]
-            if only is not None:
-                return list(only)  # type: ignore[call-overload]
-            addresses = original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
-            if _host_override["loopback"] and use_ipv4 and LOOPBACK_V4 not in addresses:
-                addresses.append(LOOPBACK_V4)
-            return addresses
-
-        aioice.ice.get_host_addresses = get_host_addresses
-        _installed = True
+    require_tested_versions()
+    install_host_candidate_hook()
     if options.coalesce_sacks:
         from node_agent.rtc.sctp_tuning import install_sack_coalescing
 
@@ -126,6 +120,13 @@ def apply_process_settings(options: RTCOptions) -> None:
             )
     except (OSError, ValueError):
         pass
+
+
+def new_peer_connection(options: RTCOptions) -> Any:  # -> aiortc.RTCPeerConnection
+    """A peer connection with `options`' ICE servers that gathers host candidates with `options`' policy."""
+    from node_agent.rtc.host_candidates import host_peer_connection_class
+
+    return host_peer_connection_class()(rtc_configuration(options), options.host_candidates())
 
 
 def rtc_configuration(options: RTCOptions):  # -> aiortc.RTCConfiguration

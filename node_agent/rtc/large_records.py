@@ -20,8 +20,10 @@ Two pieces, both needed:
   Used only when the remote announced large-record reads and the path is loopback.
 
 Chunk size is each sender's own choice in SCTP, and the receiver reassembles by TSN whatever the sizes, so
-switching mid-association is safe. These touch private aiortc attributes; every step checks that they look
-as expected and otherwise leaves the connection as it is (standard chunks), logging why.
+switching mid-association is safe. These touch private aiortc attributes: they install only on the
+tested aiortc/pyOpenSSL versions (`library_versions`) and refuse loudly otherwise; `test_aiortc_guards.py`
+checks that the patched set still covers every reader of the chunk size and every record read. A connection
+whose SCTP transport is not aiortc's keeps standard chunks.
 """
 
 from __future__ import annotations
@@ -40,24 +42,33 @@ LARGE_CHUNK_USER_DATA = (MAX_RECORD_PLAINTEXT - 12 - 16) // 4 * 4
 #: Read buffer for one datagram's record; above any DTLS record, so nothing is ever cut short.
 _READ_SIZE = 65536
 #: The aiortc methods that read `USERDATA_MAX_LENGTH` (fragmenting, bursts, window growth and reset).
-_CHUNK_SIZED_METHODS = ("_send", "_transmit", "_receive_sack_chunk", "_t3_expired")
+CHUNK_SIZED_METHODS = ("_send", "_transmit", "_receive_sack_chunk", "_t3_expired")
+#: Readers that run only before a connection could switch (the initial window): left as they are.
+CHUNK_SIZED_BEFORE_SWITCH = ("__init__",)
 
 _reads_installed = False
 _large_transport_class: type | None = None
+#: aiortc's own `RTCDtlsTransport.start`, once the whole-record wrapper replaced it.
+original_dtls_start: Any = None
 
 
 def install_large_record_reads() -> bool:
-    """Make every DTLS session of this process read whole records (idempotent); False if aiortc differs."""
-    global _reads_installed
+    """Make every DTLS session of this process read whole records and prepare the large-chunk transport
+    (idempotent); UntestedLibraryError on another aiortc/pyOpenSSL."""
+    global _reads_installed, original_dtls_start
     if _reads_installed:
         return True
     from aiortc.rtcdtlstransport import RTCDtlsTransport
     from OpenSSL import SSL
 
+    from node_agent.rtc.library_versions import UntestedLibraryError, require_tested_versions
+
+    require_tested_versions()
+    if large_chunk_transport_class() is None:
+        raise UntestedLibraryError("aiortc's SCTP transport differs: large chunks cannot be installed")
     original_start = getattr(RTCDtlsTransport, "start", None)
     if original_start is None:
-        logger.info("aiortc's DTLS transport has no start(): large-record reads not installed")
-        return False
+        raise UntestedLibraryError("aiortc's DTLS transport has no start() to wrap")
 
     class WholeRecordConnection(SSL.Connection):
         """An OpenSSL session that always offers room for a whole record when reading."""
@@ -75,6 +86,7 @@ def install_large_record_reads() -> bool:
             session.__class__ = WholeRecordConnection
 
     RTCDtlsTransport.start = start  # type: ignore[method-assign]
+    original_dtls_start = original_start
     _reads_installed = True
     return True
 
@@ -106,7 +118,7 @@ def selected_path_is_loopback(peer_connection: Any) -> bool:
 def enable_large_chunks(peer_connection: Any) -> bool:
     """Send large DATA chunks on this connection from now on; False (and unchanged) if not possible."""
     sctp = getattr(peer_connection, "sctp", None)
-    cls = _large_chunk_transport_class()
+    cls = large_chunk_transport_class()
     if sctp is None or cls is None:
         return False
     if type(sctp) is cls:
@@ -118,7 +130,7 @@ def enable_large_chunks(peer_connection: Any) -> bool:
     return True
 
 
-def _large_chunk_transport_class() -> type | None:
+def large_chunk_transport_class() -> type | None:
     """aiortc's SCTP transport with its chunk-sized methods seeing `LARGE_CHUNK_USER_DATA` (built once)."""
     global _large_transport_class
     if _large_transport_class is not None:
@@ -131,7 +143,7 @@ def _large_chunk_transport_class() -> type | None:
         return None
     scope = dict(vars(sctp_module), USERDATA_MAX_LENGTH=LARGE_CHUNK_USER_DATA)
     methods: dict[str, Any] = {}
-    for name in _CHUNK_SIZED_METHODS:
+    for name in CHUNK_SIZED_METHODS:
         function = base.__dict__.get(name)
         if not isinstance(function, types.FunctionType):
             logger.info("aiortc's SCTP transport has no %s(): large chunks not available", name)
@@ -141,6 +153,8 @@ def _large_chunk_transport_class() -> type | None:
         )
         rebound.__kwdefaults__ = function.__kwdefaults__
         rebound.__qualname__ = function.__qualname__
+        rebound.__annotations__ = function.__annotations__
+        rebound.__doc__, rebound.__module__ = function.__doc__, function.__module__
         methods[name] = rebound
     _large_transport_class = type("LargeChunkSctpTransport", (base,), methods)
     return _large_transport_class

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from node_agent.dht.api import DHTError, PeerInfo
 from node_agent.dht.endpoints import parse_endpoint
 from node_agent.rtc.admission import Admission, Slot, Tier
-from node_agent.rtc.config import RTCOptions, apply_process_settings, rtc_configuration
+from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
 from node_agent.rtc.fingerprint import FingerprintMismatchError, verify_peer_connection
 from node_agent.rtc.framing import ByteBudget
 from node_agent.rtc.large_records import (
@@ -165,9 +165,9 @@ class ConnectionPool:
             raise ConnectError(f"connecting to {node_id.hex()[:8]} at {endpoint} timed out") from None
 
     async def _open(self, node_id: bytes, endpoint: str) -> PeerLink:
-        from aiortc import RTCPeerConnection, RTCSessionDescription
+        from aiortc import RTCSessionDescription
 
-        pc = RTCPeerConnection(rtc_configuration(self.options))
+        pc = new_peer_connection(self.options)
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 channel = pc.createDataChannel(CHANNEL_LABEL, ordered=True)
@@ -211,7 +211,7 @@ class ConnectionPool:
 
     async def handle_offer(self, peer: PeerInfo, payload: dict) -> dict:
         """DHT RPC handler for `rtc.offer`: admit, answer, verify the DTLS fingerprint in the background."""
-        from aiortc import RTCPeerConnection, RTCSessionDescription
+        from aiortc import RTCSessionDescription
 
         if self._closed or not self.accepting:
             return {"refused": "not accepting connections"}
@@ -228,7 +228,7 @@ class ConnectionPool:
             return {"refused": decision.reason}
         for handle in decision.evict:
             self._evict(handle)
-        pc = RTCPeerConnection(rtc_configuration(self.options))
+        pc = new_peer_connection(self.options)
         handshake = _Handshake(peer.node_id, host, tier, pc)
         self._handshakes[id(handshake)] = handshake
         channel_ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

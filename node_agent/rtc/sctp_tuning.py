@@ -9,7 +9,8 @@ yield while datagrams are waiting), then one SACK covers them. No timer is added
 more than the burst itself, and retransmission and congestion control see the same cumulative TSN and gap
 reports, only coalesced.
 
-This wraps a private aiortc method, so it installs only when that method exists (checked at install).
+This wraps a private aiortc method: it installs only on the tested aiortc version (`library_versions`) and
+refuses loudly otherwise; `test_aiortc_guards.py` pins the method's signature and its callers.
 """
 
 from __future__ import annotations
@@ -20,20 +21,23 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-_installed = False
+#: aiortc's own `_send_sack`, once the coalescing wrapper replaced it.
+original_send_sack: Any = None
 
 
 def install_sack_coalescing() -> bool:
-    """Patch aiortc's SCTP transport (process-wide, idempotent); False if this aiortc looks different."""
-    global _installed
-    if _installed:
+    """Patch aiortc's SCTP transport (process-wide, idempotent); UntestedLibraryError on another aiortc."""
+    global original_send_sack
+    if original_send_sack is not None:
         return True
     from aiortc.rtcsctptransport import RTCSctpTransport
 
+    from node_agent.rtc.library_versions import UntestedLibraryError, require_tested_versions
+
+    require_tested_versions()
     send_now = getattr(RTCSctpTransport, "_send_sack", None)
     if send_now is None or not asyncio.iscoroutinefunction(send_now):
-        logger.info("aiortc has no _send_sack coroutine: SACK coalescing not installed")
-        return False
+        raise UntestedLibraryError("aiortc's RTCSctpTransport has no _send_sack coroutine to coalesce")
 
     async def flush(transport: Any) -> None:
         transport._colearn_sack_scheduled = False
@@ -54,5 +58,5 @@ def install_sack_coalescing() -> bool:
         asyncio.get_running_loop().call_soon(schedule, transport)
 
     RTCSctpTransport._send_sack = send_sack_coalesced  # type: ignore[method-assign]
-    _installed = True
+    original_send_sack = send_now
     return True

@@ -12,7 +12,7 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from node_agent.dht import DHTNode
-from node_agent.rtc.config import RTCOptions, apply_process_settings, rtc_configuration
+from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ class LoopbackPair:
 async def connect_pair(label: str = "test") -> LoopbackPair:
     options = RTCOptions.for_loopback()
     apply_process_settings(options)
-    a, b = RTCPeerConnection(rtc_configuration(options)), RTCPeerConnection(rtc_configuration(options))
+    a, b = new_peer_connection(options), new_peer_connection(options)
     channel = a.createDataChannel(label)
     remote: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     b.on("datachannel", remote.set_result)

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import aioice.ice
 import pytest
 
 from node_agent.rtc.config import (
     IceServer,
     RTCOptions,
-    apply_process_settings,
     parse_ice_server,
     rtc_configuration,
 )
@@ -24,8 +22,3 @@ def test_parse_ice_servers():
     )
     with pytest.raises(ValueError):
         parse_ice_server("http://x")
-
-
-def test_loopback_host_candidates():
-    apply_process_settings(RTCOptions.for_loopback())
-    assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]

@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-from aiortc import RTCPeerConnection
 
 from node_agent.credentials import CredentialPolicy
 from node_agent.dht import DHTNode
@@ -15,7 +14,7 @@ from node_agent.dht.api import DHTError
 from node_agent.identity import Identity
 from node_agent.portal_protocol import issue_credential
 from node_agent.rtc.admission import AdmissionLimits
-from node_agent.rtc.config import RTCOptions, apply_process_settings, rtc_configuration
+from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
 from node_agent.rtc.pool import OFFER_RPC, ConnectionPool, ConnectRefusedError
 from tests.node_agent.rtc.handlers import echo
 
@@ -61,7 +60,7 @@ async def test_offer_flood_is_bounded_and_honest_peers_keep_working(two_nodes):
     )  # fmt: skip
     newcomer = await ConnectionPool.create(newcomer_dht, None, OPTIONS, credential=token)
     apply_process_settings(OPTIONS)
-    template = RTCPeerConnection(rtc_configuration(OPTIONS))
+    template = new_peer_connection(OPTIONS)
     template.createDataChannel("colearn-rpc")
     await template.setLocalDescription(await template.createOffer())
     sdp = template.localDescription.sdp

@@ -1,0 +1,228 @@
+"""Guards for the places where node_agent/rtc patches private parts of aiortc, aioice and pyOpenSSL.
+
+Each test fails loudly when the pinned library changes under a patch: a new reader of the chunk size the
+large-chunk transport does not cover, a wrapped method with another signature, a new place that gathers
+host candidates or reads DTLS records, a private attribute gone after a real handshake, or another version.
+Upgrading aiortc means making these pass again (see `node_agent/rtc/library_versions.py`).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import pathlib
+import tomllib
+import types
+from collections.abc import Iterator
+
+import aioice
+import aioice.ice
+import aiortc
+import aiortc.rtcdtlstransport
+import aiortc.rtcsctptransport as sctp_module
+import pytest
+from OpenSSL import SSL
+
+from node_agent.rtc import large_records, sctp_tuning
+from node_agent.rtc.config import RTCOptions, apply_process_settings
+from node_agent.rtc.fingerprint import check_fingerprint, remote_certificate_der
+from node_agent.rtc.host_candidates import original_get_host_addresses
+from node_agent.rtc.library_versions import (
+    TESTED_VERSIONS,
+    UntestedLibraryError,
+    check_versions,
+    installed_versions,
+    require_tested_versions,
+)
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+
+
+def _package_sources(package: types.ModuleType) -> Iterator[tuple[pathlib.Path, str]]:
+    for path in sorted(pathlib.Path(package.__file__).parent.rglob("*.py")):  # type: ignore[arg-type]
+        yield path, path.read_text()
+
+
+def _functions(code: types.CodeType) -> Iterator[types.CodeType]:
+    """Every function body compiled inside `code` (class and module bodies left out)."""
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            if const.co_flags & inspect.CO_OPTIMIZED:
+                yield const
+            yield from _functions(const)
+
+
+def _readers(package: types.ModuleType, name: str) -> set[str]:
+    """`module:qualname` of every function in `package` that reads or calls the global/attribute `name`."""
+    found = set()
+    for path, source in _package_sources(package):
+        for function in _functions(compile(source, str(path), "exec")):
+            if name in function.co_names:
+                found.add(f"{path.stem}:{function.co_qualname}")
+    return found
+
+
+def _parameters(function: object) -> list[str]:
+    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+
+
+# ---- versions --------------------------------------------------------------------------------------------
+
+
+def test_installed_versions_are_the_tested_ones_and_pinned_exactly():
+    require_tested_versions()
+    assert installed_versions() == TESTED_VERSIONS
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    dependencies = pyproject["project"]["dependencies"]
+    for name, version in TESTED_VERSIONS.items():
+        assert f"{name}=={version}" in dependencies, f"pyproject.toml must pin {name}=={version}"
+
+
+def test_another_or_a_missing_version_is_refused_with_the_fix():
+    newer = dict(TESTED_VERSIONS, aiortc="1.17.0")
+    with pytest.raises(UntestedLibraryError, match=r"aiortc 1\.17\.0 \(tested: 1\.16\.0\).*pip install"):
+        check_versions(newer)
+    with pytest.raises(UntestedLibraryError, match="aioice missing"):
+        check_versions(dict(TESTED_VERSIONS, aioice=None))
+    check_versions(TESTED_VERSIONS)
+
+
+# ---- large chunks: every reader of the chunk size is rebound ---------------------------------------------
+
+
+def test_every_reader_of_the_chunk_size_is_covered_by_the_large_chunk_transport():
+    readers = _readers(aiortc, "USERDATA_MAX_LENGTH")
+    covered = {
+        f"rtcsctptransport:RTCSctpTransport.{name}"
+        for name in (*large_records.CHUNK_SIZED_METHODS, *large_records.CHUNK_SIZED_BEFORE_SWITCH)
+    }
+    assert readers == covered, f"aiortc's readers of USERDATA_MAX_LENGTH changed: {sorted(readers ^ covered)}"
+
+
+def test_rebound_methods_are_aiortcs_own_code_seeing_only_the_larger_chunk_size():
+    cls = large_records.large_chunk_transport_class()
+    assert cls is not None and cls.__bases__ == (sctp_module.RTCSctpTransport,)
+    assert set(cls.__dict__) >= set(large_records.CHUNK_SIZED_METHODS)
+    for name in large_records.CHUNK_SIZED_METHODS:
+        rebound, original = cls.__dict__[name], sctp_module.RTCSctpTransport.__dict__[name]
+        assert rebound.__code__ is original.__code__
+        assert inspect.signature(rebound) == inspect.signature(original)
+        assert rebound.__globals__["USERDATA_MAX_LENGTH"] == large_records.LARGE_CHUNK_USER_DATA
+        for global_name in original.__code__.co_names:
+            if global_name in vars(sctp_module) and global_name != "USERDATA_MAX_LENGTH":
+                assert rebound.__globals__[global_name] is vars(sctp_module)[global_name], global_name
+    assert large_records.LARGE_CHUNK_USER_DATA > sctp_module.USERDATA_MAX_LENGTH
+
+
+# ---- whole-record reads ----------------------------------------------------------------------------------
+
+
+def test_dtls_records_are_read_only_through_the_session_the_wrapper_swaps():
+    source = inspect.getsource(aiortc.rtcdtlstransport)
+    tree = ast.parse(source)
+    session_assigned_in = set()
+    reads = []
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(function):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, ast.AnnAssign | ast.AugAssign):
+                targets = [node.target]
+            if any(ast.unparse(target) == "self._ssl" for target in targets):
+                session_assigned_in.add(function.name)
+            called = node.func if isinstance(node, ast.Call) else None
+            if isinstance(called, ast.Attribute) and called.attr in ("recv", "bio_read"):
+                reads.append(ast.unparse(called.value))
+    # The session is created in start() (the wrapped method) and nowhere later; reads go through it.
+    assert session_assigned_in == {"__init__", "start"}
+    assert reads and set(reads) == {"self._ssl"}, reads
+    assert _readers(aiortc, "bio_read") == {"rtcdtlstransport:RTCDtlsTransport._write_ssl"}
+
+
+def test_wrapped_dtls_and_openssl_methods_keep_their_signatures():
+    apply_process_settings(RTCOptions.for_loopback())
+    start = large_records.original_dtls_start
+    assert start is not None and asyncio.iscoroutinefunction(start)
+    assert _parameters(start) == ["self", "remoteParameters"]
+    assert _parameters(SSL.Connection.recv) == ["self", "bufsiz", "flags"]
+    assert inspect.signature(SSL.Connection.recv).parameters["flags"].default is None
+    assert _parameters(SSL.Connection.bio_read) == ["self", "bufsiz"]
+    certificate = inspect.signature(SSL.Connection.get_peer_certificate).parameters["as_cryptography"]
+    assert certificate.kind is inspect.Parameter.KEYWORD_ONLY
+    assert not hasattr(SSL.Connection, "__slots__")  # the live session's class can be swapped
+
+
+# ---- SACK coalescing -------------------------------------------------------------------------------------
+
+
+def test_sack_wrapper_replaces_the_only_sender_of_sacks_with_the_same_signature():
+    apply_process_settings(RTCOptions.for_loopback())
+    send_sack = sctp_tuning.original_send_sack
+    assert send_sack is not None and asyncio.iscoroutinefunction(send_sack)
+    assert _parameters(send_sack) == ["self"]
+    assert sctp_module.RTCSctpTransport._send_sack is not send_sack
+    # The deferred SACK relies on aiortc sending SACKs from one place, guarded by `_sack_needed`,
+    # which the original clears once sent.
+    assert _readers(aiortc, "_send_sack") == {"rtcsctptransport:RTCSctpTransport._handle_data"}
+    assert "self._sack_needed = False" in inspect.getsource(send_sack)
+
+
+# ---- host candidates: gathering happens only inside setLocalDescription ----------------------------------
+
+
+def test_host_addresses_are_asked_only_while_a_peer_connection_sets_its_local_description():
+    assert _parameters(original_get_host_addresses()) == ["use_ipv4", "use_ipv6"]
+    assert _readers(aioice, "get_host_addresses") == {"ice:Connection.gather_candidates"}
+    assert _readers(aiortc, "gather_candidates") == {"rtcicetransport:RTCIceGatherer.gather"}
+    gatherer_calls = set()
+    for path, source in _package_sources(aiortc):
+        for function in ast.walk(ast.parse(source)):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                continue
+            for node in ast.walk(function):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "gather"
+                    and ast.unparse(node.func.value) != "asyncio"
+                ):
+                    gatherer_calls.add(f"{path.stem}:{ast.unparse(node)}")
+    assert gatherer_calls == {"rtcpeerconnection:t.iceGatherer.gather()"}
+    assert _readers(aiortc, "_RTCPeerConnection__gather") == {
+        "rtcpeerconnection:RTCPeerConnection.setLocalDescription"
+    }
+
+
+# ---- private attributes after a real handshake -----------------------------------------------------------
+
+
+async def test_private_attributes_the_patches_use_exist_after_a_real_handshake(loopback_pair):
+    for pc, remote_sdp in (
+        (loopback_pair.offerer, loopback_pair.answer_sdp),
+        (loopback_pair.answerer, loopback_pair.offer_sdp),
+    ):
+        sctp = pc.sctp
+        assert type(sctp) is sctp_module.RTCSctpTransport
+        assert isinstance(sctp._sack_needed, bool)
+        dtls = sctp.transport
+        session = dtls._ssl
+        assert type(session).__name__ == "WholeRecordConnection"  # swapped in by the wrapped start()
+        assert type(session).__bases__ == (SSL.Connection,)
+        ice = dtls.transport._connection
+        assert isinstance(ice, aioice.ice.Connection)
+        assert isinstance(ice._nominated, dict) and ice._nominated
+        for pair in ice._nominated.values():
+            assert isinstance(pair, aioice.ice.CandidatePair)
+            assert isinstance(pair.local_addr, tuple) and isinstance(pair.remote_addr, tuple)
+        assert large_records.selected_path_is_loopback(pc)
+        check_fingerprint(remote_sdp, remote_certificate_der(pc))  # the session the fingerprint check reads
+        assert large_records.enable_large_chunks(pc)
+        assert type(pc.sctp).__name__ == "LargeChunkSctpTransport"
+    received = asyncio.get_running_loop().create_future()
+    loopback_pair.answer_channel.on("message", received.set_result)
+    payload = bytes(range(256)) * 200  # several large chunks
+    loopback_pair.offer_channel.send(payload)
+    async with asyncio.timeout(10):
+        assert await received == payload
