@@ -3,6 +3,9 @@
 * `framing`: sans-IO frames (request/response ids, chunking, reassembly, limits).
 * `rpc`: request/response over one data channel with back-pressure, timeouts and cancellation.
 * `config`: ICE servers, loopback candidates, UDP buffers.
+* `host_candidates`: which host addresses one peer connection offers (per connection, not per process).
+* `library_versions`: the exact aiortc/aioice/pyOpenSSL versions the patches below were tested with.
+* `sctp_tuning`, `large_records`: patches of aiortc's SCTP/DTLS for fewer SACKs and large loopback chunks.
 * `fingerprint`: binding the DTLS certificate to the signed SDP.
 * `pool`: one peer connection per pair of peers, offers/answers carried by signed DHT RPCs.
 """

@@ -193,6 +193,8 @@ def test_host_addresses_are_asked_only_while_a_peer_connection_sets_its_local_de
     assert _readers(aiortc, "_RTCPeerConnection__gather") == {
         "rtcpeerconnection:RTCPeerConnection.setLocalDescription"
     }
+    # HostPeerConnection overrides it with the same parameters.
+    assert _parameters(aiortc.RTCPeerConnection.setLocalDescription) == ["self", "sessionDescription"]
 
 
 # ---- private attributes after a real handshake -----------------------------------------------------------
