@@ -221,6 +221,9 @@ SWARM = {
     "RAW_RETENTION": env_int("SWARM_RAW_RETENTION_S", 2 * 86_400),
 }
 
+# --- Live swarm pages: WebSocket viewers per portal process (beyond: close 1013, the page retries) -------
+LIVE_MAX_VIEWERS = env_int("LIVE_MAX_VIEWERS", 2000)
+
 # --- Logging ----------------------------------------------------------------------------------------------
 LOGGING = {
     "version": 1,
