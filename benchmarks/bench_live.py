@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -188,6 +189,31 @@ def run_nodes(base_url: str, codes: list[str], period: float, stop_at: float, ou
 
 
 # ---- orchestration -----------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWindow:
+    """CPU seconds a portal process spends during the measurement window: a figure that, unlike
+    latencies, hardly depends on what else the (shared) machine is doing."""
+
+    def __init__(self, pid: int, start_at: float, stop_at: float) -> None:
+        self.used: float | None = None
+        self._thread = threading.Thread(target=self._run, args=(pid, start_at, stop_at), daemon=True)
+        self._thread.start()
+
+    def _run(self, pid: int, start_at: float, stop_at: float) -> None:
+        try:
+            time.sleep(max(0.0, start_at - time.time()))
+            before = cpu_seconds(pid)
+            time.sleep(max(0.0, stop_at - time.time()))
+            self.used = cpu_seconds(pid) - before
+        except (OSError, ValueError, IndexError):
+            self.used = None
 
 
 def collect(out: mp.Queue, procs: list, *, deadline: float) -> list[dict]:
@@ -367,6 +393,8 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
         procs.append(ctx.Process(target=run_nodes, args=(ingest_base, codes, args.period, stop_at, out)))
         for proc in procs:
             proc.start()
+        viewer_cpu = CpuWindow(servers[0][0].pid, connect_by, stop_at)
+        ingest_cpu = CpuWindow(servers[-1][0].pid, connect_by, stop_at) if len(servers) > 1 else None
         results = collect(out, procs, deadline=stop_at + 300)
         for proc in procs:
             proc.join(timeout=30)
@@ -423,6 +451,17 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
                     "ingest_process": 0,
                 },
                 "mean_latency_ms": round(statistics.fmean(latencies), 1) if latencies else None,
+                # CPU of the portal process serving the viewers, during the measurement: per second
+                # (1.0 = one core busy) and per message sent to a viewer.
+                "viewer_process_cpu_per_s": round(viewer_cpu.used / args.duration, 3)
+                if viewer_cpu.used is not None
+                else None,
+                "viewer_process_cpu_us_per_message": round(viewer_cpu.used / messages * 1e6, 1)
+                if viewer_cpu.used is not None and messages
+                else None,
+                "ingest_process_cpu_per_s": round(ingest_cpu.used / args.duration, 3)
+                if ingest_cpu is not None and ingest_cpu.used is not None
+                else None,
                 "load_average": [round(x, 2) for x in os.getloadavg()],
             }
         )
