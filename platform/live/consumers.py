@@ -10,8 +10,10 @@ code 1006, the same as a portal too busy to answer in time (Daphne also refuses 
 handshake outlasts its connect timeout). Accepted first, every refusal is a close code the page acts on:
 
 - 4403 (not allowed) and 4404 (no such project): final, the page does not retry;
-- 1013 "try again later": this process already serves `settings.LIVE_MAX_VIEWERS` viewers, or the
+- 4503 "try again later": this process already serves `settings.LIVE_MAX_VIEWERS` viewers, or the
   access check or the snapshot failed or took longer than its timeout; the page retries with backoff.
+  (It plays the part of RFC 6455's 1013, which Daphne's autobahn does not let an application send:
+  only 1000 and 3000-4999.)
 
 Per viewer the handshake costs no database work in the steady state: the user comes from the session
 cookie only when there is one (config.websocket_auth), verdicts are cached, viewers do not subscribe to
@@ -46,7 +48,7 @@ RESYNC_MIN_INTERVAL_S = 1.0
 MAX_SNAPSHOT_ATTEMPTS = 3
 ACCESS_TIMEOUT_S = 10.0
 SNAPSHOT_TIMEOUT_S = 20.0
-CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 registry: "Try Again Later"
+CLOSE_TRY_AGAIN_LATER = 4503
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 

@@ -358,7 +358,7 @@ async def test_a_viewer_over_the_cap_is_asked_to_come_back_later_not_refused(
     try:
         await first.receive_json_from(timeout=10)
         # Busy is its own close code (the page retries it); "not allowed" stays 4403 (the page gives up).
-        assert await refused_code(project.slug) == 1013
+        assert await refused_code(project.slug) == 4503
     finally:
         await first.disconnect()
     second = await watch(project.slug)  # the slot came back with the first viewer's disconnect
@@ -381,7 +381,7 @@ async def test_a_database_that_fails_the_access_check_is_busy_not_forbidden(proj
         raise OperationalError("connection refused")
 
     monkeypatch.setattr(consumers, "check_access", database_away)
-    assert await refused_code(project.slug) == 1013
+    assert await refused_code(project.slug) == 4503
     assert consumers.viewer_slots.taken == 0
 
 
