@@ -13,7 +13,10 @@ fields they need (msgspec), so their own parsing stays out of the latency they r
 Delivery latency is measured per node update, from its `at` (the time the portal's heartbeat view
 started, before its database write) to a viewer's receipt, on one machine's clock. It is split at the
 hub's flush (`server_time` in each message): ingest to flush (database write, commit, channel layer,
-coalescing wait of up to 250 ms) and flush to receipt (fan-out, sockets, client). Prints one JSON object.
+coalescing wait of up to 250 ms) and flush to receipt (fan-out, sockets, client). The CPU time of each
+portal process during the measurement is reported too (per second, and per viewer message for the
+viewers' process): on a shared machine it moves far less than latencies do. A viewer that is refused or
+dropped (any close code, 4503 "busy" included) counts as dropped. Prints one JSON object.
 
     .venv/bin/python benchmarks/bench_live.py            # 500 viewers, 200 nodes, 40 s
     .venv/bin/python benchmarks/bench_live.py --viewers 50 --nodes 20 --duration 15
