@@ -2,10 +2,12 @@
 
 The portal runs as deployed: DEBUG off, PostgreSQL (a throwaway database; `--database sqlite` for the
 zero-setup default), the Redis channel layer, Daphne on uvloop (`python -m live.serve`; `--loop asyncio`
-for plain Daphne). By default heartbeats go to a second Daphne process (`--ingest separate`: the API
-and the WebSocket viewers in separate portal processes, as a deployment would run them), viewers to
-the first. `--nodes` simulated nodes join through the real join API and POST real signed heartbeats
-over HTTP every `--period` seconds (spread evenly, from a thread pool in a separate process).
+for plain Daphne), with a pool of PostgreSQL connections in each portal process (`--db-pool`, 8; 0 for
+a new connection per request, what Daphne's thread-per-request does without one). By default
+heartbeats go to a second Daphne process (`--ingest separate`: the API and the WebSocket viewers in
+separate portal processes, as a deployment would run them), viewers to the first. `--nodes`
+simulated nodes join through the real join API and POST real signed heartbeats over HTTP every
+`--period` seconds (spread evenly, from a thread pool in a separate process).
 `--viewers` WebSocket clients (the `websockets` package on uvloop, split over `--viewer-procs`
 processes) watch the project's live channel; they note the receipt time first and decode only the
 fields they need (msgspec), so their own parsing stays out of the latency they report.
@@ -270,6 +272,12 @@ def main() -> None:
         default=60,
         help="DB_CONN_MAX_AGE of the WebSocket process (its consumers share one database thread)",
     )
+    parser.add_argument(
+        "--db-pool",
+        type=int,
+        default=8,
+        help="DB_POOL_MAX_SIZE of both portal processes (a psycopg pool; 0: a new connection per request)",
+    )
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
 
@@ -366,7 +374,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
         process = subprocess.Popen(
             command,
             cwd=REPO / "platform",
-            env=env | {"DB_CONN_MAX_AGE": str(conn_max_age)},
+            env=env | {"DB_CONN_MAX_AGE": str(conn_max_age), "DB_POOL_MAX_SIZE": str(args.db_pool)},
             stdout=daphne_log,
             stderr=subprocess.STDOUT,
         )
@@ -449,6 +457,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
                 "event_loop": args.loop,
                 "channel_layer": "channels_redis",
                 "database": f"{args.database} (throwaway)",
+                "db_pool_max_size": args.db_pool if args.database == "postgres" else None,
                 "db_conn_max_age_s": {
                     "viewer_process": args.viewer_db_conn_max_age if args.ingest == "separate" else 0,
                     "ingest_process": 0,
