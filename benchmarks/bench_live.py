@@ -458,8 +458,10 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
                 "channel_layer": "channels_redis",
                 "database": f"{args.database} (throwaway)",
                 "db_pool_max_size": args.db_pool if args.database == "postgres" else None,
-                "db_conn_max_age_s": {
-                    "viewer_process": args.viewer_db_conn_max_age if args.ingest == "separate" else 0,
+                "db_conn_max_age_s": {  # a pool replaces persistent connections (config/settings.py)
+                    "viewer_process": args.viewer_db_conn_max_age
+                    if args.ingest == "separate" and not (args.db_pool and args.database == "postgres")
+                    else 0,
                     "ingest_process": 0,
                 },
                 "mean_latency_ms": round(statistics.fmean(latencies), 1) if latencies else None,
