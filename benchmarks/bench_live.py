@@ -2,10 +2,12 @@
 
 The portal runs as deployed: DEBUG off, PostgreSQL (a throwaway database; `--database sqlite` for the
 zero-setup default), the Redis channel layer, Daphne on uvloop (`python -m live.serve`; `--loop asyncio`
-for plain Daphne). By default heartbeats go to a second Daphne process (`--ingest separate`: the API
-and the WebSocket viewers in separate portal processes, as a deployment would run them), viewers to
-the first. `--nodes` simulated nodes join through the real join API and POST real signed heartbeats
-over HTTP every `--period` seconds (spread evenly, from a thread pool in a separate process).
+for plain Daphne), with a pool of PostgreSQL connections in each portal process (`--db-pool`, 8; 0 for
+a new connection per request, what Daphne's thread-per-request does without one). By default
+heartbeats go to a second Daphne process (`--ingest separate`: the API and the WebSocket viewers in
+separate portal processes, as a deployment would run them), viewers to the first. `--nodes`
+simulated nodes join through the real join API and POST real signed heartbeats over HTTP every
+`--period` seconds (spread evenly, from a thread pool in a separate process).
 `--viewers` WebSocket clients (the `websockets` package on uvloop, split over `--viewer-procs`
 processes) watch the project's live channel; they note the receipt time first and decode only the
 fields they need (msgspec), so their own parsing stays out of the latency they report.
@@ -13,7 +15,10 @@ fields they need (msgspec), so their own parsing stays out of the latency they r
 Delivery latency is measured per node update, from its `at` (the time the portal's heartbeat view
 started, before its database write) to a viewer's receipt, on one machine's clock. It is split at the
 hub's flush (`server_time` in each message): ingest to flush (database write, commit, channel layer,
-coalescing wait of up to 250 ms) and flush to receipt (fan-out, sockets, client). Prints one JSON object.
+coalescing wait of up to 250 ms) and flush to receipt (fan-out, sockets, client). The CPU time of each
+portal process during the measurement is reported too (per second, and per viewer message for the
+viewers' process): on a shared machine it moves far less than latencies do. A viewer that is refused or
+dropped (any close code, 4503 "busy" included) counts as dropped. Prints one JSON object.
 
     .venv/bin/python benchmarks/bench_live.py            # 500 viewers, 200 nodes, 40 s
     .venv/bin/python benchmarks/bench_live.py --viewers 50 --nodes 20 --duration 15
@@ -32,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -190,6 +196,31 @@ def run_nodes(base_url: str, codes: list[str], period: float, stop_at: float, ou
 # ---- orchestration -----------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWindow:
+    """CPU seconds a portal process spends during the measurement window: a figure that, unlike
+    latencies, hardly depends on what else the (shared) machine is doing."""
+
+    def __init__(self, pid: int, start_at: float, stop_at: float) -> None:
+        self.used: float | None = None
+        self._thread = threading.Thread(target=self._run, args=(pid, start_at, stop_at), daemon=True)
+        self._thread.start()
+
+    def _run(self, pid: int, start_at: float, stop_at: float) -> None:
+        try:
+            time.sleep(max(0.0, start_at - time.time()))
+            before = cpu_seconds(pid)
+            time.sleep(max(0.0, stop_at - time.time()))
+            self.used = cpu_seconds(pid) - before
+        except (OSError, ValueError, IndexError):
+            self.used = None
+
+
 def collect(out: mp.Queue, procs: list, *, deadline: float) -> list[dict]:
     """One result per child; a child that died without one ends the run at once with its exit code."""
     import queue
@@ -240,6 +271,12 @@ def main() -> None:
         type=int,
         default=60,
         help="DB_CONN_MAX_AGE of the WebSocket process (its consumers share one database thread)",
+    )
+    parser.add_argument(
+        "--db-pool",
+        type=int,
+        default=8,
+        help="DB_POOL_MAX_SIZE of both portal processes (a psycopg pool; 0: a new connection per request)",
     )
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
@@ -337,7 +374,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
         process = subprocess.Popen(
             command,
             cwd=REPO / "platform",
-            env=env | {"DB_CONN_MAX_AGE": str(conn_max_age)},
+            env=env | {"DB_CONN_MAX_AGE": str(conn_max_age), "DB_POOL_MAX_SIZE": str(args.db_pool)},
             stdout=daphne_log,
             stderr=subprocess.STDOUT,
         )
@@ -367,6 +404,8 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
         procs.append(ctx.Process(target=run_nodes, args=(ingest_base, codes, args.period, stop_at, out)))
         for proc in procs:
             proc.start()
+        viewer_cpu = CpuWindow(servers[0][0].pid, connect_by, stop_at)
+        ingest_cpu = CpuWindow(servers[-1][0].pid, connect_by, stop_at) if len(servers) > 1 else None
         results = collect(out, procs, deadline=stop_at + 300)
         for proc in procs:
             proc.join(timeout=30)
@@ -418,11 +457,25 @@ def _run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
                 "event_loop": args.loop,
                 "channel_layer": "channels_redis",
                 "database": f"{args.database} (throwaway)",
-                "db_conn_max_age_s": {
-                    "viewer_process": args.viewer_db_conn_max_age if args.ingest == "separate" else 0,
+                "db_pool_max_size": args.db_pool if args.database == "postgres" else None,
+                "db_conn_max_age_s": {  # a pool replaces persistent connections (config/settings.py)
+                    "viewer_process": args.viewer_db_conn_max_age
+                    if args.ingest == "separate" and not (args.db_pool and args.database == "postgres")
+                    else 0,
                     "ingest_process": 0,
                 },
                 "mean_latency_ms": round(statistics.fmean(latencies), 1) if latencies else None,
+                # CPU of the portal process serving the viewers, during the measurement: per second
+                # (1.0 = one core busy) and per message sent to a viewer.
+                "viewer_process_cpu_per_s": round(viewer_cpu.used / args.duration, 3)
+                if viewer_cpu.used is not None
+                else None,
+                "viewer_process_cpu_us_per_message": round(viewer_cpu.used / messages * 1e6, 1)
+                if viewer_cpu.used is not None and messages
+                else None,
+                "ingest_process_cpu_per_s": round(ingest_cpu.used / args.duration, 3)
+                if ingest_cpu is not None and ingest_cpu.used is not None
+                else None,
                 "load_average": [round(x, 2) for x in os.getloadavg()],
             }
         )

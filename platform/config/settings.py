@@ -88,6 +88,13 @@ else:
 _default_db["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0)
 if _default_db["ENGINE"].endswith("postgresql"):
     _default_db["CONN_HEALTH_CHECKS"] = True
+    # Under Daphne every HTTP request runs its view in a thread of its own, so a persistent connection is
+    # never reused: each request would open (and PostgreSQL fork) a new one. A pool keeps them (psycopg_pool);
+    # Django then wants CONN_MAX_AGE 0 (a connection "closed" goes back to the pool).
+    _pool_size = env_int("DB_POOL_MAX_SIZE", 0)
+    if _pool_size > 0:
+        _default_db.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": _pool_size, "timeout": 10}
+        _default_db["CONN_MAX_AGE"] = 0
 DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -229,6 +236,9 @@ SWARM = {
 
 # The largest expert grid a project may have (cells in all): what one swarm can serve and a page can show.
 PROJECT_MAX_GRID_CELLS = env_int("PROJECT_MAX_GRID_CELLS", 65_536)
+
+# --- Live swarm pages: WebSocket viewers per portal process (beyond: close 4503, the page retries) -------
+LIVE_MAX_VIEWERS = env_int("LIVE_MAX_VIEWERS", 2000)
 
 # --- Logging ----------------------------------------------------------------------------------------------
 LOGGING = {

@@ -74,7 +74,7 @@ class ProjectHub:
         self._alerts: dict[str, AlertView] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._registrations = 0
-        self._snapshot_read: tuple[int, asyncio.Future[SharedSnapshot]] | None = None
+        self._snapshot_read: tuple[int, asyncio.Task[SharedSnapshot]] | None = None
         self.closed = False
 
     @classmethod
@@ -124,19 +124,18 @@ class ProjectHub:
         a viewer registered may serve it, or a change could fall between the read and its first diff.
         """
         current = self._snapshot_read
-        if current is not None and current[0] >= ticket and not current[1].done():
-            return await asyncio.shield(current[1])
-        future: asyncio.Future[SharedSnapshot] = asyncio.get_running_loop().create_future()
-        self._snapshot_read = (self._registrations, future)
-        try:
-            parts = await database_sync_to_async(self._read_snapshot)()
-            shared = SharedSnapshot(body=dumps(parts)[1:-1], swarm_series=dumps(list(self._tracker.points)))
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: other waiters re-raise it themselves
-            raise
-        future.set_result(shared)
-        return shared
+        if current is None or current[0] < ticket or current[1].done():
+            read = asyncio.get_running_loop().create_task(
+                self._read_shared(), name=f"live-hub-{self.slug}-snapshot"
+            )
+            read.add_done_callback(_retrieve)
+            current = self._snapshot_read = (self._registrations, read)
+        # A viewer that stops waiting (its own timeout, a disconnect) must not cancel the others' read.
+        return await asyncio.shield(current[1])
+
+    async def _read_shared(self) -> SharedSnapshot:
+        parts = await database_sync_to_async(self._read_snapshot)()
+        return SharedSnapshot(body=dumps(parts)[1:-1], swarm_series=dumps(list(self._tracker.points)))
 
     def _read_snapshot(self) -> dict[str, Any]:
         project = selectors.project_for_slug(self.slug)
@@ -347,6 +346,12 @@ class ProjectHub:
         except Exception:
             logger.exception("live hub %s: could not leave group %s", self.slug, self.group)
         logger.info("live hub for %s closed", self.slug)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a shared read's failure retrieved: every viewer still waiting on it re-raises it itself."""
+    if not task.cancelled():
+        task.exception()
 
 
 class HubRegistry:

@@ -13,6 +13,7 @@ const STATUS_TEXT = {
   live: "Live",
   resyncing: "Catching up…",
   lost: "Connection lost — figures below may be out of date; reconnecting",
+  busy: "The portal is busy — figures below may be out of date; trying again",
   forbidden: "You may not watch this swarm live.",
   gone: "This project no longer exists.",
 };
@@ -121,7 +122,8 @@ export function startSwarmPage(root) {
       root.classList.toggle("is-stale", state !== "live");
       if (status) {
         status.dataset.state = state;
-        status.textContent = state === "lost" && delay ? `${STATUS_TEXT.lost} in ${Math.ceil(delay / 1000)} s (attempt ${attempt})…` : STATUS_TEXT[state] || state;
+        const retrying = (state === "lost" || state === "busy") && delay;
+        status.textContent = retrying ? `${STATUS_TEXT[state]} in ${Math.ceil(delay / 1000)} s (attempt ${attempt})…` : STATUS_TEXT[state] || state;
       }
       if (state === "live") {
         for (const fallback of document.querySelectorAll("[data-live-fallback]")) fallback.hidden = true;

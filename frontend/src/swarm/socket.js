@@ -1,15 +1,14 @@
 // The live channel's socket: connect, hand each message to the swarm model, ask for a snapshot after a
-// gap, and reconnect with backoff after a drop, telling the page honestly while it is disconnected.
-import { reconnectDelayMs } from "../backoff.js";
+// gap, and reconnect with backoff after a drop or a "busy" refusal (closing.js), telling the page
+// honestly while it is disconnected. The server accepts every socket before it decides, so "open" says
+// nothing yet: the backoff starts over only once a snapshot has arrived.
+import { afterClose } from "./closing.js";
 import { applyMessage } from "./state.js";
 
 export function liveSocketUrl(path) {
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${window.location.host}${path}`;
 }
-
-// Close codes the server uses when it refuses a viewer: retrying would not help.
-const FINAL_CLOSE_CODES = new Set([4403, 4404]);
 
 export function connectSwarm({ path, swarm, onChange, onStatus }) {
   let attempt = 0;
@@ -20,9 +19,6 @@ export function connectSwarm({ path, swarm, onChange, onStatus }) {
   const connect = () => {
     onStatus("connecting", attempt);
     socket = new WebSocket(liveSocketUrl(path));
-    socket.addEventListener("open", () => {
-      attempt = 0;
-    });
     socket.addEventListener("message", (event) => {
       let message;
       try {
@@ -32,7 +28,10 @@ export function connectSwarm({ path, swarm, onChange, onStatus }) {
         return;
       }
       const action = applyMessage(swarm, message);
-      if (message.type === "swarm.snapshot") onStatus("live", 0);
+      if (message.type === "swarm.snapshot") {
+        attempt = 0;
+        onStatus("live", 0);
+      }
       if (action === "resync") {
         onStatus("resyncing", 0);
         socket.send(JSON.stringify({ type: "resync", reason: "gap" }));
@@ -43,13 +42,14 @@ export function connectSwarm({ path, swarm, onChange, onStatus }) {
     socket.addEventListener("close", (event) => {
       swarm.synced = false;
       if (stopped) return;
-      if (FINAL_CLOSE_CODES.has(event.code)) {
-        onStatus(event.code === 4404 ? "gone" : "forbidden", 0);
+      const { state, retryInMs } = afterClose(event.code, attempt);
+      if (retryInMs === null) {
+        onStatus(state, 0);
         return;
       }
-      const delay = reconnectDelayMs(attempt++);
-      onStatus("lost", attempt, delay);
-      retryTimer = setTimeout(connect, delay);
+      attempt += 1;
+      onStatus(state, attempt, retryInMs);
+      retryTimer = setTimeout(connect, retryInMs);
     });
   };
   connect();

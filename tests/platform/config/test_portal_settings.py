@@ -73,3 +73,19 @@ def test_check_deploy_is_clean_with_a_production_environment(tmp_path: Path) -> 
     result = run_portal_python(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], env, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_a_database_pool_replaces_persistent_connections_on_postgresql_only(tmp_path: Path) -> None:
+    probe = (
+        "import json, django; from django.conf import settings; django.setup(); "
+        "db = settings.DATABASES['default']; "
+        "print(json.dumps([db.get('OPTIONS', {}).get('pool'), db['CONN_MAX_AGE']]))"
+    )
+    postgres = {"DATABASE_URL": "postgres://u:p@127.0.0.1:5432/colearn", "DB_CONN_MAX_AGE": "60"}
+    pooled = run_portal_python(["-c", probe], postgres | {"DB_POOL_MAX_SIZE": "8"}, tmp_path)
+    assert pooled.returncode == 0, pooled.stderr
+    assert json.loads(pooled.stdout.splitlines()[-1]) == [{"min_size": 1, "max_size": 8, "timeout": 10}, 0]
+    unpooled = run_portal_python(["-c", probe], postgres, tmp_path)
+    assert json.loads(unpooled.stdout.splitlines()[-1]) == [None, 60]
+    sqlite = run_portal_python(["-c", probe], {"DB_POOL_MAX_SIZE": "8"}, tmp_path)
+    assert json.loads(sqlite.stdout.splitlines()[-1]) == [None, 0]

@@ -84,6 +84,7 @@ def test_the_portal_command_serves_the_asgi_application() -> None:
     # Daphne, started through live.serve so that it runs on uvloop (see platform/live/serve.py).
     words = command_words(SERVICES["portal"]["command"])
     assert "live.serve" in words and "config.asgi:application" in words and "migrate" in words
+    assert SERVICES["portal"]["environment"]["DB_POOL_MAX_SIZE"].startswith("${DB_POOL_MAX_SIZE:-")
 
 
 def test_dockerfile_copies_only_what_exists() -> None:

@@ -42,12 +42,17 @@ async def watch(slug: str, user: Any = None) -> WebsocketCommunicator:
 
 
 async def refused_code(slug: str, user: Any = None) -> int | None:
+    """The close code a refused viewer gets. The socket is accepted first (so that a browser sees the
+    code: Daphne turns a refusal before `accept` into a bare HTTP 403) and closed before anything is sent."""
     communicator = WebsocketCommunicator(application, path(slug), headers=LOCAL)
     if user is not None:
         communicator.scope["user"] = user
-    connected, code = await communicator.connect(timeout=10)
-    assert not connected
-    return code
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    message = await communicator.receive_output(timeout=10)
+    assert message["type"] == "websocket.close", message
+    await communicator.disconnect()
+    return message.get("code")
 
 
 async def receive_until(communicator: WebsocketCommunicator, predicate, timeout: float = 10.0) -> list[dict]:
@@ -343,3 +348,120 @@ async def test_malformed_group_events_are_dropped_not_fatal(project, volunteer, 
         await receive_until(communicator, has_node(node.node_id))
     finally:
         await communicator.disconnect()
+
+
+async def test_a_viewer_over_the_cap_is_asked_to_come_back_later_not_refused(
+    settings, project, make_project
+) -> None:
+    settings.LIVE_MAX_VIEWERS = 1
+    first = await watch(project.slug)
+    try:
+        await first.receive_json_from(timeout=10)
+        # Busy is its own close code (the page retries it); "not allowed" stays 4403 (the page gives up).
+        assert await refused_code(project.slug) == 4503
+    finally:
+        await first.disconnect()
+    second = await watch(project.slug)  # the slot came back with the first viewer's disconnect
+    try:
+        assert (await second.receive_json_from(timeout=10))["type"] == "swarm.snapshot"
+    finally:
+        await second.disconnect()
+    private = await database_sync_to_async(make_project)(
+        title="Private", slug="private", join_policy="approval"
+    )
+    assert await refused_code(private.slug) == 4403
+
+
+async def test_a_database_that_fails_the_access_check_is_busy_not_forbidden(project, monkeypatch) -> None:
+    from django.db import OperationalError
+
+    from live import consumers
+
+    def database_away(slug: str, user: Any) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(consumers, "check_access", database_away)
+    assert await refused_code(project.slug) == 4503
+    assert consumers.viewer_slots.taken == 0
+
+
+@pytest.fixture
+def statements(monkeypatch) -> list[str]:
+    """Every SQL statement run from now on, from any thread (the consumers' database thread included)."""
+    from django.db.backends import utils
+
+    seen: list[str] = []
+    run = utils.CursorWrapper._execute_with_wrappers
+
+    def counted(self, sql, params, many, executor):
+        seen.append(sql)
+        return run(self, sql, params, many, executor)
+
+    monkeypatch.setattr(utils.CursorWrapper, "_execute_with_wrappers", counted)
+    return seen
+
+
+async def test_an_anonymous_viewer_costs_no_query_but_its_snapshot(
+    project, volunteer, join_node, statements
+) -> None:
+    await database_sync_to_async(join_node)(project, volunteer)
+    first = await watch(project.slug)  # the first anonymous viewer asks the database; the rest do not
+    second = None
+    try:
+        await first.receive_json_from(timeout=10)
+        statements.clear()
+        second = await watch(project.slug)
+        assert (await second.receive_json_from(timeout=10))["type"] == "swarm.snapshot"
+        on_connect = list(statements)
+        statements.clear()
+        await second.send_json_to({"type": "resync"})
+        assert (await second.receive_json_from(timeout=10))["type"] == "swarm.snapshot"
+        # A connect runs exactly the statements of one snapshot read: no session, user or access query.
+        assert on_connect == statements and on_connect
+        assert not [s for s in on_connect if "django_session" in s]
+    finally:
+        await first.disconnect()
+        if second is not None:
+            await second.disconnect()
+
+
+async def test_a_session_cookie_is_the_signed_in_viewer_and_a_forged_one_is_nobody(
+    make_project, volunteer, logged_in
+) -> None:
+    private = await database_sync_to_async(make_project)(
+        title="Private", slug="private", join_policy="approval"
+    )
+    await database_sync_to_async(Node.objects.create)(
+        project=private, user=volunteer, public_key="11" * 32, node_id="22" * 20, state="online"
+    )
+    client = await database_sync_to_async(logged_in)(volunteer)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    member = WebsocketCommunicator(application, path(private.slug), headers=[*LOCAL, (b"cookie", cookie)])
+    assert (await member.connect(timeout=10))[0]
+    try:
+        snapshot = await member.receive_json_from(timeout=10)
+        assert snapshot["viewer"]["owner_key"] == owner_key(
+            __import__("django.conf").conf.settings.SECRET_KEY, volunteer.pk
+        )
+    finally:
+        await member.disconnect()
+    for forged in (b"sessionid=not-a-session-key-at-all", b"sessionid=" + b"x" * 9000, b"\xff\xfe=;;"):
+        communicator = WebsocketCommunicator(
+            application, path(private.slug), headers=[*LOCAL, (b"cookie", forged)]
+        )
+        assert (await communicator.connect(timeout=10))[0]
+        assert (await communicator.receive_output(timeout=10)) == {"type": "websocket.close", "code": 4403}
+        await communicator.disconnect()
+
+
+async def test_a_project_closed_to_the_public_refuses_anonymous_viewers_at_once(project) -> None:
+    viewer = await watch(project.slug)  # the verdict "anyone may watch" is now cached
+    await viewer.disconnect()
+
+    def close_to_the_public() -> None:
+        project.join_policy = "approval"
+        project.save()
+
+    await database_sync_to_async(close_to_the_public)()
+    assert await refused_code(project.slug) == 4403
