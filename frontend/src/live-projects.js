@@ -1,34 +1,13 @@
 // Keeps the public project listing live: listens to /ws/projects/ for `project.changed` events,
 // updates the matching card, or adds a new one when it belongs on the page being shown.
-import { reconnectDelayMs } from "./backoff.js";
+import { keepLive } from "./live-socket.js";
 
-function socketUrl() {
-  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${window.location.host}/ws/projects/`;
-}
-
-function el(tag, attrs = {}, text = "") {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  if (text) node.textContent = text;
-  return node;
-}
-
-// Built with textContent only: event data never becomes HTML.
-function buildCard(project) {
-  const card = el("article", { class: "card project-card", "data-slug": project.slug });
-  const head = el("header", { class: "card-head" });
-  const title = el("h3");
-  title.append(el("a", { href: project.url }, project.title));
-  head.append(title, el("span", { class: "badge", "data-field": "status" }));
-  const chips = el("ul", { class: "chips" });
-  chips.append(el("li", { "data-field": "dataset" }), el("li", { "data-field": "architecture" }));
-  const grid = el("li", {}, "grid ");
-  grid.append(el("span", { "data-field": "grid_shape" }));
-  chips.append(grid);
-  const foot = el("footer", { class: "card-foot" }, "by ");
-  foot.append(el("span", { "data-field": "owner" }));
-  card.append(head, el("p", { class: "card-text", "data-field": "description" }), chips, foot);
+// A new card is a copy of the server's own card (projects/_card.html, rendered empty into the
+// listing's <template>), so the listing has one card markup whether or not a script runs.
+function buildCard(template, project) {
+  const card = template.content.firstElementChild.cloneNode(true);
+  card.dataset.slug = project.slug;
+  card.querySelector("h3 a")?.setAttribute("href", project.url);
   return card;
 }
 
@@ -65,40 +44,28 @@ export function applyProjectChanged(listing, project) {
   }
   if (!belongsHere(listing, project)) return "ignored";
   listing.querySelector("[data-empty]")?.remove();
-  const card = buildCard(project);
+  const template = document.querySelector("template[data-project-card]");
+  if (!template) return "ignored";
+  const card = buildCard(template, project);
   fillCard(card, project);
   listing.prepend(card);
   return "added";
 }
 
 export function startLiveProjects(listing, indicator) {
-  let attempt = 0;
-  const show = (state) => {
-    if (!indicator) return;
-    indicator.hidden = false;
-    indicator.dataset.state = state;
-    indicator.textContent = state === "live" ? "live" : "reconnecting…";
-  };
-  const connect = () => {
-    const socket = new WebSocket(socketUrl());
-    socket.addEventListener("open", () => {
-      attempt = 0;
-      show("live");
-    });
-    socket.addEventListener("message", (message) => {
-      let event;
-      try {
-        event = JSON.parse(message.data);
-      } catch {
-        console.warn("colearn: ignoring a malformed live update");
-        return;
-      }
+  keepLive({
+    path: "/ws/projects/",
+    // This socket is accepted or refused at once: an open socket is a live one.
+    onOpen: (link) => link.markLive(),
+    onStatus: (state) => {
+      if (!indicator || state === "connecting") return;
+      const final = state === "forbidden" || state === "gone";
+      indicator.hidden = final;
+      indicator.dataset.state = state === "live" ? "live" : "reconnecting";
+      indicator.textContent = state === "live" ? "live" : "reconnecting…";
+    },
+    onMessage: (event) => {
       if (event?.type === "project.changed" && event.project) applyProjectChanged(listing, event.project);
-    });
-    socket.addEventListener("close", () => {
-      show("reconnecting");
-      setTimeout(connect, reconnectDelayMs(attempt++));
-    });
-  };
-  connect();
+    },
+  });
 }

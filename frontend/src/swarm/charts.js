@@ -7,7 +7,7 @@ import { cssVar } from "./colors.js";
 const GAP_SECONDS = 120;
 
 function baseOptions(width, title, series) {
-  const axis = { stroke: cssVar("--muted", "#5d6680"), grid: { stroke: cssVar("--border", "#e1e5ef"), width: 1 } };
+  const axis = { stroke: cssVar("--muted"), grid: { stroke: cssVar("--border"), width: 1 } };
   return {
     title,
     width,

@@ -4,7 +4,7 @@
 // shows trainers, the viewer's nodes and the busiest servers, and folds the rest into one bubble per state.
 import { forceCenter, forceCollide, forceLink, forceManyBody, forceSimulation, forceX, forceY } from "d3-force";
 import { scaleSqrt } from "d3-scale";
-import { cssVar, stateColor } from "./colors.js";
+import { cssVar, statePalette, withAlpha } from "./colors.js";
 import { displayState, isMine } from "./state.js";
 
 export const MAX_DRAWN = 300;
@@ -141,13 +141,16 @@ export class SwarmGraph {
     this.view = view;
     const px = (d) => (d.x - view.cx) * view.scale + width / 2;
     const py = (d) => (d.y - view.cy) * view.scale + height / 2;
-    const textColor = cssVar("--text", "#1c2233");
+    const textColor = cssVar("--text");
+    const primary = cssVar("--primary");
+    const linkColor = withAlpha(primary, 0.35);
+    const stateColor = statePalette();
     ctx.lineCap = "round";
     for (const link of this.links) {
       const s = typeof link.source === "object" ? link.source : this.items.get(link.source);
       const t = typeof link.target === "object" ? link.target : this.items.get(link.target);
       if (!s || !t) continue;
-      ctx.strokeStyle = "rgba(75, 91, 220, 0.35)";
+      ctx.strokeStyle = linkColor;
       ctx.lineWidth = Math.min(4, 0.6 + Math.log10(1 + (link.requests || 0)));
       ctx.beginPath();
       ctx.moveTo(px(s), py(s));
@@ -164,7 +167,7 @@ export class SwarmGraph {
       ctx.fill();
       ctx.globalAlpha = 1;
       if (d.mine) {
-        ctx.strokeStyle = cssVar("--primary", "#4b5bdc");
+        ctx.strokeStyle = primary;
         ctx.lineWidth = 3;
         ctx.beginPath();
         ctx.arc(x, y, r + 4, 0, 2 * Math.PI);

@@ -1,7 +1,8 @@
 // The admin swarm-health page, live: one socket per project section (admins may watch every project).
 // Updates what the server-rendered page shows: nodes online, each node row's state, coverage, alerts.
+import { renderAlerts } from "./alerts.js";
 import { connectSwarm } from "./socket.js";
-import { displayState, emptySwarm, formatAge } from "./state.js";
+import { displayState, emptySwarm } from "./state.js";
 
 function liveAlerts(section) {
   let list = section.querySelector("[data-live-alerts]");
@@ -34,16 +35,7 @@ function renderSection(section, swarm) {
   const known = new Set([...section.querySelectorAll("tr[data-node-id]")].map((r) => r.dataset.nodeId));
   const unseen = nodes.filter((n) => !known.has(n.node_id)).length;
   section.dataset.newNodes = String(unseen);
-  const alerts = [...swarm.alerts.values()].sort((a, b) => b.raised_at - a.raised_at);
-  liveAlerts(section).replaceChildren(
-    ...alerts.map((alert) => {
-      const li = document.createElement("li");
-      li.className = `alert alert-${alert.severity}`;
-      li.dataset.alertId = alert.id;
-      li.textContent = `${alert.message} · ${formatAge(now + swarm.serverSkew - alert.raised_at)}`;
-      return li;
-    }),
-  );
+  renderAlerts(liveAlerts(section), swarm, now);
   // The server-rendered alert list is replaced by the live one.
   for (const stale of section.querySelectorAll(".alerts:not([data-live-alerts])")) stale.hidden = true;
 }

@@ -87,7 +87,7 @@ export class CoverageHeatmap {
     const ctx = this.canvas.getContext("2d");
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     const shade = scaleSequential(interpolateGreens).domain([0, Math.max(2, this.max)]);
-    const hole = cssVar("--danger", "#c93a3a");
+    const hole = cssVar("--danger");
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < cols; c++) {
         const v = values[r * cols + c];

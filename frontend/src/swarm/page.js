@@ -2,6 +2,8 @@
 // Rendering is batched to one animation frame however many messages arrive; the table's freshness
 // ticks every second on its own. While the socket is down the page says so and greys the figures.
 import { LiveChart, columns } from "./charts.js";
+import { renderAlerts } from "./alerts.js";
+import { cssVar, withAlpha } from "./colors.js";
 import { CoverageHeatmap } from "./heatmap.js";
 import { SwarmGraph } from "./graph.js";
 import { connectSwarm } from "./socket.js";
@@ -45,24 +47,8 @@ function setStat(root, name, value, detail) {
   if (label && detail !== undefined) label.textContent = detail;
 }
 
-function renderAlerts(list, panel, swarm) {
-  const alerts = [...swarm.alerts.values()].sort((a, b) => b.raised_at - a.raised_at);
-  panel.hidden = alerts.length === 0;
-  list.replaceChildren(
-    ...alerts.map((alert) => {
-      const li = document.createElement("li");
-      li.className = `alert alert-${alert.severity}`;
-      li.dataset.alertId = alert.id;
-      const when = document.createElement("span");
-      when.className = "muted small";
-      when.textContent = ` since ${formatAge(Date.now() / 1000 + swarm.serverSkew - alert.raised_at)}`;
-      li.append(alert.message, when);
-      return li;
-    }),
-  );
-}
-
 export function startSwarmPage(root) {
+  root.hidden = false; // hidden in the HTML, so that a page without JavaScript never says "Connecting…"
   const swarm = emptySwarm();
   const show = tooltip(root);
   const graph = new SwarmGraph(part(root, "graph"), {
@@ -76,10 +62,11 @@ export function startSwarmPage(root) {
   const heatmap = new CoverageHeatmap(part(root, "heatmap"), {
     onHover: (cell, x, y) => (cell ? show([`${cell.uid}`, `${cell.replicas} live replica${cell.replicas === 1 ? "" : "s"}`], x, y) : show(null)),
   });
+  const online = cssVar("--state-online");
   const charts = {
-    throughput: new LiveChart(part(root, "chart-throughput"), "Swarm samples/s", [{ label: "samples/s", stroke: "#1f9d62", fill: "rgba(31,157,98,0.08)", width: 2 }]),
-    loss: new LiveChart(part(root, "chart-loss"), "Trainer loss", [{ label: "loss", stroke: "#c93a3a", width: 2 }]),
-    accuracy: new LiveChart(part(root, "chart-accuracy"), "Trainer accuracy", [{ label: "accuracy", stroke: "#4b5bdc", width: 2 }]),
+    throughput: new LiveChart(part(root, "chart-throughput"), "Swarm samples/s", [{ label: "samples/s", stroke: online, fill: withAlpha(online, 0.08), width: 2 }]),
+    loss: new LiveChart(part(root, "chart-loss"), "Trainer loss", [{ label: "loss", stroke: cssVar("--danger"), width: 2 }]),
+    accuracy: new LiveChart(part(root, "chart-accuracy"), "Trainer accuracy", [{ label: "accuracy", stroke: cssVar("--primary"), width: 2 }]),
   };
   const tbody = part(root, "nodes");
   const note = part(root, "nodes-note");
@@ -92,7 +79,7 @@ export function startSwarmPage(root) {
     graph.update(swarm);
     const coverage = heatmap.update(swarm);
     renderTable(tbody, note, swarm);
-    renderAlerts(part(root, "alerts"), part(root, "alerts-panel"), swarm);
+    part(root, "alerts-panel").hidden = renderAlerts(part(root, "alerts"), swarm, now) === 0;
     const nodes = [...swarm.nodes.values()];
     const online = nodes.filter((n) => displayState(n, swarm, now) === "online").length;
     const last = swarm.throughput[swarm.throughput.length - 1];

@@ -1,6 +1,5 @@
 // The node table: state, role, owner, experts, throughput and freshness, the viewer's nodes first.
 // Built with textContent only (node data never becomes HTML). Large swarms show the first MAX_ROWS.
-import { stateColor } from "./colors.js";
 import { displayState, formatAge, heartbeatAge, isMine } from "./state.js";
 
 export const MAX_ROWS = 200;
@@ -48,7 +47,7 @@ export function renderTable(tbody, note, swarm) {
     const stateCell = document.createElement("td");
     const dot = document.createElement("span");
     dot.className = "state-dot";
-    dot.style.background = stateColor(state);
+    dot.dataset.state = state;
     stateCell.append(dot, state === "stale" ? "stale (online, silent)" : node.state_label.toLowerCase());
     const served = node.role === "trainer" ? "–" : `${node.experts.length} / ${node.announced.length}`;
     const age = heartbeatAge(node, swarm);

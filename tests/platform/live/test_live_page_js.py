@@ -1,4 +1,4 @@
-"""The swarm page's JavaScript units (frontend/test/*.test.mjs) under Node's own test runner."""
+"""The frontend's JavaScript units (frontend/test/*.test.mjs) under Node's own test runner."""
 
 from __future__ import annotations
 
