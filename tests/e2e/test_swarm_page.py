@@ -349,3 +349,31 @@ def test_the_page_says_when_the_connection_is_lost_and_recovers_by_itself(daphne
             browser.close()
     # A browser logs a failed WebSocket handshake while the portal is down; that is the outage itself.
     assert [e for e in errors.errors if "WebSocket" not in e] == []
+
+
+def test_without_javascript_the_pages_show_server_figures_and_never_connecting(portal_url: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    researcher = make_user("rosa@example.org", Role.RESEARCHER)
+    admin = make_user("admin@example.org", is_staff=True, is_superuser=True)
+    project = make_project(researcher, "no-script")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900}, java_script_enabled=False)
+            page = context.new_page()
+            page.goto(f"{portal_url}/accounts/login/")
+            page.fill("input[name=username]", admin.email)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("form button[type=submit]")
+            page.goto(f"{portal_url}/projects/{project.slug}/swarm/")
+            assert page.locator("[data-live-swarm]").is_hidden()
+            assert "Connecting" not in page.inner_text("body")
+            assert "needs JavaScript" in page.inner_text("body")
+            assert page.locator("[data-live-fallback] [data-stat=covered]").is_visible()
+            shot(page, "no-javascript")
+            page.goto(f"{portal_url}/swarm/health/")
+            assert page.locator(f"[data-project={project.slug}] [data-stat=online]").inner_text() == "0"
+            assert page.locator("[data-live-indicator]").count() == 0
+        finally:
+            browser.close()

@@ -61,6 +61,18 @@ def portal_url(celery_worker_env: Callable[[], dict[str, str]], tmp_path: Path) 
         log.close()
 
 
+def card_shape(page) -> dict:
+    return page.eval_on_selector(
+        "[data-slug=seen-live]",
+        """card => ({
+            elements: [card, ...card.querySelectorAll("*")]
+                .map((e) => `${e.tagName}.${e.className.replace(" flash", "")}`),
+            text: card.innerText.replace(/\\s+/g, " ").trim(),
+            href: card.querySelector("h3 a").getAttribute("href"),
+        })""",
+    )
+
+
 def test_listing_updates_live_in_the_browser(portal_url: str, researcher: User) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -86,5 +98,10 @@ def test_listing_updates_live_in_the_browser(portal_url: str, researcher: User) 
             assert "grid 8x8" in card.inner_text()
             author.click("button:text('Pause')")
             viewer.wait_for_selector("[data-slug=seen-live] .badge-paused", timeout=15_000)
+            # The card added live is the server's own card: the same elements, classes and text.
+            live_card = card_shape(viewer)
+            viewer.reload()
+            assert card_shape(viewer) == live_card
+            assert live_card["href"] == "/projects/seen-live/"
         finally:
             browser.close()
