@@ -56,7 +56,7 @@ class ConnectRefusedError(ConnectError):
 
 
 class CredentialChecker(Protocol):
-    """`node_agent.credentials.CredentialPolicy`: raises a ValueError subclass if `token` is not valid."""
+    """`node_agent.portal.gate.CredentialPolicy`: raises a ValueError subclass if `token` is not valid."""
 
     def check(self, token: object, *, owner: bytes, now: float) -> Any: ...
 

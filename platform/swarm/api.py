@@ -1,7 +1,8 @@
 """The JSON API under /api/v1/: agent endpoints (signed bodies) and read-only swarm state.
 
-Views stay thin: check the signature and schema (node_agent.portal_protocol), call a service, turn an
-AgentRequestError into `{"error": code, "detail": text}` with its status. Every refusal is logged.
+Views stay thin: check the signature and schema (`node_agent.portal.signed_body`, `.schemas`), call a
+service, turn an AgentRequestError into `{"error": code, "detail": text}` with its status. Every refusal
+is logged.
 Agent endpoints carry no cookies, so CSRF does not apply; the body signature authenticates them.
 """
 
@@ -21,16 +22,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from node_agent.portal_protocol import (
-    MAX_BODY_BYTES,
-    PayloadError,
-    SignedBodyError,
-    validate_heartbeat,
-    validate_join,
-    validate_metrics,
-    validate_renew,
-    verify_body,
-)
+from node_agent.portal.errors import PayloadError, SignedBodyError
+from node_agent.portal.schemas import validate_heartbeat, validate_join, validate_metrics, validate_renew
+from node_agent.portal.signed_body import MAX_BODY_BYTES, verify_body
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from projects.selectors import project_get

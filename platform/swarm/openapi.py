@@ -8,15 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from node_agent import __version__
-from node_agent.portal_protocol import (
-    MAX_BODY_BYTES,
-    MAX_COUNTER,
-    MAX_JSON_DEPTH,
-    MAX_METRICS_PER_BODY,
-    MAX_SMALL_COUNT,
-    NODE_HEADER,
-    SIGNATURE_HEADER,
-)
+from node_agent.portal.schemas import MAX_COUNTER, MAX_METRICS_PER_BODY, MAX_SMALL_COUNT
+from node_agent.portal.signed_body import MAX_BODY_BYTES, MAX_JSON_DEPTH, NODE_HEADER, SIGNATURE_HEADER
 from swarm.selectors import CELLS_PAGE, HOLES_PAGE, NODES_PAGE
 
 _ERROR = {

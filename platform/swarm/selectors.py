@@ -74,7 +74,7 @@ def bootstrap_peers(*, project: Project, now: datetime) -> list[str]:
 
 
 def project_config(*, project: Project, portal_url: str, now: datetime) -> dict[str, Any]:
-    """What `GET /api/v1/projects/<slug>/config` returns (node_agent.portal_protocol.ProjectConfig)."""
+    """What `GET /api/v1/projects/<slug>/config` returns (node_agent.portal.project_config.ProjectConfig)."""
     wheel = latest_wheel()
     swarm = swarm_settings(project=project)
     return {

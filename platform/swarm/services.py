@@ -18,15 +18,9 @@ from django.db import IntegrityError, transaction
 
 from accounts.models import User
 from node_agent.identity import node_id_from_public_key
-from node_agent.portal_protocol import (
-    Credential,
-    CredentialError,
-    JoinRequest,
-    RenewRequest,
-    issue_credential,
-    peek_credential,
-    verify_credential,
-)
+from node_agent.portal.errors import CredentialError
+from node_agent.portal.schemas import JoinRequest, RenewRequest
+from node_agent.portal.tokens import Credential, issue_credential, peek_credential, verify_credential
 from projects.lifecycle import ProjectStatus
 from projects.models import JoinPolicy, Project
 from projects.permissions import can_manage_project, can_view_project

@@ -11,29 +11,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node_agent.agent import choose_cells, grid_uids
+from node_agent.backoff import Backoff
 from node_agent.identity import Identity
-from node_agent.portal_protocol import (
+from node_agent.portal.census import choose_cells, grid_uids
+from node_agent.portal.errors import CredentialError, PayloadError, SignedBodyError
+from node_agent.portal.outbox import Outbox
+from node_agent.portal.project_config import parse_project_config
+from node_agent.portal.revocations import parse_revocation_list, revocation_list_value, revocations_key
+from node_agent.portal.schemas import (
     MAX_METRICS_PER_BODY,
-    NODE_HEADER,
-    SIGNATURE_HEADER,
-    CredentialError,
-    PayloadError,
-    SignedBodyError,
-    issue_credential,
-    parse_project_config,
-    parse_revocation_list,
-    peek_credential,
-    revocation_list_value,
-    revocations_key,
-    sign_body,
     validate_heartbeat,
     validate_join,
     validate_metrics,
-    verify_body,
-    verify_credential,
 )
-from node_agent.telemetry import Backoff, Outbox
+from node_agent.portal.signed_body import NODE_HEADER, SIGNATURE_HEADER, sign_body, verify_body
+from node_agent.portal.tokens import issue_credential, peek_credential, verify_credential
 
 PORTAL = Identity.generate()
 NODE = Identity.generate()
