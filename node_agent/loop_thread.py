@@ -80,5 +80,16 @@ class LoopThread:
         if thread is not None:
             thread.join(timeout)
         if not loop.is_running():
+            _cancel_pending(loop, timeout)
             loop.close()
         self.loop = self._thread = None
+
+
+def _cancel_pending(loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+    """Cancel the tasks still on a stopped loop (as ``asyncio.run`` does), waiting at most ``timeout``."""
+    pending = asyncio.all_tasks(loop)
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.wait(pending, timeout=timeout))
