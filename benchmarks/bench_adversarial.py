@@ -208,7 +208,7 @@ def start_portal(procs: Processes) -> str:
 def start_swarm(procs: Processes, args: argparse.Namespace) -> dict[str, Any]:
     """Bootstrap node, gated expert server (credential issued by a portal key of this run), trainer."""
     from node_agent.identity import Identity
-    from node_agent.portal_protocol import issue_credential
+    from node_agent.portal.tokens import issue_credential
 
     victim_env = procs.env | {"PYTHONPATH": str(REPO)}
     agent = [sys.executable, "-m", "node_agent"]
@@ -254,7 +254,7 @@ def project_near(bootstrap: str) -> str:
     """
     from node_agent.dht.endpoints import parse_endpoint
     from node_agent.dht.records import key_id
-    from node_agent.portal_protocol import revocations_key
+    from node_agent.portal.revocations import revocations_key
 
     node_id = parse_endpoint(bootstrap)[2] or b""
     for n in range(1_000_000):

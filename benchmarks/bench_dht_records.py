@@ -30,7 +30,7 @@ from node_agent.moe.announce import (
     live_children,
     prefix_key,
 )
-from node_agent.project_dht import install_project_validators
+from node_agent.portal.project_dht import install_project_validators
 
 KEY = prefix_key("ffn.")
 

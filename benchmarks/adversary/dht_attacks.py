@@ -14,7 +14,6 @@ import os
 import time
 from typing import Any
 
-from node_agent.credentials import CredentialPolicy, install_credential_checks
 from node_agent.dht import DHTError, DHTNode
 from node_agent.dht.config import DHTConfig
 from node_agent.dht.endpoints import parse_endpoint
@@ -22,7 +21,8 @@ from node_agent.dht.protocol import ProtocolCore, Response
 from node_agent.dht.records import sign_record
 from node_agent.identity import Identity
 from node_agent.moe.announce import announcement_value, prefix_key
-from node_agent.portal_protocol import revocation_list_value, revocations_key
+from node_agent.portal.gate import CredentialPolicy, install_credential_checks
+from node_agent.portal.revocations import revocation_list_value, revocations_key
 
 Address = tuple[str, int]
 #: Contact hosts a hostile answer names (item 1): a NUL, IPv6 in an IPv4 socket, names, nonsense.

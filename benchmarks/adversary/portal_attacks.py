@@ -1,6 +1,6 @@
 """Portal attacks of issue 11, items 9-11, over real HTTP against a running Daphne.
 
-Signed bodies come from `node_agent.portal_protocol.sign_body`; where an attack needs bytes that no honest
+Signed bodies come from `node_agent.portal.signed_body.sign_body`; where an attack needs bytes that no honest
 agent would produce (8,000 nested lists, a 400-digit timestamp) the raw bytes are signed with the same
 domain-separated key signature, so the portal's parsers (not the signature check) meet them.
 `setup` runs the Django ORM synchronously before the attacks; the attacks themselves only speak HTTP.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node_agent.identity import Identity
-from node_agent.portal_protocol import _BODY_DOMAIN, NODE_HEADER, SIGNATURE_HEADER, sign_body
+from node_agent.portal.signed_body import BODY_DOMAIN, NODE_HEADER, SIGNATURE_HEADER, sign_body
 
 AGENT_ENDPOINTS = ("join", "renew", "heartbeat", "metrics")
 HUGE_GRID = "1024x1024x1024x1024"
@@ -52,7 +52,7 @@ def signed_raw(identity: Identity, raw: bytes) -> dict[str, str]:
     return {
         "Content-Type": "application/json",
         NODE_HEADER: identity.public_key_bytes.hex(),
-        SIGNATURE_HEADER: identity.sign(_BODY_DOMAIN + raw).hex(),
+        SIGNATURE_HEADER: identity.sign(BODY_DOMAIN + raw).hex(),
     }
 
 

@@ -29,18 +29,18 @@ HONEST_CALL_TIMEOUT = 8.0
 
 
 def _policy(config: dict[str, Any]) -> Any:
-    from node_agent.credentials import CredentialPolicy
+    from node_agent.portal.gate import CredentialPolicy
 
     return CredentialPolicy(config["project"], bytes.fromhex(config["portal_public_key"]))
 
 
 async def _serve(config: dict[str, Any]) -> None:
-    from node_agent.credentials import RevocationWatcher, install_credential_checks
     from node_agent.dht import DHTNode
     from node_agent.identity import Identity
     from node_agent.moe.server.backend import OptimizerConfig, create_backends
     from node_agent.moe.server.server import ExpertServer, ServerOptions
     from node_agent.moe.uids import expand_patterns
+    from node_agent.portal.gate import RevocationWatcher, install_credential_checks
     from node_agent.rtc.config import RTCOptions
 
     identity = Identity.load_or_create(config["identity"])
@@ -114,8 +114,8 @@ def contacts(caller: Any) -> int | None:
 def run_trainer(config: dict[str, Any]) -> None:
     import torch
 
-    from node_agent.credentials import RevocationWatcher, install_credential_checks
     from node_agent.moe.client import ExpertCaller
+    from node_agent.portal.gate import RevocationWatcher, install_credential_checks
     from node_agent.rtc.config import RTCOptions
 
     torch.set_num_threads(1)

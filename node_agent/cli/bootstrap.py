@@ -1,6 +1,6 @@
 """`node-agent bootstrap`: run a DHT-only node (no torch, no experts) that others join through.
 
-It checks records like every other node of its project (`node_agent.project_dht`): with `--portal` and
+It checks records like every other node of its project (`node_agent.portal.project_dht`): with `--portal` and
 `--project` (or a saved `--project-config`) it knows the portal's key and whether the project is gated;
 without, it applies the ungated `experts:` rules and refuses revocation lists, which it cannot judge.
 """
@@ -45,8 +45,8 @@ def project_scope(args: argparse.Namespace):  # -> ProjectScope | None
     import json
     from pathlib import Path
 
-    from node_agent.portal_protocol import parse_project_config
-    from node_agent.project_dht import ProjectScope
+    from node_agent.portal.project_config import parse_project_config
+    from node_agent.portal.project_dht import ProjectScope
 
     if args.project_config:
         try:
@@ -54,7 +54,7 @@ def project_scope(args: argparse.Namespace):  # -> ProjectScope | None
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read {args.project_config}: {exc}") from None
     elif args.portal or args.project:
-        from node_agent.portal_client import PortalClient, PortalError
+        from node_agent.portal.client import PortalClient, PortalError
 
         if not (args.portal and args.project):
             raise ValueError("--portal and --project go together")
@@ -79,7 +79,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from node_agent.dht import DHTError, DHTNode, RecordValidator
     from node_agent.identity import Identity
-    from node_agent.project_dht import project_validators
+    from node_agent.portal.project_dht import project_validators
 
     try:
         scope = project_scope(args)

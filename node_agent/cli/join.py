@@ -51,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from node_agent.agent import AgentSetupError, obtain_agent_state
-    from node_agent.credentials import AGENT_STATE_FILE
     from node_agent.identity import Identity
+    from node_agent.portal.joining import AgentSetupError, obtain_agent_state
+    from node_agent.portal.state import AGENT_STATE_FILE
 
     logging.getLogger("node_agent").setLevel(min(logging.INFO, logging.getLogger().level or logging.INFO))
     data_dir = Path(args.data_dir or default_data_dir())
@@ -93,9 +93,9 @@ async def _serve(args: argparse.Namespace, identity, state, data_dir) -> int:
     import asyncio
     import signal
 
-    from node_agent.agent import AgentOptions, AgentRuntime
     from node_agent.dht import DHTError
-    from node_agent.portal_client import PortalClient
+    from node_agent.portal.client import PortalClient
+    from node_agent.portal.runtime import AgentOptions, AgentRuntime
 
     options = AgentOptions(
         data_dir=data_dir,

@@ -86,7 +86,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from node_agent.moe.server.backend import OptimizerConfig, create_backends
     from node_agent.moe.server.server import ExpertServer, ServerOptions
     from node_agent.moe.uids import expand_patterns
-    from node_agent.project_dht import project_validators
+    from node_agent.portal.project_dht import project_validators
 
     log = logging.getLogger("node_agent.cli.serve")
     try:
@@ -124,10 +124,16 @@ async def _serve(args: argparse.Namespace) -> int:
         checkpoint_period=args.checkpoint_period,
         stats_period=args.stats_period,
     )
-    server = await ExpertServer.create(dht, backends, options, rtc_options)
+    stop = asyncio.Event()
+    failure: list[str] = []
+
+    def fail(reason: str) -> None:  # a background loop keeps dying: stop rather than serve half-alive
+        failure.append(reason)
+        stop.set()
+
+    server = await ExpertServer.create(dht, backends, options, rtc_options, on_fatal=fail)
     print(f"{dht.endpoint}/{dht.node_id.hex()}", flush=True)
     log.info("serving %d %s experts (%s) at %s", len(uids), args.expert_class, args.experts, dht.endpoint)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -135,4 +141,4 @@ async def _serve(args: argparse.Namespace) -> int:
     log.info("shutting down: answering in-flight calls and withdrawing announcements")
     await server.shutdown()
     await dht.shutdown()
-    return 0
+    return 3 if failure else 0

@@ -66,10 +66,10 @@ def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
     """Join with the code or load the saved credential; AgentSetupError with the reason if neither works."""
     from pathlib import Path
 
-    from node_agent.agent import AgentSetupError, obtain_agent_state
     from node_agent.cli.join import default_data_dir, say
-    from node_agent.credentials import AGENT_STATE_FILE, load_agent_state
     from node_agent.identity import Identity
+    from node_agent.portal.joining import AgentSetupError, obtain_agent_state
+    from node_agent.portal.state import AGENT_STATE_FILE, load_agent_state
 
     if args.credential_file:
         state_path = Path(args.credential_file)
@@ -92,8 +92,8 @@ def _portal_caller(session_config, state, identity):  # -> ExpertCaller
     """The trainer's caller for a portal project: it speaks with its joined identity and carries its
     credential in connection offers (busy servers admit credentialed peers first), its traffic is reported in
     heartbeats, and in a gated project the trainer, too, drops announcements without a valid credential."""
-    from node_agent.portal_protocol import parse_project_config
-    from node_agent.project_dht import ProjectScope, install_project_validators
+    from node_agent.portal.project_config import parse_project_config
+    from node_agent.portal.project_dht import ProjectScope, install_project_validators
     from node_agent.training.session import start_caller
 
     project = parse_project_config(state.config)
@@ -108,7 +108,7 @@ def _portal_caller(session_config, state, identity):  # -> ExpertCaller
 
 def _apply_project_config(args: argparse.Namespace, config: dict) -> None:
     """Fill what the command line left open from the project's config (peers, grid, sizes)."""
-    from node_agent.portal_protocol import parse_project_config
+    from node_agent.portal.project_config import parse_project_config
 
     project = parse_project_config(config)
     if not args.initial_peers:
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("node_agent.cli.train")
     portal = None
     if args.portal or args.join_code or args.credential_file:
-        from node_agent.agent import AgentSetupError
+        from node_agent.portal.joining import AgentSetupError
 
         try:
             portal = _portal_state(args)
@@ -189,8 +189,8 @@ def run(args: argparse.Namespace) -> int:
         metrics.subscribe(JsonLinesSink(args.metrics_file))
     reporting = None
     if portal is not None:
-        from node_agent.agent import start_trainer_reporting
         from node_agent.cli.join import say
+        from node_agent.portal.trainer_reporting import start_trainer_reporting
 
         reporting = start_trainer_reporting(
             *portal, batch_size=args.batch_size, heartbeat_period=args.heartbeat_period, say=say

@@ -10,7 +10,7 @@ Format (namespace `experts:`; every subkey is owner-protected, so only the hosti
 
 Every value is `{"endpoint": "host:port", "node_id": <20 bytes>, "t": <announce unix time>}`, plus
 `"withdrawn": true` when the server shut down, plus `"cred": <portal credential token>` in a gated project
-(`node_agent.credentials`): there, peers refuse an announcement *or a withdrawal* whose credential is
+(`node_agent.portal.gate`): there, peers refuse an announcement *or a withdrawal* whose credential is
 missing, expired, forged, for another project, issued to another node key or revoked (a node whose
 credential is no longer valid has nothing to withdraw: readers already refuse its announcements). A
 withdrawal is as constrained as an announcement: owner-protected subkey, expiry at most
@@ -53,7 +53,7 @@ _VALUE_FIELDS = {"endpoint", "node_id", "t", "withdrawn", "cred"}
 
 
 class CredentialChecker(Protocol):
-    """`node_agent.credentials.CredentialPolicy`: raises a ValueError subclass if `token` is not valid."""
+    """`node_agent.portal.gate.CredentialPolicy`: raises a ValueError subclass if `token` is not valid."""
 
     def check(self, token: object, *, owner: bytes, now: float) -> Any: ...
 

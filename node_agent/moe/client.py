@@ -1,9 +1,9 @@
 """Trainer side of remote experts: `ExpertCaller` (thread-safe futures), `RemoteExpert`, `get_experts`.
 
 PyTorch training code is synchronous; the network side is asyncio. `ExpertCaller` runs one event loop in a
-background thread (uvloop when installed) that owns a client-mode DHT node and the WebRTC connection pool,
-and exposes thread-safe methods that return `concurrent.futures.Future`s. Every failure surfaces as an
-`ExpertError` subclass (`node_agent.moe.api`), within the call's timeout.
+background thread (`node_agent.loop_thread`, uvloop when installed) that owns a client-mode DHT node and
+the WebRTC connection pool, and exposes thread-safe methods that return `concurrent.futures.Future`s.
+Every failure surfaces as an `ExpertError` subclass (`node_agent.moe.api`), within the call's timeout.
 
 Forward-activation reuse (server side: `node_agent.moe.server.forward_cache`): a forward asks the server to
 keep its graph and gets an id back; the caller files the id with the inputs it was computed on
@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from node_agent.loop_thread import LoopThread
 from node_agent.moe.announce import live_replicas, uid_key
 from node_agent.moe.api import (
     ExpertError,
@@ -40,7 +41,7 @@ from node_agent.moe.api import (
     ExpertTimeoutError,
     ExpertUnavailableError,
 )
-from node_agent.project_dht import project_validators
+from node_agent.portal.project_dht import project_validators
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectError, ConnectionPool
 from node_agent.rtc.rpc import RPCClosedError, RPCError, RPCRemoteError, RPCTimeoutError
@@ -147,8 +148,7 @@ class ExpertCaller:
         self.use_uvloop = use_uvloop
         self.dht: Any = None
         self.pool: ConnectionPool | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread("expert-caller", use_uvloop=use_uvloop)
         self._schemas: dict[ExpertHandle, list[TensorSchema]] = {}
         self.reuse_forward = reuse_forward
         self._ledger = _ForwardLedger(forward_ttl)
@@ -172,11 +172,8 @@ class ExpertCaller:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the loop thread, join the DHT (client mode) and open the pool; raises on failure."""
-        if self._thread is not None:
+        if self._thread.started:
             raise RuntimeError("ExpertCaller already started")
-        loop = _new_event_loop(self.use_uvloop)
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="expert-caller", daemon=True)
         self._thread.start()
         try:
             self.run(self._setup()).result(timeout)
@@ -197,16 +194,8 @@ class ExpertCaller:
         self.pool = await ConnectionPool.create(self.dht, None, self.rtc_options, credential=self.credential)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._loop is None:
-            return
-        if self._loop.is_running():
-            with contextlib.suppress(Exception):
-                self.run(self._teardown()).result(timeout)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._loop.close()
-        self._loop, self._thread = None, None
+        if self._thread.started:
+            self._thread.stop(self._teardown(), timeout)
 
     async def _teardown(self) -> None:
         if self.pool is not None:
@@ -215,7 +204,7 @@ class ExpertCaller:
             await self.dht.shutdown()
 
     def __enter__(self) -> ExpertCaller:
-        if self._thread is None:
+        if not self._thread.started:
             self.start()
         return self
 
@@ -223,11 +212,8 @@ class ExpertCaller:
         self.stop()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Run any coroutine (e.g. a DHT lookup) on the caller's loop."""
-        if self._loop is None or not self._loop.is_running():
-            coro.close()
-            raise RuntimeError("ExpertCaller is not running")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        """Run any coroutine (e.g. a DHT lookup) on the caller's loop; RuntimeError if it is not running."""
+        return self._thread.run(coro)
 
     # ---- calls ---------------------------------------------------------------------------------------
 
@@ -377,17 +363,6 @@ async def _deadline(handle: ExpertHandle, timeout: float):  # type: ignore[no-un
             yield
     except TimeoutError:
         raise ExpertTimeoutError(f"{handle.uid}: call timed out after {timeout:.1f} s") from None
-
-
-def _new_event_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
-    if use_uvloop:
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop()
-        except ImportError:
-            pass
-    return asyncio.new_event_loop()
 
 
 class _RemoteCall(torch.autograd.Function):

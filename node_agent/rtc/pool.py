@@ -18,7 +18,6 @@ incoming messages share byte budgets per peer and per node (`framing.ByteBudget`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -37,6 +36,7 @@ from node_agent.rtc.large_records import (
     selected_path_is_loopback,
 )
 from node_agent.rtc.rpc import ChannelRPC, Handler
+from node_agent.supervisor import TaskSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ConnectRefusedError(ConnectError):
 
 
 class CredentialChecker(Protocol):
-    """`node_agent.credentials.CredentialPolicy`: raises a ValueError subclass if `token` is not valid."""
+    """`node_agent.portal.gate.CredentialPolicy`: raises a ValueError subclass if `token` is not valid."""
 
     def check(self, token: object, *, owner: bytes, now: float) -> Any: ...
 
@@ -103,7 +103,7 @@ class ConnectionPool:
         self._handshakes: dict[int, _Handshake] = {}
         self._connecting: dict[bytes, asyncio.Future[PeerLink]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reaper: asyncio.Task[None] | None = None
+        self._loops = TaskSupervisor("connection pool")  # the idle reaper: restarted if it dies
         self._closed = False
         self.accepting = True
         self._total_budget = ByteBudget(options.max_node_partial_bytes, "node", self._reclaim)
@@ -126,7 +126,7 @@ class ConnectionPool:
         pool = cls(dht, handler, options or RTCOptions(), credentials, credential)
         apply_process_settings(pool.options)
         dht.register_rpc(OFFER_RPC, pool.handle_offer)
-        pool._reaper = asyncio.create_task(pool._reap_idle(), name="rtc-idle-reaper")
+        pool._loops.start("rtc-idle-reaper", pool._reap_idle)
         return pool
 
     @property
@@ -427,10 +427,7 @@ class ConnectionPool:
 
     async def close(self) -> None:
         self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        await self._loops.close()
         for pending in list(self._connecting.values()):
             pending.cancel()
         for link in self.links:

@@ -26,7 +26,7 @@ import json
 import logging
 from typing import Any, Literal, NotRequired, TypedDict
 
-from node_agent.portal_protocol import json_loads_bounded
+from node_agent.portal.signed_body import json_loads_bounded
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """The JSON API under /api/v1/: agent endpoints (signed bodies) and read-only swarm state.
 
-Views stay thin: check the signature and schema (node_agent.portal_protocol), call a service, turn an
-AgentRequestError into `{"error": code, "detail": text}` with its status. Every refusal is logged.
+Views stay thin: check the signature and schema (`node_agent.portal.signed_body`, `.schemas`), call a
+service, turn an AgentRequestError into `{"error": code, "detail": text}` with its status. Every refusal
+is logged.
 Agent endpoints carry no cookies, so CSRF does not apply; the body signature authenticates them.
 """
 
@@ -21,16 +22,19 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from node_agent.portal_protocol import (
-    MAX_BODY_BYTES,
-    PayloadError,
-    SignedBodyError,
+from node_agent.portal.errors import PayloadError, SignedBodyError
+from node_agent.portal.project_config import project_config_to_dict
+from node_agent.portal.schemas import (
+    ErrorReply,
+    HeartbeatReply,
+    MetricsReply,
+    reply_to_builtins,
     validate_heartbeat,
     validate_join,
     validate_metrics,
     validate_renew,
-    verify_body,
 )
+from node_agent.portal.signed_body import MAX_BODY_BYTES, verify_body
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from projects.selectors import project_get
@@ -50,7 +54,8 @@ def portal_url(request: HttpRequest) -> str:
 
 
 def error_response(exc: AgentRequestError) -> JsonResponse:
-    response = JsonResponse({"error": exc.code, "detail": exc.detail}, status=exc.status)
+    reply = ErrorReply(error=exc.code, detail=exc.detail)
+    response = JsonResponse(reply_to_builtins(reply), status=exc.status)
     if exc.retry_after is not None:
         response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response
@@ -126,16 +131,16 @@ def agent_endpoint(
 
 @agent_endpoint(ip_limit="RATE_JOIN_PER_IP", key_limit="RATE_JOIN_PER_KEY")
 def agent_join(request: HttpRequest, public_key: bytes, body: dict[str, Any]) -> JsonResponse:
-    status, payload = services.agent_join(
+    status, reply = services.agent_join(
         public_key=public_key, request=validate_join(body), now=timezone.now(), portal_url=portal_url(request)
     )
-    return JsonResponse(payload, status=status)
+    return JsonResponse(reply_to_builtins(reply), status=status)
 
 
 @agent_endpoint(key_limit="RATE_RENEW_PER_KEY")
 def agent_renew(request: HttpRequest, public_key: bytes, body: dict[str, Any]) -> JsonResponse:
-    payload = services.agent_renew(public_key=public_key, request=validate_renew(body), now=timezone.now())
-    return JsonResponse(payload, status=201)
+    reply = services.agent_renew(public_key=public_key, request=validate_renew(body), now=timezone.now())
+    return JsonResponse(reply_to_builtins(reply), status=201)
 
 
 @agent_endpoint()
@@ -143,10 +148,9 @@ def agent_heartbeat(request: HttpRequest, public_key: bytes, body: dict[str, Any
     node = telemetry.heartbeat_record(
         public_key=public_key, heartbeat=validate_heartbeat(body), now=timezone.now()
     )
-    return JsonResponse(
-        {"status": "ok", "state": node.state, "next_heartbeat_s": settings.SWARM["HEARTBEAT_INTERVAL"]},
-        status=202,
-    )
+    period = settings.SWARM["HEARTBEAT_INTERVAL"]
+    reply = HeartbeatReply(status="ok", state=node.state, next_heartbeat_s=period)
+    return JsonResponse(reply_to_builtins(reply), status=202)
 
 
 @agent_endpoint()
@@ -154,7 +158,7 @@ def agent_metrics(request: HttpRequest, public_key: bytes, body: dict[str, Any])
     stored = telemetry.metrics_record(
         public_key=public_key, report=validate_metrics(body), now=timezone.now()
     )
-    return JsonResponse({"status": "ok", "stored": stored}, status=202)
+    return JsonResponse(reply_to_builtins(MetricsReply(status="ok", stored=stored)), status=202)
 
 
 def _swarm_project(request: HttpRequest, slug: str) -> Project:
@@ -166,7 +170,7 @@ def _swarm_project(request: HttpRequest, slug: str) -> Project:
 
 
 def _not_found(slug: str) -> JsonResponse:
-    return JsonResponse({"error": "not_found", "detail": f"no project {slug!r}"}, status=404)
+    return error_response(AgentRequestError(404, "not_found", f"no project {slug!r}"))
 
 
 def _page_params(request: HttpRequest, **pages: tuple[str, tuple[int, int]]) -> dict[str, int]:
@@ -192,9 +196,8 @@ def project_config(request: HttpRequest, slug: str) -> JsonResponse:
     project = project_get(slug=slug)
     if project is None or project.status not in (ProjectStatus.ACTIVE, ProjectStatus.PAUSED):
         return _not_found(slug)
-    return JsonResponse(
-        selectors.project_config(project=project, portal_url=portal_url(request), now=timezone.now())
-    )
+    config = selectors.project_config(project=project, portal_url=portal_url(request), now=timezone.now())
+    return JsonResponse(project_config_to_dict(config))
 
 
 @require_GET

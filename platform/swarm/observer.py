@@ -19,12 +19,12 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from node_agent.credentials import CredentialPolicy
 from node_agent.dht import DHTError
 from node_agent.identity import Identity
 from node_agent.moe.announce import live_children
-from node_agent.portal_protocol import MAX_REVOKED, revocation_list_value, revocations_key
-from node_agent.project_dht import ProjectScope, install_project_validators
+from node_agent.portal.gate import CredentialPolicy
+from node_agent.portal.project_dht import ProjectScope, install_project_validators
+from node_agent.portal.revocations import MAX_REVOKED, revocation_list_value, revocations_key
 
 logger = logging.getLogger(__name__)
 

@@ -1,40 +1,71 @@
 """The OpenAPI 3.1 description of /api/v1/, served at /api/v1/openapi.json and rendered at /api/docs/.
 
-Written by hand next to the views it documents; a test checks every documented path resolves to a view.
+The schemas are generated (`msgspec.json.schema_components`) from the structs both sides use
+(`node_agent.portal.schemas`, `node_agent.portal.project_config`) and from the swarm answers' shapes
+(`swarm.api_types`), limits included, so the description cannot drift from what is checked and served.
+Only the paths, their parameters and status codes are written here; tests check that every documented
+path resolves to a view and every /api/v1/ route is documented.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from node_agent import __version__
-from node_agent.portal_protocol import (
-    MAX_BODY_BYTES,
-    MAX_COUNTER,
-    MAX_JSON_DEPTH,
+from node_agent.portal.project_config import ProjectConfig
+from node_agent.portal.schemas import (
     MAX_METRICS_PER_BODY,
-    MAX_SMALL_COUNT,
+    ErrorReply,
+    Heartbeat,
+    HeartbeatReply,
+    JoinReply,
+    JoinRequest,
+    MetricsReply,
+    MetricsReport,
+    PendingReply,
+    RenewReply,
+    RenewRequest,
+)
+from node_agent.portal.signed_body import (
+    MAX_BODY_BYTES,
+    MAX_CLOCK_SKEW,
+    MAX_JSON_DEPTH,
     NODE_HEADER,
     SIGNATURE_HEADER,
 )
+from swarm.api_types import NodesReply, SwarmState
 from swarm.selectors import CELLS_PAGE, HOLES_PAGE, NODES_PAGE
 
-_ERROR = {
-    "type": "object",
-    "required": ["error", "detail"],
-    "properties": {
-        "error": {"type": "string", "description": "machine code, e.g. code_expired, replayed, rate_limited"},
-        "detail": {"type": "string", "description": "what was wrong, for humans"},
-    },
-}
-_SIGNED = {
-    "ts": {"type": "number", "description": "unix time; refused when more than 60 s off the portal clock"},
-    "nonce": {"type": "string", "pattern": "^[0-9a-fA-F]{16,64}$", "description": "never reused"},
-}
-_NODE_ID = {"type": "string", "pattern": "^[0-9a-f]{40}$"}
-_COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_COUNTER}
-_SMALL_COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_SMALL_COUNT}
+REF = "#/components/schemas/{name}"
+#: Every type the API reads or answers; their components are generated together (shared parts once).
+DOCUMENTED_TYPES: tuple[Any, ...] = (
+    ErrorReply,
+    ProjectConfig,
+    JoinRequest,
+    JoinReply,
+    PendingReply,
+    RenewRequest,
+    RenewReply,
+    Heartbeat,
+    HeartbeatReply,
+    MetricsReport,
+    MetricsReply,
+    SwarmState,
+    NodesReply,
+)
 _PAGE_SIZES = {"nodes_": NODES_PAGE, "cells_": CELLS_PAGE, "holes_": HOLES_PAGE, "": NODES_PAGE}
+
+
+def schema_components() -> dict[str, Any]:
+    """The `components.schemas` of the description, generated from :data:`DOCUMENTED_TYPES`."""
+    _, components = msgspec.json.schema_components(DOCUMENTED_TYPES, ref_template=REF)
+    return components
+
+
+def _ref(kind: Any) -> dict[str, str]:
+    return {"$ref": REF.format(name=kind.__name__)}
 
 
 def _paging(*prefixes: str) -> list[dict[str, Any]]:
@@ -53,8 +84,8 @@ def _paging(*prefixes: str) -> list[dict[str, Any]]:
     return parameters
 
 
-def _obj(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": properties, "additionalProperties": False}
+def _json(description: str, kind: Any) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(kind)}}}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -67,17 +98,12 @@ def _errors(*codes: int) -> dict[str, Any]:
         410: "join code expired",
         413: f"body larger than {MAX_BODY_BYTES} bytes",
         429: "rate limited; see the Retry-After header",
+        503: "the portal's database is busy; retry after Retry-After",
     }
-    return {
-        str(code): {
-            "description": texts[code],
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
-        for code in codes
-    }
+    return {str(code): _json(texts[code], ErrorReply) for code in codes}
 
 
-def _signed_post(summary: str, description: str, body: dict[str, Any], ok: dict[str, Any]) -> dict[str, Any]:
+def _signed_post(summary: str, description: str, body: Any, ok: dict[str, Any]) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
@@ -87,18 +113,14 @@ def _signed_post(summary: str, description: str, body: dict[str, Any], ok: dict[
                 {"name": NODE_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
                 {"name": SIGNATURE_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
             ],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-            "responses": {**ok, **_errors(400, 401, 403, 409, 413)},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
+            "responses": {**ok, **_errors(400, 401, 403, 409, 413, 429, 503)},
         }
     }
 
 
-def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
 def _get(
-    summary: str, description: str, schema: dict[str, Any], query: list[dict[str, Any]] | None = None
+    summary: str, description: str, kind: Any, query: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     slug = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
     return {
@@ -106,64 +128,16 @@ def _get(
             "summary": summary,
             "description": description,
             "parameters": [slug, *(query or [])],
-            "responses": {"200": _json("OK", schema), **_errors(*((400, 404) if query else (404,)))},
+            "responses": {"200": _json("OK", kind), **_errors(*((400, 404) if query else (404,)))},
         }
     }
 
 
 def openapi_schema(*, server_url: str) -> dict[str, Any]:
-    heartbeat = _obj(
-        ["credential", "node_id", "endpoint", "agent_version", "platform", "role", "experts", "requests",
-         "samples", "failures", "bytes_in", "bytes_out", "samples_per_s", "uptime_s", "peers", "ts", "nonce"],
-        {
-            "credential": {"type": "string"},
-            "node_id": _NODE_ID,
-            "endpoint": {"type": "string", "description": "the node's DHT address, host:port"},
-            "agent_version": {"type": "string"},
-            "platform": {"type": "string"},
-            "role": {"enum": ["server", "trainer"]},
-            "experts": {"type": "array", "items": {"type": "string"}, "description": "uids served"},
-            **{name: _COUNT for name in ("requests", "samples", "failures", "bytes_in", "bytes_out")},
-            "samples_per_s": {"type": "number", "minimum": 0},
-            "uptime_s": {"type": "number", "minimum": 0},
-            "peers": {
-                "type": "array",
-                "items": _obj(["node_id", "requests"], {"node_id": _NODE_ID, "requests": _COUNT}),
-            },
-            **_SIGNED,
-        },
-    )  # fmt: skip
-    metric = _obj(
-        ["step", "loss", "accuracy", "samples_per_s", "experts_answered", "experts_failed", "timestamp"],
-        {
-            "step": _SMALL_COUNT,
-            "loss": {"type": "number"},
-            "accuracy": {"type": "number", "minimum": 0, "maximum": 1},
-            "samples_per_s": {"type": "number", "minimum": 0},
-            "experts_answered": _SMALL_COUNT,
-            "experts_failed": _SMALL_COUNT,
-            "timestamp": {"type": "number"},
-            "kind": {"enum": ["train", "eval"]},
-        },
-    )
-    config = {
-        "type": "object",
-        "properties": {
-            "project": {"type": "string"},
-            "title": {"type": "string"},
-            "status": {"type": "string"},
-            "dht_prefix": {"type": "string"},
-            "bootstrap_peers": {"type": "array", "items": {"type": "string"}, "description": "host:port/id"},
-            "portal_public_key": {"type": "string", "description": "Ed25519 public key, hex"},
-            "gated": {"type": "boolean"},
-            "expert": {"type": "object"},
-            "training": {"type": "object"},
-            "agent": {"type": "object", "properties": {"version": {}, "wheel_url": {}, "sha256": {}}},
-        },
-    }
     signed_note = (
         f"The body is JSON signed with the node's Ed25519 key; headers {NODE_HEADER} (public key hex) and "
-        f"{SIGNATURE_HEADER} (signature hex). At most {MAX_BODY_BYTES} bytes."
+        f"{SIGNATURE_HEADER} (signature hex). At most {MAX_BODY_BYTES} bytes; ts within "
+        f"{MAX_CLOCK_SKEW:.0f} s of the portal clock; a nonce is never accepted twice."
     )
     return {
         "openapi": "3.1.0",
@@ -174,16 +148,28 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
         },
         "servers": [{"url": server_url}],
         "components": {
-            "schemas": {"Error": _ERROR, "ProjectConfig": config},
+            "schemas": schema_components(),
             "securitySchemes": {
                 "nodeSignature": {"type": "apiKey", "in": "header", "name": SIGNATURE_HEADER},
             },
         },
         "paths": {
+            "/api/v1/openapi.json": {
+                "get": {
+                    "summary": "This description",
+                    "description": "The OpenAPI 3.1 description of the API, as JSON.",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
             "/api/v1/projects/{slug}/config": _get(
                 "Project config for agents",
                 "DHT prefix, bootstrap peers, expert grid, hyperparameters, the portal key, the agent wheel.",
-                {"$ref": "#/components/schemas/ProjectConfig"},
+                ProjectConfig,
             ),
             "/api/v1/projects/{slug}/swarm": _get(
                 "Swarm state",
@@ -192,70 +178,43 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
                 "page of holes (from the DHT); recent metrics. Visible like the swarm page: open projects "
                 "to anyone, approval projects to members, drafts to the owner. A node's endpoint and "
                 "platform only for its volunteer and staff.",
-                {"type": "object"},
+                SwarmState,
                 _paging("nodes_", "cells_", "holes_"),
             ),
             "/api/v1/projects/{slug}/nodes": _get(
                 "Nodes of a project",
                 "One page of nodes and their state (same visibility as the swarm state).",
-                {"type": "object"},
+                NodesReply,
                 _paging(""),
             ),
             "/api/v1/agent/join": _signed_post(
                 "Trade a join code for a credential",
                 signed_note + " 202 while an approval-gated project's owner has not approved the node; "
                 "poll with the same code.",
-                _obj(
-                    ["code", "agent_version", "platform", "ts", "nonce"],
-                    {
-                        "code": {"type": "string"},
-                        "agent_version": {"type": "string"},
-                        "platform": {"type": "string"},
-                        **_SIGNED,
-                    },
-                ),
+                JoinRequest,
                 {
-                    "201": _json(
-                        "credential issued",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "credential": {"type": "string"},
-                                "expires_at": {"type": "number"},
-                                "node": {"type": "object"},
-                                "config": {"$ref": "#/components/schemas/ProjectConfig"},
-                            },
-                        },
-                    ),
-                    "202": _json("pending approval", {"type": "object"}),
-                    **_errors(410, 429),
+                    "201": _json("credential issued", JoinReply),
+                    "202": _json("pending approval", PendingReply),
+                    **_errors(410),
                 },
             ),
             "/api/v1/agent/renew": _signed_post(
                 "Renew a credential",
                 signed_note + " Refused for banned nodes and revoked credentials.",
-                _obj(["credential", "ts", "nonce"], {"credential": {"type": "string"}, **_SIGNED}),
-                {"201": _json("new credential", {"type": "object"}), **_errors(429)},
+                RenewRequest,
+                {"201": _json("new credential", RenewReply)},
             ),
             "/api/v1/agent/heartbeat": _signed_post(
                 "Report a heartbeat",
                 signed_note + " Stored only if every check passes.",
-                heartbeat,
-                {"202": _json("accepted", {"type": "object"}), **_errors(429)},
+                Heartbeat,
+                {"202": _json("accepted", HeartbeatReply)},
             ),
             "/api/v1/agent/metrics": _signed_post(
                 "Report training metrics",
                 signed_note + f" At most {MAX_METRICS_PER_BODY} points per body.",
-                _obj(
-                    ["credential", "node_id", "metrics", "ts", "nonce"],
-                    {
-                        "credential": {"type": "string"},
-                        "node_id": _NODE_ID,
-                        "metrics": {"type": "array", "items": metric, "maxItems": MAX_METRICS_PER_BODY},
-                        **_SIGNED,
-                    },
-                ),
-                {"202": _json("accepted", {"type": "object"}), **_errors(429)},
+                MetricsReport,
+                {"202": _json("accepted", MetricsReply)},
             ),
         },
     }

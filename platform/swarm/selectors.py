@@ -13,9 +13,11 @@ from django.conf import settings
 from django.db.models import Count, QuerySet
 
 from accounts.models import User
+from node_agent.portal.project_config import AgentSpec, ExpertSpec, ProjectConfig, TrainingSpec
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from projects.permissions import AnyUser
+from swarm.api_types import CoverageSummary, NodeRow, NodesPage, Page, SwarmState
 from swarm.keys import portal_public_key
 from swarm.models import (
     Alert,
@@ -73,36 +75,34 @@ def bootstrap_peers(*, project: Project, now: datetime) -> list[str]:
     return peers[:MAX_BOOTSTRAP_PEERS]
 
 
-def project_config(*, project: Project, portal_url: str, now: datetime) -> dict[str, Any]:
-    """What `GET /api/v1/projects/<slug>/config` returns (node_agent.portal_protocol.ProjectConfig)."""
+def project_config(*, project: Project, portal_url: str, now: datetime) -> ProjectConfig:
+    """What `GET /api/v1/projects/<slug>/config` returns (and a join's reply carries)."""
     wheel = latest_wheel()
     swarm = swarm_settings(project=project)
-    return {
-        "project": project.slug,
-        "title": project.title,
-        "status": project.status,
-        "dht_prefix": project.slug,
-        "bootstrap_peers": bootstrap_peers(project=project, now=now),
-        "portal_public_key": portal_public_key().hex(),
-        "gated": swarm.gated,
-        "approval_required": project.join_policy == "approval",
-        "expert": {
-            "class": project.expert_architecture,
-            "hidden_dim": project.hidden_size,
-            "grid": list(project.grid_dims),
-            "prefix": expert_prefix(project),
-        },
-        "training": {
-            "dataset": project.dataset,
-            "optimizer": project.optimizer,
-            "learning_rate": project.learning_rate,
-        },
-        "agent": {
-            "version": wheel.version if wheel else "",
-            "wheel_url": f"{portal_url}/agent/{wheel.filename}" if wheel else "",
-            "sha256": wheel.sha256 if wheel else "",
-        },
-    }
+    return ProjectConfig(
+        project=project.slug,
+        title=project.title,
+        status=project.status,
+        dht_prefix=project.slug,
+        bootstrap_peers=bootstrap_peers(project=project, now=now),
+        portal_public_key=portal_public_key().hex(),
+        gated=swarm.gated,
+        approval_required=project.join_policy == "approval",
+        expert=ExpertSpec(
+            expert_class=project.expert_architecture,
+            hidden_dim=project.hidden_size,
+            grid=list(project.grid_dims),
+            prefix=expert_prefix(project),
+        ),
+        training=TrainingSpec(
+            dataset=project.dataset, optimizer=project.optimizer, learning_rate=project.learning_rate
+        ),
+        agent=AgentSpec(
+            version=wheel.version if wheel else "",
+            wheel_url=f"{portal_url}/agent/{wheel.filename}" if wheel else "",
+            sha256=wheel.sha256 if wheel else "",
+        ),
+    )
 
 
 def project_get_joinable(*, slug: str) -> Project | None:
@@ -136,9 +136,9 @@ def node_credential_state(*, node: Node, now: datetime) -> dict[str, Any]:
     return {"state": "valid", "label": "Valid", "expires_at": latest.expires_at}
 
 
-def node_as_dict(node: Node, now: datetime, *, private: bool = False) -> dict[str, Any]:
+def node_as_dict(node: Node, now: datetime, *, private: bool = False) -> NodeRow:
     """A node for the API; its endpoint (IP address) and platform only when `private` (owner, staff)."""
-    row = {
+    row: NodeRow = {
         "node_id": node.node_id,
         "state": node.state,
         "state_changed_at": iso(node.state_changed_at),
@@ -158,7 +158,7 @@ def node_as_dict(node: Node, now: datetime, *, private: bool = False) -> dict[st
         "last_seen_in_dht_at": iso(node.last_seen_in_dht_at),
     }
     if private:
-        row |= {"endpoint": node.endpoint, "platform": node.platform}
+        row["endpoint"], row["platform"] = node.endpoint, node.platform
     return row
 
 
@@ -177,7 +177,7 @@ def coverage_of(*, project: Project) -> dict[str, int]:
 def coverage_summary(
     *, project: Project, cells_offset: int = 0, cells_limit: int = CELLS_PAGE[0],
     holes_offset: int = 0, holes_limit: int = HOLES_PAGE[0],
-) -> dict[str, Any]:  # fmt: skip
+) -> CoverageSummary:  # fmt: skip
     """Counts, one page of covered cells and one page of holes: what any grid costs to show."""
     dims, prefix = project.grid_dims, expert_prefix(project)
     cells = coverage_of(project=project)
@@ -195,7 +195,7 @@ def coverage_summary(
     }
 
 
-def _page(offset: int, limit: int, count: int) -> dict[str, Any]:
+def _page(offset: int, limit: int, count: int) -> Page:
     return {"offset": offset, "limit": limit, "count": count, "more": offset + limit < count}
 
 
@@ -212,7 +212,7 @@ def node_counts(*, project: Project) -> dict[str, int]:
 
 def nodes_page(
     *, project: Project, viewer: AnyUser, now: datetime, offset: int = 0, limit: int = NODES_PAGE[0]
-) -> dict[str, Any]:
+) -> NodesPage:
     """One page of a project's nodes for the API, private details only where `viewer` may see them."""
     from swarm.permissions import can_see_node_private
 
@@ -228,7 +228,7 @@ def nodes_page(
 def swarm_state(
     *, project: Project, viewer: AnyUser, now: datetime, nodes_offset: int = 0,
     nodes_limit: int = NODES_PAGE[0], **coverage_pages: int,
-) -> dict[str, Any]:  # fmt: skip
+) -> SwarmState:  # fmt: skip
     """The read-only swarm state of `GET /api/v1/projects/<slug>/swarm`: counts and pages, never the
     whole grid or every node."""
     swarm = swarm_settings(project=project)

@@ -10,7 +10,6 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
@@ -18,15 +17,16 @@ from django.db import IntegrityError, transaction
 
 from accounts.models import User
 from node_agent.identity import node_id_from_public_key
-from node_agent.portal_protocol import (
-    Credential,
-    CredentialError,
+from node_agent.portal.errors import CredentialError
+from node_agent.portal.schemas import (
+    JoinedNode,
+    JoinReply,
     JoinRequest,
+    PendingReply,
+    RenewReply,
     RenewRequest,
-    issue_credential,
-    peek_credential,
-    verify_credential,
 )
+from node_agent.portal.tokens import Credential, issue_credential, peek_credential, verify_credential
 from projects.lifecycle import ProjectStatus
 from projects.models import JoinPolicy, Project
 from projects.permissions import can_manage_project, can_view_project
@@ -115,7 +115,7 @@ def _refuse_if_banned(node: Node) -> None:
 
 def agent_join(
     *, public_key: bytes, request: JoinRequest, now: datetime, portal_url: str
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, JoinReply | PendingReply]:
     """Trade a join code (signed by the node key) for a credential: (201, body) or (202, pending)."""
     with transaction.atomic():
         nonce_record(public_key=public_key, nonce=request.nonce, now=now)
@@ -156,7 +156,8 @@ def agent_join(
             )
             code.node = node
             code.save(update_fields=["node"])
-            return 202, {"status": "pending_approval", "detail": "the project owner must approve this node"}
+            why = "the project owner must approve this node"
+            return 202, PendingReply(status="pending_approval", detail=why)
         moved = node.state == NodeState.PENDING and node_set_state(
             node=node, state=NodeState.REGISTERED, reason="approved", now=now
         )
@@ -167,15 +168,11 @@ def agent_join(
         code.save(update_fields=["used_at", "node"])
         config = selectors.project_config(project=project, portal_url=portal_url, now=now)
     logger.info("node %s joined %s (user %s)", node.short_id, project.slug, node.user_id)
-    return 201, {
-        "credential": issued.token,
-        "expires_at": issued.expires_at,
-        "node": {"node_id": node.node_id, "state": node.state, "project": project.slug},
-        "config": config,
-    }
+    joined = JoinedNode(node_id=node.node_id, state=node.state, project=project.slug)
+    return 201, JoinReply(credential=issued.token, expires_at=issued.expires_at, node=joined, config=config)
 
 
-def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> dict[str, Any]:
+def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> RenewReply:
     """A fresh credential for a node holding a valid (or recently expired) one; refused if banned/revoked."""
     with transaction.atomic():
         nonce_record(public_key=public_key, nonce=request.nonce, now=now)
@@ -194,7 +191,7 @@ def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> d
         if node.project.status != ProjectStatus.ACTIVE:
             raise AgentRequestError(409, "project_not_active", f"project is {node.project.status}")
         issued = _credential_issue(node=node, now=now)
-    return {"credential": issued.token, "expires_at": issued.expires_at}
+    return RenewReply(credential=issued.token, expires_at=issued.expires_at)
 
 
 def verify_credential_for(

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.db import transaction
 
-from node_agent.portal_protocol import Heartbeat, MetricsReport
+from node_agent.portal.schemas import Heartbeat, MetricsReport
 from projects.lifecycle import ProjectStatus
 from swarm import services
 from swarm.errors import AgentRequestError

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 from datetime import timedelta
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
@@ -201,6 +202,13 @@ def node_action(request: HttpRequest, node_pk: int, action: str) -> HttpResponse
     return redirect(_next_url(request, f"/projects/{node.project.slug}/swarm/"))
 
 
+def _component(schema: dict[str, Any], request_body: dict[str, Any]) -> Any:
+    """The request body's schema, its `$ref` to a generated component resolved (one level)."""
+    body = request_body.get("content", {}).get("application/json", {}).get("schema", {})
+    ref = body.get("$ref", "") if isinstance(body, dict) else ""
+    return schema["components"]["schemas"].get(ref.rsplit("/", 1)[-1], body) if ref else body
+
+
 def api_docs(request: HttpRequest) -> HttpResponse:
     schema = openapi_schema(server_url=portal_url(request))
     operations = [
@@ -210,10 +218,7 @@ def api_docs(request: HttpRequest) -> HttpResponse:
             "summary": op["summary"],
             "description": op["description"],
             "responses": sorted(op["responses"]),
-            "body": json.dumps(
-                op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}),
-                indent=2,
-            )
+            "body": json.dumps(_component(schema, op["requestBody"]), indent=2)
             if "requestBody" in op
             else "",
         }

@@ -18,30 +18,31 @@ Errors use the RPC error codes `unknown_expert`, `unknown_method`, `unknown_forw
 `bad_tensor`, `shutting_down`, `busy`, `internal`; every malformed body gets one of the first five
 (`requests.parse_request` checks the whole schema, an empty batch included, before any compute).
 
-In a gated project (`node_agent.credentials`) the server carries its portal credential in every
+In a gated project (`node_agent.portal.gate`) the server carries its portal credential in every
 announcement (`credential`, replaced on renewal by `set_credential`) and its DHT node refuses other
 nodes' announcements without a valid one (`credentials` checker).
+
+Kept forwards that arrive together run as one batch (`kept_groups.KeptForwards` gathers their backwards);
+the background loops run under a `TaskSupervisor` (restarted when they die, `on_fatal` when they keep dying).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from node_agent.dht.api import DHTValidationError
 from node_agent.moe.announce import CredentialChecker, announce_experts, register_experts_validator
 from node_agent.moe.server.backend import ExpertBackend
 from node_agent.moe.server.checkpoints import load_checkpoint, save_checkpoint
 from node_agent.moe.server.forward_cache import ForwardCache, ForwardCacheMiss
-from node_agent.moe.server.kept_groups import KeptGroup
+from node_agent.moe.server.kept_groups import KeepTicket, KeptForwards
 from node_agent.moe.server.requests import (
     FORWARD_ID_BYTES,
     BackwardRequest,
@@ -55,6 +56,7 @@ from node_agent.moe.server.runtime import BatchingRuntime
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectionPool
 from node_agent.rtc.rpc import RPCHandlerError, current_caller
+from node_agent.supervisor import TaskSupervisor
 from node_agent.tensor_codec import encode_tensors
 
 logger = logging.getLogger(__name__)
@@ -81,7 +83,13 @@ class ServerOptions:
 
 
 class ExpertServer:
-    def __init__(self, dht: Any, backends: dict[str, ExpertBackend], options: ServerOptions) -> None:
+    def __init__(
+        self,
+        dht: Any,
+        backends: dict[str, ExpertBackend],
+        options: ServerOptions,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
         self.dht = dht
         self.backends = backends
         self.options = options
@@ -97,12 +105,14 @@ class ExpertServer:
         self.forward_cache = ForwardCache(
             options.forward_cache_entries, options.forward_cache_bytes, options.forward_cache_ttl
         )
-        self._tasks: list[asyncio.Task[None]] = []
-        self._timers: dict[Any, asyncio.TimerHandle] = {}
-        self._jobs: set[asyncio.Future[Any]] = set()
-        #: Kept groups with a member still awaited (compute thread only).
-        self._waiting_groups: set[KeptGroup] = set()
-        self._loop = asyncio.get_running_loop()
+        self.kept = KeptForwards(
+            self.forward_cache,
+            self.runtime,
+            step_delay=options.step_delay,
+            max_batch_size=options.max_batch_size,
+            on_step_failed=self._count_failure,
+        )
+        self.supervisor = TaskSupervisor("expert server", on_fatal=on_fatal)
 
     @classmethod
     async def create(
@@ -114,14 +124,16 @@ class ExpertServer:
         announce: bool = True,
         credential: str | None = None,
         credentials: CredentialChecker | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> ExpertServer:
         """Restore checkpoints, start batching, accept connections and announce the experts.
 
         `credential`: this node's portal credential, carried in announcements (gated projects);
         `credentials`: the checker that makes this node refuse uncredentialed announcements of others, and
-        rank peers whose connection offers carry a valid credential above unknown ones.
+        rank peers whose connection offers carry a valid credential above unknown ones;
+        `on_fatal(reason)`: told when a background loop (re-announcing, expiry, checkpoints) keeps dying.
         """
-        server = cls(dht, backends, options or ServerOptions())
+        server = cls(dht, backends, options or ServerOptions(), on_fatal)
         server.credential = credential
         if server.options.checkpoint_dir:
             for backend in backends.values():
@@ -129,126 +141,26 @@ class ExpertServer:
         for uid, backend in backends.items():
             server.runtime.add_queue(f"{uid}/forward", backend.forward)
             server.runtime.add_queue(f"{uid}/backward", server._backward_fn(backend))
-            server.runtime.add_queue(f"{uid}/forward_keep", server._forward_kept_fn(backend), tagged=True)
-            backend.snapshot_in_use = server._snapshot_in_use
+            server.runtime.add_queue(f"{uid}/forward_keep", server.kept.batch_fn(backend), tagged=True)
+            backend.snapshot_in_use = server.kept.snapshot_in_use
         register_experts_validator(dht, credentials)
         server.pool = await ConnectionPool.create(
             dht, server.handle, rtc_options, credentials=credentials, credential=credential
         )
         if announce:
             await server.announce()
-            server._tasks.append(asyncio.create_task(server._reannounce(), name="expert-reannounce"))
-        server._tasks.append(asyncio.create_task(server._report(), name="expert-stats"))
+            server.supervisor.start("expert-reannounce", server._reannounce)
+        server.supervisor.start("expert-stats", server._report)
         if server.forward_cache.enabled:
-            server._tasks.append(asyncio.create_task(server._expire_loop(), name="forward-cache-expiry"))
+            server.supervisor.start("forward-cache-expiry", server._expire_loop)
         if server.options.checkpoint_dir:
-            server._tasks.append(asyncio.create_task(server._checkpoint_loop(), name="expert-checkpoints"))
+            server.supervisor.start("expert-checkpoints", server._checkpoint_loop)
         return server
 
     @staticmethod
     def _backward_fn(backend: ExpertBackend):  # -> BatchFn
         split = len(backend.input_schema)
         return lambda tensors: backend.backward(tensors[:split], tensors[split:])
-
-    # ---- kept forwards: compute-thread jobs run one at a time in arrival order, so no locks ---------
-
-    def _forward_kept_fn(self, backend: ExpertBackend):  # -> TaggedBatchFn
-        """A concatenated batch of kept forwards: one graph, one cache entry per member request."""
-
-        def run(columns: list[torch.Tensor], tickets: list[_KeepTicket]) -> list[torch.Tensor]:
-            kept = backend.forward_kept(columns)
-            group = KeptGroup(backend.uid, kept, [t.fid for t in tickets], [t.rows for t in tickets])
-            share = kept.nbytes // len(tickets)
-            now = time.monotonic()
-            for index, ticket in enumerate(tickets):
-                ticket.stored = self.forward_cache.put(
-                    (backend.uid, ticket.fid),
-                    ticket.owner,
-                    (group, index),
-                    nbytes=share,
-                    generation=kept.generation,
-                    generation_bytes=backend.snapshot_bytes,
-                    now=now,
-                    group=backend.uid,
-                )
-            return [o.detach() for o in kept.outputs]
-
-        return run
-
-    def _backward_arrived(
-        self, backend: ExpertBackend, grads: list[torch.Tensor], fid: bytes, owner: bytes, waiter: Any
-    ) -> KeptGroup | None:
-        """One member's gradients; runs its group's backward if nobody else is awaited, else returns it."""
-        group, index = self.forward_cache.take((backend.uid, fid), owner, time.monotonic())
-        group.arrive(index, grads, waiter)
-        if self.options.step_delay > 0 and not group.ready(
-            lambda other: (backend.uid, other) in self.forward_cache
-        ):
-            self._waiting_groups.add(group)
-            return group
-        self._run_group(backend, group)
-        return None
-
-    def _run_group(self, backend: ExpertBackend, group: KeptGroup) -> None:
-        """One backward for the group's whole batch; answers its members; steps if nothing else is awaited."""
-        if group.done:
-            return
-        group.done = True
-        self._waiting_groups.discard(group)
-        for fid in group.absent_fids():  # too late now: their backward will re-send the inputs
-            self.forward_cache.discard((backend.uid, fid))
-        answers: dict[int, Any]
-        try:
-            input_grads = backend.backward_kept(group.kept, group.full_grads(), group.arrived_samples)
-            answers = dict(group.split(input_grads))
-        except Exception as exc:
-            logger.warning("%s: backward of %d kept requests failed: %s", backend.uid, len(group.grads), exc)
-            answers = dict.fromkeys(group.grads, exc)
-        group.kept.outputs.clear()  # free the graph's activations now
-        # Step once no other forward made with these parameters awaits its backward: older forwards (whose
-        # backward may never come, e.g. answers that arrived too late) must not hold every later step.
-        due = (
-            self.options.step_delay <= 0
-            or not self.forward_cache.holds_generation(group.kept.generation)
-            or backend.accumulated_samples >= self.options.max_batch_size
-        )
-        if due:  # before answering: a step is memory-bound and runs worst beside the network work of replies
-            self._step(backend)
-        else:
-            self._loop.call_soon_threadsafe(self._step_later, backend)
-        for index, answer in answers.items():
-            self._loop.call_soon_threadsafe(_settle, group.waiters[index], answer)
-
-    def _step(self, backend: ExpertBackend) -> None:
-        try:
-            backend.step_accumulated()
-        except ValueError as exc:
-            self.failures += 1
-            logger.warning("%s: optimiser step skipped: %s", backend.uid, exc)
-
-    def _snapshot_in_use(self, generation: Any) -> bool:
-        return self.forward_cache.holds_generation(generation) or any(
-            group.kept.generation == generation for group in self._waiting_groups
-        )
-
-    # ---- kept forwards: waiting on the event loop (bounded by step_delay) ----------------------------
-
-    def _later(self, key: Any, job: Any) -> None:
-        """Run `job` on the compute thread after `step_delay`, once per key until it ran."""
-        if key in self._timers:
-            return
-
-        def fire() -> None:
-            self._timers.pop(key, None)
-            task = asyncio.ensure_future(self.runtime.call(job))
-            self._jobs.add(task)
-            task.add_done_callback(self._jobs.discard)
-
-        self._timers[key] = self._loop.call_later(self.options.step_delay, fire)
-
-    def _step_later(self, backend: ExpertBackend) -> None:
-        """Bound how long accumulated gradients wait for backwards that may never come."""
-        self._later(("step", backend.uid), lambda: self._step(backend))
 
     async def settle(self) -> None:
         """Wait until every job already queued on the compute thread ran (e.g. a delayed optimiser step).
@@ -314,7 +226,7 @@ class ExpertServer:
         uid, inputs, compression = request.uid, request.inputs, request.compression
         if request.keep and self.forward_cache.enabled:
             fid = secrets.token_bytes(FORWARD_ID_BYTES)
-            ticket = _KeepTicket(fid, current_caller() or b"", len(inputs[0]))
+            ticket = KeepTicket(fid, current_caller() or b"", len(inputs[0]))
             outputs = await self.runtime.submit(f"{uid}/forward_keep", inputs, ticket)
             reply = self._reply("outputs", encode_tensors(outputs, compression))
             if ticket.stored:
@@ -326,18 +238,15 @@ class ExpertServer:
     async def _backward(self, backend: ExpertBackend, request: BackwardRequest) -> dict[str, Any]:
         uid, grads, compression = request.uid, request.grads, request.compression
         if request.fid is not None:
-            waiter = self._loop.create_future()
-            group = await self.runtime.call(
-                self._backward_arrived, backend, grads, request.fid, current_caller() or b"", waiter
-            )
-            if group is not None:  # other members are awaited: their backward, or the timer, runs it
-                self._later(group, lambda: self._run_group(backend, group))
-            grad_inputs = await waiter
+            grad_inputs = await self.kept.backward(backend, grads, request.fid, current_caller() or b"")
             self.runtime.samples += len(grads[0])
             return self._reply("grads", encode_tensors(grad_inputs, compression))
         assert request.inputs is not None  # parse_request gives inputs whenever there is no fid
         grad_inputs = await self.runtime.submit(f"{uid}/backward", [*request.inputs, *grads])
         return self._reply("grads", encode_tensors(grad_inputs, compression))
+
+    def _count_failure(self) -> None:
+        self.failures += 1
 
     def _reply(self, name: str, encoded: list[dict[str, Any]]) -> dict[str, Any]:
         self.bytes_out += payload_bytes(encoded)
@@ -398,48 +307,19 @@ class ExpertServer:
     async def shutdown(self) -> None:
         """Stop taking work, answer in-flight calls, withdraw announcements, save, close connections."""
         self.accepting = False
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.supervisor.close()
         if self.pool is not None:
             await self.pool.drain(self.options.drain_timeout)
         try:
             await asyncio.wait_for(self.announce(withdrawn=True), timeout=5.0)
         except Exception as exc:
             logger.warning("could not withdraw announcements: %s", exc)
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        for group in list(self._waiting_groups):  # answer the members that sent their gradients
-            await self.runtime.call(self._run_group, self.backends[group.uid], group)
-        for backend in self.backends.values():  # apply what trainers already sent before saving
-            await self.runtime.call(self._step, backend)
+        await self.kept.finish(self.backends)  # answer waiting members, apply what trainers already sent
         await self.save_checkpoints()
         await self.runtime.shutdown()
         self.forward_cache.clear()  # the compute thread has stopped: safe from the loop now
         if self.pool is not None:
             await self.pool.close()
-
-
-@dataclass(slots=True)
-class _KeepTicket:
-    """A kept-forward request in a batch: its id, who may take it back, its rows; `stored` once kept."""
-
-    fid: bytes
-    owner: bytes
-    rows: int
-    stored: bool = False
-
-
-def _settle(waiter: asyncio.Future[Any], answer: Any) -> None:
-    if waiter.done():  # the caller gave up meanwhile
-        return
-    if isinstance(answer, BaseException):
-        waiter.set_exception(answer)
-    else:
-        waiter.set_result(answer)
 
 
 def _short(node_id: bytes | None) -> str:

@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from node_agent.credentials import CredentialPolicy
 from node_agent.dht import DHTRecordRefused, DHTValidationError, owner_subkey
 from node_agent.dht.records import sign_record
 from node_agent.dht.validation import ValidatorRegistry
@@ -17,7 +16,8 @@ from node_agent.moe.announce import (
     announcement_value,
     prefix_key,
 )
-from node_agent.portal_protocol import issue_credential
+from node_agent.portal.gate import CredentialPolicy
+from node_agent.portal.tokens import issue_credential
 
 PORTAL = Identity.generate()
 SERVER = Identity.generate()

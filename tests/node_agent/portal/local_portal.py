@@ -1,8 +1,10 @@
 """A small HTTP portal on 127.0.0.1 for agent-side tests (the real portal's end-to-end test lives elsewhere).
 
-It speaks the real contract with the real checks from `node_agent.portal_protocol`: signed bodies are
+It speaks the real contract with the real checks and schemas of `node_agent.portal`: signed bodies are
 verified, join codes are one-time, credentials are issued with a portal identity, heartbeats and metrics
-are validated and recorded. Tests can make it refuse, rate-limit, hold joins for approval or go away.
+are validated and recorded, and every answer is built from the real reply structs with the real portal's
+status codes (join 201/202, renew 201, heartbeat and metrics 202). Tests can make it refuse, rate-limit,
+hold joins for approval or go away.
 """
 
 from __future__ import annotations
@@ -16,17 +18,29 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from node_agent.identity import Identity
-from node_agent.portal_protocol import (
-    ProtocolError,
-    issue_credential,
+from node_agent.identity import Identity, node_id_from_public_key
+from node_agent.portal.errors import ProtocolError
+from node_agent.portal.project_config import ExpertSpec, ProjectConfig, project_config_to_dict
+from node_agent.portal.schemas import (
+    ErrorReply,
+    HeartbeatReply,
+    JoinedNode,
+    JoinReply,
+    MetricsReply,
+    PendingReply,
+    RenewReply,
+    reply_to_builtins,
     validate_heartbeat,
     validate_join,
     validate_metrics,
     validate_renew,
-    verify_body,
-    verify_credential,
 )
+from node_agent.portal.signed_body import verify_body
+from node_agent.portal.tokens import issue_credential, verify_credential
+
+
+def _error(status: int, code: str, detail: str) -> tuple[int, dict, dict]:
+    return status, reply_to_builtins(ErrorReply(error=code, detail=detail)), {}
 
 
 def free_port() -> int:
@@ -49,6 +63,7 @@ class PortalBehaviour:
     ttl: float = 3600.0
     refuse: tuple[int, str] | None = None  # (status, error code) for every agent POST
     retry_after: float | None = None
+    #: The heartbeat period the portal names; None leaves it out (the reporter keeps its own, fast period).
     next_heartbeat_s: int | None = None
 
 
@@ -71,20 +86,20 @@ class LocalPortal:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def config(self) -> dict[str, Any]:
+    def project_config(self) -> ProjectConfig:
         b = self.behaviour
-        return {
-            "project": b.project,
-            "title": "Demo",
-            "status": "active",
-            "dht_prefix": b.project,
-            "bootstrap_peers": list(b.bootstrap_peers),
-            "portal_public_key": self.identity.public_key_bytes.hex(),
-            "gated": b.gated,
-            "expert": {"class": "ffn", "hidden_dim": b.hidden_dim, "grid": list(b.grid), "prefix": "ffn"},
-            "training": {"dataset": "digits", "optimizer": "adam", "learning_rate": 0.001},
-            "agent": {"version": "0.1.0", "wheel_url": "", "sha256": ""},
-        }
+        return ProjectConfig(
+            project=b.project,
+            title="Demo",
+            dht_prefix=b.project,
+            bootstrap_peers=list(b.bootstrap_peers),
+            portal_public_key=self.identity.public_key_bytes.hex(),
+            gated=b.gated,
+            expert=ExpertSpec(hidden_dim=b.hidden_dim, grid=list(b.grid), prefix="ffn"),
+        )
+
+    def config(self) -> dict[str, Any]:
+        return project_config_to_dict(self.project_config())
 
     def credential_for(self, public_key: bytes, now: float | None = None, ttl: float | None = None) -> str:
         cid = uuid.uuid4().hex
@@ -108,15 +123,16 @@ class LocalPortal:
         if method == "GET" and path == f"/api/v1/projects/{b.project}/config":
             return 200, self.config(), {}
         if method != "POST" or not path.startswith("/api/v1/agent/"):
-            return 404, {"error": "not_found", "detail": path}, {}
+            return _error(404, "not_found", path)
         if b.refuse is not None:
-            extra = {"Retry-After": str(b.retry_after)} if b.retry_after is not None else {}
-            return b.refuse[0], {"error": b.refuse[1], "detail": "test portal refuses"}, extra
+            status, code = b.refuse
+            status, data, _ = _error(status, code, "test portal refuses")
+            return status, data, {"Retry-After": str(b.retry_after)} if b.retry_after is not None else {}
         try:
             public_key, body = verify_body(raw, headers, now=time.time())
             return self._agent_call(path.rsplit("/", 1)[1], public_key, body)
         except ProtocolError as exc:
-            return 400, {"error": exc.reason, "detail": exc.detail}, {}
+            return _error(400, exc.reason, exc.detail)
 
     def _check(self, token: str, public_key: bytes) -> None:
         verify_credential(
@@ -132,45 +148,45 @@ class LocalPortal:
         if name == "join":
             request = validate_join(body)
             if request.code not in b.codes:
-                return 409, {"error": "code_used", "detail": "unknown or used code"}, {}
+                return _error(409, "code_used", "unknown or used code")
             if b.pending_polls > 0:
                 b.pending_polls -= 1
-                return 202, {"status": "pending_approval"}, {}
+                return 202, reply_to_builtins(PendingReply(status="pending_approval")), {}
             b.codes.discard(request.code)
             self.joins.append(public_key.hex())
-            token = self.credential_for(public_key)
-            node = {"node_id": public_key.hex()}
-            return (
-                201,
-                {
-                    "credential": token,
-                    "expires_at": time.time() + b.ttl,
-                    "node": node,
-                    "config": self.config(),
-                },
-                {},
+            node = JoinedNode(
+                node_id=node_id_from_public_key(public_key).hex(), state="registered", project=b.project
             )
+            reply = JoinReply(
+                credential=self.credential_for(public_key),
+                expires_at=time.time() + b.ttl,
+                node=node,
+                config=self.project_config(),
+            )
+            return 201, reply_to_builtins(reply), {}
         if name == "renew":
             request = validate_renew(body)
             self._check(request.credential, public_key)
             self.renewals.append(public_key.hex())
-            return 200, {"credential": self.credential_for(public_key), "expires_at": time.time() + b.ttl}, {}
+            renewed = RenewReply(credential=self.credential_for(public_key), expires_at=time.time() + b.ttl)
+            return 201, reply_to_builtins(renewed), {}
         if name == "heartbeat":
             heartbeat = validate_heartbeat(body)
             self._check(heartbeat.credential, public_key)
             with self._lock:
                 self.heartbeats.append(body)
-            reply: dict[str, Any] = {"status": "ok"}
-            if b.next_heartbeat_s is not None:
-                reply["next_heartbeat_s"] = b.next_heartbeat_s
-            return 202, reply, {}
+            period = b.next_heartbeat_s if b.next_heartbeat_s is not None else 0
+            answer = reply_to_builtins(HeartbeatReply(status="ok", state="online", next_heartbeat_s=period))
+            if b.next_heartbeat_s is None:
+                del answer["next_heartbeat_s"]
+            return 202, answer, {}
         if name == "metrics":
             report = validate_metrics(body)
             self._check(report.credential, public_key)
             with self._lock:
                 self.metrics.extend(body["metrics"])
-            return 202, {"status": "ok"}, {}
-        return 404, {"error": "not_found", "detail": name}, {}
+            return 202, reply_to_builtins(MetricsReply(status="ok", stored=len(report.metrics))), {}
+        return _error(404, "not_found", name)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 

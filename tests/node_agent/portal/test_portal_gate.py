@@ -13,12 +13,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from node_agent.credentials import (
-    CredentialPolicy,
-    RevocationWatcher,
-    fetch_revocations,
-    install_credential_checks,
-)
 from node_agent.dht import DHTNode, DHTRecordRefused, DHTValidationError, owner_subkey
 from node_agent.dht.endpoints import parse_endpoint
 from node_agent.dht.records import key_id
@@ -33,7 +27,14 @@ from node_agent.moe.announce import (
 )
 from node_agent.moe.beam_search import ExpertSearcher, dht_prefix_fetcher
 from node_agent.moe.client import get_experts
-from node_agent.portal_protocol import issue_credential, revocation_list_value, revocations_key
+from node_agent.portal.gate import (
+    CredentialPolicy,
+    RevocationWatcher,
+    fetch_revocations,
+    install_credential_checks,
+)
+from node_agent.portal.revocations import revocation_list_value, revocations_key
+from node_agent.portal.tokens import issue_credential
 
 PROJECT = "demo"
 PORTAL = Identity.generate()

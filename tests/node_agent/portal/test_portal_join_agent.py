@@ -18,17 +18,11 @@ from pathlib import Path
 import pytest
 from local_portal import LocalPortal
 
-from node_agent.credentials import (
-    AGENT_STATE_FILE,
-    AgentState,
-    CredentialPolicy,
-    install_credential_checks,
-    load_agent_state,
-    save_agent_state,
-)
 from node_agent.dht import DHTNode
 from node_agent.identity import Identity
 from node_agent.moe.announce import live_replicas, uid_key
+from node_agent.portal.gate import CredentialPolicy, install_credential_checks
+from node_agent.portal.state import AGENT_STATE_FILE, AgentState, load_agent_state, save_agent_state
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[3]

@@ -11,29 +11,31 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node_agent.agent import choose_cells, grid_uids
+from node_agent.backoff import Backoff
 from node_agent.identity import Identity
-from node_agent.portal_protocol import (
+from node_agent.portal.census import choose_cells, grid_uids
+from node_agent.portal.errors import CredentialError, PayloadError, SignedBodyError
+from node_agent.portal.outbox import Outbox
+from node_agent.portal.project_config import parse_project_config
+from node_agent.portal.revocations import parse_revocation_list, revocation_list_value, revocations_key
+from node_agent.portal.schemas import (
     MAX_METRICS_PER_BODY,
-    NODE_HEADER,
-    SIGNATURE_HEADER,
-    CredentialError,
-    PayloadError,
-    SignedBodyError,
-    issue_credential,
-    parse_project_config,
-    parse_revocation_list,
-    peek_credential,
-    revocation_list_value,
-    revocations_key,
-    sign_body,
+    Heartbeat,
+    HeartbeatBody,
+    JoinBody,
+    JoinRequest,
+    MetricPoint,
+    MetricsBody,
+    MetricsReport,
+    PeerActivity,
+    RenewBody,
+    RenewRequest,
     validate_heartbeat,
     validate_join,
     validate_metrics,
-    verify_body,
-    verify_credential,
 )
-from node_agent.telemetry import Backoff, Outbox
+from node_agent.portal.signed_body import NODE_HEADER, SIGNATURE_HEADER, sign_body, verify_body
+from node_agent.portal.tokens import issue_credential, peek_credential, verify_credential
 
 PORTAL = Identity.generate()
 NODE = Identity.generate()
@@ -229,6 +231,33 @@ def test_a_signed_heartbeat_survives_the_json_round_trip() -> None:
     _, received = verify_body(raw, headers, now=NOW)
     assert validate_heartbeat(received).requests == 10
     assert json.loads(raw)["role"] == "server"
+
+
+def test_every_request_struct_is_its_body_struct_plus_the_signed_stamp() -> None:
+    """One definition per format: what the agent builds and the portal decodes differ by ts/nonce only."""
+    pairs = [(HeartbeatBody, Heartbeat), (MetricsBody, MetricsReport), (JoinBody, JoinRequest)]
+    pairs.append((RenewBody, RenewRequest))
+    for body, request in pairs:
+        assert issubclass(request, body)
+        assert set(request.__struct_fields__) == {*body.__struct_fields__, "ts", "nonce"}
+
+
+def test_bodies_built_from_the_structs_pass_the_portal_checks() -> None:
+    stats = {k: v for k, v in heartbeat_body().items() if k not in ("ts", "nonce", "peers")}
+    heartbeat = HeartbeatBody(**stats, peers=[PeerActivity(node_id=PORTAL.node_id.hex(), requests=3)])
+    raw, headers = sign_body(NODE, heartbeat, NOW)
+    _, received = verify_body(raw, headers, now=NOW)
+    decoded = validate_heartbeat(received)
+    assert decoded.peers == heartbeat.peers and decoded.credential == heartbeat.credential
+    point = MetricPoint(
+        step=3, loss=0.5, accuracy=0.9, samples_per_s=1.0, experts_answered=2, experts_failed=0, timestamp=NOW
+    )
+    metrics = MetricsBody(credential=token(), node_id=NODE.node_id.hex(), metrics=[point])
+    raw, headers = sign_body(NODE, metrics, NOW, nonce="cd" * 16)
+    _, received = verify_body(raw, headers, now=NOW)
+    assert validate_metrics(received).metrics == [point] and received["nonce"] == "cd" * 16
+    raw, headers = sign_body(NODE, JoinBody(code="CODE-1", agent_version="1", platform="p"), NOW)
+    assert validate_join(verify_body(raw, headers, now=NOW)[1]).code == "CODE-1"
 
 
 # ---- revocation list and config -------------------------------------------------------------------------

@@ -13,19 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node_agent.identity import Identity
-from node_agent.portal_protocol import (
+from node_agent.portal.errors import PayloadError, SignedBodyError
+from node_agent.portal.schemas import (
     MAX_COUNTER,
     MAX_SMALL_COUNT,
-    PayloadError,
-    SignedBodyError,
-    json_loads_bounded,
-    sign_raw_body,
     validate_heartbeat,
     validate_join,
     validate_metrics,
     validate_renew,
-    verify_body,
 )
+from node_agent.portal.signed_body import json_loads_bounded, sign_raw_body, verify_body
 
 IDENTITY = Identity.generate()
 NOW = time.time()

@@ -9,46 +9,48 @@ import time
 import pytest
 from local_portal import LocalPortal, free_port
 
+from node_agent.backoff import Backoff
 from node_agent.identity import Identity
-from node_agent.portal_client import PortalClient, PortalRefused, PortalUnreachable
-from node_agent.telemetry import Backoff, TelemetryReporter
+from node_agent.portal.client import PortalClient, PortalRefused, PortalUnreachable
+from node_agent.portal.reporter import TelemetryReporter
+from node_agent.portal.schemas import HeartbeatBody, MetricPoint, PeerActivity
 
 FAST = Backoff(base=0.05, factor=2.0, maximum=0.4)
 
 
 def heartbeat_fields(identity: Identity):
-    def build() -> dict:
-        return {
-            "node_id": identity.node_id.hex(),
-            "endpoint": "127.0.0.1:4000",
-            "agent_version": "0.1.0",
-            "platform": "test",
-            "role": "server",
-            "experts": ["ffn.0.0"],
-            "requests": 1,
-            "samples": 64,
-            "failures": 0,
-            "bytes_in": 10,
-            "bytes_out": 20,
-            "samples_per_s": 1.5,
-            "uptime_s": 2.0,
-            "peers": [],
-        }
+    def build(credential: str) -> HeartbeatBody:
+        return HeartbeatBody(
+            credential=credential,
+            node_id=identity.node_id.hex(),
+            endpoint="127.0.0.1:4000",
+            agent_version="0.1.0",
+            platform="test",
+            role="server",
+            experts=["ffn.0.0"],
+            requests=1,
+            samples=64,
+            failures=0,
+            bytes_in=10,
+            bytes_out=20,
+            samples_per_s=1.5,
+            uptime_s=2.0,
+            peers=[PeerActivity(node_id="ab" * 20, requests=3)],
+        )
 
     return build
 
 
-def point(step: int) -> dict:
-    return {
-        "kind": "train",
-        "step": step,
-        "loss": 1.0 / step,
-        "accuracy": 0.5,
-        "samples_per_s": 10.0,
-        "experts_answered": 4,
-        "experts_failed": 0,
-        "timestamp": time.time(),
-    }
+def point(step: int) -> MetricPoint:
+    return MetricPoint(
+        step=step,
+        loss=1.0 / step,
+        accuracy=0.5,
+        samples_per_s=10.0,
+        experts_answered=4,
+        experts_failed=0,
+        timestamp=time.time(),
+    )
 
 
 async def wait_for(condition, timeout: float = 10.0) -> None:
@@ -91,7 +93,7 @@ async def test_heartbeats_and_metrics_reach_the_portal_signed(local_portal: Loca
 async def test_unreachable_portal_backs_off_then_delivers_queued_metrics(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="node_agent.telemetry")
+    caplog.set_level(logging.WARNING, logger="node_agent.portal.reporter")
     port = free_port()
     portal = LocalPortal(port)
     identity = Identity.generate()

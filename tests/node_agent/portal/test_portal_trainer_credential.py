@@ -9,9 +9,10 @@ from pathlib import Path
 from local_portal import LocalPortal
 
 from node_agent.cli.train import _portal_caller
-from node_agent.credentials import AGENT_STATE_FILE, AgentState, CredentialPolicy, save_agent_state
 from node_agent.dht import DHTNode
 from node_agent.identity import Identity
+from node_agent.portal.gate import CredentialPolicy
+from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
 from node_agent.rtc.admission import Tier
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectionPool

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from local_portal import LocalPortal, free_port
 
-from node_agent.agent import start_trainer_reporting
-from node_agent.credentials import AGENT_STATE_FILE, AgentState, save_agent_state
+from node_agent.backoff import Backoff
 from node_agent.identity import Identity
-from node_agent.telemetry import Backoff
+from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
+from node_agent.portal.trainer_reporting import start_trainer_reporting
 from node_agent.training.metrics import MetricsStream
 from node_agent.training.session import SessionConfig, run_training
 from node_agent.training.trainer import TrainConfig
@@ -38,7 +38,7 @@ def saved_state(portal: LocalPortal, directory: Path) -> tuple[AgentState, Ident
 def test_training_finishes_when_the_portal_goes_away_mid_run(
     local_portal: LocalPortal, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="node_agent.telemetry")
+    caplog.set_level(logging.WARNING, logger="node_agent.portal.reporter")
     state, identity = saved_state(local_portal, tmp_path)
     reporting = start_trainer_reporting(
         state,

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.credentials import CredentialPolicy, fetch_revocations, install_credential_checks
 from node_agent.dht import DHTNode
 from node_agent.dht.endpoints import parse_endpoint
 from node_agent.dht.records import sign_record
 from node_agent.identity import Identity
 from node_agent.moe.announce import announce_experts
-from node_agent.portal_protocol import revocation_list_value, revocations_key
+from node_agent.portal.gate import CredentialPolicy, fetch_revocations, install_credential_checks
+from node_agent.portal.revocations import revocation_list_value, revocations_key
 
 PROJECT = "demo"
 PORTAL = Identity.generate()

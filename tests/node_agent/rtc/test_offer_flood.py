@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from node_agent.credentials import CredentialPolicy
 from node_agent.dht import DHTNode
 from node_agent.dht.api import DHTError
 from node_agent.identity import Identity
-from node_agent.portal_protocol import issue_credential
+from node_agent.portal.gate import CredentialPolicy
+from node_agent.portal.tokens import issue_credential
 from node_agent.rtc.admission import AdmissionLimits
 from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
 from node_agent.rtc.pool import OFFER_RPC, ConnectionPool, ConnectRefusedError

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node_agent.identity import Identity
-from node_agent.portal_protocol import sign_body
+from node_agent.portal.signed_body import sign_body
 
 Post = Callable[[str, bytes, dict[str, str]], tuple[int, dict[str, Any]]]
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from node_agent.identity import Identity
-from node_agent.portal_protocol import sign_body
+from node_agent.portal.signed_body import sign_body
 from projects.models import Project
 from swarm import services
 

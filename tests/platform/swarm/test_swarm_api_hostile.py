@@ -12,7 +12,8 @@ import pytest
 from django.test import Client
 
 from node_agent.identity import Identity
-from node_agent.portal_protocol import MAX_COUNTER, sign_raw_body
+from node_agent.portal.schemas import MAX_COUNTER
+from node_agent.portal.signed_body import sign_raw_body
 from swarm.models import HeartbeatSample, Node, SeenNonce, TrainingMetric
 
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,8 @@ import pytest
 from django.utils import timezone
 
 from node_agent.identity import Identity
-from node_agent.portal_protocol import parse_project_config, verify_credential
+from node_agent.portal.project_config import parse_project_config
+from node_agent.portal.tokens import verify_credential
 from projects.models import Project
 from swarm.keys import portal_public_key
 from swarm.models import IssuedCredential, JoinCode, Node, NodeState, SeenNonce

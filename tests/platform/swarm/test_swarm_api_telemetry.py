@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from node_agent.identity import Identity
-from node_agent.portal_protocol import issue_credential
+from node_agent.portal.tokens import issue_credential
 from swarm.keys import portal_identity
 from swarm.models import HeartbeatSample, Node, NodeState, SeenNonce, TrainingMetric
 
@@ -111,7 +111,7 @@ def test_a_credential_for_another_project_is_refused(
     make_project: Any,
     joined: dict[str, Any],
 ) -> None:
-    from node_agent.portal_protocol import peek_credential
+    from node_agent.portal.tokens import peek_credential
 
     other = make_project(title="Elsewhere")
     real = peek_credential(credential)

@@ -13,7 +13,7 @@ from django.utils import timezone
 from node_agent.dht import DHTNode
 from node_agent.identity import Identity
 from node_agent.moe.announce import announce_experts, register_experts_validator
-from node_agent.portal_protocol import parse_revocation_list, revocations_key
+from node_agent.portal.revocations import parse_revocation_list, revocations_key
 from swarm.keys import portal_identity
 from swarm.models import Alert, Node, NodeState, ProjectSwarm
 from swarm.observer import SwarmObserver, read_announcements

@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from node_agent.credentials import CredentialPolicy, RevocationListValidator
 from node_agent.dht.api import RecordValidator
 from node_agent.dht.validation import UnknownNamespaceValidator
 from node_agent.moe.announce import EXPERTS_NAMESPACE, ExpertsValidator
-from node_agent.portal_protocol import REVOCATIONS_NAMESPACE, ProjectConfig
+from node_agent.portal.gate import CredentialPolicy, RevocationListValidator
+from node_agent.portal.project_config import ProjectConfig
+from node_agent.portal.revocations import REVOCATIONS_NAMESPACE
 
 #: The namespaces of a project's DHT (anything else is refused by project nodes).
 PROJECT_NAMESPACES = (EXPERTS_NAMESPACE, REVOCATIONS_NAMESPACE)

@@ -1,47 +1,32 @@
 """Credential checks inside the DHT: the gate a project's peers apply to expert announcements.
 
-Design brief section 3: the portal signs credentials with its own key and the project's config carries
-the portal's public key, so peers check credentials themselves, offline. Bans are credentials not
-renewed plus a revocation list the portal publishes in the DHT (``revocations:<project>``, plain value,
-stored by a DHT node whose identity IS the portal key, so the record's owner is the portal's node id).
+The portal signs credentials with its own key and the project's config carries the portal's public key, so
+peers check credentials themselves, offline. Bans are credentials not renewed plus a revocation list the
+portal publishes in the DHT (``revocations:<project>``, plain value, stored by a DHT node whose identity IS
+the portal key, so the record's owner is the portal's node id).
 
 * :class:`CredentialPolicy`: pure; the portal key, the project, the current revocation list; checks a
   token for the node that signed a record (:meth:`CredentialPolicy.check`).
 * :class:`RevocationListValidator`: the ``revocations:`` namespace rule (owner must be the portal).
-* :class:`RevocationWatcher`: a background task that re-reads the list and updates the policy.
+* :class:`RevocationWatcher`: a supervised background loop that re-reads the list and updates the policy.
 * :func:`install_credential_checks`: makes a DHT node a gated project's node
-  (:func:`node_agent.project_dht.install_project_validators`).
-* :class:`AgentState` with :func:`save_agent_state` / :func:`load_agent_state`: this node's own
-  credential and project config in its data directory (``agent.json``, mode 0600), so a restarted agent
-  works without a new join code and without the portal.
+  (:func:`node_agent.portal.project_dht.install_project_validators`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import os
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from node_agent.dht.api import DHTError, DHTRecordRefused, DHTValidationError, RecordValidator, RecordView
 from node_agent.identity import node_id_from_public_key
-from node_agent.portal_protocol import (
-    Credential,
-    CredentialError,
-    PayloadError,
-    RevocationList,
-    parse_project_config,
-    parse_revocation_list,
-    peek_credential,
-    revocations_key,
-    verify_credential,
-)
+from node_agent.portal.errors import CredentialError, PayloadError
+from node_agent.portal.revocations import RevocationList, parse_revocation_list, revocations_key
+from node_agent.portal.tokens import Credential, verify_credential
+from node_agent.supervisor import TaskSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +123,8 @@ def _published_at(record: RecordView) -> float:
 
 
 def install_credential_checks(dht: Any, policy: CredentialPolicy) -> None:
-    """Make ``dht`` a gated project's node: the full validator set of :mod:`node_agent.project_dht`."""
-    from node_agent.project_dht import ProjectScope, install_project_validators
+    """Make ``dht`` a gated project's node: the full validator set of :mod:`node_agent.portal.project_dht`."""
+    from node_agent.portal.project_dht import ProjectScope, install_project_validators
 
     install_project_validators(dht, ProjectScope(policy.project, policy.portal_public_key, True), policy)
 
@@ -158,20 +143,35 @@ async def fetch_revocations(dht: Any, policy: CredentialPolicy) -> RevocationLis
 
 
 class RevocationWatcher:
-    """Re-reads the revocation list every ``period`` seconds; a DHT error is logged, never raised."""
+    """Re-reads the revocation list every ``period`` seconds; a DHT error is logged, never raised.
+
+    The loop runs under ``supervisor`` (the agent runtime's: restarted if it dies, the runtime stopped if it
+    keeps dying), or under a supervisor of its own when none is given.
+    """
+
+    LOOP = "revocation-watcher"
 
     def __init__(self, dht: Any, policy: CredentialPolicy, period: float) -> None:
         self.dht = dht
         self.policy = policy
         self.period = period
-        self._task: asyncio.Task[None] | None = None
+        self._supervisor: TaskSupervisor | None = None
+        self._own_supervisor = False
 
     @classmethod
-    async def create(cls, dht: Any, policy: CredentialPolicy, period: float = 60.0) -> RevocationWatcher:
+    async def create(
+        cls,
+        dht: Any,
+        policy: CredentialPolicy,
+        period: float = 60.0,
+        supervisor: TaskSupervisor | None = None,
+    ) -> RevocationWatcher:
         """Fetch once (so the first announcements are already checked against it), then keep watching."""
         watcher = cls(dht, policy, period)
         await watcher.refresh()
-        watcher._task = asyncio.create_task(watcher._loop(), name="revocation-watcher")
+        watcher._own_supervisor = supervisor is None
+        watcher._supervisor = supervisor or TaskSupervisor("revocation watcher")
+        watcher._supervisor.start(cls.LOOP, watcher._loop)
         return watcher
 
     async def refresh(self) -> None:
@@ -193,76 +193,8 @@ class RevocationWatcher:
             await self.refresh()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-
-# ---- this node's own credential on disk -----------------------------------------------------------------
-
-AGENT_STATE_FILE = "agent.json"
-
-
-@dataclass(slots=True)
-class AgentState:
-    """What ``node-agent join`` got from the portal: enough to restart without it."""
-
-    portal_url: str
-    project: str
-    credential: str
-    config: dict[str, Any]
-    node: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def expires_at(self) -> float:
-        return peek_credential(self.credential).expires_at
-
-    def check(self, public_key: bytes) -> None:
-        """Raise ValueError if the saved credential is not the portal's, or not for this node key."""
-        config = parse_project_config(self.config)
-        credential = peek_credential(self.credential)
-        verify_credential(
-            self.credential,
-            portal_public_key=config.portal_key,
-            now=credential.issued_at,  # expiry is the renewer's business, not a reason to refuse the file
-            project=self.project,
-            node_public_key=public_key,
-        )
-
-
-def save_agent_state(path: str | os.PathLike[str], state: AgentState) -> None:
-    """Write atomically with mode 0600 (the credential lets anyone with the node key act as this node)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(asdict(state), handle, indent=2, sort_keys=True)
-    os.replace(temporary, target)
-
-
-def load_agent_state(path: str | os.PathLike[str]) -> AgentState:
-    """Read ``agent.json``; ValueError with the reason if it is missing fields or unreadable."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist: run `node-agent join <portal-url> <code>` first") from None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    try:
-        state = AgentState(
-            portal_url=str(data["portal_url"]),
-            project=str(data["project"]),
-            credential=str(data["credential"]),
-            config=dict(data["config"]),
-            node=dict(data.get("node") or {}),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path} lacks a field: {exc}") from None
-    return state
+        if self._supervisor is not None:
+            await self._supervisor.stop(self.LOOP)
+            if self._own_supervisor:
+                await self._supervisor.close()
+        self._supervisor = None

@@ -7,7 +7,7 @@ expert batching) never waits on the portal. Every failure is one of two errors:
 * :class:`PortalRefused`: the portal answered 4xx with ``{"error": code, "detail": text}``: the request
   itself is wrong (expired code, banned node, ...); ``retry_after`` is set for 429.
 
-Endpoints (``node_agent.portal_protocol`` holds the body formats): ``GET /api/v1/projects/<slug>/config``,
+Endpoints (:mod:`node_agent.portal.schemas` holds the body formats): ``GET /api/v1/projects/<slug>/config``,
 ``POST /api/v1/agent/{join,renew,heartbeat,metrics}`` (bodies signed with the node key).
 """
 
@@ -23,15 +23,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from node_agent.identity import Identity
-from node_agent.portal_protocol import API_PREFIX, sign_body
+import msgspec
 
-__all__ = ["PortalClient", "PortalError", "PortalRefused", "PortalReply", "PortalUnreachable"]
+from node_agent.identity import Identity
+from node_agent.portal.schemas import API_PREFIX, HeartbeatBody, JoinBody, MetricsBody, RenewBody
+from node_agent.portal.signed_body import sign_body
+
+__all__ = [
+    "FATAL_REFUSALS",
+    "PortalClient",
+    "PortalError",
+    "PortalRefused",
+    "PortalReply",
+    "PortalUnreachable",
+    "normalise_portal_url",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Largest reply read from the portal (a project config or a credential is a few KiB).
 MAX_REPLY_BYTES = 1024 * 1024
+#: Portal error codes after which this node must stop (the owner or an admin banned it).
+FATAL_REFUSALS = frozenset({"banned", "node_banned", "user_banned", "revoked", "credential_revoked"})
 
 
 class PortalError(Exception):
@@ -51,6 +64,11 @@ class PortalRefused(PortalError):
         self.code = code
         self.detail = detail
         self.retry_after = retry_after
+
+    @property
+    def fatal(self) -> bool:
+        """The node is banned or its credential revoked: it must stop, not retry."""
+        return self.code in FATAL_REFUSALS
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +104,7 @@ class PortalClient:
 
     def join(self, identity: Identity, code: str, agent_version: str, platform: str) -> PortalReply:
         """201 with a credential, or 202 ``{"status": "pending_approval"}`` (poll with the same code)."""
-        body = {"code": code, "agent_version": agent_version, "platform": platform}
+        body = JoinBody(code=code, agent_version=agent_version, platform=platform)
         return self.post_signed("agent/join", identity, body)
 
     def join_until_approved(
@@ -128,17 +146,18 @@ class PortalClient:
             sleep(poll_interval)
 
     def renew(self, identity: Identity, credential: str) -> PortalReply:
-        return self.post_signed("agent/renew", identity, {"credential": credential})
+        return self.post_signed("agent/renew", identity, RenewBody(credential=credential))
 
-    def heartbeat(self, identity: Identity, body: Mapping[str, Any]) -> PortalReply:
+    def heartbeat(self, identity: Identity, body: HeartbeatBody) -> PortalReply:
         return self.post_signed("agent/heartbeat", identity, body)
 
-    def metrics(self, identity: Identity, body: Mapping[str, Any]) -> PortalReply:
+    def metrics(self, identity: Identity, body: MetricsBody) -> PortalReply:
         return self.post_signed("agent/metrics", identity, body)
 
     # ---- transport ---------------------------------------------------------------------------------------
 
-    def post_signed(self, endpoint: str, identity: Identity, body: Mapping[str, Any]) -> PortalReply:
+    def post_signed(self, endpoint: str, identity: Identity, body: msgspec.Struct) -> PortalReply:
+        """Sign ``body`` (a body struct of :mod:`node_agent.portal.schemas`) with ``ts`` from our clock."""
         raw, headers = sign_body(identity, body, self.clock())
         return self.request("POST", f"{API_PREFIX}{endpoint}", raw, headers)
 

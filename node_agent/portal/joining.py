@@ -1,0 +1,102 @@
+"""Joining a project: a one-time code traded for a credential and the project config, or the saved ones.
+
+The result (:class:`~node_agent.portal.state.AgentState`) is saved in the data directory, so a restart works
+with the portal down.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from node_agent import __version__
+from node_agent.identity import Identity
+from node_agent.portal.client import (
+    PortalClient,
+    PortalError,
+    PortalRefused,
+    normalise_portal_url,
+)
+from node_agent.portal.errors import ProtocolError
+from node_agent.portal.project_config import parse_project_config
+from node_agent.portal.state import AgentState, load_agent_state, save_agent_state
+
+__all__ = ["AgentSetupError", "agent_platform", "obtain_agent_state"]
+
+logger = logging.getLogger(__name__)
+
+
+def agent_platform() -> str:
+    """``Linux-6.1-x86_64 / CPython 3.11.7``, as heartbeats and join requests report it."""
+    text = f"{platform.system()}-{platform.release()}-{platform.machine()} / "
+    text += f"{platform.python_implementation()} {platform.python_version()}"
+    return text[:128]
+
+
+class AgentSetupError(Exception):
+    """The agent cannot start (join refused, no saved credential, wrong portal); the message says why."""
+
+
+def obtain_agent_state(
+    portal_url: str,
+    code: str | None,
+    identity: Identity,
+    state_path: Path,
+    *,
+    approval_timeout: float = 3600.0,
+    portal_timeout: float = 10.0,
+    say: Callable[[str], None] = print,
+) -> AgentState:
+    """Join with ``code`` (saving the result at ``state_path``) or load the saved state and refresh its
+    project config from the portal when it answers (a restart works with the portal down)."""
+    client = PortalClient(portal_url, timeout=portal_timeout)
+    if code:
+        say(f"joining {client.base_url} as node {identity.node_id.hex()} ...")
+        try:
+            reply = client.join_until_approved(
+                identity,
+                code,
+                __version__,
+                agent_platform(),
+                max_wait=approval_timeout,
+                on_pending=lambda: say("waiting for the project owner to approve this node ..."),
+            )
+            config = parse_project_config(reply.get("config"))
+            state = AgentState(
+                portal_url=client.base_url,
+                project=config.project,
+                credential=reply["credential"],
+                config=dict(reply["config"]),
+                node=dict(reply.get("node") or {}),
+            )
+            state.check(identity.public_key_bytes)
+        except PortalRefused as exc:
+            raise AgentSetupError(
+                f"the portal refused the join code: {exc.code} {exc.detail}".strip()
+            ) from exc
+        except (PortalError, ProtocolError, KeyError, TypeError) as exc:
+            raise AgentSetupError(f"could not join: {exc}") from exc
+        save_agent_state(state_path, state)
+        return state
+    try:
+        state = load_agent_state(state_path)
+        state.check(identity.public_key_bytes)
+    except ValueError as exc:
+        raise AgentSetupError(str(exc)) from exc
+    if normalise_portal_url(portal_url) != state.portal_url:
+        raise AgentSetupError(f"{state_path} belongs to {state.portal_url}; join {portal_url} with a code")
+    try:
+        fresh = client.project_config(state.project)
+        parse_project_config(fresh)
+    except (PortalError, ProtocolError) as exc:
+        logger.warning("using the saved project config: %s", exc)
+        say("portal unreachable; starting with the saved project config")
+    else:
+        state.config = fresh
+        save_agent_state(state_path, state)
+    if state.expires_at <= time.time():
+        say("the saved credential has expired; it will be renewed when the portal answers")
+    return state

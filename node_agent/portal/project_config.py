@@ -1,0 +1,73 @@
+"""The project config: what ``GET /api/v1/projects/<slug>/config`` returns and the agent saves.
+
+Unknown extra fields are ignored (the portal may add more). Pure: no sockets, clocks, torch or Django.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from node_agent.portal.errors import convert
+
+__all__ = [
+    "AgentSpec",
+    "ExpertSpec",
+    "ProjectConfig",
+    "TrainingSpec",
+    "parse_project_config",
+    "project_config_to_dict",
+]
+
+
+class ExpertSpec(msgspec.Struct, frozen=True):
+    hidden_dim: Annotated[int, msgspec.Meta(ge=1, le=65536)]
+    grid: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1, le=4096)]], msgspec.Meta(min_length=1, max_length=8)
+    ]
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")]
+    expert_class: str = msgspec.field(name="class", default="ffn")
+
+
+class TrainingSpec(msgspec.Struct, frozen=True):
+    dataset: str = "digits"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+
+
+class AgentSpec(msgspec.Struct, frozen=True):
+    version: str = ""
+    wheel_url: str = ""
+    sha256: str = ""
+
+
+class ProjectConfig(msgspec.Struct, frozen=True):
+    """DHT prefix, bootstrap peers (``host:port/id``), expert grid, hyperparameters, portal key, wheel."""
+
+    project: str
+    portal_public_key: Annotated[
+        str, msgspec.Meta(pattern="^[0-9a-f]{64}$", description="the portal's Ed25519 public key, hex")
+    ]
+    expert: ExpertSpec
+    title: str = ""
+    status: str = "active"
+    dht_prefix: str = ""
+    bootstrap_peers: list[str] = msgspec.field(default_factory=list)
+    gated: bool = False
+    approval_required: bool = False
+    training: TrainingSpec = msgspec.field(default_factory=TrainingSpec)
+    agent: AgentSpec = msgspec.field(default_factory=AgentSpec)
+
+    @property
+    def portal_key(self) -> bytes:
+        return bytes.fromhex(self.portal_public_key)
+
+
+def parse_project_config(data: object) -> ProjectConfig:
+    return convert(data, ProjectConfig, "project config")
+
+
+def project_config_to_dict(config: ProjectConfig) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    return data

@@ -1,0 +1,241 @@
+"""The runtime behind ``node-agent join``: a volunteer's node serving a portal project's experts.
+
+From a saved :class:`~node_agent.portal.state.AgentState` (credential + project config) it joins the
+project's DHT through the config's bootstrap peers, picks the grid cells with the fewest live replicas
+(:mod:`node_agent.portal.census`), hosts those experts, announces them with the credential, heartbeats to
+the portal, renews the credential (:mod:`node_agent.portal.renewal`) and, in a gated project, refuses other
+nodes' uncredentialed announcements. The portal is never on the serving path: when it is down the node
+keeps serving, and telemetry and renewal retry with backoff. Its background loops run under one
+:class:`~node_agent.supervisor.TaskSupervisor`: a loop that keeps dying stops the runtime loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node_agent import __version__
+from node_agent.identity import Identity
+from node_agent.portal.census import choose_cells, count_live_replicas
+from node_agent.portal.client import PortalClient, PortalRefused
+from node_agent.portal.gate import CredentialPolicy, RevocationWatcher
+from node_agent.portal.joining import agent_platform
+from node_agent.portal.project_config import ProjectConfig, parse_project_config
+from node_agent.portal.project_dht import ProjectScope, project_validators
+from node_agent.portal.renewal import CredentialRenewer
+from node_agent.portal.reporter import TelemetryReporter
+from node_agent.portal.schemas import HeartbeatBody, PeerActivity
+from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
+from node_agent.supervisor import TaskSupervisor
+
+__all__ = ["AgentOptions", "AgentRuntime"]
+
+RENEWAL_LOOP = "credential-renewal"
+
+
+@dataclass(slots=True)
+class AgentOptions:
+    data_dir: Path
+    listen: str = "0.0.0.0:0"
+    num_experts: int = 4
+    experts: str | None = None  # an explicit uid pattern instead of the census
+    heartbeat_period: float = 30.0
+    revocation_period: float = 60.0
+    announce_ttl: float = 60.0
+    announce_period: float = 20.0
+    max_batch_size: int = 4096
+    rtc_loopback: bool = False
+    rtc_loopback_only: bool = False
+    seed: int | None = None
+
+
+class AgentRuntime:
+    """DHT node + expert server + telemetry + credential renewal for one joined project."""
+
+    def __init__(
+        self,
+        client: PortalClient,
+        identity: Identity,
+        state: AgentState,
+        options: AgentOptions,
+        say: Callable[[str], None],
+    ) -> None:
+        self.client = client
+        self.identity = identity
+        self.state = state
+        self.options = options
+        self.say = say
+        self.config: ProjectConfig = parse_project_config(state.config)
+        self.started = time.monotonic()
+        self.stopped = asyncio.Event()
+        self.stop_reason = ""
+        self.dht: Any = None
+        self.server: Any = None
+        self.policy: CredentialPolicy | None = None
+        self.watcher: RevocationWatcher | None = None
+        self.telemetry: TelemetryReporter | None = None
+        self.supervisor = TaskSupervisor("agent runtime", on_fatal=self.stop)
+        self.renewer = CredentialRenewer(
+            client, identity, lambda: self.state.credential, self.install_credential, self.stop, say
+        )
+        self._last_rate = (0, time.monotonic())
+
+    @classmethod
+    async def create(
+        cls,
+        client: PortalClient,
+        identity: Identity,
+        state: AgentState,
+        options: AgentOptions,
+        say: Callable[[str], None] = print,
+    ) -> AgentRuntime:
+        """Join the DHT, start serving and reporting; on any failure, undo what was started and raise."""
+        runtime = cls(client, identity, state, options, say)
+        try:
+            await runtime._start()
+        except BaseException:
+            await runtime.shutdown()
+            raise
+        return runtime
+
+    async def _start(self) -> None:
+        from node_agent.dht import DHTNode
+        from node_agent.moe.server.backend import OptimizerConfig, create_backends
+        from node_agent.moe.server.server import ExpertServer, ServerOptions
+        from node_agent.moe.uids import expand_patterns
+        from node_agent.rtc.config import RTCOptions
+
+        config = self.config
+        policy = CredentialPolicy(config.project, config.portal_key)
+        self.dht = await DHTNode.create(
+            initial_peers=list(config.bootstrap_peers),
+            listen=self.options.listen,
+            identity=self.identity,
+            validators=project_validators(ProjectScope.from_config(config), policy),
+        )
+        if config.gated:
+            self.policy = policy
+            self.watcher = await RevocationWatcher.create(
+                self.dht, self.policy, self.options.revocation_period, supervisor=self.supervisor
+            )
+        if self.options.experts:
+            uids = expand_patterns(self.options.experts)
+        else:
+            live = await count_live_replicas(self.dht, config.expert.prefix, list(config.expert.grid))
+            uids = choose_cells(
+                config.expert.prefix, config.expert.grid, live, self.options.num_experts, random.Random()
+            )
+        if self.state.expires_at <= time.time() + 60:
+            await self.renewer.renew_once()
+        optimizer = OptimizerConfig(
+            name=config.training.optimizer if config.training.optimizer in ("adam", "sgd") else "adam",
+            lr=config.training.learning_rate,
+        )
+        backends = create_backends(
+            uids, config.expert.expert_class, config.expert.hidden_dim, optimizer, seed=self.options.seed
+        )
+        if self.options.rtc_loopback_only:
+            rtc = RTCOptions.for_loopback()
+        else:
+            rtc = RTCOptions(loopback=self.options.rtc_loopback)
+        server_options = ServerOptions(
+            max_batch_size=self.options.max_batch_size,
+            announce_ttl=self.options.announce_ttl,
+            announce_period=self.options.announce_period,
+            checkpoint_dir=str(self.options.data_dir / "experts" / config.project),
+        )
+        self.server = await ExpertServer.create(
+            self.dht,
+            backends,
+            server_options,
+            rtc,
+            credential=self.state.credential,
+            credentials=self.policy,
+            on_fatal=self.stop,
+        )
+        self.say(
+            f"serving {len(uids)} {config.expert.expert_class} expert(s) of project {config.project}: "
+            f"{', '.join(uids)} (DHT endpoint {self.dht.endpoint})"
+        )
+        self.telemetry = await TelemetryReporter.create(
+            self.client,
+            self.identity,
+            lambda: self.state.credential,
+            self.heartbeat_body,
+            heartbeat_period=self.options.heartbeat_period,
+            on_status=lambda ok, message: self.say(message),
+            on_refused=self._on_refused,
+            supervisor=self.supervisor,
+        )
+        self.supervisor.start(RENEWAL_LOOP, self.renewer.run)
+
+    # ---- telemetry -----------------------------------------------------------------------------------
+
+    def heartbeat_body(self, credential: str) -> HeartbeatBody:
+        server = self.server
+        samples = server.runtime.samples
+        now = time.monotonic()
+        last_samples, last_time = self._last_rate
+        rate = max(0.0, (samples - last_samples) / max(now - last_time, 1e-6))
+        self._last_rate = (samples, now)
+        links = server.pool.links if server.pool is not None else []
+        return HeartbeatBody(
+            credential=credential,
+            node_id=self.identity.node_id.hex(),
+            endpoint=self.dht.endpoint,
+            agent_version=__version__,
+            platform=agent_platform(),
+            role="server",
+            experts=sorted(server.backends),
+            requests=server.requests,
+            samples=samples,
+            failures=server.failures,
+            bytes_in=server.bytes_in,
+            bytes_out=server.bytes_out,
+            samples_per_s=round(rate, 3),
+            uptime_s=round(now - self.started, 1),
+            # Connected peers; the pool does not attribute requests to peers, so the count is 0 (unknown).
+            peers=[PeerActivity(node_id=link.node_id.hex(), requests=0) for link in links][:256],
+        )
+
+    def _on_refused(self, error: PortalRefused) -> None:
+        if error.fatal:
+            self.stop(f"the portal refused this node: {error.code} {error.detail}".strip())
+        elif error.status == 401 or "credential" in error.code:
+            self.renewer.renew_now()
+
+    # ---- credential ----------------------------------------------------------------------------------
+
+    def install_credential(self, token: str) -> None:
+        """Adopt a renewed credential: saved to disk, used by the next announcement and heartbeat."""
+        self.state.credential = token
+        save_agent_state(self.options.data_dir / AGENT_STATE_FILE, self.state)
+        if self.server is not None:
+            self.server.set_credential(token)
+        expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.state.expires_at))
+        self.say(f"credential renewed, valid until {expires}")
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+
+    def stop(self, reason: str = "") -> None:
+        if reason and not self.stop_reason:
+            self.stop_reason = reason
+            self.say(reason)
+        self.stopped.set()
+
+    async def shutdown(self) -> None:
+        """Stop reporting, withdraw announcements (via the server), leave the DHT."""
+        if self.telemetry is not None:
+            await self.telemetry.stop(flush_timeout=0.0)
+        await self.supervisor.close()
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self.server is not None:
+            await self.server.shutdown()
+        if self.dht is not None:
+            await self.dht.shutdown()

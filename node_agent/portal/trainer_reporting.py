@@ -1,0 +1,164 @@
+"""A trainer's reporting: its metrics events and heartbeats to the portal, from synchronous training code.
+
+:class:`PortalMetricsSink` is one more ``MetricsStream`` sink (it only appends to the outbox);
+:class:`TrainerCounters` keeps the totals the trainer's heartbeat reports; :func:`start_trainer_reporting`
+runs the reporter on its own loop thread, so training never waits on the portal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from node_agent import __version__
+from node_agent.backoff import Backoff
+from node_agent.identity import Identity
+from node_agent.portal.client import PortalClient
+from node_agent.portal.joining import agent_platform
+from node_agent.portal.outbox import Outbox
+from node_agent.portal.reporter import BackgroundTelemetry
+from node_agent.portal.schemas import HeartbeatBody, MetricPoint, PeerActivity
+from node_agent.portal.state import AgentState
+
+__all__ = [
+    "PortalMetricsSink",
+    "TrainerCounters",
+    "TrainerReporting",
+    "metric_point",
+    "start_trainer_reporting",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def metric_point(event: Any) -> MetricPoint | None:
+    """A ``MetricsEvent`` as the portal's metrics body wants it; None if it holds non-finite numbers."""
+    point = MetricPoint(
+        kind=event.kind,
+        step=int(event.step),
+        loss=float(event.loss),
+        accuracy=min(1.0, max(0.0, float(event.accuracy))),
+        samples_per_s=max(0.0, float(event.samples_per_s)),
+        experts_answered=int(event.experts_answered),
+        experts_failed=int(event.experts_failed),
+        timestamp=float(event.timestamp),
+    )
+    if not all(math.isfinite(x) for x in (point.loss, point.samples_per_s, point.timestamp)):
+        return None
+    return point
+
+
+class TrainerCounters:
+    """Totals a trainer's heartbeat reports, updated from its metrics events (any thread)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.started = time.monotonic()
+        self.steps = 0
+        self.samples_per_s = 0.0
+        self.answered = 0
+        self.failed = 0
+        #: Set once the trainer's ExpertCaller exists: calls per expert server since the last heartbeat.
+        self.peer_requests: Callable[[], dict[bytes, int]] | None = None
+
+    def take_peers(self, limit: int = 256) -> list[PeerActivity]:
+        """The busiest expert servers since the last heartbeat, as the heartbeat's `peers` field."""
+        counts = self.peer_requests() if self.peer_requests is not None else {}
+        busiest = sorted(counts.items(), key=lambda item: item[1], reverse=True)[:limit]
+        return [PeerActivity(node_id=node_id.hex(), requests=requests) for node_id, requests in busiest]
+
+    @property
+    def samples(self) -> int:
+        return self.steps * self.batch_size
+
+    def observe(self, event: Any) -> None:
+        self.answered += max(0, int(event.experts_answered))
+        self.failed += max(0, int(event.experts_failed))
+        if event.kind == "train":
+            self.steps = max(self.steps, int(event.step))
+            if math.isfinite(event.samples_per_s):
+                self.samples_per_s = max(0.0, float(event.samples_per_s))
+
+
+class PortalMetricsSink:
+    """A ``MetricsStream`` sink: queues each event for the portal; never blocks or raises into training."""
+
+    def __init__(self, outbox: Outbox[MetricPoint], counters: TrainerCounters | None = None) -> None:
+        self.outbox = outbox
+        self.counters = counters
+        self.skipped = 0
+
+    def __call__(self, event: Any) -> None:
+        if self.counters is not None:
+            self.counters.observe(event)
+        point = metric_point(event)
+        if point is None:
+            self.skipped += 1
+            logger.debug("not reporting step %s: non-finite metrics", getattr(event, "step", "?"))
+            return
+        self.outbox.put(point)
+
+
+@dataclass(slots=True)
+class TrainerReporting:
+    """Subscribe ``sink`` to the trainer's ``MetricsStream``; ``stop()`` after training (short flush)."""
+
+    telemetry: BackgroundTelemetry
+    sink: PortalMetricsSink
+    counters: TrainerCounters
+    state: AgentState
+
+    def stop(self, flush_timeout: float = 3.0) -> None:
+        self.telemetry.stop(flush_timeout)
+
+
+def start_trainer_reporting(
+    state: AgentState,
+    identity: Identity,
+    *,
+    batch_size: int,
+    heartbeat_period: float = 30.0,
+    metrics_period: float = 5.0,
+    portal_timeout: float = 10.0,
+    backoff: Backoff | None = None,
+    say: Callable[[str], None] = print,
+) -> TrainerReporting:
+    """Start a background reporter for a trainer: never blocks the training loop, whatever the portal does."""
+    client = PortalClient(state.portal_url, timeout=portal_timeout)
+    counters = TrainerCounters(batch_size)
+
+    def heartbeat(credential: str) -> HeartbeatBody:
+        return HeartbeatBody(
+            credential=credential,
+            node_id=identity.node_id.hex(),
+            endpoint="0.0.0.0:0",  # a trainer is a DHT client: nobody dials it
+            agent_version=__version__,
+            platform=agent_platform(),
+            role="trainer",
+            experts=[],
+            requests=counters.answered + counters.failed,
+            samples=counters.samples,
+            failures=counters.failed,
+            bytes_in=0,
+            bytes_out=0,
+            samples_per_s=round(counters.samples_per_s, 3),
+            uptime_s=round(time.monotonic() - counters.started, 1),
+            peers=counters.take_peers(),
+        )
+
+    telemetry = BackgroundTelemetry(
+        client=client,
+        identity=identity,
+        credential=lambda: state.credential,
+        heartbeat=heartbeat,
+        heartbeat_period=heartbeat_period,
+        metrics_period=metrics_period,
+        backoff=backoff,
+        on_status=lambda ok, message: say(message),
+    )
+    telemetry.start()
+    return TrainerReporting(telemetry, PortalMetricsSink(telemetry.outbox, counters), counters, state)

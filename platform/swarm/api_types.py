@@ -1,0 +1,86 @@
+"""The shapes of the read-only swarm answers (`/api/v1/projects/<slug>/swarm` and `/nodes`).
+
+The selectors build these and the OpenAPI components are generated from them (`swarm.openapi`), so the
+documented answer is the one served. Times are ISO 8601 strings; ages are seconds.
+"""
+
+from __future__ import annotations
+
+from typing import NotRequired, TypedDict
+
+
+class Page(TypedDict):
+    offset: int
+    limit: int
+    count: int
+    more: bool
+
+
+class NodeRow(TypedDict):
+    """A node; `endpoint` (the volunteer's IP address) and `platform` only for its volunteer and staff."""
+
+    node_id: str
+    state: str
+    state_changed_at: str | None
+    state_reason: str
+    role: str
+    agent_version: str
+    experts: list[str]
+    announced_experts: list[str]
+    requests: int
+    samples: int
+    failures: int
+    bytes_in: int
+    bytes_out: int
+    samples_per_s: float
+    last_heartbeat_at: str | None
+    heartbeat_age_s: float | None
+    last_seen_in_dht_at: str | None
+    endpoint: NotRequired[str]
+    platform: NotRequired[str]
+
+
+class NodesPage(TypedDict):
+    nodes: list[NodeRow]
+    nodes_page: Page
+    node_states: dict[str, int]
+
+
+class NodesReply(NodesPage):
+    """`GET /api/v1/projects/<slug>/nodes`."""
+
+    project: str
+    generated_at: str
+
+
+class CoverageSummary(TypedDict):
+    """Counts, one page of covered cells (uid -> live replicas) and one page of holes (uids)."""
+
+    total: int
+    covered: int
+    holes: int
+    cells: dict[str, int]
+    cells_page: Page
+    hole_uids: list[str]
+    holes_page: Page
+
+
+class RecentMetric(TypedDict):
+    step: int
+    loss: float
+    accuracy: float
+    samples_per_s: float
+    timestamp: str
+
+
+class SwarmState(NodesPage):
+    """`GET /api/v1/projects/<slug>/swarm`."""
+
+    project: str
+    generated_at: str
+    observed_at: str | None
+    observation_age_s: float | None
+    observation_error: str
+    coverage: CoverageSummary
+    metrics: list[RecentMetric]
+    metrics_age_s: float | None
