@@ -1,5 +1,9 @@
 """Kademlia routing table: k-buckets with splitting, LRU eviction by ping, IP-prefix caps (pure, no I/O).
 
+A contact that stops answering becomes *stale* (its ``failures`` count) but stays in its bucket until a live,
+proven candidate can take its place: a node whose peers were busy for a few seconds must not forget them
+all and be left with an empty table (the usual Kademlia rule, e.g. BitTorrent's BEP 5 "bad" nodes).
+
 Only *verified* contacts enter the table: they answered, from that address, a request we sent there. A
 signed request alone proves nothing about the address (it may be a capture replayed from elsewhere inside the
 clock-skew window), so an unknown id is added, and a known id moved to a new address, only after it answers a
@@ -141,7 +145,8 @@ class RoutingTable:
         id VERIFY with the would-be contact (ping it there and call again with ``address_proven=True`` if it
         answers) when its bucket has room or can split; a full bucket ignores it (no ping per stranger).
         PING_OLDEST (proven newcomers only) returns the contact to ping; the newcomer is kept as a
-        replacement and enters when :meth:`mark_failed` evicts the old one.
+        replacement and enters when :meth:`mark_failed` evicts the old one. A proven newcomer for a full
+        bucket that holds a contact with failed requests takes that contact's place at once (ADDED).
         """
         if node_id == self.own_id or len(node_id) != ID_BYTES:
             return AddResult.REJECTED, None
@@ -173,6 +178,9 @@ class RoutingTable:
         if bucket.covers(self.own_id) and bucket.hi - bucket.lo > 1:
             self._split(bucket)
             return self.observe(node_id, host, port, now, address_proven)
+        failing = max(bucket.contacts.values(), key=lambda c: c.failures)
+        if failing.failures > 0 and self._replace(bucket, failing, contact):
+            return AddResult.ADDED, contact
         bucket.replacements[node_id] = contact
         bucket.replacements.move_to_end(node_id)
         while len(bucket.replacements) > self.bucket_size:
@@ -181,7 +189,12 @@ class RoutingTable:
         return AddResult.PING_OLDEST, oldest
 
     def mark_failed(self, node_id: bytes, max_failures: int = 1) -> bool:
-        """Count a timeout; after ``max_failures`` the contact is evicted and a replacement promoted."""
+        """Count a timeout; True if the contact was replaced.
+
+        After ``max_failures`` timeouts in a row the contact is stale and gives way to the most recently seen
+        replacement, if one exists (and fits the prefix caps); without one it stays, so a slow moment never
+        empties a bucket. Any answer resets the count (:meth:`observe`).
+        """
         bucket = self.bucket_for(node_id)
         contact = bucket.contacts.get(node_id)
         if contact is None:
@@ -190,15 +203,29 @@ class RoutingTable:
         contact.failures += 1
         if contact.failures < max_failures:
             return False
-        del bucket.contacts[node_id]
-        self._forget_prefix(contact.host)
         while bucket.replacements:
             _, replacement = bucket.replacements.popitem(last=True)  # most recently seen first
-            if self._prefix_allowed(bucket, replacement.host):
-                bucket.contacts[replacement.node_id] = replacement
-                self._count_prefix(replacement.host)
-                break
-        return True
+            if self._replace(bucket, contact, replacement):
+                return True
+        return False
+
+    def _replace(self, bucket: KBucket, old: Contact, new: Contact) -> bool:
+        """Put ``new`` in ``old``'s place if the prefix caps allow it without ``old``."""
+        del bucket.contacts[old.node_id]
+        self._forget_prefix(old.host)
+        if self._prefix_allowed(bucket, new.host):
+            bucket.replacements.pop(new.node_id, None)
+            bucket.contacts[new.node_id] = new
+            self._count_prefix(new.host)
+            return True
+        bucket.contacts[old.node_id] = old  # back where it was: the least recently seen end
+        bucket.contacts.move_to_end(old.node_id, last=False)
+        self._count_prefix(old.host)
+        return False
+
+    def has_live(self, max_failures: int) -> bool:
+        """Whether any contact has fewer than ``max_failures`` failed requests in a row."""
+        return any(c.failures < max_failures for b in self.buckets for c in b.contacts.values())
 
     def nearest(self, target: bytes, count: int, exclude: bytes | None = None) -> list[Contact]:
         contacts = [c for b in self.buckets for c in b.contacts.values() if c.node_id != exclude]
