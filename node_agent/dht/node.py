@@ -398,7 +398,7 @@ class DHTNode:
     ) -> tuple[LookupState, Merged, set[bytes]]:
         """A lookup that rejoins through the initial peers first when no contact is live, and once more
         (then looks up again) when nobody answered: a node cut off for a while recovers by itself."""
-        if not self.core.routing.has_live(self.config.max_failures):
+        if not self.core.routing.has_live():
             await self._rejoin()
         result = await self._lookup_once(target, beam, key, stop_on_value)
         if not result[0].closest_responded(1) and await self._rejoin():
@@ -410,7 +410,9 @@ class DHTNode:
     ) -> tuple[LookupState, Merged, set[bytes]]:
         """Iterative parallel lookup; returns the state, records found (if ``key``) and who had them."""
         state = LookupState(target, beam, self.config.alpha, self.node_id)
-        for contact in self.core.routing.nearest(target, max(beam, self.config.bucket_size)):
+        width = max(beam, self.config.bucket_size)
+        routing = self.core.routing  # stale contacts are tried only when no live one is left
+        for contact in routing.nearest(target, width) or routing.nearest(target, width, include_stale=True):
             state.add(contact.node_id, contact.address)
         self.core.routing.touch(target, time.time())
         merged: Merged = {}
@@ -647,7 +649,7 @@ class DHTNode:
     async def _maintenance_round(self) -> None:
         now = time.time()
         self.core.store.expire(now)
-        if not self.core.routing.has_live(self.config.max_failures):
+        if not self.core.routing.has_live():
             await self._rejoin()
         for bucket in self.core.routing.stale_buckets(now, self.config.refresh_interval):
             offset = int.from_bytes(os.urandom(ID_BYTES), "big") % (bucket.hi - bucket.lo)

@@ -96,6 +96,7 @@ class ProtocolCore:
             config.max_per_prefix_bucket,
             config.max_per_prefix_table,
             config.exempt_loopback,
+            config.max_failures,
         )
         self.store = RecordStore(
             config.max_records_per_owner,

@@ -89,8 +89,11 @@ class RoutingTable:
         max_per_prefix_bucket: int = 2,
         max_per_prefix_table: int = 10,
         exempt_loopback: bool = True,
+        stale_after: int = 2,
     ) -> None:
+        """``stale_after``: failed requests in a row after which a contact is stale (see the module doc)."""
         self.own_id = own_id
+        self.stale_after = stale_after
         self.bucket_size = bucket_size
         self.max_per_prefix_bucket = max_per_prefix_bucket
         self.max_per_prefix_table = max_per_prefix_table
@@ -191,9 +194,10 @@ class RoutingTable:
     def mark_failed(self, node_id: bytes, max_failures: int = 1) -> bool:
         """Count a timeout; True if the contact was replaced.
 
-        After ``max_failures`` timeouts in a row the contact is stale and gives way to the most recently seen
-        replacement, if one exists (and fits the prefix caps); without one it stays, so a slow moment never
-        empties a bucket. Any answer resets the count (:meth:`observe`).
+        After ``max_failures`` timeouts in a row the contact gives way to the most recently seen replacement,
+        if one exists (and fits the prefix caps); without one it stays, so a slow moment never empties a
+        bucket (from ``stale_after`` failures on it is only used when no live contact is left). Any answer
+        resets the count (:meth:`observe`).
         """
         bucket = self.bucket_for(node_id)
         contact = bucket.contacts.get(node_id)
@@ -223,12 +227,21 @@ class RoutingTable:
         self._count_prefix(old.host)
         return False
 
-    def has_live(self, max_failures: int) -> bool:
-        """Whether any contact has fewer than ``max_failures`` failed requests in a row."""
-        return any(c.failures < max_failures for b in self.buckets for c in b.contacts.values())
+    def has_live(self) -> bool:
+        """Whether any contact is not stale."""
+        return any(c.failures < self.stale_after for b in self.buckets for c in b.contacts.values())
 
-    def nearest(self, target: bytes, count: int, exclude: bytes | None = None) -> list[Contact]:
-        contacts = [c for b in self.buckets for c in b.contacts.values() if c.node_id != exclude]
+    def nearest(
+        self, target: bytes, count: int, exclude: bytes | None = None, include_stale: bool = False
+    ) -> list[Contact]:
+        """The ``count`` contacts nearest ``target``; stale ones only if asked (nobody is sent to a node that
+        stopped answering, unless nothing else is left)."""
+        contacts = [
+            c
+            for b in self.buckets
+            for c in b.contacts.values()
+            if c.node_id != exclude and (include_stale or c.failures < self.stale_after)
+        ]
         target_int = id_to_int(target)
         contacts.sort(key=lambda c: id_to_int(c.node_id) ^ target_int)
         return contacts[:count]
