@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from node_agent.dht.api import PeerInfo
 from node_agent.dht.config import DHTConfig
 from node_agent.dht.endpoints import numeric_address, source_key
-from node_agent.dht.messages import PeerPenalties
+from node_agent.dht.messages import PeerPenalties, unseal, verify_sealed
 from node_agent.dht.node import _RetransmitTimer
 from node_agent.dht.protocol import ProtocolCore
 from node_agent.dht.ratelimit import CostBuckets
@@ -21,6 +21,7 @@ from node_agent.dht.records import SignedRecord, key_id, sign_record
 from node_agent.dht.storage import LOCAL_SOURCE, RecordStore, StoreLimitError, StoreLimits, footprint
 from node_agent.dht.validation import ValidatorRegistry
 from node_agent.identity import Identity
+from node_agent.wire import WireError, pack, pack_message
 
 NOW = 1_800_000_000.0
 VALIDATORS = ValidatorRegistry(16 * 1024, 24 * 3600)
@@ -200,3 +201,22 @@ def test_the_request_timeout_has_a_floor_and_doubles_after_timeouts(timeouts: in
     assert timer.timeout == min(2.0, 0.5 * 2**timeouts)
     timer.update(0.001)
     assert timer.timeout == 0.5
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=msgpack_values, kind=st.sampled_from(["ping", "store", "find", "ok", "err", "x"]), sig=st.binary()
+)
+def test_the_datagram_decoder_raises_only_wire_errors(body, kind, sig) -> None:
+    """Both halves of ``open_sealed`` over arbitrary bodies: the cheap parse and the verification."""
+    try:
+        inner = pack_message(kind, body if isinstance(body, dict) else {"p": body}, 60_000)
+    except WireError:
+        return
+    for data in (pack([inner, sig]), pack(body), pack([inner, body])):
+        try:
+            sealed = unseal(data, 60_000)
+            verify_sealed(sealed)
+        except WireError:
+            continue
+        raise AssertionError("an unsigned datagram passed verification")
