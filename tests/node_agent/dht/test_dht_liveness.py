@@ -121,3 +121,44 @@ async def test_a_re_store_flood_from_one_source_leaves_others_answered(dht_swarm
             await honest.shutdown()
     finally:
         await asyncio.gather(flooder.shutdown(), prober.shutdown())
+
+
+def start_bootstrap(listen: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "node_agent", "bootstrap", "--listen", listen, "--ephemeral"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return process, process.stdout.readline().strip()  # type: ignore[union-attr]
+
+
+async def test_a_node_rejoins_a_bootstrap_restarted_with_a_new_identity() -> None:
+    """Its only contact now answers with another id (refused): lookups reach nobody, so the node pings its
+    initial peer again, unpinned as it was given, and finds the new node there."""
+    first, endpoint = start_bootstrap("127.0.0.1:0")
+    host, port, _ = parse_endpoint(endpoint)
+    second = None
+    node = await DHTNode.create(initial_peers=[f"{host}:{port}"], client_mode=True)
+    try:
+        first.terminate()
+        first.wait(timeout=10)
+        second, endpoint = start_bootstrap(f"{host}:{port}")
+        assert endpoint.startswith(f"{host}:{port}/")
+        writer = await DHTNode.create(initial_peers=[endpoint])
+        try:
+            assert await writer.store("restarted", {"v": 2}, time.time() + 600)
+            found = None
+            deadline = time.monotonic() + 30.0
+            while found is None and time.monotonic() < deadline:
+                found = await get_value(node, "restarted")
+                if found is None:
+                    await asyncio.sleep(0.2)
+            assert found == {"v": 2}
+        finally:
+            await writer.shutdown()
+    finally:
+        await node.shutdown()
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=10)
