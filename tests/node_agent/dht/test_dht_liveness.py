@@ -26,15 +26,29 @@ from node_agent.dht.records import sign_record
 FLOODER_HOST = "127.0.0.2"
 
 
-@pytest.fixture
-def bootstrap_process() -> Iterator[tuple[subprocess.Popen, str]]:
+def start_bootstrap(listen: str) -> tuple[subprocess.Popen, str]:
+    """A real ``node-agent bootstrap`` process; returns it and the endpoint it printed."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "node_agent", "bootstrap", "--listen", "127.0.0.1:0", "--ephemeral"],
+        [
+            sys.executable,
+            "-m",
+            "node_agent",
+            "bootstrap",
+            "--listen",
+            listen,
+            "--ephemeral",
+            "--any-namespace",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
+    return process, process.stdout.readline().strip()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def bootstrap_process() -> Iterator[tuple[subprocess.Popen, str]]:
+    process, endpoint = start_bootstrap("127.0.0.1:0")
     try:
-        endpoint = process.stdout.readline().strip()  # type: ignore[union-attr]
         assert endpoint.startswith("127.0.0.1:"), endpoint
         yield process, endpoint
     finally:
@@ -121,15 +135,6 @@ async def test_a_re_store_flood_from_one_source_leaves_others_answered(dht_swarm
             await honest.shutdown()
     finally:
         await asyncio.gather(flooder.shutdown(), prober.shutdown())
-
-
-def start_bootstrap(listen: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "node_agent", "bootstrap", "--listen", listen, "--ephemeral"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    return process, process.stdout.readline().strip()  # type: ignore[union-attr]
 
 
 async def test_a_node_rejoins_a_bootstrap_restarted_with_a_new_identity() -> None:
