@@ -436,7 +436,7 @@ class DHTNode:
                     except DHTError:
                         state.on_failure(node_id)
                         continue
-                    state.on_success(node_id, nodes)
+                    state.on_success(node_id, [n for n in nodes if not routing.is_stale(n[0])])
                     if records:
                         had_value.add(node_id)
                         self._merge(merged, records)

@@ -227,6 +227,11 @@ class RoutingTable:
         self._count_prefix(old.host)
         return False
 
+    def is_stale(self, node_id: bytes) -> bool:
+        """Whether ``node_id`` is a contact here that stopped answering (others may still name it)."""
+        contact = self.get(node_id)
+        return contact is not None and contact.failures >= self.stale_after
+
     def has_live(self) -> bool:
         """Whether any contact is not stale."""
         return any(c.failures < self.stale_after for b in self.buckets for c in b.contacts.values())

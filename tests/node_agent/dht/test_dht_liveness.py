@@ -167,3 +167,23 @@ async def test_a_node_rejoins_a_bootstrap_restarted_with_a_new_identity() -> Non
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(timeout=10)
+
+
+async def test_a_peer_that_stopped_answering_is_not_queried_again_when_others_name_it(dht_swarm) -> None:
+    """The bootstrap still names a departed node in its answers (it never asked it anything); once the
+    client has seen it time out twice it does not wait for it again on every lookup."""
+    bootstrap, departed = await dht_swarm(2)
+    client = await DHTNode.create(initial_peers=[bootstrap.endpoint], client_mode=True)
+    try:
+        assert client.core.routing.get(departed.node_id) is not None
+        await departed.shutdown()
+        for _ in range(10):
+            if client.core.routing.is_stale(departed.node_id):
+                break
+            await client.find_nearest(departed.node_id)
+        assert client.core.routing.is_stale(departed.node_id)
+        assert bootstrap.core.routing.get(departed.node_id) is not None  # still named in answers
+        assert await client.find_nearest(departed.node_id) == [(bootstrap.node_id, bootstrap.endpoint)]
+        assert client.last_lookup is not None and client.last_lookup.queries_sent == 1  # the bootstrap only
+    finally:
+        await client.shutdown()

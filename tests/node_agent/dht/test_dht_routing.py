@@ -141,7 +141,7 @@ def test_the_last_contacts_of_a_table_are_never_dropped_for_timeouts() -> None:
     for _ in range(5):
         for peer in peers:
             table.mark_failed(peer, max_failures=2)
-    assert len(table) == 2 and not table.has_live()
+    assert len(table) == 2 and not table.has_live() and table.is_stale(peers[0])
     assert table.nearest(OWN, 5) == [] and len(table.nearest(OWN, 5, include_stale=True)) == 2
     table.observe(peers[0], "127.0.0.1", 1000, now=2.0, address_proven=True)
     assert table.has_live() and [c.node_id for c in table.nearest(OWN, 5)] == [peers[0]]
