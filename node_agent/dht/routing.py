@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from node_agent.dht.api import ID_BYTES
 
 ID_BITS = ID_BYTES * 8
+_FAILED_STRANGERS = 256
 
 
 def id_to_int(node_id: bytes) -> int:
@@ -100,6 +101,9 @@ class RoutingTable:
         self.exempt_loopback = exempt_loopback
         self.buckets: list[KBucket] = [KBucket(0, 2**ID_BITS)]
         self._prefix_counts: Counter[str] = Counter()
+        # Timeouts of ids not in the table (lookup candidates others named), so a departed node that others
+        # still name is not waited for on every lookup; the 256 most recent, cleared when the id answers.
+        self._failed_strangers: OrderedDict[bytes, int] = OrderedDict()
 
     def __len__(self) -> int:
         return sum(len(b.contacts) for b in self.buckets)
@@ -153,6 +157,8 @@ class RoutingTable:
         """
         if node_id == self.own_id or len(node_id) != ID_BYTES:
             return AddResult.REJECTED, None
+        if address_proven:
+            self._failed_strangers.pop(node_id, None)
         bucket = self.bucket_for(node_id)
         bucket.last_touched = now
         known = bucket.contacts.get(node_id)
@@ -203,6 +209,9 @@ class RoutingTable:
         contact = bucket.contacts.get(node_id)
         if contact is None:
             bucket.replacements.pop(node_id, None)
+            self._failed_strangers[node_id] = self._failed_strangers.pop(node_id, 0) + 1
+            if len(self._failed_strangers) > _FAILED_STRANGERS:
+                self._failed_strangers.popitem(last=False)
             return False
         contact.failures += 1
         if contact.failures < max_failures:
@@ -228,9 +237,10 @@ class RoutingTable:
         return False
 
     def is_stale(self, node_id: bytes) -> bool:
-        """Whether ``node_id`` is a contact here that stopped answering (others may still name it)."""
+        """Whether ``node_id`` stopped answering us (a contact or a stranger; others may still name it)."""
         contact = self.get(node_id)
-        return contact is not None and contact.failures >= self.stale_after
+        failures = contact.failures if contact is not None else self._failed_strangers.get(node_id, 0)
+        return failures >= self.stale_after
 
     def has_live(self) -> bool:
         """Whether any contact is not stale."""

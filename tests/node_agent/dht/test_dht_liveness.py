@@ -187,3 +187,22 @@ async def test_a_peer_that_stopped_answering_is_not_queried_again_when_others_na
         assert client.last_lookup is not None and client.last_lookup.queries_sent == 1  # the bootstrap only
     finally:
         await client.shutdown()
+
+
+async def test_a_departed_node_the_client_never_met_is_not_waited_for_on_every_lookup(dht_swarm) -> None:
+    """Others name a node that left before we ever reached it: two timeouts and we stop asking it."""
+    [bootstrap] = await dht_swarm(1)
+    client = await DHTNode.create(initial_peers=[bootstrap.endpoint], client_mode=True)
+    departed = await DHTNode.create(initial_peers=[bootstrap.endpoint])
+    try:
+        await departed.shutdown()
+        assert client.core.routing.get(departed.node_id) is None
+        assert bootstrap.core.routing.get(departed.node_id) is not None  # still named in answers
+        sent = []
+        for _ in range(4):
+            await client.find_nearest(departed.node_id)
+            assert client.last_lookup is not None
+            sent.append(client.last_lookup.queries_sent)
+        assert sent[0] == 2 and sent[-1] == 1, sent  # asked while unknown, skipped once it failed twice
+    finally:
+        await client.shutdown()

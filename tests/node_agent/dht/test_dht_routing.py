@@ -167,3 +167,17 @@ def test_a_stale_contact_gives_way_to_a_waiting_replacement() -> None:
     assert not table.mark_failed(far[1], max_failures=2)  # one timeout: not yet stale
     assert table.mark_failed(far[1], max_failures=2)
     assert newcomer in table and far[1] not in table and len(table) == 8
+
+
+def test_a_stranger_that_timed_out_twice_is_stale_until_it_answers() -> None:
+    table = RoutingTable(OWN)
+    stranger = node_id(0x33)
+    table.mark_failed(stranger)
+    assert not table.is_stale(stranger) and stranger not in table
+    table.mark_failed(stranger)
+    assert table.is_stale(stranger)
+    table.observe(stranger, "127.0.0.1", 1000, now=1.0, address_proven=True)
+    assert not table.is_stale(stranger) and stranger in table
+    for i in range(300):  # bounded memory: the oldest strangers are forgotten
+        table.mark_failed(node_id(0x40, i.to_bytes(19, "big")))
+    assert len(table._failed_strangers) == 256
