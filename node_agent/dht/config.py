@@ -13,18 +13,29 @@ class DHTConfig:
     bucket_size: int = 20  # k
     alpha: int = 3  # concurrent requests per lookup
     num_replicas: int = 5  # nodes a record is stored on; also the beam a value lookup must cover
-    # Timeouts (seconds). Lookup RPCs use an adaptive timeout (RFC 6298 style) within [min, rpc_timeout].
+    # Timeouts (seconds). Lookup RPCs use an adaptive timeout (RFC 6298 style) within [min, rpc_timeout],
+    # doubled after each timeout until an answer comes.
     rpc_timeout: float = 2.0
-    min_rpc_timeout: float = 0.2
+    min_rpc_timeout: float = 0.5
     bootstrap_timeout: float = 5.0
     lookup_timeout: float = 15.0
-    max_failures: int = 2  # consecutive timeouts before a contact leaves the routing table
+    max_failures: int = 2  # timeouts in a row before a contact is stale (replaced once a live one shows up)
+    # The initial peers are pinged again when no contact is live or a lookup reached nobody: at most once per
+    # interval, which doubles from min to max while none answers.
+    rejoin_min_interval: float = 1.0
+    rejoin_max_interval: float = 30.0
     # Trust.
     max_clock_skew: float = 30.0  # a signed message older or newer than this is refused (replay window)
     offence_threshold: int = 3  # invalid messages or records before a peer is ignored
     # Bans are per node id and per source key (/24 IPv4, /48 IPv6, loopback per address), never per port.
     ban_seconds: float = 60.0
     max_penalised: int = 65_536  # peers with offences or bans remembered at once (oldest forgotten first)
+    # Signature checks a store costs (one for the datagram, one per record) are paid from a token bucket per
+    # source key: excess stores are dropped before any check (answers to others go on). Pings, finds and
+    # responses are not charged. ``rate_limited_sources`` buckets are remembered (LRU).
+    store_checks_per_second: float = 500.0
+    store_checks_burst: float = 2048.0
+    rate_limited_sources: int = 65_536
     max_routing_checks: int = 64  # concurrent pings that verify a new contact or address (more are skipped)
     # Routing table caps per IP prefix (/24 IPv4, /64 IPv6); loopback is exempt unless told otherwise.
     max_per_prefix_bucket: int = 2

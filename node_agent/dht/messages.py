@@ -61,8 +61,20 @@ def seal(
     return data
 
 
-def open_sealed(data: bytes, max_size: int) -> Envelope:
-    """Parse and verify a datagram; raises WireError (malformed) or BadSignature."""
+@dataclass(frozen=True, slots=True)
+class Unverified:
+    """A datagram parsed but not yet verified: enough to drop it cheaply (by kind, size or request id)."""
+
+    kind: str
+    rid: bytes
+    payload: dict[str, Any]
+    inner: bytes
+    signature: bytes
+    body: dict[str, Any]
+
+
+def unseal(data: bytes, max_size: int) -> Unverified:
+    """Parse a datagram's shape without the signature check; raises WireError if malformed."""
     outer = unpack(data, max_size)
     if not isinstance(outer, list) or len(outer) != 2:
         raise WireError("datagram is not [message, signature]")
@@ -71,30 +83,44 @@ def open_sealed(data: bytes, max_size: int) -> Envelope:
         raise WireError("datagram parts must be bytes")
     message = unpack_message(inner, max_size)
     body = message.body
-    rid, ts, public_key = body.get("id"), body.get("ts"), body.get("pk")
-    recipient, client_mode, payload = body.get("to", b""), body.get("c", False), body.get("p")
+    rid, payload = body.get("id"), body.get("p")
     if message.kind not in REQUEST_KINDS and message.kind not in RESPONSE_KINDS:
         raise WireError(f"unknown message kind {message.kind!r}")
     if not isinstance(rid, bytes) or len(rid) != RID_BYTES:
         raise WireError("bad request id")
+    if not isinstance(payload, dict):
+        raise WireError("bad payload")
+    return Unverified(message.kind, rid, payload, inner, signature, body)
+
+
+def verify_sealed(sealed: Unverified) -> Envelope:
+    """Check the rest of the header and the signature; raises WireError (malformed) or BadSignature."""
+    body = sealed.body
+    ts, public_key = body.get("ts"), body.get("pk")
+    recipient, client_mode = body.get("to", b""), body.get("c", False)
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
         raise WireError("bad timestamp")
     if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
         raise WireError("bad public key")
-    if not isinstance(recipient, bytes) or not isinstance(client_mode, bool) or not isinstance(payload, dict):
-        raise WireError("bad recipient, client flag or payload")
-    if not verify(public_key, inner, signature):
+    if not isinstance(recipient, bytes) or not isinstance(client_mode, bool):
+        raise WireError("bad recipient or client flag")
+    if not verify(public_key, sealed.inner, sealed.signature):
         raise BadSignature("signature does not match the sender key")
     return Envelope(
-        message.kind,
-        rid,
+        sealed.kind,
+        sealed.rid,
         float(ts),
         public_key,
         node_id_from_public_key(public_key),
         recipient,
         client_mode,
-        payload,
+        sealed.payload,
     )
+
+
+def open_sealed(data: bytes, max_size: int) -> Envelope:
+    """Parse and verify a datagram; raises WireError (malformed) or BadSignature."""
+    return verify_sealed(unseal(data, max_size))
 
 
 class ReplayGuard:

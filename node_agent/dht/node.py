@@ -56,14 +56,20 @@ FindResult = tuple[list[tuple[bytes, Address]], list[tuple[SignedRecord, RecordV
 
 
 class _RetransmitTimer:
-    """Adaptive request timeout from smoothed RTT (RFC 6298 section 2), clamped to the config bounds."""
+    """Adaptive request timeout from smoothed RTT (RFC 6298 section 2), clamped to the config bounds and
+    doubled after each timeout until an answer comes (section 5.5), so a busy network is not read as dead."""
 
     def __init__(self, minimum: float, maximum: float) -> None:
         self.minimum, self.maximum = minimum, maximum
         self.srtt: float | None = None
         self.rttvar = 0.0
+        self.backoff = 1.0
+
+    def timed_out(self) -> None:
+        self.backoff = min(self.backoff * 2, max(1.0, self.maximum / self.minimum))
 
     def update(self, rtt: float) -> None:
+        self.backoff = 1.0
         if self.srtt is None:
             self.srtt, self.rttvar = rtt, rtt / 2
         else:
@@ -72,9 +78,8 @@ class _RetransmitTimer:
 
     @property
     def timeout(self) -> float:
-        if self.srtt is None:
-            return min(1.0, self.maximum)
-        return max(self.minimum, min(self.maximum, self.srtt + 4 * self.rttvar))
+        base = min(1.0, self.maximum) if self.srtt is None else self.srtt + 4 * self.rttvar
+        return min(self.maximum, max(self.minimum, base) * self.backoff)
 
 
 class DHTNode:
@@ -98,6 +103,10 @@ class DHTNode:
         self.failure: str | None = None  # why the node stopped itself, if it did
         self._shutdown_task: asyncio.Task[None] | None = None
         self._last_republish = 0.0
+        self._initial_peers: list[tuple[Address, bytes | None]] = []  # resolved once, pinged again to rejoin
+        self._rejoin_task: asyncio.Task[bool] | None = None
+        self._rejoin_interval = config.rejoin_min_interval
+        self._next_rejoin = 0.0  # loop time before which no rejoin starts
         self.last_lookup: LookupState | None = None  # for diagnostics and the simulator's hop counts
 
     @classmethod
@@ -148,24 +157,55 @@ class DHTNode:
     async def _bootstrap(self, initial_peers: Sequence[str]) -> None:
         if not initial_peers:
             return
-        targets = []
         for peer in initial_peers:
             host, port, expected = parse_endpoint(peer)
-            targets.append((await resolve(host, port), expected))
-        results = await asyncio.gather(
-            *(
-                self._call(addr, "ping", {}, expected, self.config.bootstrap_timeout)
-                for addr, expected in targets
-            ),
-            return_exceptions=True,
-        )
+            self._initial_peers.append((await resolve(host, port), expected))
+        results = await self._ping_initial_peers(self.config.bootstrap_timeout)
         if not any(isinstance(r, Response) for r in results):
             reasons = "; ".join(f"{p}: {r}" for p, r in zip(initial_peers, results, strict=True))
             raise DHTBootstrapError(f"none of the {len(initial_peers)} initial peers answered ({reasons})")
+        await self._lookup(self.node_id, self.config.bucket_size)  # section 2.3: join by looking up own id
+
+    async def _ping_initial_peers(self, timeout: float) -> list[Response | BaseException]:
+        results = await asyncio.gather(
+            *(self._call(addr, "ping", {}, expected, timeout) for addr, expected in self._initial_peers),
+            return_exceptions=True,
+        )
         for result in results:
             if isinstance(result, Response) and result.peer.node_id not in self.core.routing:
                 self.core.routing.observe(result.peer.node_id, *result.address, time.time(), True)
-        await self._lookup(self.node_id, self.config.bucket_size)  # section 2.3: join by looking up own id
+        return results
+
+    async def _rejoin(self) -> bool:
+        """Ping the initial peers again; True if any answered. Concurrent callers share one attempt, and
+        attempts are spaced by an interval that doubles (rejoin_min_interval .. rejoin_max_interval) while
+        nobody answers, so a node cut off for a while finds its way back without flooding anyone."""
+        if not self._initial_peers or self._closed:
+            return False
+        loop = asyncio.get_running_loop()
+        task = self._rejoin_task
+        if task is None or task.done():
+            if loop.time() < self._next_rejoin:
+                return False
+            task = self._spawn(self._rejoin_once(), "rejoin")
+            if task is None:
+                return False
+            self._rejoin_task = task
+        await asyncio.wait({task})  # never cancels the shared attempt on behalf of one caller
+        return not task.cancelled() and task.exception() is None and task.result()
+
+    async def _rejoin_once(self) -> bool:
+        results = await self._ping_initial_peers(self.config.rpc_timeout)
+        answered = sum(isinstance(r, Response) for r in results)
+        if answered:
+            self._rejoin_interval = self.config.rejoin_min_interval
+            logger.info("rejoined the DHT: %d of %d initial peers answered", answered, len(results))
+        else:
+            logger.warning("no initial peer answered; not trying again for %.0fs", self._rejoin_interval)
+        self._next_rejoin = asyncio.get_running_loop().time() + self._rejoin_interval
+        if not answered:
+            self._rejoin_interval = min(self.config.rejoin_max_interval, 2 * self._rejoin_interval)
+        return answered > 0
 
     async def shutdown(self) -> None:
         if self._closed:
@@ -314,6 +354,7 @@ class DHTNode:
                 raise DHTRPCError(f"cannot send {kind} to {address!r}")
             response = await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
+            self._timer.timed_out()
             if expected_id is not None:
                 self.core.routing.mark_failed(expected_id, self.config.max_failures)
             raise DHTTimeoutError(
@@ -355,9 +396,23 @@ class DHTNode:
     async def _lookup(
         self, target: bytes, beam: int, key: str | None = None, stop_on_value: bool = False
     ) -> tuple[LookupState, Merged, set[bytes]]:
+        """A lookup that rejoins through the initial peers first when no contact is live, and once more
+        (then looks up again) when nobody answered: a node cut off for a while recovers by itself."""
+        if not self.core.routing.has_live():
+            await self._rejoin()
+        result = await self._lookup_once(target, beam, key, stop_on_value)
+        if not result[0].closest_responded(1) and await self._rejoin():
+            result = await self._lookup_once(target, beam, key, stop_on_value)
+        return result
+
+    async def _lookup_once(
+        self, target: bytes, beam: int, key: str | None = None, stop_on_value: bool = False
+    ) -> tuple[LookupState, Merged, set[bytes]]:
         """Iterative parallel lookup; returns the state, records found (if ``key``) and who had them."""
         state = LookupState(target, beam, self.config.alpha, self.node_id)
-        for contact in self.core.routing.nearest(target, max(beam, self.config.bucket_size)):
+        width = max(beam, self.config.bucket_size)
+        routing = self.core.routing  # stale contacts are tried only when no live one is left
+        for contact in routing.nearest(target, width) or routing.nearest(target, width, include_stale=True):
             state.add(contact.node_id, contact.address)
         self.core.routing.touch(target, time.time())
         merged: Merged = {}
@@ -381,7 +436,7 @@ class DHTNode:
                     except DHTError:
                         state.on_failure(node_id)
                         continue
-                    state.on_success(node_id, nodes)
+                    state.on_success(node_id, [n for n in nodes if not routing.is_stale(n[0])])
                     if records:
                         had_value.add(node_id)
                         self._merge(merged, records)
@@ -594,6 +649,8 @@ class DHTNode:
     async def _maintenance_round(self) -> None:
         now = time.time()
         self.core.store.expire(now)
+        if not self.core.routing.has_live():
+            await self._rejoin()
         for bucket in self.core.routing.stale_buckets(now, self.config.refresh_interval):
             offset = int.from_bytes(os.urandom(ID_BYTES), "big") % (bucket.hi - bucket.lo)
             await self._lookup((bucket.lo + offset).to_bytes(ID_BYTES, "big"), self.config.bucket_size)

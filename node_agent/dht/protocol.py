@@ -25,9 +25,12 @@ from node_agent.dht.messages import (
     BadSignature,
     PeerPenalties,
     ReplayGuard,
-    open_sealed,
+    Unverified,
     seal,
+    unseal,
+    verify_sealed,
 )
+from node_agent.dht.ratelimit import CostBuckets
 from node_agent.dht.records import SignedRecord, key_id
 from node_agent.dht.routing import AddResult, Contact, RoutingTable
 from node_agent.dht.storage import LOCAL_SOURCE, RecordStore, StoreLimits
@@ -93,6 +96,7 @@ class ProtocolCore:
             config.max_per_prefix_bucket,
             config.max_per_prefix_table,
             config.exempt_loopback,
+            config.max_failures,
         )
         self.store = RecordStore(
             config.max_records_per_owner,
@@ -107,6 +111,9 @@ class ProtocolCore:
         self.validators = ValidatorRegistry(config.max_value_size, config.max_expiration_ahead)
         self.replay = ReplayGuard(config.max_clock_skew)
         self.penalties = PeerPenalties(config.offence_threshold, config.ban_seconds, config.max_penalised)
+        self.store_checks = CostBuckets(
+            config.store_checks_per_second, config.store_checks_burst, config.rate_limited_sources
+        )
         self.ip_version = 4  # of the node's socket: contacts of the other family cannot be reached
         self.drops = DropCounter(logger)
         self.actions: list[RoutingAction] = []
@@ -154,7 +161,10 @@ class ProtocolCore:
             self.drops.drop("banned address", source=address)
             return None
         try:
-            envelope = open_sealed(data, self.config.max_datagram)
+            sealed = unseal(data, self.config.max_datagram)
+            if not self._worth_verifying(sealed, address, source, now):
+                return None
+            envelope = verify_sealed(sealed)
         except BadSignature as exc:
             self.drops.drop("bad signature", exc, address)
             self.penalties.offend(source, now)
@@ -183,6 +193,23 @@ class ProtocolCore:
         if not envelope.client_mode:
             self._observe(envelope.node_id, address, now, address_proven=False)
         return Request(peer, address, envelope.rid, envelope.kind, envelope.payload, envelope.client_mode)
+
+    def _worth_verifying(self, sealed: Unverified, address: Address, source: str, now: float) -> bool:
+        """Cheap drops before the signature check: responses nobody waits for, and stores over the source's
+        budget of signature checks (one per datagram and one per record; no penalty: a busy NAT is no
+        offence)."""
+        if sealed.kind in RESPONSE_KINDS:
+            if sealed.rid not in self._pending:
+                self.drops.drop("unexpected or late response", source=address)
+                return False
+            return True
+        if sealed.kind == "store":
+            records = sealed.payload.get("r")
+            cost = 1 + (min(len(records), MAX_RECORDS_PER_STORE) if isinstance(records, list) else 0)
+            if not self.store_checks.take(source, cost, now):
+                self.drops.drop("store over the source's rate", source=address)
+                return False
+        return True
 
     def _receive_response(
         self, envelope: Any, peer: PeerInfo, address: Address, now: float
@@ -223,7 +250,7 @@ class ProtocolCore:
         for raw in raw_records[:MAX_RECORDS_PER_STORE]:
             try:
                 record = SignedRecord.from_wire(raw)
-                results.append((record, self.validators.check(record, now)))
+                results.append(self.store.same(record, now) or (record, self.validators.check(record, now)))
             except ExpiredRecordError:
                 results.append(None)  # expired in transit: not the sender's fault
             except DHTRecordRefused as exc:  # needs context an honest relayer may lack: drop, do not blame

@@ -1,5 +1,9 @@
 """Kademlia routing table: k-buckets with splitting, LRU eviction by ping, IP-prefix caps (pure, no I/O).
 
+A contact that stops answering becomes *stale* (its ``failures`` count) but stays in its bucket until a live,
+proven candidate can take its place: a node whose peers were busy for a few seconds must not forget them
+all and be left with an empty table (the usual Kademlia rule, e.g. BitTorrent's BEP 5 "bad" nodes).
+
 Only *verified* contacts enter the table: they answered, from that address, a request we sent there. A
 signed request alone proves nothing about the address (it may be a capture replayed from elsewhere inside the
 clock-skew window), so an unknown id is added, and a known id moved to a new address, only after it answers a
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from node_agent.dht.api import ID_BYTES
 
 ID_BITS = ID_BYTES * 8
+_FAILED_STRANGERS = 256
 
 
 def id_to_int(node_id: bytes) -> int:
@@ -85,14 +90,20 @@ class RoutingTable:
         max_per_prefix_bucket: int = 2,
         max_per_prefix_table: int = 10,
         exempt_loopback: bool = True,
+        stale_after: int = 2,
     ) -> None:
+        """``stale_after``: failed requests in a row after which a contact is stale (see the module doc)."""
         self.own_id = own_id
+        self.stale_after = stale_after
         self.bucket_size = bucket_size
         self.max_per_prefix_bucket = max_per_prefix_bucket
         self.max_per_prefix_table = max_per_prefix_table
         self.exempt_loopback = exempt_loopback
         self.buckets: list[KBucket] = [KBucket(0, 2**ID_BITS)]
         self._prefix_counts: Counter[str] = Counter()
+        # Timeouts of ids not in the table (lookup candidates others named), so a departed node that others
+        # still name is not waited for on every lookup; the 256 most recent, cleared when the id answers.
+        self._failed_strangers: OrderedDict[bytes, int] = OrderedDict()
 
     def __len__(self) -> int:
         return sum(len(b.contacts) for b in self.buckets)
@@ -141,10 +152,13 @@ class RoutingTable:
         id VERIFY with the would-be contact (ping it there and call again with ``address_proven=True`` if it
         answers) when its bucket has room or can split; a full bucket ignores it (no ping per stranger).
         PING_OLDEST (proven newcomers only) returns the contact to ping; the newcomer is kept as a
-        replacement and enters when :meth:`mark_failed` evicts the old one.
+        replacement and enters when :meth:`mark_failed` evicts the old one. A proven newcomer for a full
+        bucket that holds a contact with failed requests takes that contact's place at once (ADDED).
         """
         if node_id == self.own_id or len(node_id) != ID_BYTES:
             return AddResult.REJECTED, None
+        if address_proven:
+            self._failed_strangers.pop(node_id, None)
         bucket = self.bucket_for(node_id)
         bucket.last_touched = now
         known = bucket.contacts.get(node_id)
@@ -173,6 +187,9 @@ class RoutingTable:
         if bucket.covers(self.own_id) and bucket.hi - bucket.lo > 1:
             self._split(bucket)
             return self.observe(node_id, host, port, now, address_proven)
+        failing = max(bucket.contacts.values(), key=lambda c: c.failures)
+        if failing.failures > 0 and self._replace(bucket, failing, contact):
+            return AddResult.ADDED, contact
         bucket.replacements[node_id] = contact
         bucket.replacements.move_to_end(node_id)
         while len(bucket.replacements) > self.bucket_size:
@@ -181,27 +198,65 @@ class RoutingTable:
         return AddResult.PING_OLDEST, oldest
 
     def mark_failed(self, node_id: bytes, max_failures: int = 1) -> bool:
-        """Count a timeout; after ``max_failures`` the contact is evicted and a replacement promoted."""
+        """Count a timeout; True if the contact was replaced.
+
+        After ``max_failures`` timeouts in a row the contact gives way to the most recently seen replacement,
+        if one exists (and fits the prefix caps); without one it stays, so a slow moment never empties a
+        bucket (from ``stale_after`` failures on it is only used when no live contact is left). Any answer
+        resets the count (:meth:`observe`).
+        """
         bucket = self.bucket_for(node_id)
         contact = bucket.contacts.get(node_id)
         if contact is None:
             bucket.replacements.pop(node_id, None)
+            self._failed_strangers[node_id] = self._failed_strangers.pop(node_id, 0) + 1
+            if len(self._failed_strangers) > _FAILED_STRANGERS:
+                self._failed_strangers.popitem(last=False)
             return False
         contact.failures += 1
         if contact.failures < max_failures:
             return False
-        del bucket.contacts[node_id]
-        self._forget_prefix(contact.host)
         while bucket.replacements:
             _, replacement = bucket.replacements.popitem(last=True)  # most recently seen first
-            if self._prefix_allowed(bucket, replacement.host):
-                bucket.contacts[replacement.node_id] = replacement
-                self._count_prefix(replacement.host)
-                break
-        return True
+            if self._replace(bucket, contact, replacement):
+                return True
+        return False
 
-    def nearest(self, target: bytes, count: int, exclude: bytes | None = None) -> list[Contact]:
-        contacts = [c for b in self.buckets for c in b.contacts.values() if c.node_id != exclude]
+    def _replace(self, bucket: KBucket, old: Contact, new: Contact) -> bool:
+        """Put ``new`` in ``old``'s place if the prefix caps allow it without ``old``."""
+        del bucket.contacts[old.node_id]
+        self._forget_prefix(old.host)
+        if self._prefix_allowed(bucket, new.host):
+            bucket.replacements.pop(new.node_id, None)
+            bucket.contacts[new.node_id] = new
+            self._count_prefix(new.host)
+            return True
+        bucket.contacts[old.node_id] = old  # back where it was: the least recently seen end
+        bucket.contacts.move_to_end(old.node_id, last=False)
+        self._count_prefix(old.host)
+        return False
+
+    def is_stale(self, node_id: bytes) -> bool:
+        """Whether ``node_id`` stopped answering us (a contact or a stranger; others may still name it)."""
+        contact = self.get(node_id)
+        failures = contact.failures if contact is not None else self._failed_strangers.get(node_id, 0)
+        return failures >= self.stale_after
+
+    def has_live(self) -> bool:
+        """Whether any contact is not stale."""
+        return any(c.failures < self.stale_after for b in self.buckets for c in b.contacts.values())
+
+    def nearest(
+        self, target: bytes, count: int, exclude: bytes | None = None, include_stale: bool = False
+    ) -> list[Contact]:
+        """The ``count`` contacts nearest ``target``; stale ones only if asked (nobody is sent to a node that
+        stopped answering, unless nothing else is left)."""
+        contacts = [
+            c
+            for b in self.buckets
+            for c in b.contacts.values()
+            if c.node_id != exclude and (include_stale or c.failures < self.stale_after)
+        ]
         target_int = id_to_int(target)
         contacts.sort(key=lambda c: id_to_int(c.node_id) ^ target_int)
         return contacts[:count]

@@ -169,6 +169,15 @@ class RecordStore:
         ]
         heapq.heapify(self._expiry_heap)
 
+    def same(self, record: SignedRecord, now: float) -> tuple[SignedRecord, RecordView] | None:
+        """The stored entry if ``record`` is byte-for-byte the one stored and still live: a re-store of it
+        needs no second signature check (Ed25519 signatures are deterministic, so honest re-stores match)."""
+        subkeys = self._records.get(key_id(record.key))
+        entry = subkeys.get(record.subkey) if subkeys else None
+        if entry is None or entry[0] != record or entry[0].expiration <= now:
+            return None
+        return entry
+
     def source_usage(self, source: str | None) -> tuple[int, int]:
         """(records, estimated bytes) that ``source`` holds here."""
         return self._source_records[source], self._source_bytes[source]

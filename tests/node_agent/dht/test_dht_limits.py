@@ -13,12 +13,15 @@ from hypothesis import strategies as st
 from node_agent.dht.api import PeerInfo
 from node_agent.dht.config import DHTConfig
 from node_agent.dht.endpoints import numeric_address, source_key
-from node_agent.dht.messages import PeerPenalties
+from node_agent.dht.messages import PeerPenalties, unseal, verify_sealed
+from node_agent.dht.node import _RetransmitTimer
 from node_agent.dht.protocol import ProtocolCore
-from node_agent.dht.records import sign_record
+from node_agent.dht.ratelimit import CostBuckets
+from node_agent.dht.records import SignedRecord, key_id, sign_record
 from node_agent.dht.storage import LOCAL_SOURCE, RecordStore, StoreLimitError, StoreLimits, footprint
 from node_agent.dht.validation import ValidatorRegistry
 from node_agent.identity import Identity
+from node_agent.wire import WireError, pack, pack_message
 
 NOW = 1_800_000_000.0
 VALIDATORS = ValidatorRegistry(16 * 1024, 24 * 3600)
@@ -160,3 +163,60 @@ def test_contact_decoder_returns_only_sendable_addresses_and_never_raises(raw) -
         assert len(node_id) == 20 and 0 < port < 65536
         address = ipaddress.ip_address(host)
         assert address.version == 4 and not address.is_unspecified and not address.is_multicast
+
+
+def test_cost_buckets_charge_per_source_refill_and_forget_the_oldest() -> None:
+    buckets = CostBuckets(rate=100.0, burst=300.0, size=2)
+    assert buckets.take("10.0.0.0/24", 257, NOW)
+    assert not buckets.take("10.0.0.0/24", 257, NOW)  # 43 left: refused, and nothing spent
+    assert buckets.take("10.0.1.0/24", 257, NOW)  # another source has its own budget
+    assert buckets.take("10.0.0.0/24", 257, NOW + 2.15)  # 43 + 215 tokens
+    buckets.take("10.0.2.0/24", 1, NOW)
+    buckets.take("10.0.3.0/24", 1, NOW)  # two newer sources: the first is forgotten, restarts full
+    assert buckets.take("10.0.0.0/24", 300, NOW + 2.15)
+
+
+def test_an_identical_re_store_reuses_the_stored_record_without_a_second_check() -> None:
+    core = ProtocolCore(Identity.generate(), DHTConfig())
+    now = time.time()
+    record = sign_record(OWNER, "k", None, {"v": 1}, now + 60)
+    [entry] = core.check_records([record.to_wire()], None, now)
+    assert entry is not None and core.store_locally(*entry, now, "10.0.0.0/24")
+    [again] = core.check_records([record.to_wire()], None, now)
+    assert again is core.store.get(key_id("k"), now)[0]  # the stored tuple itself: no new check ran
+    newer = sign_record(OWNER, "k", None, {"v": 1}, now + 61)
+    [fresh] = core.check_records([newer.to_wire()], None, now)
+    assert fresh is not None and fresh[0] == newer and fresh is not again
+    forged = SignedRecord(*record.to_wire()[:5], bytes(64))  # same content, another signature: checked
+    assert core.check_records([forged.to_wire()], None, now) == [None]
+
+
+@pytest.mark.parametrize("timeouts", [0, 1, 3, 10])
+def test_the_request_timeout_has_a_floor_and_doubles_after_timeouts(timeouts: int) -> None:
+    timer = _RetransmitTimer(DHTConfig().min_rpc_timeout, DHTConfig().rpc_timeout)
+    timer.update(0.001)  # a very fast network: the floor applies
+    assert timer.timeout == DHTConfig().min_rpc_timeout == 0.5
+    for _ in range(timeouts):
+        timer.timed_out()
+    assert timer.timeout == min(2.0, 0.5 * 2**timeouts)
+    timer.update(0.001)
+    assert timer.timeout == 0.5
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=msgpack_values, kind=st.sampled_from(["ping", "store", "find", "ok", "err", "x"]), sig=st.binary()
+)
+def test_the_datagram_decoder_raises_only_wire_errors(body, kind, sig) -> None:
+    """Both halves of ``open_sealed`` over arbitrary bodies: the cheap parse and the verification."""
+    try:
+        inner = pack_message(kind, body if isinstance(body, dict) else {"p": body}, 60_000)
+    except WireError:
+        return
+    for data in (pack([inner, sig]), pack(body), pack([inner, body])):
+        try:
+            sealed = unseal(data, 60_000)
+            verify_sealed(sealed)
+        except WireError:
+            continue
+        raise AssertionError("an unsigned datagram passed verification")

@@ -227,3 +227,38 @@ def test_random_and_mutated_datagrams_never_crash_or_store_anything(data: bytes)
     # Only an untouched, correctly signed record can ever be stored; any mutation breaks a signature.
     for record, _ in core.store.items(NOW):
         assert record.value_bytes == msgpack.packb({"x": 1}) and record.subkey == "s"
+
+
+def test_stores_over_the_source_budget_are_dropped_before_any_signature_check() -> None:
+    victim = make_core(store_checks_per_second=10.0, store_checks_burst=600.0)
+    sender = make_core()
+    records = [sign_record(sender.identity, "k", f"s{i}", i, NOW + 60).to_wire() for i in range(256)]
+    for expected in (Request, Request, type(None), type(None)):  # 257 checks each: two fit the burst
+        _rid, data = sender.request("store", {"r": records}, B_ADDR, victim.identity.node_id, NOW)
+        assert isinstance(victim.receive(data, A_ADDR, NOW), expected)
+    assert victim.drops.counts["store over the source's rate"] == 2
+    # A datagram with a broken signature over the budget is not even verified: no offence, no ban.
+    _rid, data = sender.request("store", {"r": records}, B_ADDR, victim.identity.node_id, NOW)
+    assert victim.receive(data[:-1] + bytes([data[-1] ^ 1]), A_ADDR, NOW) is None
+    assert (
+        victim.drops.counts["bad signature"] == 0 and victim.drops.counts["store over the source's rate"] == 3
+    )
+    # Pings and finds from the same source, and stores from another, are still served.
+    _rid, ping = sender.request("ping", {}, B_ADDR, victim.identity.node_id, NOW)
+    assert isinstance(victim.receive(ping, A_ADDR, NOW), Request)
+    _rid, data = sender.request("store", {"r": records[:1]}, B_ADDR, victim.identity.node_id, NOW)
+    assert isinstance(victim.receive(data, ("10.9.9.9", 4000), NOW), Request)
+    # The budget refills with time.
+    _rid, data = sender.request("store", {"r": records}, B_ADDR, victim.identity.node_id, NOW + 30)
+    assert isinstance(victim.receive(data, A_ADDR, NOW + 30), Request)
+
+
+def test_a_response_nobody_waits_for_is_dropped_before_its_signature_is_checked() -> None:
+    a, b = make_core(), make_core()
+    _rid, ping = a.request("ping", {}, B_ADDR, b.identity.node_id, NOW)
+    request = b.receive(ping, A_ADDR, NOW)
+    answer = b.respond(request, "ok", {}, NOW)
+    forged = answer[:-1] + bytes([answer[-1] ^ 1])
+    a.forget(request.rid)
+    assert a.receive(forged, B_ADDR, NOW) is None
+    assert a.drops.counts["unexpected or late response"] == 1 and a.drops.counts["bad signature"] == 0

@@ -109,3 +109,75 @@ def test_a_full_bucket_sends_no_verification_ping_to_strangers() -> None:
         table.observe(node_id(0x80 + i), "127.0.0.1", 1000 + i, now=1.0, address_proven=True)
     table.observe(node_id(0x01), "127.0.0.1", 999, now=1.0, address_proven=True)  # split: far half full
     assert table.observe(node_id(0xF0), "127.0.0.1", 3000, 2.0, False) == (AddResult.REJECTED, None)
+
+
+def full_far_bucket(table: RoutingTable) -> list[bytes]:
+    """Four contacts in the far half of a bucket_size=4 table (that half never splits)."""
+    for i in range(4):  # fill the near half too, so the first split happens
+        table.observe(node_id(0x01 + i), "127.0.0.1", 2000 + i, now=1.0, address_proven=True)
+    far = [node_id(0x80 + i) for i in range(4)]
+    for i, contact in enumerate(far):
+        table.observe(contact, "127.0.0.1", 1000 + i, now=1.0, address_proven=True)
+    assert all(contact in table for contact in far)
+    return far
+
+
+def test_a_contact_that_stops_answering_stays_until_a_live_one_can_replace_it() -> None:
+    table = RoutingTable(OWN, bucket_size=4)
+    far = full_far_bucket(table)
+    for _ in range(10):  # a peer busy for a while: many timeouts, nobody to replace it
+        assert not table.mark_failed(far[0], max_failures=2)
+    assert far[0] in table and table.get(far[0]).failures == 10
+    # It answers again: fresh as before.
+    assert table.observe(far[0], "127.0.0.1", 1000, now=2.0, address_proven=True)[0] is AddResult.UPDATED
+    assert table.get(far[0]).failures == 0
+
+
+def test_the_last_contacts_of_a_table_are_never_dropped_for_timeouts() -> None:
+    table = RoutingTable(OWN)
+    peers = [node_id(0x10 + i) for i in range(2)]
+    for i, peer in enumerate(peers):
+        table.observe(peer, "127.0.0.1", 1000 + i, now=1.0, address_proven=True)
+    for _ in range(5):
+        for peer in peers:
+            table.mark_failed(peer, max_failures=2)
+    assert len(table) == 2 and not table.has_live() and table.is_stale(peers[0])
+    assert table.nearest(OWN, 5) == [] and len(table.nearest(OWN, 5, include_stale=True)) == 2
+    table.observe(peers[0], "127.0.0.1", 1000, now=2.0, address_proven=True)
+    assert table.has_live() and [c.node_id for c in table.nearest(OWN, 5)] == [peers[0]]
+
+
+def test_a_proven_newcomer_takes_the_place_of_a_failing_contact_at_once() -> None:
+    table = RoutingTable(OWN, bucket_size=4)
+    far = full_far_bucket(table)
+    table.mark_failed(far[2], max_failures=2)
+    newcomer = node_id(0xF0)
+    result, contact = table.observe(newcomer, "127.0.0.1", 3000, now=3.0, address_proven=True)
+    assert result is AddResult.ADDED and contact is not None and contact.node_id == newcomer
+    assert newcomer in table and far[2] not in table and all(c in table for c in far[:2] + far[3:])
+
+
+def test_a_stale_contact_gives_way_to_a_waiting_replacement() -> None:
+    table = RoutingTable(OWN, bucket_size=4)
+    far = full_far_bucket(table)
+    newcomer = node_id(0xF0)
+    assert (
+        table.observe(newcomer, "127.0.0.1", 3000, now=3.0, address_proven=True)[0] is AddResult.PING_OLDEST
+    )
+    assert not table.mark_failed(far[1], max_failures=2)  # one timeout: not yet stale
+    assert table.mark_failed(far[1], max_failures=2)
+    assert newcomer in table and far[1] not in table and len(table) == 8
+
+
+def test_a_stranger_that_timed_out_twice_is_stale_until_it_answers() -> None:
+    table = RoutingTable(OWN)
+    stranger = node_id(0x33)
+    table.mark_failed(stranger)
+    assert not table.is_stale(stranger) and stranger not in table
+    table.mark_failed(stranger)
+    assert table.is_stale(stranger)
+    table.observe(stranger, "127.0.0.1", 1000, now=1.0, address_proven=True)
+    assert not table.is_stale(stranger) and stranger in table
+    for i in range(300):  # bounded memory: the oldest strangers are forgotten
+        table.mark_failed(node_id(0x40, i.to_bytes(19, "big")))
+    assert len(table._failed_strangers) == 256
