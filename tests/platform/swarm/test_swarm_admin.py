@@ -6,13 +6,10 @@ action counts only if the service ran: its rules held, its record was written an
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.test import Client
 from django.utils import timezone
 
@@ -24,28 +21,7 @@ from swarm.models import IssuedCredential, Node, NodeState, NodeStateChange, Use
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-Listener = Callable[[], dict[str, Any]]
-
-
-@pytest.fixture
-def listen() -> Iterator[Callable[[str], Listener]]:
-    """Subscribe to a channel-layer group; the returned callable waits (5 s at most) for its next event."""
-    layer = get_channel_layer()
-    joined: list[tuple[str, str]] = []
-
-    def subscribe(group: str) -> Listener:
-        channel = async_to_sync(layer.new_channel)()
-        async_to_sync(layer.group_add)(group, channel)
-        joined.append((group, channel))
-
-        async def next_event() -> dict[str, Any]:
-            return await asyncio.wait_for(layer.receive(channel), timeout=5)
-
-        return async_to_sync(next_event)
-
-    yield subscribe
-    for group, channel in joined:
-        async_to_sync(layer.group_discard)(group, channel)
+Listener = Callable[[], dict[str, Any]]  # the `listen` fixture's waiter (conftest)
 
 
 def admin_action(client: Client, model: str, action: str, pks: list[int]) -> Any:
