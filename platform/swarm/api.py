@@ -86,7 +86,7 @@ def http_status(exc: SwarmRefusal) -> int:
     """The status of a refusal's kind (its nearest listed class; 400 for an unlisted subclass)."""
     for kind in type(exc).__mro__:
         if kind in HTTP_STATUS:
-            return HTTP_STATUS[kind]  # type: ignore[index]
+            return HTTP_STATUS[kind]
     return 400
 
 
