@@ -15,7 +15,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from swarm.summaries import AlertSummary, CoverageSummary, NodeSummary, TrainingPoint
+from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, TrainingPoint
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class CoverageChangedEvent(TypedDict):
 
     type: Literal["swarm.coverage_changed"]
     project: str
-    coverage: CoverageSummary
+    coverage: CoverageReading
 
 
 class MetricsReceivedEvent(TypedDict):

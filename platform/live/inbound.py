@@ -26,7 +26,7 @@ from live.protocol import (
 )
 from swarm.summaries import (
     AlertSummary,
-    CoverageSummary,
+    CoverageReading,
     NodeSummary,
     SummaryError,
     TrainingPoint,
@@ -83,7 +83,7 @@ def to_diffs(event: dict[str, Any], *, received_at: float) -> list[Diff]:
         upsert: NodeUpsert = {"type": "node.upsert", "at": change_time(view, received_at), "node": view}
         return [upsert]
     if kind == COVERAGE_CHANGED:
-        coverage: CoverageSummary = _checked(event.get("coverage"), CoverageSummary)
+        coverage: CoverageReading = _checked(event.get("coverage"), CoverageReading)
         observed = coverage["observed_at"]
         changed: CoverageChanged = {
             "type": "coverage.changed",

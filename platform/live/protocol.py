@@ -27,7 +27,7 @@ import logging
 from typing import Any, Literal, NotRequired, TypedDict
 
 from node_agent.portal.signed_body import json_loads_bounded
-from swarm.summaries import AlertSummary, CoverageSummary, NodeSummary, TrainingPoint
+from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, TrainingPoint
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class SwarmPoint(TypedDict):
 
 
 # Coverage, training points and alerts travel in their one summary shape (swarm.summaries) unchanged.
-CoverageView = CoverageSummary
+CoverageView = CoverageReading
 AlertView = AlertSummary
 
 

@@ -25,7 +25,7 @@ from live.protocol import (
 )
 from projects.models import Project
 from swarm import selectors as swarm_selectors
-from swarm.events import alert_summary, coverage_summary, node_summary, training_point
+from swarm.events import alert_summary, coverage_reading, node_summary, training_point
 from swarm.models import Alert, HeartbeatSample, Node, NodeState
 from swarm.summaries import TrainingPoint
 
@@ -98,7 +98,7 @@ def open_alert_views(*, project_id: int) -> list[AlertView]:
 
 def coverage_view(project: Project) -> CoverageView:
     swarm = swarm_selectors.swarm_settings(project=project)
-    return coverage_summary(swarm_selectors.coverage_of(project=project), swarm.observed_at)
+    return coverage_reading(swarm_selectors.coverage_of(project=project), swarm.observed_at)
 
 
 def training_series(project: Project) -> list[TrainingPoint]:

@@ -15,7 +15,7 @@ from core.events import (
     project_swarm_group,
 )
 from swarm.models import Alert, Node, NodeState, TrainingMetric
-from swarm.summaries import AlertSummary, CoverageSummary, NodeSummary, TrainingPoint, finite_or
+from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, TrainingPoint, finite_or
 
 
 def unix(moment: datetime | None) -> float | None:
@@ -50,7 +50,7 @@ def alert_summary(alert: Alert) -> AlertSummary:
     }
 
 
-def coverage_summary(cells: dict[str, int], observed_at: datetime | None) -> CoverageSummary:
+def coverage_reading(cells: dict[str, int], observed_at: datetime | None) -> CoverageReading:
     return {"cells": dict(cells), "observed_at": unix(observed_at)}
 
 
@@ -76,7 +76,7 @@ def announce_coverage(slug: str, observed_at: datetime, cells: dict[str, int]) -
     event: CoverageChangedEvent = {
         "type": "swarm.coverage_changed",
         "project": slug,
-        "coverage": coverage_summary(cells, observed_at),
+        "coverage": coverage_reading(cells, observed_at),
     }
     broadcast_on_commit(project_swarm_group(slug), event)
 

@@ -62,7 +62,7 @@ class AlertSummary(TypedDict):
     raised_at: _Time
 
 
-class CoverageSummary(TypedDict):
+class CoverageReading(TypedDict):
     """Live replicas per covered grid cell (holes are absent or 0) and when the DHT was read."""
 
     cells: Annotated[dict[_Text, _Replicas], msgspec.Meta(max_length=MAX_CELLS)]

@@ -39,11 +39,11 @@ def test_an_event_without_a_recent_change_time_is_dated_by_arrival() -> None:
 
 
 def test_coverage_and_metrics() -> None:
-    coverage_summary = {"cells": {"ffn.0.0": 2}, "observed_at": T0 + 5}
+    coverage_reading = {"cells": {"ffn.0.0": 2}, "observed_at": T0 + 5}
     [coverage] = to_diffs(
-        {"type": "swarm.coverage_changed", "coverage": coverage_summary}, received_at=T0 + 6
+        {"type": "swarm.coverage_changed", "coverage": coverage_reading}, received_at=T0 + 6
     )
-    assert coverage == {"type": "coverage.changed", "at": T0 + 5, "coverage": coverage_summary}
+    assert coverage == {"type": "coverage.changed", "at": T0 + 5, "coverage": coverage_reading}
     point = {"t": T0 + 1, "step": 1, "loss": 2.0, "accuracy": 0.5, "node_id": "cd" * 20}
     [metrics] = to_diffs({"type": "swarm.metrics_received", "points": [point]}, received_at=T0)
     assert metrics["series"] == "training"

@@ -30,7 +30,7 @@ from swarm.selectors import node_as_dict
 from swarm.summaries import (
     MAX_UNIX_TIME,
     AlertSummary,
-    CoverageSummary,
+    CoverageReading,
     NodeSummary,
     SummaryError,
     TrainingPoint,
@@ -58,7 +58,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
     max_leaves=30,
 )
-SHAPES = [NodeSummary, AlertSummary, CoverageSummary, TrainingPoint]
+SHAPES = [NodeSummary, AlertSummary, CoverageReading, TrainingPoint]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
