@@ -2,6 +2,8 @@
 
 Every event is a TypedDict with a Literal `type`; Channels dispatches `type` "a.b" to the consumer method
 `a_b`, so each consumer has one small handler per event type. Add new events to `PortalEvent`.
+Swarm events carry the objects in their one summary shape (swarm.summaries, times as unix seconds),
+which the live hub checks and forwards without converting.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Literal, TypedDict
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, TrainingPoint
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +43,6 @@ class ProjectChangedEvent(TypedDict):
     project: ProjectSummary
 
 
-class NodeSummary(TypedDict):
-    node_id: str
-    state: str
-    state_label: str
-    state_changed_at: str
-    role: str
-    experts: list[str]
-    announced_experts: list[str]
-    agent_version: str
-    samples: int
-    requests: int
-    samples_per_s: float
-    last_heartbeat_at: str | None
-
-
 class NodeChangedEvent(TypedDict):
     """A node of a project's swarm changed state or reported a heartbeat (group `swarm.<slug>`)."""
 
@@ -63,20 +52,11 @@ class NodeChangedEvent(TypedDict):
 
 
 class CoverageChangedEvent(TypedDict):
-    """The observer read the project's DHT: live replicas per grid cell (0 = hole)."""
+    """The observer read the project's DHT: live replicas per covered grid cell, when it read them."""
 
     type: Literal["swarm.coverage_changed"]
     project: str
-    observed_at: str
-    cells: dict[str, int]
-
-
-class MetricPointSummary(TypedDict):
-    step: int
-    loss: float
-    accuracy: float
-    samples_per_s: float
-    timestamp: str
+    coverage: CoverageReading
 
 
 class MetricsReceivedEvent(TypedDict):
@@ -84,17 +64,7 @@ class MetricsReceivedEvent(TypedDict):
 
     type: Literal["swarm.metrics_received"]
     project: str
-    node_id: str
-    points: list[MetricPointSummary]
-
-
-class AlertSummary(TypedDict):
-    id: str
-    kind: str
-    severity: str
-    message: str
-    node_id: str | None
-    raised_at: str  # ISO-8601
+    points: list[TrainingPoint]
 
 
 class AlertChangedEvent(TypedDict):
@@ -103,7 +73,7 @@ class AlertChangedEvent(TypedDict):
     type: Literal["swarm.alert_changed"]
     project: str
     alert: AlertSummary
-    resolved_at: str | None  # ISO-8601 once resolved, None while open
+    resolved_at: float | None  # unix seconds once resolved, None while open
 
 
 def project_swarm_group(slug: str) -> str:

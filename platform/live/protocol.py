@@ -27,26 +27,17 @@ import logging
 from typing import Any, Literal, NotRequired, TypedDict
 
 from node_agent.portal.signed_body import json_loads_bounded
+from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, TrainingPoint
 
 logger = logging.getLogger(__name__)
 
 MAX_CLIENT_MESSAGE_BYTES = 1024
 
 
-class NodeView(TypedDict):
-    node_id: str
+class NodeView(NodeSummary):
+    """A node on the page: its one summary (swarm.summaries) plus what only the browser needs."""
+
     label: str
-    role: str  # "server" | "trainer" | "" before the first heartbeat
-    state: str  # swarm.models.NodeState value
-    state_label: str
-    state_changed: float  # unix seconds
-    last_heartbeat: float | None  # unix seconds; the browser shows freshness from it
-    experts: list[str]
-    announced: list[str]  # what the observer saw this node announce in the DHT
-    agent_version: str
-    samples: int
-    requests: int
-    samples_per_s: float
     owner: str  # display name of the volunteer
     owner_key: str  # opaque per-owner token; the viewer's own nodes match `viewer.owner_key`
 
@@ -61,32 +52,15 @@ class EdgeSet(TypedDict):
     targets: list[PeerEdge]
 
 
-class CoverageView(TypedDict):
-    cells: dict[str, int]  # expert uid -> live replicas seen in the DHT (0 = hole)
-    observed_at: float | None
-
-
 class SwarmPoint(TypedDict):
     t: float
     samples_per_s: float
     online: int
 
 
-class TrainingPoint(TypedDict):
-    t: float
-    step: int
-    loss: float
-    accuracy: float
-    node_id: str
-
-
-class AlertView(TypedDict):
-    id: str
-    kind: str
-    severity: str
-    message: str
-    node_id: str | None
-    raised_at: float
+# Coverage, training points and alerts travel in their one summary shape (swarm.summaries) unchanged.
+CoverageView = CoverageReading
+AlertView = AlertSummary
 
 
 class ProjectInfo(TypedDict):

@@ -22,12 +22,12 @@ from live.protocol import (
     PeerEdge,
     ProjectInfo,
     SwarmPoint,
-    TrainingPoint,
 )
 from projects.models import Project
 from swarm import selectors as swarm_selectors
-from swarm.events import node_summary
+from swarm.events import alert_summary, coverage_reading, node_summary, training_point
 from swarm.models import Alert, HeartbeatSample, Node, NodeState
+from swarm.summaries import TrainingPoint
 
 HISTORY_BUCKET_S = 10
 MAX_EDGES_PER_NODE = 64
@@ -91,39 +91,19 @@ def node_extras(*, project_id: int, node_ids: list[str]) -> dict[str, NodeExtras
     }
 
 
-def alert_view(alert: Alert) -> AlertView:
-    return {
-        "id": str(alert.pk),
-        "kind": alert.kind,
-        "severity": alert.severity,
-        "message": alert.message,
-        "node_id": alert.node.node_id if alert.node_id and alert.node else None,
-        "raised_at": alert.raised_at.timestamp(),
-    }
-
-
 def open_alert_views(*, project_id: int) -> list[AlertView]:
     alerts = Alert.objects.select_related("node").filter(project_id=project_id, resolved_at__isnull=True)
-    return [alert_view(a) for a in alerts[:200]]
+    return [alert_summary(a) for a in alerts[:200]]
 
 
 def coverage_view(project: Project) -> CoverageView:
     swarm = swarm_selectors.swarm_settings(project=project)
-    observed = swarm.observed_at.timestamp() if swarm.observed_at else None
-    return {"cells": swarm_selectors.coverage_of(project=project), "observed_at": observed}
+    return coverage_reading(swarm_selectors.coverage_of(project=project), swarm.observed_at)
 
 
 def training_series(project: Project) -> list[TrainingPoint]:
-    return [
-        {
-            "t": m.timestamp.timestamp(),
-            "step": m.step,
-            "loss": m.loss,
-            "accuracy": m.accuracy,
-            "node_id": m.node.node_id,
-        }
-        for m in swarm_selectors.recent_metrics(project=project)
-    ]
+    metrics = swarm_selectors.recent_metrics(project=project)
+    return [point for m in metrics if (point := training_point(m, m.node.node_id)) is not None]
 
 
 def snapshot_parts(*, project: Project) -> dict[str, Any]:

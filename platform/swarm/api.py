@@ -1,8 +1,8 @@
 """The JSON API under /api/v1/: agent endpoints (signed bodies) and read-only swarm state.
 
 Views stay thin: check the signature and schema (`node_agent.portal.signed_body`, `.schemas`), call a
-service, turn an AgentRequestError into `{"error": code, "detail": text}` with its status. Every refusal
-is logged.
+service, turn a swarm.errors refusal into `{"error": code, "detail": text}` with the status HTTP_STATUS
+gives its kind. Every refusal is logged.
 Agent endpoints carry no cookies, so CSRF does not apply; the body signature authenticates them.
 """
 
@@ -28,6 +28,7 @@ from node_agent.portal.schemas import (
     ErrorReply,
     HeartbeatReply,
     MetricsReply,
+    PendingReply,
     reply_to_builtins,
     validate_heartbeat,
     validate_join,
@@ -39,13 +40,41 @@ from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from projects.selectors import project_get
 from swarm import ratelimit, selectors, services, telemetry
-from swarm.errors import AgentRequestError
+from swarm.errors import (
+    Conflict,
+    Expired,
+    InvalidRequest,
+    NotAuthenticated,
+    NotFound,
+    NotPermitted,
+    RateLimited,
+    SwarmRefusal,
+    TooLarge,
+    Unavailable,
+)
 from swarm.openapi import openapi_schema
 from swarm.permissions import can_view_swarm
 
 logger = logging.getLogger(__name__)
 
-_SIGNED_BODY_STATUS = {"malformed": 400, "too_large": 413, "bad_signature": 401, "stale": 401}
+#: The one place a refusal's kind becomes an HTTP status.
+HTTP_STATUS: dict[type[SwarmRefusal], int] = {
+    InvalidRequest: 400,
+    NotAuthenticated: 401,
+    NotPermitted: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Expired: 410,
+    TooLarge: 413,
+    RateLimited: 429,
+    Unavailable: 503,
+}
+_SIGNED_BODY_REFUSAL: dict[str, type[SwarmRefusal]] = {
+    "malformed": InvalidRequest,
+    "too_large": TooLarge,
+    "bad_signature": NotAuthenticated,
+    "stale": NotAuthenticated,
+}
 
 
 def portal_url(request: HttpRequest) -> str:
@@ -53,9 +82,17 @@ def portal_url(request: HttpRequest) -> str:
     return (settings.PORTAL_PUBLIC_URL or request.build_absolute_uri("/")).rstrip("/")
 
 
-def error_response(exc: AgentRequestError) -> JsonResponse:
+def http_status(exc: SwarmRefusal) -> int:
+    """The status of a refusal's kind (its nearest listed class; 400 for an unlisted subclass)."""
+    for kind in type(exc).__mro__:
+        if kind in HTTP_STATUS:
+            return HTTP_STATUS[kind]
+    return 400
+
+
+def error_response(exc: SwarmRefusal) -> JsonResponse:
     reply = ErrorReply(error=exc.code, detail=exc.detail)
-    response = JsonResponse(reply_to_builtins(reply), status=exc.status)
+    response = JsonResponse(reply_to_builtins(reply), status=http_status(exc))
     if exc.retry_after is not None:
         response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response
@@ -65,13 +102,14 @@ def _signed_body(request: HttpRequest, now: float) -> tuple[bytes, dict[str, Any
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        raise AgentRequestError(400, "malformed", "Content-Length is not a number") from None
+        raise InvalidRequest("malformed", "Content-Length is not a number") from None
     if declared > MAX_BODY_BYTES:
-        raise AgentRequestError(413, "too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
+        raise TooLarge("too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
     try:
         return verify_body(request.body, request.headers, now=now)
     except SignedBodyError as exc:
-        raise AgentRequestError(_SIGNED_BODY_STATUS.get(exc.reason, 400), exc.reason, exc.detail) from None
+        refusal = _SIGNED_BODY_REFUSAL.get(exc.reason, InvalidRequest)
+        raise refusal(exc.reason, exc.detail) from None
 
 
 AgentHandler = Callable[[HttpRequest, bytes, dict[str, Any]], JsonResponse]
@@ -104,17 +142,15 @@ def agent_endpoint(
                     ratelimit.enforce(key_limit, public_key.hex(), now=now)
                 return handler(request, public_key, body)
             except PayloadError as exc:
-                error = AgentRequestError(400, "invalid", exc.detail)
-            except AgentRequestError as exc:
+                error: SwarmRefusal = InvalidRequest("invalid", exc.detail)
+            except SwarmRefusal as exc:
                 error = exc
             except DataError as exc:  # a value the schema let through but a column cannot hold
                 logger.error("database refused a value for %s: %s", request.path, exc)
-                error = AgentRequestError(400, "invalid", "a value is out of range for the portal")
+                error = InvalidRequest("invalid", "a value is out of range for the portal")
             except OperationalError as exc:  # database busy or away: the agent retries with backoff
                 logger.error("database unavailable for %s: %s", request.path, exc)
-                error = AgentRequestError(
-                    503, "unavailable", "the portal is busy; retry later", retry_after=5
-                )
+                error = Unavailable("unavailable", "the portal is busy; retry later", retry_after=5)
             logger.warning(
                 "refused %s from %s: %s %s",
                 request.path,
@@ -131,10 +167,10 @@ def agent_endpoint(
 
 @agent_endpoint(ip_limit="RATE_JOIN_PER_IP", key_limit="RATE_JOIN_PER_KEY")
 def agent_join(request: HttpRequest, public_key: bytes, body: dict[str, Any]) -> JsonResponse:
-    status, reply = services.agent_join(
+    reply = services.agent_join(
         public_key=public_key, request=validate_join(body), now=timezone.now(), portal_url=portal_url(request)
     )
-    return JsonResponse(reply_to_builtins(reply), status=status)
+    return JsonResponse(reply_to_builtins(reply), status=202 if isinstance(reply, PendingReply) else 201)
 
 
 @agent_endpoint(key_limit="RATE_RENEW_PER_KEY")
@@ -170,7 +206,7 @@ def _swarm_project(request: HttpRequest, slug: str) -> Project:
 
 
 def _not_found(slug: str) -> JsonResponse:
-    return error_response(AgentRequestError(404, "not_found", f"no project {slug!r}"))
+    return error_response(NotFound("not_found", f"no project {slug!r}"))
 
 
 def _page_params(request: HttpRequest, **pages: tuple[str, tuple[int, int]]) -> dict[str, int]:
@@ -184,7 +220,7 @@ def _page_params(request: HttpRequest, **pages: tuple[str, tuple[int, int]]) -> 
         for suffix, fallback in (("offset", 0), ("limit", default)):
             raw = request.GET.get(f"{prefix}{suffix}", "")
             if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
-                raise AgentRequestError(400, "invalid", f"{prefix}{suffix} must be a non-negative integer")
+                raise InvalidRequest("invalid", f"{prefix}{suffix} must be a non-negative integer")
             value = int(raw) if raw else fallback
             values[f"{name}_{suffix}"] = min(value, largest) if suffix == "limit" else value
     return values
@@ -214,7 +250,7 @@ def project_swarm(request: HttpRequest, slug: str) -> JsonResponse:
         )
     except Http404:
         return _not_found(slug)
-    except AgentRequestError as exc:
+    except SwarmRefusal as exc:
         return error_response(exc)
     return JsonResponse(
         selectors.swarm_state(project=project, viewer=request.user, now=timezone.now(), **pages)
@@ -230,7 +266,7 @@ def project_nodes(request: HttpRequest, slug: str) -> JsonResponse:
         page = _page_params(request, nodes=("", selectors.NODES_PAGE))
     except Http404:
         return _not_found(slug)
-    except AgentRequestError as exc:
+    except SwarmRefusal as exc:
         return error_response(exc)
     now = timezone.now()
     body = selectors.nodes_page(

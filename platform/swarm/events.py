@@ -1,35 +1,69 @@
-"""Builds the live events that swarm services broadcast (types in core.events)."""
+"""Summarises swarm rows in their one live shape (swarm.summaries) and broadcasts the events that carry
+them (types in core.events). The live snapshot and the API build on the same summaries."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from core.events import (
+    AlertChangedEvent,
     CoverageChangedEvent,
-    MetricPointSummary,
     MetricsReceivedEvent,
     NodeChangedEvent,
-    NodeSummary,
     broadcast_on_commit,
     project_swarm_group,
 )
-from swarm.models import Node, NodeState, TrainingMetric
+from swarm.models import Alert, Node, NodeState, TrainingMetric
+from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, TrainingPoint, finite_or
+
+
+def unix(moment: datetime | None) -> float | None:
+    return moment.timestamp() if moment is not None else None
 
 
 def node_summary(node: Node) -> NodeSummary:
     return {
         "node_id": node.node_id,
+        "role": node.role,
         "state": node.state,
         "state_label": NodeState(node.state).label,
-        "state_changed_at": node.state_changed_at.isoformat(),
-        "role": node.role,
-        "experts": list(node.experts),
-        "announced_experts": list(node.announced_experts),
+        "state_changed": node.state_changed_at.timestamp(),
+        "last_heartbeat": unix(node.last_heartbeat_at),
+        "experts": [str(uid) for uid in node.experts],
+        "announced": [str(uid) for uid in node.announced_experts],
         "agent_version": node.agent_version,
         "samples": node.samples,
         "requests": node.requests,
-        "samples_per_s": node.samples_per_s,
-        "last_heartbeat_at": node.last_heartbeat_at.isoformat() if node.last_heartbeat_at else None,
+        "samples_per_s": finite_or(node.samples_per_s, 0.0),
+    }
+
+
+def alert_summary(alert: Alert) -> AlertSummary:
+    return {
+        "id": str(alert.pk),
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "message": alert.message,
+        "node_id": alert.node.node_id if alert.node_id and alert.node else None,
+        "raised_at": alert.raised_at.timestamp(),
+    }
+
+
+def coverage_reading(cells: dict[str, int], observed_at: datetime | None) -> CoverageReading:
+    return {"cells": dict(cells), "observed_at": unix(observed_at)}
+
+
+def training_point(metric: TrainingMetric, node_id: str) -> TrainingPoint | None:
+    """A metric as a chart point; None for a non-finite loss or accuracy (JSON cannot carry them)."""
+    if not (math.isfinite(metric.loss) and math.isfinite(metric.accuracy)):
+        return None
+    return {
+        "t": metric.timestamp.timestamp(),
+        "step": metric.step,
+        "loss": metric.loss,
+        "accuracy": metric.accuracy,
+        "node_id": node_id,
     }
 
 
@@ -42,27 +76,27 @@ def announce_coverage(slug: str, observed_at: datetime, cells: dict[str, int]) -
     event: CoverageChangedEvent = {
         "type": "swarm.coverage_changed",
         "project": slug,
-        "observed_at": observed_at.isoformat(),
-        "cells": cells,
+        "coverage": coverage_reading(cells, observed_at),
     }
     broadcast_on_commit(project_swarm_group(slug), event)
 
 
 def announce_metrics(slug: str, node: Node, points: list[TrainingMetric]) -> None:
-    summaries: list[MetricPointSummary] = [
-        {
-            "step": p.step,
-            "loss": p.loss,
-            "accuracy": p.accuracy,
-            "samples_per_s": p.samples_per_s,
-            "timestamp": p.timestamp.isoformat(),
-        }
-        for p in points
-    ]
     event: MetricsReceivedEvent = {
         "type": "swarm.metrics_received",
         "project": slug,
-        "node_id": node.node_id,
-        "points": summaries,
+        "points": [point for p in points if (point := training_point(p, node.node_id)) is not None],
+    }
+    if event["points"]:
+        broadcast_on_commit(project_swarm_group(slug), event)
+
+
+def announce_alert(alert: Alert, slug: str) -> None:
+    """Tell the project's live viewers that `alert` opened or closed, once the transaction commits."""
+    event: AlertChangedEvent = {
+        "type": "swarm.alert_changed",
+        "project": slug,
+        "alert": alert_summary(alert),
+        "resolved_at": unix(alert.resolved_at),
     }
     broadcast_on_commit(project_swarm_group(slug), event)

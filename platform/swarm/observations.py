@@ -13,10 +13,9 @@ from datetime import datetime
 from django.conf import settings
 from django.db import transaction
 
-from core.events import AlertChangedEvent, broadcast_on_commit, project_swarm_group
 from projects.models import Project
 from swarm import selectors
-from swarm.events import announce_coverage
+from swarm.events import announce_alert, announce_coverage
 from swarm.models import Alert, AlertSeverity, Node, NodeState, ProjectSwarm
 from swarm.reconcile import NodeFacts, Thresholds, grid_cells, grid_coverage, reconcile
 from swarm.services import node_set_state
@@ -30,24 +29,6 @@ class WantedAlert:
     severity: str
     message: str
     node: Node | None = None
-
-
-def announce_alert(alert: Alert, slug: str) -> None:
-    """Tell the project's live viewers that `alert` opened or closed, once the transaction commits."""
-    event: AlertChangedEvent = {
-        "type": "swarm.alert_changed",
-        "project": slug,
-        "alert": {
-            "id": str(alert.pk),
-            "kind": alert.kind,
-            "severity": alert.severity,
-            "message": alert.message,
-            "node_id": alert.node.node_id if alert.node is not None else None,
-            "raised_at": alert.raised_at.isoformat(),
-        },
-        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
-    }
-    broadcast_on_commit(project_swarm_group(slug), event)
 
 
 def thresholds() -> Thresholds:

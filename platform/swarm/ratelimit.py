@@ -75,16 +75,15 @@ LIMIT_WINDOWS_S = {
 
 
 def enforce(setting: str, key: str, *, now: float) -> None:
-    """Count one request for `key` under the limit named `setting`; raise a 429 AgentRequestError if over."""
+    """Count one request for `key` under the limit named `setting`; raise RateLimited if over."""
     from django.conf import settings
 
-    from swarm.errors import AgentRequestError
+    from swarm.errors import RateLimited
 
     limit = WindowLimit(setting, int(settings.SWARM[setting]), LIMIT_WINDOWS_S[setting])
     retry_after = window_hit(limit, key, now=now)
     if retry_after is not None:
-        raise AgentRequestError(
-            429,
+        raise RateLimited(
             "rate_limited",
             f"more than {limit.hits} requests in {limit.window_s} s; retry later",
             retry_after=retry_after,

@@ -18,6 +18,7 @@ from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from projects.permissions import AnyUser
 from swarm.api_types import CoverageSummary, NodeRow, NodesPage, Page, SwarmState
+from swarm.events import node_summary
 from swarm.keys import portal_public_key
 from swarm.models import (
     Alert,
@@ -29,6 +30,7 @@ from swarm.models import (
     TrainingMetric,
 )
 from swarm.reconcile import grid_cells, grid_holes
+from swarm.summaries import iso_from_unix
 from swarm.wheel import latest_wheel
 
 MAX_BOOTSTRAP_PEERS = 16
@@ -137,23 +139,25 @@ def node_credential_state(*, node: Node, now: datetime) -> dict[str, Any]:
 
 
 def node_as_dict(node: Node, now: datetime, *, private: bool = False) -> NodeRow:
-    """A node for the API; its endpoint (IP address) and platform only when `private` (owner, staff)."""
+    """A node for the API: its one summary (swarm.summaries) under the API's documented names and ISO
+    times, plus what only the API shows; endpoint (IP address) and platform only when `private`."""
+    summary = node_summary(node)
     row: NodeRow = {
-        "node_id": node.node_id,
-        "state": node.state,
-        "state_changed_at": iso(node.state_changed_at),
+        "node_id": summary["node_id"],
+        "state": summary["state"],
+        "state_changed_at": iso_from_unix(summary["state_changed"]),
         "state_reason": node.state_reason,
-        "role": node.role,
-        "agent_version": node.agent_version,
-        "experts": list(node.experts),
-        "announced_experts": list(node.announced_experts),
-        "requests": node.requests,
-        "samples": node.samples,
+        "role": summary["role"],
+        "agent_version": summary["agent_version"],
+        "experts": summary["experts"],
+        "announced_experts": summary["announced"],
+        "requests": summary["requests"],
+        "samples": summary["samples"],
         "failures": node.failures,
         "bytes_in": node.bytes_in,
         "bytes_out": node.bytes_out,
-        "samples_per_s": node.samples_per_s,
-        "last_heartbeat_at": iso(node.last_heartbeat_at),
+        "samples_per_s": summary["samples_per_s"],
+        "last_heartbeat_at": iso_from_unix(summary["last_heartbeat"]),
         "heartbeat_age_s": age_s(node.last_heartbeat_at, now),
         "last_seen_in_dht_at": iso(node.last_seen_in_dht_at),
     }
@@ -200,7 +204,8 @@ def _page(offset: int, limit: int, count: int) -> Page:
 
 
 def recent_metrics(*, project: Project, limit: int = RECENT_METRICS) -> list[TrainingMetric]:
-    latest = TrainingMetric.objects.filter(project=project, kind="train").order_by("-timestamp")[:limit]
+    metrics = TrainingMetric.objects.filter(project=project, kind="train").select_related("node")
+    latest = metrics.order_by("-timestamp")[:limit]
     return list(reversed(latest))
 
 

@@ -1,7 +1,8 @@
 """Writes about swarms: join codes, credentials, approvals, bans and node state changes.
 
-Agent-facing services raise AgentRequestError (status, code, detail) and run in one transaction, so a
-refused request leaves nothing behind. Each change a page shows is broadcast to `swarm.<slug>` on commit.
+Agent-facing services raise a swarm.errors refusal (its kind, a code, a detail; no HTTP status) and run
+in one transaction, so a refused request leaves nothing behind. Each change a page shows is broadcast
+to `swarm.<slug>` on commit.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from projects.models import JoinPolicy, Project
 from projects.permissions import can_manage_project, can_view_project
 from swarm import selectors
 from swarm.codes import code_hash, new_code
-from swarm.errors import AgentRequestError
+from swarm.errors import Conflict, Expired, InvalidRequest, NotAuthenticated, NotPermitted
 from swarm.events import announce_node
 from swarm.keys import portal_identity
 from swarm.models import IssuedCredential, JoinCode, Node, NodeState, NodeStateChange, SeenNonce, UserBan
@@ -86,7 +87,7 @@ def nonce_record(*, public_key: bytes, nonce: str, now: datetime) -> None:
         with transaction.atomic():
             SeenNonce.objects.create(public_key=public_key.hex(), nonce=nonce.lower(), seen_at=now)
     except IntegrityError:
-        raise AgentRequestError(409, "replayed", "this signed body was already received") from None
+        raise Conflict("replayed", "this signed body was already received") from None
 
 
 def _credential_issue(*, node: Node, now: datetime) -> IssuedToken:
@@ -108,15 +109,15 @@ def _credential_issue(*, node: Node, now: datetime) -> IssuedToken:
 
 def _refuse_if_banned(node: Node) -> None:
     if node.state == NodeState.BANNED:
-        raise AgentRequestError(403, "banned", "this node is banned from the project")
+        raise NotPermitted("banned", "this node is banned from the project")
     if UserBan.objects.filter(user_id=node.user_id).exists():
-        raise AgentRequestError(403, "banned", "this node's owner is banned")
+        raise NotPermitted("banned", "this node's owner is banned")
 
 
 def agent_join(
     *, public_key: bytes, request: JoinRequest, now: datetime, portal_url: str
-) -> tuple[int, JoinReply | PendingReply]:
-    """Trade a join code (signed by the node key) for a credential: (201, body) or (202, pending)."""
+) -> JoinReply | PendingReply:
+    """Trade a join code (signed by the node key) for a credential, or a `pending_approval` answer."""
     with transaction.atomic():
         nonce_record(public_key=public_key, nonce=request.nonce, now=now)
         code = (
@@ -126,25 +127,25 @@ def agent_join(
             .first()
         )
         if code is None:
-            raise AgentRequestError(400, "invalid_code", "no such join code; copy the command again")
+            raise InvalidRequest("invalid_code", "no such join code; copy the command again")
         if code.used_at is not None:
-            raise AgentRequestError(409, "code_used", "this join code was already used")
+            raise Conflict("code_used", "this join code was already used")
         bound = code.node
         if bound is not None and bound.public_key != public_key.hex():
-            raise AgentRequestError(409, "code_used", "this join code belongs to another node")
+            raise Conflict("code_used", "this join code belongs to another node")
         # A code the node already presented while awaiting approval stays valid for that node.
         if code.expires_at <= now and bound is None:
-            raise AgentRequestError(410, "code_expired", "this join code expired; open the Join page again")
+            raise Expired("code_expired", "this join code expired; open the Join page again")
         project = code.project
         if project.status != ProjectStatus.ACTIVE:
-            raise AgentRequestError(409, "project_not_active", f"project {project.slug} is {project.status}")
+            raise Conflict("project_not_active", f"project {project.slug} is {project.status}")
         node, created = Node.objects.get_or_create(
             project=project,
             public_key=public_key.hex(),
             defaults={"user": code.user, "node_id": node_id_from_public_key(public_key).hex()},
         )
         if node.user_id != code.user_id:
-            raise AgentRequestError(403, "foreign_node", "this node key is registered to another account")
+            raise NotPermitted("foreign_node", "this node key is registered to another account")
         _refuse_if_banned(node)
         node.agent_version, node.platform = request.agent_version, request.platform
         node.save(update_fields=["agent_version", "platform"])
@@ -157,7 +158,7 @@ def agent_join(
             code.node = node
             code.save(update_fields=["node"])
             why = "the project owner must approve this node"
-            return 202, PendingReply(status="pending_approval", detail=why)
+            return PendingReply(status="pending_approval", detail=why)
         moved = node.state == NodeState.PENDING and node_set_state(
             node=node, state=NodeState.REGISTERED, reason="approved", now=now
         )
@@ -169,7 +170,7 @@ def agent_join(
         config = selectors.project_config(project=project, portal_url=portal_url, now=now)
     logger.info("node %s joined %s (user %s)", node.short_id, project.slug, node.user_id)
     joined = JoinedNode(node_id=node.node_id, state=node.state, project=project.slug)
-    return 201, JoinReply(credential=issued.token, expires_at=issued.expires_at, node=joined, config=config)
+    return JoinReply(credential=issued.token, expires_at=issued.expires_at, node=joined, config=config)
 
 
 def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> RenewReply:
@@ -183,13 +184,13 @@ def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> R
             .first()
         )
         if issued_row is None:
-            raise AgentRequestError(401, "unknown_credential", "this portal has no record of the credential")
+            raise NotAuthenticated("unknown_credential", "this portal has no record of the credential")
         node = issued_row.node
         if issued_row.revoked_at is not None:
-            raise AgentRequestError(403, "revoked", "this credential was revoked")
+            raise NotPermitted("revoked", "this credential was revoked")
         _refuse_if_banned(node)
         if node.project.status != ProjectStatus.ACTIVE:
-            raise AgentRequestError(409, "project_not_active", f"project is {node.project.status}")
+            raise Conflict("project_not_active", f"project is {node.project.status}")
         issued = _credential_issue(node=node, now=now)
     return RenewReply(credential=issued.token, expires_at=issued.expires_at)
 
@@ -205,15 +206,14 @@ def verify_credential_for(
         )
     except CredentialError as exc:
         if exc.reason != "expired" or not allow_grace:
-            raise AgentRequestError(
-                401 if exc.reason != "revoked" else 403, f"credential_{exc.reason}", exc.detail
-            ) from None
+            refusal = NotPermitted if exc.reason == "revoked" else NotAuthenticated
+            raise refusal(f"credential_{exc.reason}", exc.detail) from None
         # The signature held (it is checked before expiry); allow renewal for a while after expiry.
         credential = peek_credential(token)
         if now.timestamp() - credential.expires_at > settings.SWARM["RENEW_GRACE"]:
-            raise AgentRequestError(401, "credential_expired", exc.detail) from None
+            raise NotAuthenticated("credential_expired", exc.detail) from None
         if credential.node_public_key != public_key:
-            raise AgentRequestError(401, "credential_wrong_node", "issued to another node key") from None
+            raise NotAuthenticated("credential_wrong_node", "issued to another node key") from None
         return credential
 
 

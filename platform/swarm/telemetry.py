@@ -16,7 +16,7 @@ from django.db import transaction
 from node_agent.portal.schemas import Heartbeat, MetricsReport
 from projects.lifecycle import ProjectStatus
 from swarm import services
-from swarm.errors import AgentRequestError
+from swarm.errors import InvalidRequest, NotAuthenticated, NotPermitted, RateLimited
 from swarm.events import announce_metrics, announce_node
 from swarm.models import HeartbeatSample, IssuedCredential, Node, NodeState, TrainingMetric
 from swarm.ratelimit import take_token
@@ -32,19 +32,17 @@ def _authorised_node(*, public_key: bytes, token: str, node_id: str, now: dateti
         token=token, public_key=public_key, now=now, allow_grace=False
     )
     if node_id != credential.node_id.hex():
-        raise AgentRequestError(400, "wrong_node_id", "node_id is not the signing key's node id")
+        raise InvalidRequest("wrong_node_id", "node_id is not the signing key's node id")
     row = IssuedCredential.objects.filter(cid=credential.cid).select_related("node").first()
     if row is None:
-        raise AgentRequestError(401, "unknown_credential", "this portal has no record of the credential")
+        raise NotAuthenticated("unknown_credential", "this portal has no record of the credential")
     if row.revoked_at is not None:
-        raise AgentRequestError(403, "credential_revoked", "this credential was revoked")
+        raise NotPermitted("credential_revoked", "this credential was revoked")
     node = Node.objects.select_for_update().select_related("project").get(pk=row.node_id)
     if node.state == NodeState.BANNED:
-        raise AgentRequestError(403, "banned", "this node is banned from the project")
+        raise NotPermitted("banned", "this node is banned from the project")
     if node.project.slug != credential.project or node.project.status == ProjectStatus.ARCHIVED:
-        raise AgentRequestError(
-            403, "credential_wrong_project", "the credential's project is not this node's"
-        )
+        raise NotPermitted("credential_wrong_project", "the credential's project is not this node's")
     return node
 
 
@@ -59,8 +57,8 @@ def _take_rate_token(node: Node, now: datetime) -> None:
     )
     if not decision.allowed:
         logger.warning("rate limit: node %s sends telemetry too often", node.short_id)
-        raise AgentRequestError(
-            429, "rate_limited", "too many telemetry bodies; slow down", retry_after=decision.retry_after
+        raise RateLimited(
+            "rate_limited", "too many telemetry bodies; slow down", retry_after=decision.retry_after
         )
     node.rate_tokens, node.rate_updated_at = decision.tokens, now.timestamp()
 
@@ -102,7 +100,7 @@ def heartbeat_record(*, public_key: bytes, heartbeat: Heartbeat, now: datetime) 
 def metrics_record(*, public_key: bytes, report: MetricsReport, now: datetime) -> int:
     """Store a trainer's metrics points; returns how many were stored."""
     if not all(0 < point.timestamp < MAX_UNIX_TIME for point in report.metrics):
-        raise AgentRequestError(400, "invalid", "metrics timestamps must be unix times in seconds")
+        raise InvalidRequest("invalid", "metrics timestamps must be unix times in seconds")
     with transaction.atomic():
         node = _authorised_node(
             public_key=public_key, token=report.credential, node_id=report.node_id, now=now

@@ -27,7 +27,7 @@ from projects.selectors import project_get
 from swarm import ratelimit, selectors, services
 from swarm.api import portal_url
 from swarm.charts import polyline
-from swarm.errors import AgentRequestError
+from swarm.errors import RateLimited
 from swarm.models import Node
 from swarm.openapi import openapi_schema
 from swarm.permissions import can_view_swarm
@@ -69,7 +69,7 @@ def join_page(request: HttpRequest, slug: str) -> HttpResponse:
         now = timezone.now()
         try:
             ratelimit.enforce("RATE_JOIN_CODES_PER_USER", str(request.user.pk), now=now.timestamp())
-        except AgentRequestError as exc:
+        except RateLimited as exc:
             logger.warning("user %s asks for join codes too often", request.user.pk)
             context["rate_limited"] = exc.detail
             response = render(request, "swarm/join.html", context, status=429)

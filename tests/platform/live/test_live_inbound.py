@@ -6,21 +6,21 @@ import pytest
 
 from live.inbound import InboundError, change_time, owner_key, to_diffs
 
+T0 = 1767225600.0  # 2026-01-01T00:00:00Z
 NODE = {
     "node_id": "ab" * 20,
     "state": "online",
     "state_label": "Online",
-    "state_changed_at": "2026-01-01T00:00:00+00:00",
+    "state_changed": T0,
     "role": "server",
     "experts": ["ffn.0.1"],
-    "announced_experts": [],
+    "announced": [],
     "agent_version": "0.1.0",
     "samples": 10,
     "requests": 2,
     "samples_per_s": 12.5,
-    "last_heartbeat_at": "2026-01-01T00:00:09+00:00",
+    "last_heartbeat": T0 + 9,
 }
-T0 = 1767225600.0  # 2026-01-01T00:00:00Z
 
 
 def test_node_changed_becomes_an_upsert_dated_by_its_heartbeat() -> None:
@@ -39,36 +39,16 @@ def test_an_event_without_a_recent_change_time_is_dated_by_arrival() -> None:
 
 
 def test_coverage_and_metrics() -> None:
+    coverage_reading = {"cells": {"ffn.0.0": 2}, "observed_at": T0 + 5}
     [coverage] = to_diffs(
-        {
-            "type": "swarm.coverage_changed",
-            "observed_at": "2026-01-01T00:00:05+00:00",
-            "cells": {"ffn.0.0": 2},
-        },
-        received_at=T0 + 6,
+        {"type": "swarm.coverage_changed", "coverage": coverage_reading}, received_at=T0 + 6
     )
-    assert coverage["coverage"] == {"cells": {"ffn.0.0": 2}, "observed_at": T0 + 5}
-    points = [
-        {
-            "step": 1,
-            "loss": 2.0,
-            "accuracy": 0.5,
-            "samples_per_s": 9.0,
-            "timestamp": "2026-01-01T00:00:01+00:00",
-        },
-        {
-            "step": 2,
-            "loss": float("nan"),
-            "accuracy": 0.5,
-            "samples_per_s": 9.0,
-            "timestamp": "2026-01-01T00:00:02+00:00",
-        },
-    ]
-    [metrics] = to_diffs(
-        {"type": "swarm.metrics_received", "node_id": "cd" * 20, "points": points}, received_at=T0
-    )
+    assert coverage == {"type": "coverage.changed", "at": T0 + 5, "coverage": coverage_reading}
+    point = {"t": T0 + 1, "step": 1, "loss": 2.0, "accuracy": 0.5, "node_id": "cd" * 20}
+    [metrics] = to_diffs({"type": "swarm.metrics_received", "points": [point]}, received_at=T0)
     assert metrics["series"] == "training"
-    assert metrics["points"] == [{"t": T0 + 1, "step": 1, "loss": 2.0, "accuracy": 0.5, "node_id": "cd" * 20}]
+    assert metrics["points"] == [point]
+    assert to_diffs({"type": "swarm.metrics_received", "points": []}, received_at=T0) == []
 
 
 @pytest.mark.parametrize(
@@ -76,9 +56,16 @@ def test_coverage_and_metrics() -> None:
     [
         {"type": "swarm.node_changed"},
         {"type": "swarm.node_changed", "node": {"state": "online"}},
-        {"type": "swarm.node_changed", "node": {**NODE, "last_heartbeat_at": "yesterday"}},
-        {"type": "swarm.coverage_changed", "cells": [1, 2]},
+        {"type": "swarm.node_changed", "node": {**NODE, "last_heartbeat": "yesterday"}},
+        {"type": "swarm.node_changed", "node": {**NODE, "samples_per_s": float("nan")}},
+        {"type": "swarm.node_changed", "node": {**NODE, "samples": "10"}},
+        {"type": "swarm.node_changed", "node": {**NODE, "experts": ["x"] * 5000}},
+        {"type": "swarm.node_changed", "node": {**NODE, "state_changed": 1e20}},
+        {"type": "swarm.coverage_changed", "coverage": {"cells": [1, 2], "observed_at": None}},
+        {"type": "swarm.coverage_changed", "coverage": {"cells": {"a": -1}, "observed_at": None}},
         {"type": "swarm.metrics_received", "points": [1]},
+        {"type": "swarm.metrics_received", "points": [{"t": T0, "step": 1, "loss": float("inf")}]},
+        {"type": "swarm.metrics_received", "points": [{}] * 1001},
         {"type": "swarm.unheard_of"},
     ],
 )
@@ -99,7 +86,7 @@ ALERT = {
     "severity": "warning",
     "message": "The DHT could not be read: timeout",
     "node_id": None,
-    "raised_at": "2026-01-01T00:00:05+00:00",
+    "raised_at": T0 + 5,
 }
 
 
@@ -121,7 +108,7 @@ def test_an_open_alert_becomes_alert_raised() -> None:
 
 
 def test_a_resolved_alert_becomes_alert_cleared() -> None:
-    event = {"type": "swarm.alert_changed", "alert": ALERT, "resolved_at": "2026-01-01T00:01:00+00:00"}
+    event = {"type": "swarm.alert_changed", "alert": ALERT, "resolved_at": T0 + 60}
     [diff] = to_diffs(event, received_at=T0 + 61)
     assert diff == {"type": "alert.cleared", "at": T0 + 60, "alert_id": "17"}
 
@@ -133,7 +120,9 @@ def test_a_resolved_alert_becomes_alert_cleared() -> None:
         {"type": "swarm.alert_changed", "alert": {"id": ""}},
         {"type": "swarm.alert_changed", "alert": {"id": 17}},
         {"type": "swarm.alert_changed", "alert": ALERT, "resolved_at": "yesterday"},
-        {"type": "swarm.alert_changed", "alert": {**ALERT, "raised_at": 5}},
+        {"type": "swarm.alert_changed", "alert": {**ALERT, "raised_at": "2026-01-01T00:00:05+00:00"}},
+        {"type": "swarm.alert_changed", "alert": {**ALERT, "message": "x" * 5000}},
+        {"type": "swarm.alert_changed", "alert": ALERT, "resolved_at": float("nan")},
     ],
 )
 def test_malformed_alert_events_are_refused(event: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.test import Client
 from django.utils import timezone
 
@@ -124,3 +127,27 @@ def no_rate_limit(settings: Any) -> Iterator[None]:
 
 def loads(response: Any) -> dict[str, Any]:
     return json.loads(response.content)
+
+
+Listener = Callable[[], dict[str, Any]]
+
+
+@pytest.fixture
+def listen() -> Iterator[Callable[[str], Listener]]:
+    """Subscribe to a channel-layer group; the returned callable waits (5 s at most) for its next event."""
+    layer = get_channel_layer()
+    joined: list[tuple[str, str]] = []
+
+    def subscribe(group: str) -> Listener:
+        channel = async_to_sync(layer.new_channel)()
+        async_to_sync(layer.group_add)(group, channel)
+        joined.append((group, channel))
+
+        async def next_event() -> dict[str, Any]:
+            return await asyncio.wait_for(layer.receive(channel), timeout=5)
+
+        return async_to_sync(next_event)
+
+    yield subscribe
+    for group, channel in joined:
+        async_to_sync(layer.group_discard)(group, channel)
