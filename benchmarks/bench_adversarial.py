@@ -12,7 +12,7 @@ crafted with the project's own message, record, framing and signing code (`bench
   re-stored thousands of times, replayed unpinned requests from another address, a forged revocation
   list read by a credential-checking node, padded long-lived withdrawals under the expert prefix key;
   data channel: malformed tensor bodies, unfinished multi-part messages, a flood of signed rtc.offer
-  from fresh keys (while a newcomer trainer tries to connect);
+  from fresh keys (while a credentialed newcomer trainer tries to connect);
   portal: 8,000 nested lists and a 400-digit ts on the four agent endpoints, 2^63 counters in signed
   heartbeats and metrics, a big grid's swarm API, anonymous reads of an approval-only project.
 
@@ -233,7 +233,15 @@ def start_swarm(procs: Processes, args: argparse.Namespace) -> dict[str, Any]:
     victims = str(REPO / "benchmarks" / "adversary" / "victims.py")
     procs.start("expert_server", [sys.executable, victims, "server", json.dumps(server)], env=victim_env)
     info = json.loads(procs.first_line("expert_server", 120))
-    trainer = common | {"prefix": "ffn.", "pause": args.honest_pause}
+    trainer_key = procs.workdir / "trainer.key"
+    trainer_credential = issue_credential(
+        portal_key, cid="bench-trainer", project=project, user=2,
+        node_public_key=Identity.load_or_create(trainer_key).public_key_bytes, now=time.time(), ttl=3600,
+    )  # fmt: skip
+    trainer = common | {
+        "prefix": "ffn.", "pause": args.honest_pause,
+        "identity": str(trainer_key), "credential": trainer_credential,
+    }  # fmt: skip
     procs.start("trainer", [sys.executable, victims, "trainer", json.dumps(trainer)], env=victim_env)
     procs.first_line("trainer", 120)
     return {
@@ -243,6 +251,15 @@ def start_swarm(procs: Processes, args: argparse.Namespace) -> dict[str, Any]:
         "server_id": bytes.fromhex(info["node_id"]),
         "portal_public_key": portal_key.public_key_bytes,
         "project": project,
+        "issue_credential": lambda identity: issue_credential(
+            portal_key,
+            cid=f"bench-{identity.node_id.hex()[:8]}",
+            project=project,
+            user=3,
+            node_public_key=identity.public_key_bytes,
+            now=time.time(),
+            ttl=3600,
+        ),
     }
 
 
@@ -296,7 +313,9 @@ async def play(
 
     async def offer_flood() -> dict[str, Any]:
         until = time.time() + seconds + 2
-        newcomer = asyncio.create_task(rtc_attacks.newcomer_calls(handle, HIDDEN_DIM, until))
+        newcomer = asyncio.create_task(
+            rtc_attacks.newcomer_calls(handle, HIDDEN_DIM, until, swarm["issue_credential"])
+        )
         result = await rtc_attacks.offer_flood(
             swarm["server"], seconds, round(900 * scale), rate=150 * min(1.0, 4 * scale), sockets=16
         )

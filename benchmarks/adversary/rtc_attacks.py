@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,10 +30,17 @@ from node_agent.tensor_codec import Compression, encode_tensors
 WRONG_CODES = {"internal"}
 
 
-async def attacker() -> ExpertCaller:
-    """A client of its own (fresh identity). It joins no swarm: signalling goes straight to the
+async def attacker(identity: Identity | None = None, credential: str | None = None) -> ExpertCaller:
+    """A client of its own (fresh identity unless given). It joins no swarm: signalling goes straight to the
     server's DHT endpoint, so a busy bootstrap node cannot keep the attack (or a newcomer) away."""
-    return await asyncio.to_thread(ExpertCaller.start_caller, [], 30.0, rtc_options=RTCOptions.for_loopback())
+    return await asyncio.to_thread(
+        ExpertCaller.start_caller,
+        [],
+        30.0,
+        rtc_options=RTCOptions.for_loopback(),
+        identity=identity,
+        credential=credential,
+    )
 
 
 async def on_caller(caller: ExpertCaller, coro: Any) -> Any:
@@ -175,13 +183,20 @@ async def offer_flood(server: str, duration: float, count: int, rate: float, soc
     return {"sent": sent, "notes": {"offers_per_s": rate, "answers_received": answers}}
 
 
-async def newcomer_calls(handle: ExpertHandle, hidden_dim: int, until: float) -> list[bool]:
-    """An honest trainer that connects afresh (new identity, new connection) every 2 s during a flood."""
+async def newcomer_calls(
+    handle: ExpertHandle, hidden_dim: int, until: float, issue: Callable[[Identity], str] | None = None
+) -> list[bool]:
+    """An honest trainer that connects afresh (new identity, new connection) every 2 s during a flood.
+
+    `issue` gives each new identity the portal credential an honest trainer of a gated project holds (the
+    server admits credentialed peers ahead of unknown keys); without it the newcomer is a stranger that
+    competes with the flood for the unknown share."""
     results = []
     while time.time() < until:
         caller = None
         try:
-            caller = await attacker()
+            identity = Identity.generate()
+            caller = await attacker(identity, issue(identity) if issue is not None else None)
             x = torch.randn(8, hidden_dim)
             (y,) = await asyncio.wrap_future(caller.forward(handle, [x], timeout=8.0))
             results.append(y.shape == x.shape)

@@ -6,10 +6,10 @@
 `server` is a gated project's expert server, set up as `node-agent join` sets one up (process tuning,
 credential checks on its DHT node, the revocation watcher, announcements carrying its credential); it
 prints `{"endpoint", "node_id"}` once serving. `trainer` is an honest trainer on the real client
-(`ExpertCaller` over WebRTC on loopback, credential checks on its DHT node): every call discovers an
-expert afresh through the DHT (prefix keys, then the uid key, as beam search does on a cache miss), then
-runs one forward and one backward. It prints a JSON line when a call starts and one when it ends,
-until its stdin closes.
+(`ExpertCaller` over WebRTC on loopback with its portal credential, credential checks on its DHT node):
+every call discovers an expert afresh through the DHT (prefix keys, then the uid key, as beam search does
+on a cache miss), then runs one forward and one backward. It prints a JSON line when a call starts and one
+when it ends, until its stdin closes.
 """
 
 from __future__ import annotations
@@ -127,7 +127,15 @@ def run_trainer(config: dict[str, Any]) -> None:
         install_credential_checks(caller.dht, policy)
         await RevocationWatcher.create(caller.dht, policy, period=config["revocation_period"])
 
-    with ExpertCaller([config["bootstrap"]], rtc_options=RTCOptions.for_loopback()) as caller:
+    from node_agent.identity import Identity
+
+    identity = Identity.load_or_create(config["identity"])  # what `node-agent train --portal` joined with
+    with ExpertCaller(
+        [config["bootstrap"]],
+        rtc_options=RTCOptions.for_loopback(),
+        identity=identity,
+        credential=config["credential"],
+    ) as caller:
         caller.run(checks(caller)).result(30)
         print(json.dumps({"ready": True}), flush=True)
         while not stop.is_set():
