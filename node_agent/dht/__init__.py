@@ -6,6 +6,8 @@ starts fast and small.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from node_agent.dht.api import (
     DHTBootstrapError,
     DHTError,
@@ -21,6 +23,9 @@ from node_agent.dht.api import (
     owner_subkey,
     subkey_owner,
 )
+
+if TYPE_CHECKING:  # the type checker sees DHTNode; at run time it loads lazily below
+    from node_agent.dht.node import DHTNode
 
 __all__ = [
     "DHTBootstrapError",

@@ -141,7 +141,7 @@ class RecordValidator:
         return new.expiration > old.expiration
 
 
-RPCHandler = Callable[[PeerInfo, dict], Awaitable[dict]]
+RPCHandler = Callable[[PeerInfo, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def owner_subkey(name: str, node_id: bytes) -> str:
@@ -211,10 +211,10 @@ class DHTNodeAPI(Protocol):
         self,
         endpoint: str,
         name: str,
-        payload: dict,
+        payload: dict[str, Any],
         timeout: float,
         expected_node_id: bytes | None = None,
-    ) -> tuple[PeerInfo, dict]:
+    ) -> tuple[PeerInfo, dict[str, Any]]:
         """Signed request/response to ``endpoint``; returns the verified responder and its payload.
 
         Raises DHTRPCError when the remote handler failed or the name is unknown or ``endpoint`` cannot be

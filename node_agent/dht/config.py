@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 from node_agent.wire import DEFAULT_MAX_DATAGRAM
 
@@ -61,9 +62,9 @@ class DHTConfig:
     max_task_failures: int = 5
 
     @classmethod
-    def from_options(cls, **options: object) -> DHTConfig:
+    def from_options(cls, **options: Any) -> DHTConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(options) - known
         if unknown:
             raise TypeError(f"unknown DHT options: {sorted(unknown)}")
-        return cls(**options)  # type: ignore[arg-type]
+        return cls(**options)

@@ -180,6 +180,6 @@ class PeerPenalties:
         return True
 
 
-def _trim(entries: OrderedDict, capacity: int) -> None:
+def _trim(entries: OrderedDict[Any, Any], capacity: int) -> None:
     while len(entries) > capacity:
         entries.popitem(last=False)

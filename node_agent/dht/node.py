@@ -373,8 +373,13 @@ class DHTNode:
         self._rpc_handlers[name] = handler
 
     async def call_rpc(
-        self, endpoint: str, name: str, payload: dict, timeout: float, expected_node_id: bytes | None = None
-    ) -> tuple[PeerInfo, dict]:
+        self,
+        endpoint: str,
+        name: str,
+        payload: dict[str, Any],
+        timeout: float,
+        expected_node_id: bytes | None = None,
+    ) -> tuple[PeerInfo, dict[str, Any]]:
         self._ensure_running()
         try:
             host, port, pinned = parse_endpoint(endpoint)
@@ -566,10 +571,10 @@ class DHTNode:
                     address, "store", {"r": [r.to_wire() for r in chunk]}, node_id, self._timer.timeout
                 )
                 flags = response.payload.get("ok")
-                valid = isinstance(flags, list) and len(flags) == len(chunk)
-                accepted.extend(bool(f) is True for f in flags) if valid else accepted.extend(
-                    [False] * len(chunk)
-                )
+                if isinstance(flags, list) and len(flags) == len(chunk):
+                    accepted.extend(bool(f) is True for f in flags)
+                else:
+                    accepted.extend([False] * len(chunk))
             except DHTError as exc:
                 logger.debug("store to %s failed: %s", format_endpoint(address), exc)
                 accepted.extend([False] * len(chunk))

@@ -51,7 +51,7 @@ def _is_ip_literal(host: object) -> bool:
     if not isinstance(host, str):
         return False
     try:
-        ipaddress.ip_address(host)  # type: ignore[arg-type]
+        ipaddress.ip_address(host)
     except ValueError:
         return False
     return True

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from node_agent.dht.api import DHTValidationError, RecordView
 from node_agent.dht.records import SignedRecord, key_id
@@ -48,7 +49,7 @@ def footprint(record: SignedRecord, view: RecordView) -> int:
     return len(record.value_bytes) + decoded_size(view.value) + 2 * names + RECORD_OVERHEAD_BYTES
 
 
-def _decrement(counter: Counter, key: object, amount: int) -> None:
+def _decrement(counter: Counter[Any], key: object, amount: int) -> None:
     """Counters drop keys at zero, so sources and owners that left cost no memory."""
     counter[key] -= amount
     if counter[key] <= 0:
@@ -197,9 +198,9 @@ class RecordStore:
             expiration, kid, subkey = heapq.heappop(self._expiry_heap)
             subkeys = self._records.get(kid)
             entry = subkeys.get(subkey) if subkeys else None
-            if entry is None or entry[0].expiration != expiration:
+            if subkeys is None or entry is None or entry[0].expiration != expiration:
                 continue  # superseded by a later value; its own heap entry handles it
-            del subkeys[subkey]  # type: ignore[union-attr]
+            del subkeys[subkey]
             self._release((kid, subkey), entry[0])
             if not subkeys:
                 del self._records[kid]

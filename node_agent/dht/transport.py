@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any, cast
 
 from node_agent.dht.endpoints import ip_version, numeric_address
 
@@ -26,7 +27,8 @@ RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # bursts of lookups from many peers must
 def _checked_destination(address: object, version: int) -> Address | None:
     """The address to send to, or None (logged) if it is not a numeric unicast address of our family."""
     try:
-        host, port = address  # type: ignore[misc]
+        # Any object may arrive here; a wrong shape raises TypeError/ValueError, caught below.
+        host, port = cast("tuple[object, object]", address)
         return numeric_address(host, port, version, allow_scope=True)
     except (TypeError, ValueError) as exc:
         logger.debug("not sending to %r: %s", address, exc)
@@ -60,7 +62,8 @@ class UDPTransport(asyncio.DatagramProtocol):
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        # A datagram endpoint's protocol is always handed a DatagramTransport.
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._closing:
@@ -69,7 +72,7 @@ class UDPTransport(asyncio.DatagramProtocol):
         if self._on_lost is not None:
             self._on_lost(exc)
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
             self._on_datagram(data, (str(addr[0]), int(addr[1])))
         except Exception:  # a bug must cost one datagram, never the socket

@@ -31,10 +31,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node_agent.rtc.admission import AdmissionLimits
 from node_agent.rtc.host_candidates import LOOPBACK_V4, HostCandidates
+
+if TYPE_CHECKING:  # aiortc loads only when a connection is made
+    from aiortc import RTCConfiguration, RTCPeerConnection
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +80,9 @@ class RTCOptions:
     max_serving: int = 128
 
     @classmethod
-    def for_loopback(cls, **overrides: object) -> RTCOptions:
+    def for_loopback(cls, **overrides: Any) -> RTCOptions:
         """Only 127.0.0.1 host candidates: what tests and single-machine benchmarks use."""
-        return cls(loopback=True, host_addresses=(LOOPBACK_V4,), **overrides)  # type: ignore[arg-type]
+        return cls(loopback=True, host_addresses=(LOOPBACK_V4,), **overrides)
 
     def host_candidates(self) -> HostCandidates | None:
         """This configuration's host-candidate policy; None leaves aioice's own choice."""
@@ -122,14 +125,17 @@ def apply_process_settings(options: RTCOptions) -> None:
         pass
 
 
-def new_peer_connection(options: RTCOptions) -> Any:  # -> aiortc.RTCPeerConnection
+def new_peer_connection(options: RTCOptions) -> RTCPeerConnection:
     """A peer connection with `options`' ICE servers that gathers host candidates with `options`' policy."""
     from node_agent.rtc.host_candidates import host_peer_connection_class
 
-    return host_peer_connection_class()(rtc_configuration(options), options.host_candidates())
+    pc: RTCPeerConnection = host_peer_connection_class()(
+        rtc_configuration(options), options.host_candidates()
+    )
+    return pc
 
 
-def rtc_configuration(options: RTCOptions):  # -> aiortc.RTCConfiguration
+def rtc_configuration(options: RTCOptions) -> RTCConfiguration:
     """An explicit aiortc configuration (never None: None would contact a public STUN server)."""
     from aiortc import RTCConfiguration, RTCIceServer
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import hmac
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # aiortc loads only when a connection is made
+    from aiortc import RTCPeerConnection
 
 _FINGERPRINT_RE = re.compile(r"^a=fingerprint:(\S+) ([0-9A-Fa-f:]+)\s*$", re.MULTILINE)
 SUPPORTED_ALGORITHMS = ("sha-256", "sha-384", "sha-512")
@@ -46,7 +50,7 @@ def check_fingerprint(signed_sdp: str, certificate_der: bytes) -> None:
             )
 
 
-def remote_certificate_der(peer_connection) -> bytes:  # peer_connection: aiortc.RTCPeerConnection
+def remote_certificate_der(peer_connection: RTCPeerConnection) -> bytes:
     """The DER certificate the remote presented in the DTLS handshake of the data (SCTP) transport."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -58,8 +62,9 @@ def remote_certificate_der(peer_connection) -> bytes:  # peer_connection: aiortc
     certificate = ssl.get_peer_certificate(as_cryptography=True) if ssl is not None else None
     if certificate is None:
         raise FingerprintMismatchError("DTLS handshake presented no certificate")
-    return certificate.public_bytes(Encoding.DER)
+    der: bytes = certificate.public_bytes(Encoding.DER)
+    return der
 
 
-def verify_peer_connection(peer_connection, signed_sdp: str) -> None:
+def verify_peer_connection(peer_connection: RTCPeerConnection, signed_sdp: str) -> None:
     check_fingerprint(signed_sdp, remote_certificate_der(peer_connection))

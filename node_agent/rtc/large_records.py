@@ -85,7 +85,8 @@ def install_large_record_reads() -> bool:
         if type(session) is SSL.Connection:
             session.__class__ = WholeRecordConnection
 
-    RTCDtlsTransport.start = start  # type: ignore[method-assign]
+    # The patch itself: aiortc offers no way to choose the OpenSSL connection class (guard tests pin it).
+    RTCDtlsTransport.start = start  # type: ignore[method-assign,assignment]
     original_dtls_start = original_start
     _reads_installed = True
     return True

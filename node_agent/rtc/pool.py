@@ -22,7 +22,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from node_agent.dht.api import DHTError, PeerInfo
 from node_agent.dht.endpoints import parse_endpoint
@@ -37,6 +37,9 @@ from node_agent.rtc.large_records import (
 )
 from node_agent.rtc.rpc import ChannelRPC, Handler
 from node_agent.supervisor import TaskSupervisor
+
+if TYPE_CHECKING:  # aiortc loads only when a connection is made
+    from aiortc import RTCPeerConnection
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ class ConnectionPool:
         self._inbound: dict[bytes, list[PeerLink]] = {}
         self._handshakes: dict[int, _Handshake] = {}
         self._connecting: dict[bytes, asyncio.Future[PeerLink]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._loops = TaskSupervisor("connection pool")  # the idle reaper: restarted if it dies
         self._closed = False
         self.accepting = True
@@ -209,7 +212,7 @@ class ConnectionPool:
 
     # ---- inbound -------------------------------------------------------------------------------------
 
-    async def handle_offer(self, peer: PeerInfo, payload: dict) -> dict:
+    async def handle_offer(self, peer: PeerInfo, payload: dict[str, Any]) -> dict[str, Any]:
         """DHT RPC handler for `rtc.offer`: admit, answer, verify the DTLS fingerprint in the background."""
         from aiortc import RTCSessionDescription
 
@@ -252,7 +255,11 @@ class ConnectionPool:
         return self._signalling_message(pc)
 
     async def _accept(
-        self, peer: PeerInfo, handshake: _Handshake, payload: dict, channel_ready: asyncio.Future[Any]
+        self,
+        peer: PeerInfo,
+        handshake: _Handshake,
+        payload: dict[str, Any],
+        channel_ready: asyncio.Future[Any],
     ) -> None:
         pc = handshake.pc
         offer = _checked_sdp(payload)
@@ -282,7 +289,7 @@ class ConnectionPool:
 
     # ---- admission -----------------------------------------------------------------------------------
 
-    def _tier(self, node_id: bytes, payload: dict) -> Tier:
+    def _tier(self, node_id: bytes, payload: dict[str, Any]) -> Tier:
         token = payload.get("cred")
         if self.credentials is not None and isinstance(token, str) and len(token) <= MAX_CREDENTIAL_CHARS:
             try:
@@ -341,14 +348,14 @@ class ConnectionPool:
 
     # ---- signalling and path tuning ------------------------------------------------------------------
 
-    def _signalling_message(self, pc: Any) -> dict:
+    def _signalling_message(self, pc: RTCPeerConnection) -> dict[str, Any]:
         """Our offer or answer: the SDP, whether we can receive large SCTP chunks, our credential if any."""
         message = {"sdp": pc.localDescription.sdp, "large_records": large_record_reads_installed()}
         if self.credential is not None:
             message["cred"] = self.credential
         return message
 
-    def _tune_path(self, pc: Any, remote_message: Any, node_id: bytes) -> None:
+    def _tune_path(self, pc: RTCPeerConnection, remote_message: Any, node_id: bytes) -> None:
         """Large chunks towards a peer on this machine that said it reads them (`large_records`)."""
         if not (
             self.options.large_chunks_on_loopback
@@ -362,7 +369,7 @@ class ConnectionPool:
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
 
-    def _make_link(self, node_id: bytes, pc: Any, channel: Any, outbound: bool) -> PeerLink:
+    def _make_link(self, node_id: bytes, pc: RTCPeerConnection, channel: Any, outbound: bool) -> PeerLink:
         peer_budget = self._peer_budgets.get(node_id)
         if peer_budget is None:
             peer_budget = ByteBudget(self.options.max_peer_partial_bytes, "peer")
@@ -406,7 +413,7 @@ class ConnectionPool:
         self._track(asyncio.ensure_future(link.peer_connection.close()))
 
     def _track(self, task: asyncio.Future[Any]) -> None:
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_consume_exception)
 
@@ -445,7 +452,7 @@ class _Handshake:
     node_id: bytes
     host: str
     tier: Tier
-    pc: Any
+    pc: RTCPeerConnection
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Future[Any] | None = None
 
@@ -464,7 +471,7 @@ def _checked_sdp(payload: Any) -> str:
     return sdp
 
 
-async def _wait_open(pc: Any, opened: asyncio.Event) -> None:
+async def _wait_open(pc: RTCPeerConnection, opened: asyncio.Event) -> None:
     """Wait for the data channel to open, failing fast if ICE/DTLS fails (e.g. a fingerprint mismatch)."""
     failed = asyncio.Event()
 

@@ -250,12 +250,13 @@ class ChannelRPC:
                 return
             task = asyncio.ensure_future(self._serve(message.call_id, message.payload))
             self._serving[message.call_id] = task
-            task.add_done_callback(lambda _t, cid=message.call_id: self._serving.pop(cid, None))
+            call_id = message.call_id
+            task.add_done_callback(lambda _t: self._serving.pop(call_id, None))
             task.add_done_callback(_log_task_error)
         elif message.kind is FrameKind.CANCEL:
-            task = self._serving.get(message.call_id)
-            if task is not None:
-                task.cancel()
+            serving = self._serving.get(message.call_id)
+            if serving is not None:
+                serving.cancel()
         elif message.kind is FrameKind.RESPONSE:
             future = self._pending.get(message.call_id)
             if future is None or future.done():
