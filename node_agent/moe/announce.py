@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from node_agent.dht.api import (
     ID_BYTES,
+    DHTNodeAPI,
     DHTRecordRefused,
     DHTValidationError,
     RecordValidator,
@@ -229,13 +230,13 @@ def _announce_time(record: RecordView) -> float:
     return float(t) if isinstance(t, int | float) else -math.inf
 
 
-def register_experts_validator(dht: Any, credentials: CredentialChecker | None = None) -> None:
+def register_experts_validator(dht: DHTNodeAPI, credentials: CredentialChecker | None = None) -> None:
     """Register the `experts:` rules (gated when `credentials` is given); replaces an earlier registration."""
     dht.register_validator(EXPERTS_NAMESPACE, ExpertsValidator(credentials))
 
 
 async def announce_experts(
-    dht: Any,
+    dht: DHTNodeAPI,
     uids: Iterable[str],
     ttl: float,
     withdrawn: bool = False,

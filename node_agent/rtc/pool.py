@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from node_agent.dht.api import DHTError, PeerInfo
+from node_agent.dht.api import DHTError, DHTNodeAPI, PeerInfo
 from node_agent.dht.endpoints import parse_endpoint
 from node_agent.rtc.admission import Admission, Slot, Tier
 from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
@@ -87,7 +87,7 @@ class ConnectionPool:
 
     def __init__(
         self,
-        dht: Any,
+        dht: DHTNodeAPI,
         handler: Handler | None,
         options: RTCOptions,
         credentials: CredentialChecker | None = None,
@@ -118,7 +118,7 @@ class ConnectionPool:
     @classmethod
     async def create(
         cls,
-        dht: Any,
+        dht: DHTNodeAPI,
         handler: Handler | None = None,
         options: RTCOptions | None = None,
         *,
