@@ -19,7 +19,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ class TensorSchema:
             raise TensorCodecError(f"{what}: expected shape {expected}, got {tuple(shape)}")
 
 
-def _is_dtype_name(name: object) -> bool:
+def _is_dtype_name(name: object) -> TypeGuard[str]:
     """A known dtype name; anything else from the wire (lists, maps: unhashable) is simply not one."""
     return isinstance(name, str) and name in DTYPES
 
@@ -220,7 +220,11 @@ def decode_tensor(
         flat = _from_bytes(data, torch.float16, count, what).to(dtype)
     elif comp is Compression.UNIFORM_8BIT:
         low, scale = header.get("low"), header.get("scale")
-        if not all(type(v) is float and math.isfinite(v) for v in (low, scale)):
+        if (
+            type(low) is not float
+            or type(scale) is not float
+            or not (math.isfinite(low) and math.isfinite(scale))
+        ):
             raise TensorCodecError(f"{what}: uint8 compression needs finite low and scale")
         flat = (_from_bytes(data, torch.uint8, count, what).float() * scale + low).to(dtype)
     else:

@@ -357,7 +357,7 @@ def _dtype_name(tensor: torch.Tensor) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _deadline(handle: ExpertHandle, timeout: float):  # type: ignore[no-untyped-def]
+async def _deadline(handle: ExpertHandle, timeout: float):
     try:
         async with asyncio.timeout(timeout):
             yield

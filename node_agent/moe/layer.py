@@ -194,7 +194,7 @@ class _RemoteMoECall(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, _dummy: torch.Tensor, x: torch.Tensor, plan: _Plan):  # type: ignore[override]
+    def forward(ctx, _dummy: torch.Tensor, x: torch.Tensor, plan: _Plan):
         layer = plan.layer
         x = x.detach()
         inputs = [x[call.samples] for call in plan.calls]
@@ -239,7 +239,7 @@ class _RemoteMoECall(torch.autograd.Function):
         return outputs, mask
 
     @staticmethod
-    def backward(ctx, grad_outputs: torch.Tensor, _grad_mask: torch.Tensor | None):  # type: ignore[override]
+    def backward(ctx, grad_outputs: torch.Tensor, _grad_mask: torch.Tensor | None):
         plan: _Plan = ctx.plan
         layer = plan.layer
         (x,) = ctx.saved_tensors
@@ -266,9 +266,9 @@ class _RemoteMoECall(torch.autograd.Function):
             lambda index: [(len(plan.calls[index].samples), x.shape[1])],
             "backward",
         )
-        answered = sum(1 for reply in replies if reply is not None)
-        layer.stats.backward_answered += answered
-        layer.stats.backward_failed += sum(plan.answered) - answered
+        n_answered = sum(1 for reply in replies if reply is not None)
+        layer.stats.backward_answered += n_answered
+        layer.stats.backward_failed += sum(plan.answered) - n_answered
         short = [s for s in tracker.short_samples() if calls_of_sample[s]]
         if short and not layer.backward_policy.allow_zero_outputs:
             raise TooFewExpertsError(
@@ -339,7 +339,7 @@ class _GridMixtureBase(nn.Module):
         return stats
 
     def grid_scores(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(torch.split(self.gate(x), self.grid_size, dim=-1))
+        return list(torch.split(self.gate(x), list(self.grid_size), dim=-1))
 
     def _accept(self, uid: str, replicas: tuple[object, ...]) -> tuple[object, ...]:
         now = time.monotonic()
@@ -423,6 +423,8 @@ class LocalMixtureOfExperts(nn.Module):
     does, the top `k_best` cells present in `experts` are mixed by softmax over their summed scores.
     """
 
+    cell_coords: torch.Tensor  # a buffer: [experts, dims] grid coordinates of `uids`
+
     def __init__(
         self,
         in_features: int,
@@ -450,8 +452,9 @@ class LocalMixtureOfExperts(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
-        scores = list(torch.split(self.gate(flat), self.grid_size, dim=-1))
+        scores = list(torch.split(self.gate(flat), list(self.grid_size), dim=-1))
         cell_scores = sum(scores[dim][:, self.cell_coords[:, dim]] for dim in range(len(scores)))
+        assert isinstance(cell_scores, torch.Tensor)  # a grid has at least one dimension
         k = min(self.k_best, len(self.uids))
         top = torch.topk(cell_scores.detach(), k, dim=1).indices  # [B, k] indices into self.experts
         coords = self.cell_coords[top]  # [B, k, dims]

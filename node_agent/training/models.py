@@ -46,7 +46,7 @@ class MoEClassifier(nn.Module):
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """Sum of the MoE layers' auxiliary losses of the last forward (Switch load balancing), if any."""
-        terms = [m.aux_loss for m in self.modules() if isinstance(getattr(m, "aux_loss", None), torch.Tensor)]
+        terms = [t for m in self.modules() if isinstance(t := getattr(m, "aux_loss", None), torch.Tensor)]
         return torch.stack(terms).sum() if terms else None
 
 

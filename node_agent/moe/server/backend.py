@@ -242,8 +242,8 @@ class ExpertBackend:
         by_leaf = iter(found[: len(wanted) - len(kept.params)])
         input_grads = []
         for leaf in kept.leaves:
-            grad = next(by_leaf) if leaf.requires_grad else None
-            input_grads.append(torch.zeros_like(leaf) if grad is None else grad.detach())
+            leaf_grad = next(by_leaf) if leaf.requires_grad else None
+            input_grads.append(torch.zeros_like(leaf) if leaf_grad is None else leaf_grad.detach())
         return input_grads, found[len(wanted) - len(kept.params) :]
 
     def _current_snapshot(self) -> list[torch.Tensor]:

@@ -66,7 +66,7 @@ def parse_request(method: Any, body: Any, backends: Mapping[str, Any], max_batch
         raise RequestError("bad_request", "request body must be a map")
     uid = body.get("uid")
     backend = backends.get(uid) if isinstance(uid, str) else None
-    if backend is None:
+    if backend is None or not isinstance(uid, str):
         shown = uid[:64] if isinstance(uid, str) else type(uid).__name__
         raise RequestError("unknown_expert", f"expert {shown!r} is not served here")
     if method == "info":
