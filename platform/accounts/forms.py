@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm, BaseUserCreationForm, UserChangeForm
@@ -35,9 +37,13 @@ class SignUpForm(forms.Form):
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
 
-    def clean(self) -> dict:
+    def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean()
-        if cleaned.get("password") and cleaned.get("password") != cleaned.get("password_confirm"):
+        if (
+            cleaned is not None
+            and cleaned.get("password")
+            and cleaned.get("password") != cleaned.get("password_confirm")
+        ):
             self.add_error("password_confirm", "The two passwords differ.")
         return cleaned
 

@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 
 from accounts import services
 from accounts.forms import ProfileForm, SignUpForm
+from accounts.http import AuthenticatedHttpRequest
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def profile(request: HttpRequest) -> HttpResponse:
+def profile(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = ProfileForm(request.POST or None, instance=request.user)
     if request.method == "POST" and form.is_valid():
         services.user_profile_update(user=request.user, display_name=form.cleaned_data["display_name"])

@@ -78,7 +78,7 @@ def plain_autobahn_debug_messages() -> bool:
     import autobahn.util
     import autobahn.websocket.protocol as websocket_protocol
 
-    autobahn.util._HAS_CLICK = False  # type: ignore[attr-defined]  # any formatter we miss: no colours
+    autobahn.util._HAS_CLICK = False  # any formatter we miss: no colours
     patched = False
     for module in (websocket_protocol, twisted_websocket):
         for name, plain in (("hltype", _plain_name), ("hlval", _plain_value), ("pformat", _plain_value)):

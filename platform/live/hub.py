@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -177,7 +177,7 @@ class ProjectHub:
 
     # ---- tasks -------------------------------------------------------------------------------------------
 
-    def _start(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
+    def _start(self, name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
         task = asyncio.get_running_loop().create_task(job(), name=f"live-hub-{self.slug}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -266,9 +266,9 @@ class ProjectHub:
     async def _enrich(self, diffs: list[Diff]) -> list[Diff]:
         """Fill in node owners (from the cache; one query for nodes never seen), track throughput."""
         unknown = [
-            d["node"]["node_id"]  # type: ignore[typeddict-item]
+            d["node"]["node_id"]
             for d in diffs
-            if d["type"] == "node.upsert" and d["node"]["node_id"] not in self._owner_cache  # type: ignore[typeddict-item]
+            if d["type"] == "node.upsert" and d["node"]["node_id"] not in self._owner_cache
         ]
         if unknown:
             extras = await database_sync_to_async(selectors.node_extras)(

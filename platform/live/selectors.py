@@ -56,13 +56,13 @@ def clean_peers(raw: Any) -> tuple[PeerEdge, ...]:
     """Peers as stored from heartbeats, defensively: well-formed entries only, busiest first, capped."""
     if not isinstance(raw, list):
         return ()
-    edges = [
+    edges: list[PeerEdge] = [
         {"node_id": str(p["node_id"]), "requests": int(p.get("requests") or 0)}
         for p in raw
         if isinstance(p, dict) and isinstance(p.get("node_id"), str)
     ]
     edges.sort(key=lambda e: (-e["requests"], e["node_id"]))
-    return tuple(edges[:MAX_EDGES_PER_NODE])  # type: ignore[arg-type]
+    return tuple(edges[:MAX_EDGES_PER_NODE])
 
 
 def node_row_view(node: Node) -> tuple[NodeView, NodeExtras]:

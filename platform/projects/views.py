@@ -12,6 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from accounts.http import AuthenticatedHttpRequest
 from projects import selectors, services
 from projects.forms import ProjectCreateForm, ProjectFilterForm, ProjectForm
 from projects.lifecycle import ProjectStatusError, is_editable
@@ -58,7 +59,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def project_list_mine(request: HttpRequest) -> HttpResponse:
+def project_list_mine(request: AuthenticatedHttpRequest) -> HttpResponse:
     if not can_create_project(request.user):
         raise PermissionDenied("Only researchers have projects of their own.")
     projects = selectors.project_list_owned(owner=request.user)
@@ -75,7 +76,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
-def project_create(request: HttpRequest) -> HttpResponse:
+def project_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     if not can_create_project(request.user):
         logger.warning("non-researcher %s tried to create a project", request.user.pk)
         raise PermissionDenied("Only researchers can create projects.")
@@ -88,7 +89,7 @@ def project_create(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def project_edit(request: HttpRequest, slug: str) -> HttpResponse:
+def project_edit(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     project = _managed_project(request, slug)
     if not is_editable(project.status):
         messages.error(request, "An archived project can no longer be edited.")
@@ -103,7 +104,7 @@ def project_edit(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def project_transition(request: HttpRequest, slug: str, action: str) -> HttpResponse:
+def project_transition(request: AuthenticatedHttpRequest, slug: str, action: str) -> HttpResponse:
     service = TRANSITIONS.get(action)
     if service is None:
         raise Http404("No such action.")

@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
+from accounts.http import AuthenticatedHttpRequest
 from projects.lifecycle import ProjectStatus
 from projects.permissions import can_manage_project, can_view_project
 from projects.selectors import project_get
@@ -56,13 +57,17 @@ def join_commands(*, base_url: str, wheel_name: str, code: str) -> dict[str, str
 @login_required
 @never_cache
 @require_http_methods(["GET", "POST"])
-def join_page(request: HttpRequest, slug: str) -> HttpResponse:
+def join_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """GET explains and offers a button; only the POST (CSRF-checked, rate-limited) creates a join code."""
     project = project_get(slug=slug)
     if project is None or not can_view_project(request.user, project):
         raise Http404("No such project.")
     wheel = latest_wheel()
-    context = {"project": project, "wheel": wheel, "approval": project.join_policy == "approval"}
+    context: dict[str, Any] = {
+        "project": project,
+        "wheel": wheel,
+        "approval": project.join_policy == "approval",
+    }
     if project.status != ProjectStatus.ACTIVE:
         context["closed"] = True
     elif wheel is not None and request.method == "POST":
@@ -106,7 +111,7 @@ def agent_checksums(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def my_nodes(request: HttpRequest) -> HttpResponse:
+def my_nodes(request: AuthenticatedHttpRequest) -> HttpResponse:
     now = timezone.now()
     nodes = list(selectors.nodes_of_user(user=request.user))
     series = selectors.contribution_series(nodes=nodes, since=now - CONTRIBUTION_WINDOW)
@@ -182,7 +187,7 @@ def _next_url(request: HttpRequest, fallback: str) -> str:
 
 @login_required
 @require_POST
-def node_action(request: HttpRequest, node_pk: int, action: str) -> HttpResponse:
+def node_action(request: AuthenticatedHttpRequest, node_pk: int, action: str) -> HttpResponse:
     node = get_object_or_404(Node.objects.select_related("project"), pk=node_pk)
     if not can_manage_project(request.user, node.project):
         logger.warning("user %s tried to %s node %s", request.user.pk, action, node.pk)
