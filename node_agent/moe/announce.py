@@ -180,9 +180,9 @@ class ExpertsValidator(RecordValidator):
 def _check_subkey(record: RecordView) -> None:
     name = record.key[len(EXPERTS_NAMESPACE) :]
     owner = subkey_owner(record.subkey)
-    if owner is None or owner != record.owner:
+    if record.subkey is None or owner is None or owner != record.owner:
         raise DHTValidationError("expert announcements need an owner-protected subkey of the signer")
-    label = record.subkey.rsplit("@", 1)[0]  # type: ignore[union-attr]
+    label = record.subkey.rsplit("@", 1)[0]
     if is_valid_prefix(name):
         if not label.isdigit() or len(label) > 10:
             raise DHTValidationError(

@@ -47,8 +47,10 @@ def parse_uid(uid: str) -> tuple[str, tuple[int, ...]]:
 
 
 def is_valid_uid(uid: object) -> bool:
+    if not isinstance(uid, str):
+        return False
     try:
-        parse_uid(uid)  # type: ignore[arg-type]
+        parse_uid(uid)
     except ValueError:
         return False
     return True
@@ -72,8 +74,10 @@ def parse_prefix(prefix: str) -> tuple[str, tuple[int, ...]]:
 
 
 def is_valid_prefix(prefix: object) -> bool:
+    if not isinstance(prefix, str):
+        return False
     try:
-        parse_prefix(prefix)  # type: ignore[arg-type]
+        parse_prefix(prefix)
     except ValueError:
         return False
     return True

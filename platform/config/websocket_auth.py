@@ -37,6 +37,7 @@ def session_key_of(headers: list[tuple[bytes, bytes]]) -> str | None:
 def user_for_session(session_key: str) -> Any:
     """The signed-in user of a session (AnonymousUser if it is unknown, expired or its hash is stale)."""
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    # get_user reads only `request.session`; a namespace with the session stands in for the request.
     return auth.get_user(SimpleNamespace(session=store))  # type: ignore[arg-type]
 
 

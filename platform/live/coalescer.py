@@ -69,6 +69,7 @@ class Coalescer:
             self._first_pending_at = now
         previous = self._pending.pop(key, None)  # re-insert so the latest change goes last
         if previous is not None and diff["type"] == "metrics.appended":
+            # `previous` has the same key as `diff`, so it is a metrics.appended diff as well.
             points = [*previous["points"], *diff["points"]][-self.max_points :]  # type: ignore[typeddict-item]
             diff = {**diff, "points": points, "at": min(previous["at"], diff["at"])}
         elif previous is not None:

@@ -59,8 +59,8 @@ def send_writes_at_once() -> bool:
             # An error is left to the writability callback, which reports it the way Twisted always does.
         queued_write(self, data)
 
-    write.sends_at_once = True  # type: ignore[attr-defined]
-    tcp.Server.write = write  # type: ignore[method-assign]
+    write.sends_at_once = True  # type: ignore[attr-defined]  # a marker on the function: "already patched"
+    tcp.Server.write = write  # type: ignore[method-assign]  # the patch itself: Twisted has no hook for it
     return True
 
 
