@@ -172,8 +172,11 @@ class DHTNodeAPI(Protocol):
 
     identity: Identity
     node_id: bytes
-    endpoint: str
     client_mode: bool
+
+    @property
+    def endpoint(self) -> str:
+        """``"host:port"`` of the bound socket: what other nodes pass as an initial peer."""
 
     async def shutdown(self) -> None:
         """Stop background tasks and close the socket; pending requests fail with DHTTimeoutError.

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from node_agent.dht.api import DHTNodeAPI
 from node_agent.loop_thread import LoopThread
 from node_agent.moe.announce import live_replicas, uid_key
 from node_agent.moe.api import (
@@ -109,7 +110,7 @@ class _ForwardLedger:
         return sum(len(entries) for entries in self._entries.values())
 
 
-async def get_experts(dht: Any, uids: Sequence[str]) -> list[ExpertHandle | None]:
+async def get_experts(dht: DHTNodeAPI, uids: Sequence[str]) -> list[ExpertHandle | None]:
     """Resolve uids to one live replica each (the freshest announcement), None where nobody serves it."""
     found = await dht.get_many([uid_key(uid) for uid in uids], latest=True)
     result: list[ExpertHandle | None] = []
@@ -146,7 +147,7 @@ class ExpertCaller:
         self.listen = listen
         self.identity = identity
         self.use_uvloop = use_uvloop
-        self.dht: Any = None
+        self.dht: DHTNodeAPI | None = None
         self.pool: ConnectionPool | None = None
         self._thread = LoopThread("expert-caller", use_uvloop=use_uvloop)
         self._schemas: dict[ExpertHandle, list[TensorSchema]] = {}

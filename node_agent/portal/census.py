@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
 
+from node_agent.dht.api import DHTNodeAPI
 from node_agent.moe.announce import live_children, prefix_key
 from node_agent.moe.uids import make_uid
 
@@ -35,7 +35,7 @@ def choose_cells(
     return keyed[: max(0, min(count, len(keyed)))]
 
 
-async def count_live_replicas(dht: Any, prefix: str, grid: Sequence[int]) -> dict[str, int]:
+async def count_live_replicas(dht: DHTNodeAPI, prefix: str, grid: Sequence[int]) -> dict[str, int]:
     """Live (non-withdrawn) replicas per cell, from the prefix keys one level above the full uids."""
     parents = [uid.rsplit(".", 1)[0] + "." for uid in grid_uids(prefix, [*grid[:-1], 1])]
     parents = list(dict.fromkeys(parents))[:MAX_CENSUS_KEYS]

@@ -186,8 +186,9 @@ class PortalClient:
             data = _json_object(raw, url)
         except PortalUnreachable:
             data = {}
-        code = data.get("error") if isinstance(data.get("error"), str) else f"http_{status}"
-        detail = data.get("detail") if isinstance(data.get("detail"), str) else ""
+        error, text = data.get("error"), data.get("detail")
+        code = error if isinstance(error, str) else f"http_{status}"
+        detail = text if isinstance(text, str) else ""
         raise PortalRefused(status, code, detail, _parse_retry_after(retry_after))
 
 

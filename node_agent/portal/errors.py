@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -45,7 +45,7 @@ def convert(body: object, schema: type[S], what: str) -> S:
     if not isinstance(body, Mapping):
         raise PayloadError(f"{what} must be a JSON object")
     try:
-        value: Any = msgspec.convert(body, schema, strict=True)
+        value = msgspec.convert(body, schema, strict=True)
     except msgspec.ValidationError as exc:
         raise PayloadError(f"{what}: {exc}") from None
     except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON) where a Literal is expected
@@ -54,4 +54,4 @@ def convert(body: object, schema: type[S], what: str) -> S:
         number = getattr(value, name, 0.0)
         if isinstance(number, float) and not math.isfinite(number):
             raise PayloadError(f"{what}: {name} must be finite")
-    return value  # type: ignore[no-any-return]
+    return value

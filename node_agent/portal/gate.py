@@ -19,9 +19,15 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Any
 
-from node_agent.dht.api import DHTError, DHTRecordRefused, DHTValidationError, RecordValidator, RecordView
+from node_agent.dht.api import (
+    DHTError,
+    DHTNodeAPI,
+    DHTRecordRefused,
+    DHTValidationError,
+    RecordValidator,
+    RecordView,
+)
 from node_agent.identity import node_id_from_public_key
 from node_agent.portal.errors import CredentialError, PayloadError
 from node_agent.portal.revocations import RevocationList, parse_revocation_list, revocations_key
@@ -122,14 +128,14 @@ def _published_at(record: RecordView) -> float:
         return float("-inf")
 
 
-def install_credential_checks(dht: Any, policy: CredentialPolicy) -> None:
+def install_credential_checks(dht: DHTNodeAPI, policy: CredentialPolicy) -> None:
     """Make ``dht`` a gated project's node: the full validator set of :mod:`node_agent.portal.project_dht`."""
     from node_agent.portal.project_dht import ProjectScope, install_project_validators
 
     install_project_validators(dht, ProjectScope(policy.project, policy.portal_public_key, True), policy)
 
 
-async def fetch_revocations(dht: Any, policy: CredentialPolicy) -> RevocationList | None:
+async def fetch_revocations(dht: DHTNodeAPI, policy: CredentialPolicy) -> RevocationList | None:
     """Read the project's revocation list from the DHT (None if the portal has not published one)."""
     found = await dht.get(revocations_key(policy.project), latest=True)
     entry = found.get(None)
@@ -151,7 +157,7 @@ class RevocationWatcher:
 
     LOOP = "revocation-watcher"
 
-    def __init__(self, dht: Any, policy: CredentialPolicy, period: float) -> None:
+    def __init__(self, dht: DHTNodeAPI, policy: CredentialPolicy, period: float) -> None:
         self.dht = dht
         self.policy = policy
         self.period = period
@@ -161,7 +167,7 @@ class RevocationWatcher:
     @classmethod
     async def create(
         cls,
-        dht: Any,
+        dht: DHTNodeAPI,
         policy: CredentialPolicy,
         period: float = 60.0,
         supervisor: TaskSupervisor | None = None,

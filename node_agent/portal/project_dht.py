@@ -12,9 +12,8 @@ node that knows the portal's key can tell a real one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from node_agent.dht.api import RecordValidator
+from node_agent.dht.api import DHTNodeAPI, RecordValidator
 from node_agent.dht.validation import UnknownNamespaceValidator
 from node_agent.moe.announce import EXPERTS_NAMESPACE, ExpertsValidator
 from node_agent.portal.gate import CredentialPolicy, RevocationListValidator
@@ -57,7 +56,7 @@ def project_validators(
 
 
 def install_project_validators(
-    dht: Any, scope: ProjectScope | None = None, policy: CredentialPolicy | None = None
+    dht: DHTNodeAPI, scope: ProjectScope | None = None, policy: CredentialPolicy | None = None
 ) -> None:
     """Register :func:`project_validators` on a node that already runs (replacing earlier ones).
 

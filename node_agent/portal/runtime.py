@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from node_agent import __version__
+from node_agent.dht.api import DHTNodeAPI
 from node_agent.identity import Identity
 from node_agent.portal.census import choose_cells, count_live_replicas
 from node_agent.portal.client import PortalClient, PortalRefused
@@ -32,6 +33,9 @@ from node_agent.portal.reporter import TelemetryReporter
 from node_agent.portal.schemas import HeartbeatBody, PeerActivity
 from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
 from node_agent.supervisor import TaskSupervisor
+
+if TYPE_CHECKING:  # the expert server imports torch: loaded when the runtime starts
+    from node_agent.moe.server.server import ExpertServer
 
 __all__ = ["AgentOptions", "AgentRuntime"]
 
@@ -74,8 +78,8 @@ class AgentRuntime:
         self.started = time.monotonic()
         self.stopped = asyncio.Event()
         self.stop_reason = ""
-        self.dht: Any = None
-        self.server: Any = None
+        self.dht: DHTNodeAPI | None = None
+        self.server: ExpertServer | None = None
         self.policy: CredentialPolicy | None = None
         self.watcher: RevocationWatcher | None = None
         self.telemetry: TelemetryReporter | None = None
@@ -177,7 +181,9 @@ class AgentRuntime:
     # ---- telemetry -----------------------------------------------------------------------------------
 
     def heartbeat_body(self, credential: str) -> HeartbeatBody:
-        server = self.server
+        server, dht = self.server, self.dht
+        if server is None or dht is None:
+            raise RuntimeError("no heartbeat before the runtime started")
         samples = server.runtime.samples
         now = time.monotonic()
         last_samples, last_time = self._last_rate
@@ -187,7 +193,7 @@ class AgentRuntime:
         return HeartbeatBody(
             credential=credential,
             node_id=self.identity.node_id.hex(),
-            endpoint=self.dht.endpoint,
+            endpoint=dht.endpoint,
             agent_version=__version__,
             platform=agent_platform(),
             role="server",

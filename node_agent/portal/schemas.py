@@ -67,20 +67,24 @@ _Nonce = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{16,64}$", description
 
 
 class _Wire(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Every body the portal accepts refuses unknown fields."""
+    """Every body the portal accepts refuses unknown fields.
+
+    msgspec passes ``frozen`` on to subclasses by itself; they repeat it for the type checker, which follows
+    the dataclass rule that a subclass of a frozen class says so.
+    """
 
 
 # ---- bodies: what the agent writes -------------------------------------------------------------------------
 
 
-class PeerActivity(_Wire):
+class PeerActivity(_Wire, frozen=True):
     """A peer this node exchanged requests with recently (edges of the swarm graph)."""
 
     node_id: _NodeIdHex
     requests: _Count
 
 
-class HeartbeatBody(_Wire):
+class HeartbeatBody(_Wire, frozen=True):
     """A heartbeat as the agent builds it; counters are totals since the agent started."""
 
     credential: _Token
@@ -105,7 +109,7 @@ class HeartbeatBody(_Wire):
     peers: Annotated[list[PeerActivity], msgspec.Meta(max_length=256)]
 
 
-class MetricPoint(_Wire):
+class MetricPoint(_Wire, frozen=True):
     """One training metrics event (``node_agent.training.metrics.MetricsEvent`` as sent to the portal)."""
 
     step: _SmallCount
@@ -118,13 +122,13 @@ class MetricPoint(_Wire):
     kind: Literal["train", "eval"] = "train"
 
 
-class MetricsBody(_Wire):
+class MetricsBody(_Wire, frozen=True):
     credential: _Token
     node_id: _NodeIdHex
     metrics: Annotated[list[MetricPoint], msgspec.Meta(min_length=1, max_length=MAX_METRICS_PER_BODY)]
 
 
-class JoinBody(_Wire):
+class JoinBody(_Wire, frozen=True):
     """A one-time code traded for a credential."""
 
     code: Annotated[str, msgspec.Meta(min_length=4, max_length=64)]
@@ -132,35 +136,35 @@ class JoinBody(_Wire):
     platform: _ShortText
 
 
-class RenewBody(_Wire):
+class RenewBody(_Wire, frozen=True):
     credential: _Token
 
 
 # ---- requests: the bodies as signed (ts and nonce added), what the portal decodes -------------------------
 
 
-class Heartbeat(HeartbeatBody):
+class Heartbeat(HeartbeatBody, frozen=True):
     """Body of ``POST /api/v1/agent/heartbeat``."""
 
     ts: _Timestamp
     nonce: _Nonce
 
 
-class MetricsReport(MetricsBody):
+class MetricsReport(MetricsBody, frozen=True):
     """Body of ``POST /api/v1/agent/metrics``."""
 
     ts: _Timestamp
     nonce: _Nonce
 
 
-class JoinRequest(JoinBody):
+class JoinRequest(JoinBody, frozen=True):
     """Body of ``POST /api/v1/agent/join``."""
 
     ts: _Timestamp
     nonce: _Nonce
 
 
-class RenewRequest(RenewBody):
+class RenewRequest(RenewBody, frozen=True):
     """Body of ``POST /api/v1/agent/renew``."""
 
     ts: _Timestamp
@@ -194,20 +198,20 @@ class _Reply(msgspec.Struct, frozen=True):
     """Replies ignore unknown fields when decoded: a newer portal may add some."""
 
 
-class ErrorReply(_Reply):
+class ErrorReply(_Reply, frozen=True):
     """Every 4xx/5xx of the API (429 and some 503 carry a ``Retry-After`` header)."""
 
     error: Annotated[str, msgspec.Meta(description="machine code, e.g. code_expired, replayed, rate_limited")]
     detail: Annotated[str, msgspec.Meta(description="what was wrong, for humans")]
 
 
-class JoinedNode(_Reply):
+class JoinedNode(_Reply, frozen=True):
     node_id: _NodeIdHex
     state: str
     project: str
 
 
-class JoinReply(_Reply):
+class JoinReply(_Reply, frozen=True):
     """201 of a join: the credential, the node as the portal registered it and the project config."""
 
     credential: str
@@ -216,25 +220,25 @@ class JoinReply(_Reply):
     config: ProjectConfig
 
 
-class PendingReply(_Reply):
+class PendingReply(_Reply, frozen=True):
     """202 of a join while an approval-gated project's owner has not approved the node."""
 
     status: Literal["pending_approval"]
     detail: str = ""
 
 
-class RenewReply(_Reply):
+class RenewReply(_Reply, frozen=True):
     credential: str
     expires_at: float
 
 
-class HeartbeatReply(_Reply):
+class HeartbeatReply(_Reply, frozen=True):
     status: Literal["ok"]
     state: str
     next_heartbeat_s: Annotated[float, msgspec.Meta(description="send the next heartbeat this much later")]
 
 
-class MetricsReply(_Reply):
+class MetricsReply(_Reply, frozen=True):
     status: Literal["ok"]
     stored: Annotated[int, msgspec.Meta(ge=0, description="points stored (duplicates are skipped)")]
 

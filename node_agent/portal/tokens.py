@@ -134,10 +134,13 @@ def _credential_fields(payload: dict[str, Any], token: str) -> Credential:
         raise CredentialError("malformed", "user must be an integer")
     if not isinstance(node, bytes) or len(node) != PUBLIC_KEY_BYTES:
         raise CredentialError("malformed", "node must be a 32-byte public key")
-    for name, value in (("iat", iat), ("exp", exp)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise CredentialError("malformed", f"{name} must be a finite unix time")
-    return Credential(cid, project, user, node, float(iat), float(exp), token)  # type: ignore[arg-type]
+    return Credential(cid, project, user, node, _unix_time("iat", iat), _unix_time("exp", exp), token)
+
+
+def _unix_time(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CredentialError("malformed", f"{name} must be a finite unix time")
+    return float(value)
 
 
 def verify_credential(

@@ -20,6 +20,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from node_agent.dht import DHTError
+from node_agent.dht.api import DHTNodeAPI
 from node_agent.identity import Identity
 from node_agent.moe.announce import live_children
 from node_agent.portal.gate import CredentialPolicy
@@ -46,13 +47,13 @@ class ProjectTarget:
 
 @dataclass
 class _Joined:
-    dht: Any
+    dht: DHTNodeAPI
     peers: tuple[str, ...]
     failures: int = 0
     created_at: float = field(default_factory=time.time)
 
 
-async def read_announcements(dht: Any, prefix: str, dims: Sequence[int]) -> dict[str, set[str]]:
+async def read_announcements(dht: DHTNodeAPI, prefix: str, dims: Sequence[int]) -> dict[str, set[str]]:
     """node id hex -> expert uids it announces, walking the grid one coordinate at a time."""
     announced: dict[str, set[str]] = {}
     frontier = [f"{prefix}."]
@@ -128,7 +129,7 @@ class SwarmObserver:
         logger.info("observer joined the DHT of %s through %d peer(s)", target.slug, len(target.peers))
         return dht
 
-    def _install_validators(self, dht: Any, target: ProjectTarget) -> None:
+    def _install_validators(self, dht: DHTNodeAPI, target: ProjectTarget) -> None:
         """The project's full validator set, with the revocations as the database knows them this round."""
         scope = ProjectScope(target.slug, self.identity.public_key_bytes, target.gated)
         policy = CredentialPolicy(scope.project, scope.portal_key, frozenset(target.revoked))

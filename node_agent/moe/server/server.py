@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node_agent.dht.api import DHTValidationError
+from node_agent.dht.api import DHTNodeAPI, DHTValidationError
 from node_agent.moe.announce import CredentialChecker, announce_experts, register_experts_validator
 from node_agent.moe.server.backend import ExpertBackend
 from node_agent.moe.server.checkpoints import load_checkpoint, save_checkpoint
@@ -85,7 +85,7 @@ class ServerOptions:
 class ExpertServer:
     def __init__(
         self,
-        dht: Any,
+        dht: DHTNodeAPI,
         backends: dict[str, ExpertBackend],
         options: ServerOptions,
         on_fatal: Callable[[str], None] | None = None,
@@ -117,7 +117,7 @@ class ExpertServer:
     @classmethod
     async def create(
         cls,
-        dht: Any,
+        dht: DHTNodeAPI,
         backends: dict[str, ExpertBackend],
         options: ServerOptions | None = None,
         rtc_options: RTCOptions | None = None,
