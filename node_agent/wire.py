@@ -32,7 +32,8 @@ def _reject_ext(code: int, data: bytes) -> Any:
 def pack(obj: Any) -> bytes:
     """msgpack with bin/str kept apart; raises WireError for values msgpack cannot encode."""
     try:
-        return msgpack.packb(obj, use_bin_type=True)
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)  # msgpack ships no types
+        return packed
     except (TypeError, ValueError, OverflowError) as exc:
         raise WireError(f"cannot encode value: {exc}") from exc
 
