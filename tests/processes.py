@@ -1,9 +1,21 @@
-"""Helpers for tests that start real processes (Daphne, Celery workers, agents)."""
+"""Helpers for tests that start real processes and servers, or wait for real components to reach a state.
+
+Tests wait on what they can observe (an event a handler sets, or a condition polled by `wait_until` /
+`wait_until_async` with a timeout), never on a sleep that hopes something has happened by then.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import signal
+import socket
 import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def stop_process(process: subprocess.Popen, *, timeout: float = 15, sig: int = signal.SIGTERM) -> None:
@@ -16,3 +28,49 @@ def stop_process(process: subprocess.Popen, *, timeout: float = 15, sig: int = s
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+def free_port(host: str = "127.0.0.1", kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port the OS reports free on `host` now, for a server started in another process or thread soon
+    after (a server in this process should bind port 0 itself instead)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], T], *, timeout: float, interval: float = 0.05, what: str = "") -> T:
+    """Poll `condition` until it returns something truthy and return that; TimeoutError after `timeout`
+    seconds. An exception from `condition` (a process that died, say) ends the wait at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"not reached within {timeout:g} s: {what or _describe(condition)}")
+        time.sleep(interval)
+
+
+async def wait_until_async(
+    condition: Callable[[], T | Awaitable[T]], *, timeout: float, interval: float = 0.02, what: str = ""
+) -> T:
+    """`wait_until` for tests on an event loop: the loop keeps running between polls, and `condition` may
+    be a coroutine function (a DHT lookup, say); each poll is bounded by what is left of `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await asyncio.wait_for(value, max(0.001, deadline - loop.time()))
+        if value:
+            return value  # type: ignore[return-value]
+        if loop.time() >= deadline:
+            raise TimeoutError(f"not reached within {timeout:g} s: {what or _describe(condition)}")
+        await asyncio.sleep(interval)
+
+
+def _describe(condition: Callable[..., object]) -> str:
+    try:
+        return inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return repr(condition)

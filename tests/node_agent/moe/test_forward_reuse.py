@@ -10,6 +10,7 @@ import torch
 
 from node_agent.moe.api import ExpertHandle, ExpertProtocolError
 from node_agent.tensor_codec import encode_tensors
+from tests.processes import wait_until_async
 
 
 def _handle(server, uid: str) -> ExpertHandle:
@@ -246,10 +247,7 @@ async def test_a_backward_that_never_comes_delays_the_step_only_briefly(make_exp
     await _call(caller, "forward", handle, [torch.randn(4, 16)], 10)  # its backward never comes
     await _call(caller, "backward", handle, [x], [torch.randn(4, 16)], 10)
     assert backend.steps == 0
-    for _ in range(50):
-        await asyncio.sleep(0.05)
-        if backend.steps:
-            break
+    await wait_until_async(lambda: backend.steps, timeout=5, what="the step after step_delay")
     await server.settle()
     assert backend.steps == 1 and backend.accumulated_samples == 0
     assert server.forward_cache.pending("ffn.10") == 1

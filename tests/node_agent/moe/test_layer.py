@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
 
 import pytest
@@ -22,6 +23,7 @@ from node_agent.moe.layer import LocalMixtureOfExperts, RemoteMixtureOfExperts, 
 from node_agent.moe.reliability import ReliabilityTracker
 from node_agent.moe.server.backend import ExpertBackend, OptimizerConfig
 from node_agent.moe.uids import expand_pattern
+from tests.processes import wait_until_async
 
 HIDDEN = 16
 
@@ -178,16 +180,18 @@ async def test_all_experts_missing(bootstrap_node, make_caller):
 
 
 class SlowExpert(nn.Module):
-    """Sleeps on the server's compute thread once `slow` is set: a volunteer whose machine is overloaded."""
+    """Once `slow` is set, holds the server's compute thread until `release` is set (at most 10 s): a
+    volunteer whose machine is overloaded. Its answer cannot arrive before the test releases it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.linear = nn.Linear(HIDDEN, HIDDEN)
         self.slow = False
+        self.release = threading.Event()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.slow:
-            time.sleep(3.0)
+            self.release.wait(10)
         return self.linear(x)
 
 
@@ -203,8 +207,11 @@ async def test_slow_expert_past_the_timeout_is_masked(make_expert_server, make_c
     reference = local_reference(layer, {"ffn.0.0": fast.backends["ffn.0.0"].module})
     x = torch.randn(5, HIDDEN)
     started = time.monotonic()
-    out = await asyncio.to_thread(layer, x)
-    assert time.monotonic() - started < 2.9  # did not wait for the slow expert
+    try:
+        out = await asyncio.to_thread(layer, x)  # the slow expert is held until after this returns
+    finally:
+        slow_module.release.set()
+    assert time.monotonic() - started < 5.0  # gave up after timeout_after_k_min, not forward_timeout
     assert torch.allclose(out, reference(x), atol=1e-5)
     stats = layer.take_stats()
     assert stats.forward_answered == 1 and stats.forward_failed == 1
@@ -249,11 +256,7 @@ async def test_nan_expert_is_masked_then_avoided(make_expert_server, make_caller
     assert torch.isfinite(x.grad).all()
     assert all(b.steps == 0 for b in hostile.backends.values())
     # the first call's forwards never get a backward, so the honest experts step after `step_delay`
-    for _ in range(100):
-        if sum(b.steps for b in honest.backends.values()) == 2:
-            break
-        await asyncio.sleep(0.02)
-    assert sum(b.steps for b in honest.backends.values()) == 2
+    await wait_until_async(lambda: sum(b.steps for b in honest.backends.values()) == 2, timeout=5)
 
 
 def test_bad_arguments_and_inputs():

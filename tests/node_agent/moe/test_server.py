@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -35,18 +36,18 @@ async def test_server_killed_mid_call_gives_error_within_timeout(make_expert_ser
     handle = ExpertHandle("ffn.5", server.dht.node_id, server.dht.endpoint)
     await asyncio.wrap_future(caller.forward(handle, [torch.randn(2, 16)], timeout=10))
 
-    release = asyncio.Event()
+    entered, release = threading.Event(), threading.Event()
     original = server.backends["ffn.5"].forward
 
     def stuck_forward(inputs):
-        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(30)
+        entered.set()
+        release.wait(30)
         return original(inputs)
 
-    loop = asyncio.get_running_loop()
     server.runtime._queues["ffn.5/forward"].fn = stuck_forward
     started = time.monotonic()
     future = asyncio.wrap_future(caller.forward(handle, [torch.randn(2, 16)], timeout=4, keep_graph=False))
-    await asyncio.sleep(0.5)
+    assert await asyncio.to_thread(entered.wait, 5), "the call never reached the compute thread"
     assert server.pool is not None
     await server.pool.close()  # the server's connections vanish mid-call
     with pytest.raises(ExpertError):
@@ -130,8 +131,6 @@ def test_backend_schemas_and_optimizer_features(backends_factory):
 
 
 async def test_requests_arriving_while_the_compute_thread_is_busy_join_one_batch():
-    import threading
-
     from node_agent.moe.server.runtime import BatchingRuntime
 
     runtime = BatchingRuntime(max_batch_size=64, max_wait=0.001)
@@ -142,8 +141,14 @@ async def test_requests_arriving_while_the_compute_thread_is_busy_join_one_batch
         return [columns[0] * 2]
 
     runtime.add_queue("double", double)
-    release = threading.Event()
-    busy = asyncio.ensure_future(runtime.call(release.wait, 10))
+    entered, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        entered.set()
+        release.wait(10)
+
+    busy = asyncio.ensure_future(runtime.call(block))
+    assert await asyncio.to_thread(entered.wait, 5), "the compute thread never took the blocking job"
     requests = []
     for i in range(3):  # further apart than max_wait, but the compute thread is busy all along
         requests.append(asyncio.ensure_future(runtime.submit("double", [torch.full((2, 3), float(i))])))

@@ -12,6 +12,7 @@ from node_agent.moe.api import ExpertHandle
 from node_agent.rtc.framing import FrameKind, encode_frames
 from node_agent.rtc.rpc import RPCRemoteError
 from node_agent.tensor_codec import encode_tensor
+from tests.processes import wait_until_async
 
 CLEAN_CODES = {"unknown_expert", "unknown_method", "bad_request", "bad_tensor"}
 
@@ -110,11 +111,10 @@ async def test_unfinished_messages_drop_the_connection_and_free_memory(make_expe
                 if link.rpc.closed:
                     return True
                 channel.send(frame)
-        for _ in range(200):
-            if link.rpc.closed:
-                return True
-            await asyncio.sleep(0.05)
-        return False
+        try:
+            return await wait_until_async(lambda: link.rpc.closed, timeout=10)
+        except TimeoutError:
+            return False
 
     size = 4 * 1024 * 1024
     attack = asyncio.wrap_future(attacker.run(send_unfinished(limit // size + 8, size)))
@@ -125,11 +125,7 @@ async def test_unfinished_messages_drop_the_connection_and_free_memory(make_expe
         assert server.pool._total_budget.used <= limit
         await asyncio.sleep(0.05)
     assert await attack, "the server kept a connection holding more than its byte bound"
-    for _ in range(50):
-        if server.pool._total_budget.used == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert server.pool._total_budget.used == 0
+    await wait_until_async(lambda: server.pool._total_budget.used == 0, timeout=5)
     assert all(link.rpc.held_bytes == 0 for link in server.pool.links)
     (out,) = await asyncio.wrap_future(honest.forward(handle, [torch.randn(2, 8)], timeout=10))
     assert out.shape == (2, 8)
@@ -155,7 +151,8 @@ async def test_too_many_concurrent_calls_are_answered_busy(make_expert_server, m
         link = await caller.pool.connect(handle.node_id, handle.endpoint)
         body = {"uid": "ffn.2", "inputs": [encode_tensor(torch.ones(1, 8))]}
         calls = [asyncio.ensure_future(link.rpc.call("forward", body, timeout=20)) for _ in range(limit + 5)]
-        await asyncio.sleep(1.0)
+        # the last five are answered `busy` at once, so by then the first `limit` are all being served
+        await wait_until_async(lambda: sum(call.done() for call in calls) >= 5, timeout=15)
         loop.call_soon_threadsafe(release.set)
         outcomes = []
         for call in calls:

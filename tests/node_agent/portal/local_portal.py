@@ -10,7 +10,6 @@ hold joins for approval or go away.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -37,16 +36,11 @@ from node_agent.portal.schemas import (
 )
 from node_agent.portal.signed_body import verify_body
 from node_agent.portal.tokens import issue_credential, verify_credential
+from tests.processes import free_port
 
 
 def _error(status: int, code: str, detail: str) -> tuple[int, dict, dict]:
     return status, reply_to_builtins(ErrorReply(error=code, detail=detail)), {}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -214,7 +208,9 @@ class LocalPortal:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(  # a short poll interval: stop() returns within it
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 

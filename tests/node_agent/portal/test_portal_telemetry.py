@@ -7,13 +7,14 @@ import logging
 import time
 
 import pytest
-from local_portal import LocalPortal, free_port
+from local_portal import LocalPortal
 
 from node_agent.backoff import Backoff
 from node_agent.identity import Identity
 from node_agent.portal.client import PortalClient, PortalRefused, PortalUnreachable
 from node_agent.portal.reporter import TelemetryReporter
 from node_agent.portal.schemas import HeartbeatBody, MetricPoint, PeerActivity
+from tests.processes import free_port, wait_until_async
 
 FAST = Backoff(base=0.05, factor=2.0, maximum=0.4)
 
@@ -53,13 +54,6 @@ def point(step: int) -> MetricPoint:
     )
 
 
-async def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 async def make_reporter(url: str, identity: Identity, portal: LocalPortal | None = None, **options):
     token = (portal or LocalPortal()).credential_for(identity.public_key_bytes)
     statuses: list[tuple[bool, str]] = []
@@ -81,7 +75,9 @@ async def test_heartbeats_and_metrics_reach_the_portal_signed(local_portal: Loca
     try:
         for step in range(1, 131):
             reporter.outbox.put(point(step))
-        await wait_for(lambda: len(local_portal.heartbeats) >= 2 and len(local_portal.metrics) == 130)
+        await wait_until_async(
+            lambda: len(local_portal.heartbeats) >= 2 and len(local_portal.metrics) == 130, timeout=10
+        )
     finally:
         await reporter.stop()
     assert local_portal.heartbeats[0]["node_id"] == identity.node_id.hex()
@@ -101,7 +97,7 @@ async def test_unreachable_portal_backs_off_then_delivers_queued_metrics(
     try:
         for step in range(1, 11):
             reporter.outbox.put(point(step))
-        await wait_for(lambda: reporter.failures >= 4)
+        await wait_until_async(lambda: reporter.failures >= 4, timeout=10)
         delays = [float(r.getMessage().rsplit("retrying in ", 1)[1].rstrip("s")) for r in caplog.records]
         assert "portal unreachable" in caplog.records[0].getMessage()
         assert max(delays) > min(delays)  # exponential, not a fixed retry interval
@@ -109,7 +105,7 @@ async def test_unreachable_portal_backs_off_then_delivers_queued_metrics(
         assert len(reporter.outbox) == 10  # nothing was lost while the portal was away
         portal.start()
         try:
-            await wait_for(lambda: len(portal.metrics) == 10 and portal.heartbeats)
+            await wait_until_async(lambda: len(portal.metrics) == 10 and portal.heartbeats, timeout=10)
             assert reporter.failures == 0
             assert statuses[-1] == (True, "heartbeat ok")
         finally:
@@ -127,14 +123,16 @@ async def test_rate_limit_honours_retry_after_and_refusals_drop_bad_batches(
     reporter, _ = await make_reporter(local_portal.url, identity, local_portal, heartbeat=None)
     try:
         reporter.outbox.put(point(1))
-        await wait_for(lambda: local_portal.requests >= 1)
+        await wait_until_async(lambda: local_portal.requests >= 1, timeout=10)
         await asyncio.sleep(0.2)
         assert local_portal.requests == 1  # waiting out Retry-After, not hammering
         assert len(reporter.outbox) == 1  # kept for the retry
         local_portal.behaviour.refuse = (400, "invalid")
         local_portal.behaviour.retry_after = None
-        await wait_for(lambda: local_portal.requests >= 2)
-        await wait_for(lambda: len(reporter.outbox) == 0)  # a refused batch is dropped, not resent forever
+        await wait_until_async(lambda: local_portal.requests >= 2, timeout=10)
+        await wait_until_async(
+            lambda: len(reporter.outbox) == 0, timeout=10
+        )  # a refused batch is dropped, not resent forever
     finally:
         await reporter.stop(flush_timeout=0.0)
 
@@ -174,7 +172,7 @@ async def test_metrics_keep_within_the_portals_budget_of_two_bodies_per_heartbea
     identity = Identity.generate()
     reporter, _ = await make_reporter(local_portal.url, identity, local_portal, metrics_period=1.0)
     try:
-        await wait_for(lambda: reporter.heartbeats_sent >= 1)
+        await wait_until_async(lambda: reporter.heartbeats_sent >= 1, timeout=10)
         assert reporter.heartbeat_period == 7.0 and reporter.metrics_period == 7.0
     finally:
         await reporter.stop()

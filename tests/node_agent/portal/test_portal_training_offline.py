@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from local_portal import LocalPortal, free_port
+from local_portal import LocalPortal
 
 from node_agent.backoff import Backoff
 from node_agent.identity import Identity
@@ -18,6 +18,7 @@ from node_agent.portal.trainer_reporting import start_trainer_reporting
 from node_agent.training.metrics import MetricsStream
 from node_agent.training.session import SessionConfig, run_training
 from node_agent.training.trainer import TrainConfig
+from tests.processes import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from types import SimpleNamespace
 
@@ -14,6 +13,7 @@ from node_agent.rtc.large_records import (
 )
 from node_agent.rtc.pool import ConnectionPool
 from tests.node_agent.rtc.handlers import echo
+from tests.processes import wait_until_async
 
 OPTIONS = RTCOptions.for_loopback(connect_timeout=4.0)
 
@@ -35,11 +35,7 @@ async def test_loopback_peers_that_read_whole_records_use_large_chunks_both_ways
         link = await client.connect(b.node_id, b.endpoint)
         assert selected_path_is_loopback(link.peer_connection)
         assert _chunk_class(link) == "LargeChunkSctpTransport"
-        for _ in range(20):
-            if server.links:
-                break
-            await asyncio.sleep(0.05)
-        (inbound,) = server.links
+        (inbound,) = await wait_until_async(lambda: server.links, timeout=5)
         assert _chunk_class(inbound) == "LargeChunkSctpTransport"
         for size in (1, LARGE_CHUNK_USER_DATA - 1, LARGE_CHUNK_USER_DATA + 1, 3 * 2**20 + 17):
             await _round_trip(link, size)  # many records each way, reassembled exactly

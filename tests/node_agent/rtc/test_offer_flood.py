@@ -17,6 +17,7 @@ from node_agent.rtc.admission import AdmissionLimits
 from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
 from node_agent.rtc.pool import OFFER_RPC, ConnectionPool, ConnectRefusedError
 from tests.node_agent.rtc.handlers import echo
+from tests.processes import wait_until_async
 
 LIMITS = AdmissionLimits(max_connections=16, max_unknown=8, max_per_address=12, unknown_offer_rate=20.0)
 OPTIONS = RTCOptions.for_loopback(connect_timeout=3.0, idle_timeout=60.0, admission=LIMITS)
@@ -91,25 +92,17 @@ async def test_offer_flood_is_bounded_and_honest_peers_keep_working(two_nodes):
         # each admitted handshake holds a socket or two; the attackers' own DHT sockets are ~12 more
         assert most_fds - fds_before < 2 * LIMITS.max_connections + 40, (fds_before, most_fds)
         # unknown handshakes that never complete are closed after connect_timeout
-        for _ in range(60):
-            if server.handshakes == 0:
-                break
-            await asyncio.sleep(0.1)
-        assert server.handshakes == 0
+        await wait_until_async(lambda: server.handshakes == 0, timeout=6)
         assert await link.rpc.call("echo", "after", timeout=5) == "after"
         print({"flood": {r: results.count(r) for r in set(results)}, "fds": most_fds - fds_before})
 
         # a known peer (its key made calls before) whose connection closed gets back in during a flood
         await honest.close()
-        for _ in range(50):
-            if server.admission.is_known(a.node_id):
-                break
-            await asyncio.sleep(0.1)
+        await wait_until_async(lambda: server.admission.is_known(a.node_id), timeout=5)
         honest = await ConnectionPool.create(a, None, OPTIONS)
         again: list[str] = []
         flood = asyncio.ensure_future(_flood(b, sdp, again))
-        while server.refused_offers < 50 + results.count("refused"):
-            await asyncio.sleep(0.02)
+        await wait_until_async(lambda: server.refused_offers >= 50 + results.count("refused"), timeout=30)
         link = await honest.connect(b.node_id, b.endpoint)
         assert await link.rpc.call("echo", "back", timeout=5) == "back"
         await flood

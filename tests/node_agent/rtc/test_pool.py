@@ -10,6 +10,7 @@ from node_agent.rtc.fingerprint import FingerprintMismatchError, sdp_fingerprint
 from node_agent.rtc.pool import OFFER_RPC, ConnectError, ConnectionPool
 from node_agent.rtc.rpc import RPCClosedError, RPCError
 from tests.node_agent.rtc.handlers import echo
+from tests.processes import wait_until_async
 
 OPTIONS = RTCOptions.for_loopback(connect_timeout=4.0, idle_timeout=0.6)
 
@@ -31,13 +32,8 @@ async def test_connection_reused_shared_and_closed_when_idle(two_nodes):
         assert len({id(link) for link in links}) == 1  # concurrent callers shared one set-up
         assert await links[0].rpc.call("echo", {"n": 1}, timeout=5) == {"n": 1}
         assert await client.connect(b.node_id, b.endpoint) is links[0]
-        await asyncio.sleep(0.2)
-        assert len(server.links) == 1
-        for _ in range(40):
-            if not client.links:
-                break
-            await asyncio.sleep(0.1)
-        assert not client.links, "idle connection was not closed"
+        await wait_until_async(lambda: len(server.links) == 1, timeout=5)
+        await wait_until_async(lambda: not client.links, timeout=4, what="the idle connection closes")
         fresh = await client.connect(b.node_id, b.endpoint)
         assert fresh is not links[0] and await fresh.rpc.call("echo", 2, timeout=5) == 2
     finally:
@@ -93,7 +89,8 @@ async def test_peer_vanishing_mid_call_then_reconnect(two_nodes):
     try:
         link = await client.connect(b.node_id, b.endpoint)
         pending = asyncio.ensure_future(link.rpc.call("slow", None, timeout=8))
-        await asyncio.sleep(0.3)
+        # the call is being served when the peer goes
+        await wait_until_async(lambda: any(inbound.rpc.in_flight for inbound in server.links), timeout=5)
         await server.close()  # the peer's connections vanish
         with pytest.raises((RPCClosedError, RPCError)):
             await asyncio.wait_for(pending, 9)

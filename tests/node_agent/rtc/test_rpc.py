@@ -20,16 +20,27 @@ from node_agent.rtc.rpc import (
 )
 from node_agent.wire import WireError
 from tests.node_agent.msgpack_strategies import msgpack_values
+from tests.processes import wait_until_async
 
 
-async def _echo(method: str, body):
-    if method == "slow":
-        await asyncio.sleep(30)
-    if method == "refuse":
-        raise RPCHandlerError("bad_request", "refused on purpose")
-    if method == "crash":
-        raise RuntimeError("boom")
-    return {"method": method, "body": body}
+def _handler(slow_started: asyncio.Event | None = None):
+    """Echoes, refuses or crashes by method name; `slow` sets `slow_started` and never answers in time."""
+
+    async def echo(method: str, body):
+        if method == "slow":
+            if slow_started is not None:
+                slow_started.set()
+            await asyncio.sleep(30)
+        if method == "refuse":
+            raise RPCHandlerError("bad_request", "refused on purpose")
+        if method == "crash":
+            raise RuntimeError("boom")
+        return {"method": method, "body": body}
+
+    return echo
+
+
+_echo = _handler()
 
 
 async def test_calls_both_ways_with_large_chunked_payloads(loopback_pair):
@@ -51,17 +62,14 @@ async def test_errors_timeouts_and_cancellation(loopback_pair):
         await client.call("crash", None, timeout=5)
     with pytest.raises(RPCTimeoutError):
         await client.call("slow", None, timeout=0.3)
-    for _ in range(50):  # the CANCEL frame reaches the server and stops the handler
-        if server.in_flight == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert server.in_flight == 0
+    # the CANCEL frame reaches the server and stops the handler
+    await wait_until_async(lambda: server.in_flight == 0, timeout=5)
     with pytest.raises(RPCRemoteError, match="unknown_method"):
         await server.call("anything", None, timeout=5)
 
 
 async def test_malformed_frames_answered_and_peer_survives(loopback_pair):
-    ChannelRPC(loopback_pair.answer_channel, _echo)
+    server = ChannelRPC(loopback_pair.answer_channel, _echo)
     replies: asyncio.Queue[bytes] = asyncio.Queue()
     raw = loopback_pair.offer_channel
     raw.on("message", replies.put_nowait)
@@ -77,17 +85,19 @@ async def test_malformed_frames_answered_and_peer_survives(loopback_pair):
     assert msgpack.unpackb(reply[8:])["code"] == "bad_request"
     raw.send("a text message")
     raw.send(b"\x00")
-    await asyncio.sleep(0.2)
+    await wait_until_async(lambda: server.bad_frames == 3, timeout=5)  # the version one, text, too short
+    assert replies.empty()  # frames naming no call get no answer
     raw.remove_all_listeners("message")
     client = ChannelRPC(raw, None)
     assert (await client.call("still", "alive", timeout=5))["body"] == "alive"
 
 
 async def test_peer_closing_fails_pending_calls(loopback_pair):
+    started = asyncio.Event()
     client = ChannelRPC(loopback_pair.offer_channel, None)
-    ChannelRPC(loopback_pair.answer_channel, _echo)
+    ChannelRPC(loopback_pair.answer_channel, _handler(slow_started=started))
     pending = asyncio.ensure_future(client.call("slow", None, timeout=20))
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(started.wait(), 10)  # the call is being served when the peer goes
     await loopback_pair.answerer.close()
     with pytest.raises(RPCClosedError):
         await asyncio.wait_for(pending, 10)

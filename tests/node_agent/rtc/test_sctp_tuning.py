@@ -27,11 +27,16 @@ async def test_bulk_transfer_is_complete_and_acknowledged_in_bursts(loopback_pai
         if len(received) == len(messages):
             done.set()
 
+    sender = loopback_pair.offer_channel
+    writable = asyncio.Event()  # back-pressure as ChannelRPC does it: wait for "bufferedamountlow"
+    sender.bufferedAmountLowThreshold = 1 << 19
+    sender.on("bufferedamountlow", writable.set)
     sent_before, received_before = await _transport_packets(loopback_pair.answerer)
     for message in messages:
-        while loopback_pair.offer_channel.bufferedAmount > 1 << 20:
-            await asyncio.sleep(0.005)
-        loopback_pair.offer_channel.send(message)
+        while sender.bufferedAmount > 1 << 20:
+            writable.clear()
+            await asyncio.wait_for(writable.wait(), 10)
+        sender.send(message)
     async with asyncio.timeout(30):
         await done.wait()
     assert received == messages, "every message arrives intact and in order"
