@@ -12,7 +12,9 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -28,6 +30,25 @@ def stop_process(process: subprocess.Popen, *, timeout: float = 15, sig: int = s
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+def wait_for_http(url: str, *, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    """Wait until `url` answers with a 2xx (a server `process` started); RuntimeError with its log if it
+    exits first or does not answer within `timeout` seconds."""
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(answers, timeout=timeout, interval=0.2, what=f"{url} answers")
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}\n{log.read_text(errors='replace')}") from None
 
 
 def free_port(host: str = "127.0.0.1", kind: socket.SocketKind = socket.SOCK_STREAM) -> int:

@@ -15,11 +15,9 @@ import http.cookiejar
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -30,7 +28,7 @@ import pytest
 from accounts.models import Role, User
 from projects import services as project_services
 from swarm.models import Node, NodeState, ProjectSwarm
-from tests.processes import stop_process
+from tests.processes import free_port, stop_process, wait_until
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 PASSWORD = "a-Strong-passphrase-42"
@@ -49,21 +47,13 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for(what: str, check: Callable[[], object], timeout: float, logs: list[Path]) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+    """`wait_until`, failing with the tails of the processes' logs."""
+    try:
+        return wait_until(check, timeout=timeout, interval=0.5, what=what)
+    except TimeoutError as exc:
+        tails = (f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
+        raise AssertionError("\n".join([str(exc), *tails])) from None
 
 
 class Processes:

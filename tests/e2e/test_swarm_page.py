@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from projects import services as project_services
 from projects.models import Project
 from swarm import services as swarm_services
 from swarm.models import Node
-from tests.processes import stop_process
+from tests.processes import free_port, stop_process, wait_for_http
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_DIR / "test-artifacts"
@@ -52,12 +50,6 @@ FAST_SWARM = {
 }
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def portal_env() -> dict[str, str]:
@@ -89,15 +81,7 @@ class Daphne:
                 [*command, "config.asgi:application"],
                 cwd=REPO_DIR / "platform", env=portal_env(), stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/healthz", timeout=2)
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(self.log_path.read_text()) from None
-                time.sleep(0.2)
+        wait_for_http(f"{self.url}/healthz", process=self.process, log=self.log_path)
 
     def stop(self) -> None:
         if self.process is not None:

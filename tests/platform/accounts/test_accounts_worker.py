@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from django.urls import reverse
 
 from accounts.models import User
+from tests.processes import wait_until
 
 
 @pytest.mark.slow
@@ -26,14 +26,16 @@ def test_signup_welcome_email_is_sent_by_a_real_worker(client, celery_worker: Pa
     )
     assert response.status_code == 302
     user = User.objects.get(email="worker.test@example.org")
-    deadline = time.monotonic() + 90
-    log = ""
-    while time.monotonic() < deadline:
+
+    def task_succeeded() -> str:
         # The row is claimed just before the e-mail goes out, so wait for the task's success line too.
         log = celery_worker.read_text(errors="replace")
-        if "send_welcome_email" in log and "succeeded" in log:
-            break
-        time.sleep(0.25)
+        return log if "send_welcome_email" in log and "succeeded" in log else ""
+
+    try:
+        log = wait_until(task_succeeded, timeout=90, interval=0.25, what="the welcome e-mail task")
+    except TimeoutError:
+        log = celery_worker.read_text(errors="replace")
     user.refresh_from_db()
     assert user.welcome_sent_at is not None, log
     assert "Subject: Welcome to Colearn" in log  # the worker's console e-mail backend printed it

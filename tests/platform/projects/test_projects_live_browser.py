@@ -7,30 +7,21 @@ the first sees the card appear and its badge change without reloading.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from accounts.models import User
-from tests.processes import stop_process
+from tests.processes import free_port, stop_process, wait_for_http
 
 REPO_DIR = Path(__file__).resolve().parents[3]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "a-Strong-passphrase-42"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -46,15 +37,7 @@ def portal_url(celery_worker_env: Callable[[], dict[str, str]], tmp_path: Path) 
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError((tmp_path / "daphne.log").read_text()) from None
-                time.sleep(0.2)
+        wait_for_http(f"{url}/healthz", process=process, log=tmp_path / "daphne.log")
         yield url
     finally:
         stop_process(process, timeout=10)
