@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import socket
 import time
@@ -17,15 +16,12 @@ from node_agent.dht.routing import distance
 from node_agent.dht.validation import SchemaValidator
 from node_agent.identity import Identity
 from node_agent.wire import pack, pack_message
+from tests.processes import wait_until_async
 
 
 def address(node: DHTNode) -> tuple[str, int]:
     host, port, _ = parse_endpoint(node.endpoint)
     return host, port
-
-
-async def settle() -> None:
-    await asyncio.sleep(0.1)
 
 
 async def test_forged_record_for_someone_elses_protected_subkey_is_refused(dht_swarm) -> None:
@@ -57,14 +53,13 @@ async def test_spoofed_node_id_and_replayed_request_are_refused(bootstrap_node: 
         }
         inner = pack_message("ping", body)
         sock.sendto(pack([inner, mallory.sign(inner)]), address(bootstrap_node))  # claims the victim's key
-        await settle()
-        assert bootstrap_node.core.drops.counts["bad signature"] == 1
+        drops = bootstrap_node.core.drops.counts
+        await wait_until_async(lambda: drops["bad signature"] == 1, timeout=5)
         assert victim.node_id not in bootstrap_node.core.routing
         genuine = pack([inner, victim.sign(inner)])  # as if captured on the wire, then replayed
         sock.sendto(genuine, address(bootstrap_node))
         sock.sendto(genuine, address(bootstrap_node))
-        await settle()
-        assert bootstrap_node.core.drops.counts["replayed request"] == 1
+        await wait_until_async(lambda: drops["replayed request"] == 1, timeout=5)
     finally:
         sock.close()
 
@@ -87,8 +82,9 @@ async def test_garbage_datagrams_are_counted_and_repeat_offenders_ignored(bootst
     try:
         for payload in (b"", b"\xc1", pack({"v": 1}), b"\x92" * 100):
             sock.sendto(payload, address(bootstrap_node))
-        await settle()
-        assert bootstrap_node.core.drops.counts["malformed"] >= 3
+        drops = bootstrap_node.core.drops.counts
+        await wait_until_async(lambda: drops["malformed"] + drops["banned address"] == 4, timeout=5)
+        assert drops["malformed"] >= 3
         assert bootstrap_node.core.penalties.is_banned(source_key(sock.getsockname()[0]), time.time())
         assert await bootstrap_node.store("still-alive", 1, time.time() + 60)
     finally:

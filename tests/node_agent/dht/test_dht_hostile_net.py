@@ -23,6 +23,7 @@ from node_agent.dht.records import sign_record
 from node_agent.dht.routing import Contact
 from node_agent.identity import Identity
 from node_agent.wire import pack
+from tests.processes import wait_until_async
 
 ATTACKER_HOST = "127.0.0.2"
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -109,8 +110,8 @@ def test_a_lost_socket_stops_the_node_loudly(caplog: pytest.LogCaptureFixture) -
         try:
             # What a poisoned host did before contacts were checked: plain asyncio closes the transport.
             node._transport._transport.sendto(b"x", ("a\x00b", 1))
-            await asyncio.sleep(0.1)
-            assert node.failure is not None and "socket was lost" in node.failure
+            await wait_until_async(lambda: node.failure is not None, timeout=5)
+            assert "socket was lost" in node.failure
             with pytest.raises(DHTNodeStoppedError):
                 await node.get("k")
             with pytest.raises(DHTNodeStoppedError):
@@ -206,9 +207,10 @@ async def test_a_ban_follows_the_address_across_source_ports(bootstrap_node: DHT
             sock.bind((ATTACKER_HOST, 0))
         for sock in sockets[:3]:  # one garbage datagram from each of three ports
             sock.sendto(b"\xc1garbage", address(bootstrap_node))
-        await asyncio.sleep(0.2)
+        drops = bootstrap_node.core.drops.counts
+        await wait_until_async(lambda: drops["malformed"] == 3, timeout=5)
         assert bootstrap_node.core.penalties.is_banned(source_key(ATTACKER_HOST), time.time())
-        banned_before = bootstrap_node.core.drops.counts["banned address"]
+        banned_before = drops["banned address"]
         # A well-formed, signed ping from a fourth, fresh port (and a fresh identity) is ignored too.
         probe = await DHTNode.create(listen=f"{ATTACKER_HOST}:0")
         try:
@@ -217,8 +219,7 @@ async def test_a_ban_follows_the_address_across_source_ports(bootstrap_node: DHT
         finally:
             await probe.shutdown()
         sockets[3].sendto(pack([b"x", b"y"]), address(bootstrap_node))
-        await asyncio.sleep(0.1)
-        assert bootstrap_node.core.drops.counts["banned address"] >= banned_before + 2
+        await wait_until_async(lambda: drops["banned address"] >= banned_before + 2, timeout=5)
         honest = await DHTNode.create(initial_peers=[bootstrap_node.endpoint])  # other addresses are served
         await honest.shutdown()
     finally:
@@ -233,18 +234,26 @@ async def test_a_replayed_request_from_another_port_does_not_remap_the_sender(dh
     tap.bind(("127.0.0.1", 0))
     mallory.bind(("127.0.0.1", 0))
     tap.setblocking(False)
+    mallory.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def replay_settled(node: DHTNode) -> None:
+        """The node answered the replay (to Mallory) and its address check of Alice there is over."""
+        await asyncio.wait_for(loop.sock_recv(mallory, 65536), 5.0)
+        await wait_until_async(lambda: alice.node_id not in node._checking, timeout=5)
+
     try:
         assert victim.core.routing.get(alice.node_id).address == address(alice)
         call = asyncio.ensure_future(alice._call(tap.getsockname(), "ping", {}, None, 1.0))
-        captured = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(tap, 65536), 2.0)
+        captured = await asyncio.wait_for(loop.sock_recv(tap, 65536), 2.0)
         mallory.sendto(captured, address(victim))  # replayed at once, from another port
-        await asyncio.sleep(0.5)
+        await replay_settled(victim)
         assert victim.core.routing.get(alice.node_id).address == address(alice)
         # A stranger's replay: the victim has never seen Alice, and still does not map her to Mallory.
-        stranger = await DHTNode.create()
+        stranger = await DHTNode.create(rpc_timeout=0.3)  # its address check of Alice gives up soon
         try:
             mallory.sendto(captured, address(stranger))
-            await asyncio.sleep(0.5)
+            await replay_settled(stranger)
             assert stranger.core.routing.get(alice.node_id) is None
         finally:
             await stranger.shutdown()
