@@ -27,6 +27,7 @@ from node_agent.dht.api import (
     RPCHandler,
     ValueWithExpiration,
 )
+from node_agent.dht.clock import SYSTEM_CLOCK, Clock
 from node_agent.dht.config import DHTConfig
 from node_agent.dht.endpoints import (
     Address,
@@ -85,10 +86,13 @@ class _RetransmitTimer:
 class DHTNode:
     """A Kademlia node; build it with ``await DHTNode.create(...)`` (see :class:`api.DHTNodeAPI`)."""
 
-    def __init__(self, identity: Identity, config: DHTConfig, client_mode: bool) -> None:
+    def __init__(
+        self, identity: Identity, config: DHTConfig, client_mode: bool, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.identity = identity
         self.node_id: bytes = identity.node_id
         self.config = config
+        self._clock = clock  # wall time and the maintenance schedule; network timeouts use the loop's
         self.client_mode = client_mode
         self.core = ProtocolCore(identity, config, client_mode)
         self._transport: UDPTransport | Any = None
@@ -119,14 +123,16 @@ class DHTNode:
         *,
         network: MemoryNetwork | None = None,
         validators: Mapping[str, RecordValidator] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         **options: Any,
     ) -> DHTNode:
         """Bind, bootstrap from ``initial_peers`` and start maintenance; ``network`` selects the simulator.
 
         ``identity=None`` makes a fresh ephemeral identity; pass ``Identity.load_or_create()`` to keep one.
         ``validators`` (namespace prefix -> validator) apply before the first datagram, joining included.
+        ``clock`` (:mod:`node_agent.dht.clock`) is what tests move instead of sleeping.
         """
-        node = cls(identity or Identity.generate(), DHTConfig.from_options(**options), client_mode)
+        node = cls(identity or Identity.generate(), DHTConfig.from_options(**options), client_mode, clock)
         for prefix, validator in (validators or {}).items():
             node.register_validator(prefix, validator)
         host, port, _ = parse_endpoint(listen)
@@ -173,7 +179,7 @@ class DHTNode:
         )
         for result in results:
             if isinstance(result, Response) and result.peer.node_id not in self.core.routing:
-                self.core.routing.observe(result.peer.node_id, *result.address, time.time(), True)
+                self.core.routing.observe(result.peer.node_id, *result.address, self._clock.time(), True)
         return results
 
     async def _rejoin(self) -> bool:
@@ -261,7 +267,7 @@ class DHTNode:
     def _on_datagram(self, data: bytes, address: Address) -> None:
         if self._closed:
             return
-        now = time.time()
+        now = self._clock.time()
         event = self.core.receive(data, address, now)
         if isinstance(event, Response):
             waiter = self._waiters.get(event.rid)
@@ -303,7 +309,9 @@ class DHTNode:
         name, args = request.payload.get("n"), request.payload.get("p")
         handler = self._rpc_handlers.get(name) if isinstance(name, str) else None
         if handler is None or not isinstance(args, dict):
-            self._reply(request, "err", {"e": f"unknown rpc {name!r} or malformed payload"}, time.time())
+            self._reply(
+                request, "err", {"e": f"unknown rpc {name!r} or malformed payload"}, self._clock.time()
+            )
             return
         try:
             async with asyncio.timeout(RPC_HANDLER_TIMEOUT):
@@ -314,9 +322,9 @@ class DHTNode:
             raise
         except Exception as exc:
             logger.warning("rpc %s from %s failed: %s", name, request.peer.endpoint, exc)
-            self._reply(request, "err", {"e": f"{type(exc).__name__}: {exc}"}, time.time())
+            self._reply(request, "err", {"e": f"{type(exc).__name__}: {exc}"}, self._clock.time())
             return
-        self._reply(request, "ok", {"p": result}, time.time())
+        self._reply(request, "ok", {"p": result}, self._clock.time())
 
     def _check_contact(self, action: RoutingAction) -> None:
         """Ping the oldest contact of a full bucket, or a known id's new address (section 2.2)."""
@@ -343,7 +351,7 @@ class DHTNode:
         if self._closed:
             raise DHTTimeoutError("the node is shut down")
         try:
-            rid, data = self.core.request(kind, payload, address, expected_id, time.time())
+            rid, data = self.core.request(kind, payload, address, expected_id, self._clock.time())
         except WireError as exc:
             raise DHTRPCError(f"request too large: {exc}") from exc
         waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -419,7 +427,7 @@ class DHTNode:
         routing = self.core.routing  # stale contacts are tried only when no live one is left
         for contact in routing.nearest(target, width) or routing.nearest(target, width, include_stale=True):
             state.add(contact.node_id, contact.address)
-        self.core.routing.touch(target, time.time())
+        self.core.routing.touch(target, self._clock.time())
         merged: Merged = {}
         had_value: set[bytes] = set()
         inflight: dict[asyncio.Task[FindResult], bytes] = {}
@@ -489,11 +497,11 @@ class DHTNode:
         if not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0], list):
             raise DHTRPCError("malformed find answer")
         answer = answers[0]
-        nodes = self.core.parse_contacts(answer[0] if answer else None, response.peer, time.time())
+        nodes = self.core.parse_contacts(answer[0] if answer else None, response.peer, self._clock.time())
         records: list[tuple[SignedRecord, RecordView]] = []
         cursor: Cursor | None = None
         if key is not None and len(answer) > 1:
-            for entry in self.core.check_records(answer[1], response.peer, time.time()):
+            for entry in self.core.check_records(answer[1], response.peer, self._clock.time()):
                 if entry is not None and entry[0].key == key:
                     records.append(entry)
             if len(answer) > 3 and answer[2] is True and answer[3] is not None:
@@ -522,7 +530,7 @@ class DHTNode:
 
     async def store_many(self, items: Iterable[tuple[str, str | None, Any, float]]) -> list[bool]:
         self._ensure_running()
-        now = time.time()
+        now = self._clock.time()
         results: list[bool] = []
         by_key: dict[str, list[tuple[int, SignedRecord]]] = {}
         for index, (key, subkey, value, expiration) in enumerate(items):
@@ -552,7 +560,7 @@ class DHTNode:
         if not self.client_mode and (
             len(nearest) < replicas or distance(self.node_id, target) < distance(nearest[-1][0], target)
         ):
-            now = time.time()
+            now = self._clock.time()
             for i, record in enumerate(records):
                 view = self.core.validators.check(record, now)
                 stored[i] = self.core.store_locally(record, view, now)
@@ -600,7 +608,9 @@ class DHTNode:
         target = key_id(key)
         merged: Merged = {}
         if not self.client_mode:
-            self._merge(merged, (e for e in self.core.store.get(target, time.time()) if e[0].key == key))
+            self._merge(
+                merged, (e for e in self.core.store.get(target, self._clock.time()) if e[0].key == key)
+            )
         if not merged or latest:
             state, found, had_value = await self._lookup(
                 target, self.config.num_replicas, key=key, stop_on_value=not latest
@@ -608,7 +618,7 @@ class DHTNode:
             self._merge(merged, found.values())
             if merged and self.config.cache_on_get:
                 self._cache_along_path(state, had_value, [r for r, _ in merged.values()])
-        now = time.time()
+        now = self._clock.time()
         return {
             subkey: ValueWithExpiration(view.value, view.expiration, view.owner)
             for subkey, (_, view) in merged.items()
@@ -635,10 +645,10 @@ class DHTNode:
         """Refresh stale buckets and republish, forever; a round that fails unexpectedly is retried with
         backoff, and after ``max_task_failures`` such rounds in a row the node stops loudly."""
         period = max(1.0, min(self.config.refresh_interval, self.config.republish_interval) / 4)
-        self._last_republish = time.time()
+        self._last_republish = self._clock.time()
         failures = 0
         while True:
-            await asyncio.sleep(period if failures == 0 else min(period, 2.0 ** (failures - 1)))
+            await self._clock.sleep(period if failures == 0 else min(period, 2.0 ** (failures - 1)))
             try:
                 await self._maintenance_round()
                 failures = 0
@@ -652,7 +662,7 @@ class DHTNode:
                     return
 
     async def _maintenance_round(self) -> None:
-        now = time.time()
+        now = self._clock.time()
         self.core.store.expire(now)
         if not self.core.routing.has_live():
             await self._rejoin()
@@ -666,7 +676,7 @@ class DHTNode:
     async def republish(self) -> int:
         """Re-send our own live records to the current nearest nodes, so they outlive churn."""
         self._ensure_running()
-        now = time.time()
+        now = self._clock.time()
         by_key: dict[str, list[SignedRecord]] = {}
         for (key, subkey), record in list(self._own_records.items()):
             if record.expiration <= now:

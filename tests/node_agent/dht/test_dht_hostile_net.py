@@ -23,6 +23,7 @@ from node_agent.dht.records import sign_record
 from node_agent.dht.routing import Contact
 from node_agent.identity import Identity
 from node_agent.wire import pack
+from tests.node_agent.manual_clock import ManualClock
 from tests.processes import wait_until_async
 
 ATTACKER_HOST = "127.0.0.2"
@@ -61,8 +62,9 @@ def test_poisoned_contacts_in_answers_neither_kill_the_socket_nor_the_maintenanc
     async def scenario() -> None:
         hostile = await DHTNode.create(listen=f"{ATTACKER_HOST}:0")
         poison_routing_table(hostile)
+        clock = ManualClock()
         victim = await DHTNode.create(
-            initial_peers=[hostile.endpoint], refresh_interval=1.0, republish_interval=1.0
+            initial_peers=[hostile.endpoint], refresh_interval=1.0, republish_interval=1.0, clock=clock
         )
         try:
             for _ in range(3):
@@ -72,8 +74,9 @@ def test_poisoned_contacts_in_answers_neither_kill_the_socket_nor_the_maintenanc
                     await victim.find_nearest(os.urandom(20))
                 except DHTError:
                     pass  # the hostile node may be banned by now: failing is fine, failing oddly is not
-            await asyncio.sleep(2.5)  # maintenance rounds refresh buckets through the hostile node
-            assert not maintenance_task(victim).done()
+            for _ in range(2):  # maintenance rounds refresh buckets through the hostile node, republish
+                await clock.advance(1.0)
+                assert not maintenance_task(victim).done()
             honest = await DHTNode.create(initial_peers=[victim.endpoint])  # the victim still answers
             try:
                 assert victim.node_id in honest.core.routing
@@ -127,7 +130,10 @@ def test_a_lost_socket_stops_the_node_loudly(caplog: pytest.LogCaptureFixture) -
 async def test_maintenance_that_fails_unexpectedly_is_retried_then_stops_the_node(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    node = await DHTNode.create(refresh_interval=1.0, republish_interval=1.0, max_task_failures=3)
+    clock = ManualClock()
+    node = await DHTNode.create(
+        refresh_interval=1.0, republish_interval=1.0, max_task_failures=3, clock=clock
+    )
     try:
         real_republish = node.republish
         calls: list[str] = []
@@ -139,18 +145,20 @@ async def test_maintenance_that_fails_unexpectedly_is_retried_then_stops_the_nod
             return await real_republish()
 
         node.republish = republish_failing_once  # type: ignore[method-assign]
-        await asyncio.sleep(3.5)
-        assert len(calls) >= 2 and not maintenance_task(node).done() and node.failure is None
-        assert "injected fault" in caplog.text
+        await clock.advance(1.0)  # a round: it fails
+        assert len(calls) == 1 and "injected fault" in caplog.text
+        await clock.advance(1.0)  # retried after 1 s: it succeeds
+        assert len(calls) == 2 and not maintenance_task(node).done() and node.failure is None
 
         async def republish_always_failing() -> int:
+            calls.append("call")
             raise RuntimeError("persistent fault")
 
         node.republish = republish_always_failing  # type: ignore[method-assign]
-        for _ in range(100):
-            if node.failure is not None:
-                break
-            await asyncio.sleep(0.1)
+        for failures in (1, 2):
+            await clock.advance(1.0)
+            assert len(calls) == 2 + failures and node.failure is None  # retried, not yet given up
+        await clock.advance(1.0)
         assert node.failure == "maintenance failed 3 times in a row"
         with pytest.raises(DHTNodeStoppedError):
             await node.get("k")
@@ -225,6 +233,29 @@ async def test_a_ban_follows_the_address_across_source_ports(bootstrap_node: DHT
     finally:
         for sock in sockets:
             sock.close()
+
+
+async def test_a_ban_ends_after_ban_seconds_of_the_nodes_clock() -> None:
+    clock = ManualClock()
+    node = await DHTNode.create(clock=clock, ban_seconds=60.0)
+    probe = await DHTNode.create(listen=f"{ATTACKER_HOST}:0", clock=clock)
+    garbage = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        garbage.bind((ATTACKER_HOST, 0))
+        for _ in range(3):
+            garbage.sendto(b"\xc1garbage", address(node))
+        await wait_until_async(lambda: node.core.drops.counts["malformed"] == 3, timeout=5)
+        with pytest.raises(DHTError):  # the whole address is ignored, signed pings included
+            await probe._call(address(node), "ping", {}, node.node_id, 0.3)
+        await clock.advance(59.0)
+        with pytest.raises(DHTError):
+            await probe._call(address(node), "ping", {}, node.node_id, 0.3)
+        await clock.advance(2.0)
+        assert (await probe._call(address(node), "ping", {}, node.node_id, 2.0)).peer.node_id == node.node_id
+    finally:
+        garbage.close()
+        await probe.shutdown()
+        await node.shutdown()
 
 
 async def test_a_replayed_request_from_another_port_does_not_remap_the_sender(dht_swarm) -> None:

@@ -10,7 +10,9 @@ import time
 import pytest
 
 from node_agent.dht import DHTBootstrapError, DHTNode, DHTRPCError, DHTTimeoutError, PeerInfo, owner_subkey
+from node_agent.dht.records import key_id
 from node_agent.dht.routing import distance
+from tests.node_agent.manual_clock import ManualClock
 
 
 async def test_store_get_round_trips_with_subkeys_from_several_owners(dht_swarm) -> None:
@@ -44,16 +46,34 @@ async def test_store_get_round_trips_with_subkeys_from_several_owners(dht_swarm)
 
 
 async def test_later_expiration_wins_and_expired_values_vanish(dht_swarm) -> None:
-    nodes = await dht_swarm(20)
-    now = time.time()
+    clock = ManualClock()
+    nodes = await dht_swarm(20, clock=clock)
+    now = clock.time()
     assert await nodes[1].store("k", "long", now + 60)
     await nodes[2].store("k", "short", now + 30)  # replicas holding "long" refuse it
     assert (await nodes[3].get("k", latest=True))[None].value == "long"
     assert await nodes[4].store("brief", "soon gone", now + 1.0)
     assert (await nodes[5].get("brief"))[None].value == "soon gone"
-    await asyncio.sleep(1.2)
+    await clock.advance(1.2)
     assert await nodes[5].get("brief", latest=True) == {}
-    assert not await nodes[6].store("past", 1, time.time() - 1)
+    assert all(len(n.core.store.get(key_id("brief"), clock.time())) == 0 for n in nodes)  # gone everywhere
+    assert not await nodes[6].store("past", 1, clock.time() - 1)
+    assert (await nodes[7].get("k", latest=True))[None].value == "long"
+
+
+async def test_owners_republish_what_the_replicas_lost(dht_swarm) -> None:
+    clock = ManualClock()
+    nodes = await dht_swarm(8, clock=clock, republish_interval=60.0)
+    owner, reader = nodes[0], nodes[-1]
+    assert await owner.store("kept", "v", clock.time() + 600)
+    for node in nodes:  # every replica (the owner's own copy included) loses it: churn, a restart
+        node.core.store._records.pop(key_id("kept"), None)
+    assert await reader.get("kept", latest=True) == {}
+    for _ in range(3):  # maintenance rounds every republish_interval / 4; none republishes yet
+        await clock.advance(15.0)
+    assert await reader.get("kept", latest=True) == {}
+    await clock.advance(15.0)  # 60 s since the last republish: this round re-sends the owner's records
+    assert (await reader.get("kept", latest=True))[None].value == "v"
 
 
 async def test_nearest_neighbour_search_finds_the_true_k_nearest(dht_swarm) -> None:
