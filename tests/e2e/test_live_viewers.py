@@ -12,11 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,19 +26,13 @@ from config.env import database_url
 from projects import services as project_services
 from projects.models import Project
 from swarm import services as swarm_services
-from tests.processes import stop_process
+from tests.processes import free_port, stop_process, wait_for_http
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 MAX_VIEWERS = 3
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -62,15 +53,7 @@ def portal(tmp_path: Path) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError((tmp_path / "portal.log").read_text()) from None
-                time.sleep(0.2)
+        wait_for_http(f"{url}/healthz", process=process, log=tmp_path / "portal.log")
         yield url
     finally:
         stop_process(process, timeout=10)
