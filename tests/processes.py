@@ -51,11 +51,11 @@ def wait_for_http(url: str, *, process: subprocess.Popen, log: Path, timeout: fl
         raise RuntimeError(f"{exc}\n{log.read_text(errors='replace')}") from None
 
 
-def free_port(host: str = "127.0.0.1", kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    """A port the OS reports free on `host` now, for a server started in another process or thread soon
-    after (a server in this process should bind port 0 itself instead)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as sock:
-        sock.bind((host, 0))
+def free_port() -> int:
+    """A TCP port the OS reports free on 127.0.0.1 now, for a server started in another process or thread
+    soon after (a server in this process should bind port 0 itself instead)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
