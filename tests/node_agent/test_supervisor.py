@@ -9,14 +9,9 @@ import pytest
 
 from node_agent.backoff import Backoff
 from node_agent.supervisor import TaskSupervisor
+from tests.processes import wait_until_async
 
 FAST = Backoff(base=0.01, factor=2.0, maximum=0.02)
-
-
-async def wait_until(condition, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def test_a_loop_that_dies_restarts_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
@@ -54,7 +49,7 @@ async def test_a_loop_that_keeps_dying_stops_the_owner_loudly(caplog: pytest.Log
     supervisor = TaskSupervisor("test owner", on_fatal=fatal.append, backoff=FAST, max_restarts=3)
     supervisor.start("worker", loop)
     try:
-        await wait_until(lambda: fatal)
+        await wait_until_async(lambda: fatal, timeout=5)
         assert supervisor.restarts("worker") == 3
         assert "worker keeps failing" in fatal[0] and "always broken" in fatal[0]
         assert supervisor.failure == fatal[0]
@@ -73,7 +68,7 @@ async def test_a_loop_without_restart_is_fatal_at_its_first_failure() -> None:
     supervisor = TaskSupervisor("test owner", on_fatal=fatal.append, backoff=FAST)
     supervisor.start("critical", loop, restart=False)
     try:
-        await wait_until(lambda: fatal)
+        await wait_until_async(lambda: fatal, timeout=5)
         assert supervisor.restarts("critical") == 0 and "critical failed" in fatal[0]
     finally:
         await supervisor.close()
@@ -98,7 +93,7 @@ async def test_failures_outside_the_window_are_forgotten() -> None:
     )  # fmt: skip
     supervisor.start("worker", loop)
     try:
-        await wait_until(lambda: failures == 6)
+        await wait_until_async(lambda: failures == 6, timeout=5)
         assert fatal == [] and supervisor.restarts("worker") == 5
     finally:
         await supervisor.close()
@@ -121,7 +116,7 @@ async def test_a_returning_loop_is_finished_and_close_cancels_the_others() -> No
     supervisor.start("forever", forever)
     with pytest.raises(ValueError):
         supervisor.start("forever", forever)
-    await wait_until(lambda: not supervisor.running("done"))
+    await wait_until_async(lambda: not supervisor.running("done"), timeout=5)
     assert supervisor.restarts("done") == 0 and supervisor.running("forever")
     await supervisor.stop("forever")
     assert cancelled.is_set() and not supervisor.running("forever")

@@ -4,7 +4,6 @@ runtime loudly (a node must not serve on until its credential expires with a dea
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,14 +15,9 @@ from node_agent.identity import Identity
 from node_agent.portal.client import PortalClient
 from node_agent.portal.runtime import RENEWAL_LOOP, AgentOptions, AgentRuntime
 from node_agent.portal.state import AgentState
+from tests.processes import wait_until_async
 
 FAST = Backoff(base=0.01, factor=2.0, maximum=0.02)
-
-
-async def wait_until(condition, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -60,14 +54,17 @@ async def test_a_crashed_renewal_restarts_and_renews(
 
     client.renew = renew_crashing_once  # type: ignore[method-assign]
     runtime.renewer.renew_now()
-    await wait_until(lambda: runtime.supervisor.restarts(RENEWAL_LOOP) == 1)
+    await wait_until_async(lambda: runtime.supervisor.restarts(RENEWAL_LOOP) == 1, timeout=10)
     assert not runtime.stopped.is_set()
     old = runtime.state.credential
-    await wait_until(lambda: runtime.supervisor.running(RENEWAL_LOOP))
-    while not local_portal.renewals:  # the restarted loop renews again (201 from the portal)
+    await wait_until_async(lambda: runtime.supervisor.running(RENEWAL_LOOP), timeout=10)
+
+    def nudged_and_renewed() -> bool:  # the restarted loop renews again (201 from the portal)
         runtime.renewer.renew_now()
-        await asyncio.sleep(0.02)
-    await wait_until(lambda: runtime.state.credential != old)
+        return bool(local_portal.renewals)
+
+    await wait_until_async(nudged_and_renewed, timeout=10)
+    await wait_until_async(lambda: runtime.state.credential != old, timeout=10)
 
 
 async def test_a_renewal_that_keeps_crashing_stops_the_runtime_loudly(runtime: AgentRuntime) -> None:
@@ -75,10 +72,12 @@ async def test_a_renewal_that_keeps_crashing_stops_the_runtime_loudly(runtime: A
         raise RuntimeError("renewal broken for good")
 
     runtime.renewer.client.renew = broken  # type: ignore[method-assign]
-    async with asyncio.timeout(10):
-        while not runtime.stopped.is_set():
-            runtime.renewer.renew_now()
-            await asyncio.sleep(0.01)
+
+    def nudged_and_stopped() -> bool:
+        runtime.renewer.renew_now()
+        return runtime.stopped.is_set()
+
+    await wait_until_async(nudged_and_stopped, timeout=10)
     assert "credential-renewal keeps failing" in runtime.stop_reason
     assert "renewal broken for good" in runtime.stop_reason
 
@@ -88,7 +87,7 @@ async def test_a_crashed_telemetry_loop_restarts_and_heartbeats_again(
 ) -> None:
     telemetry = runtime.telemetry
     assert telemetry is not None
-    await wait_until(lambda: telemetry.heartbeats_sent >= 1)
+    await wait_until_async(lambda: telemetry.heartbeats_sent >= 1, timeout=10)
     real_take, crashed = telemetry.outbox.take, []
 
     def take_crashing_once(limit: int):
@@ -99,9 +98,9 @@ async def test_a_crashed_telemetry_loop_restarts_and_heartbeats_again(
 
     telemetry.outbox.take = take_crashing_once  # type: ignore[method-assign]
     telemetry.outbox.put(_point())
-    await wait_until(lambda: runtime.supervisor.restarts(telemetry.LOOP) == 1)
+    await wait_until_async(lambda: runtime.supervisor.restarts(telemetry.LOOP) == 1, timeout=10)
     sent = telemetry.heartbeats_sent
-    await wait_until(lambda: telemetry.heartbeats_sent > sent and local_portal.metrics)
+    await wait_until_async(lambda: telemetry.heartbeats_sent > sent and local_portal.metrics, timeout=10)
     assert not runtime.stopped.is_set()
 
 
@@ -112,7 +111,7 @@ async def test_a_revocation_watcher_that_keeps_crashing_stops_the_runtime(runtim
         raise RuntimeError("lookup bug")
 
     runtime.dht.get = broken_get
-    await wait_until(lambda: runtime.stopped.is_set())
+    await wait_until_async(lambda: runtime.stopped.is_set(), timeout=10)
     assert "revocation-watcher keeps failing" in runtime.stop_reason
 
 
