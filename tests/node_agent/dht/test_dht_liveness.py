@@ -22,6 +22,7 @@ from node_agent.dht import DHTError, DHTNode
 from node_agent.dht.endpoints import parse_endpoint
 from node_agent.dht.protocol import MAX_RECORDS_PER_STORE
 from node_agent.dht.records import sign_record
+from tests.processes import wait_until_async
 
 FLOODER_HOST = "127.0.0.2"
 
@@ -81,12 +82,7 @@ async def test_a_node_finds_its_peers_again_after_they_were_paused(bootstrap_pro
                 assert await get_value(node, "liveness") is None
         finally:
             os.kill(process.pid, signal.SIGCONT)
-        recovered = None
-        deadline = time.monotonic() + 30.0
-        while recovered is None and time.monotonic() < deadline:
-            recovered = await get_value(node, "liveness")
-            if recovered is None:
-                await asyncio.sleep(0.2)
+        recovered = await wait_until_async(lambda: get_value(node, "liveness"), timeout=30, interval=0.2)
         assert recovered == {"v": 1}
         assert node.failure is None
     finally:
@@ -152,12 +148,7 @@ async def test_a_node_rejoins_a_bootstrap_restarted_with_a_new_identity() -> Non
         writer = await DHTNode.create(initial_peers=[endpoint])
         try:
             assert await writer.store("restarted", {"v": 2}, time.time() + 600)
-            found = None
-            deadline = time.monotonic() + 30.0
-            while found is None and time.monotonic() < deadline:
-                found = await get_value(node, "restarted")
-                if found is None:
-                    await asyncio.sleep(0.2)
+            found = await wait_until_async(lambda: get_value(node, "restarted"), timeout=30, interval=0.2)
             assert found == {"v": 2}
         finally:
             await writer.shutdown()
