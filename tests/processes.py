@@ -15,12 +15,12 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def stop_process(process: subprocess.Popen, *, timeout: float = 15, sig: int = signal.SIGTERM) -> None:
+def stop_process(process: subprocess.Popen[Any], *, timeout: float = 15, sig: int = signal.SIGTERM) -> None:
     """Ask `process` to stop (SIGTERM by default); kill it if it has not exited after `timeout` seconds."""
     if process.poll() is not None:
         return
@@ -32,7 +32,7 @@ def stop_process(process: subprocess.Popen, *, timeout: float = 15, sig: int = s
         process.wait(timeout=5)
 
 
-def wait_for_http(url: str, *, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+def wait_for_http(url: str, *, process: subprocess.Popen[Any], log: Path, timeout: float = 60) -> None:
     """Wait until `url` answers with a 2xx (a server `process` started); RuntimeError with its log if it
     exits first or does not answer within `timeout` seconds."""
 
@@ -56,7 +56,8 @@ def free_port() -> int:
     soon after (a server in this process should bind port 0 itself instead)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_until(condition: Callable[[], T], *, timeout: float, interval: float = 0.05, what: str = "") -> T:
