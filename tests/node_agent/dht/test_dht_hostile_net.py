@@ -63,8 +63,12 @@ def test_poisoned_contacts_in_answers_neither_kill_the_socket_nor_the_maintenanc
         hostile = await DHTNode.create(listen=f"{ATTACKER_HOST}:0")
         poison_routing_table(hostile)
         clock = ManualClock()
-        victim = await DHTNode.create(
-            initial_peers=[hostile.endpoint], refresh_interval=1.0, republish_interval=1.0, clock=clock
+        victim = await DHTNode.create(  # short RPC timeouts: once the hostile node is banned, every
+            initial_peers=[hostile.endpoint],  # lookup and rejoin waits them out
+            refresh_interval=1.0,
+            republish_interval=1.0,
+            rpc_timeout=0.5,
+            clock=clock,
         )
         try:
             for _ in range(3):
