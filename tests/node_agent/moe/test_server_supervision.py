@@ -3,17 +3,10 @@ owner (`on_fatal`) instead of leaving a server that looks alive but no longer ex
 
 from __future__ import annotations
 
-import asyncio
-
 from node_agent.backoff import Backoff
+from tests.processes import wait_until_async
 
 FAST = Backoff(base=0.01, factor=2.0, maximum=0.02)
-
-
-async def wait_until(condition, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_a_dying_expiry_loop_restarts_then_stops_the_owner(make_expert_server) -> None:
@@ -32,13 +25,14 @@ async def test_a_dying_expiry_loop_restarts_then_stops_the_owner(make_expert_ser
         return real_expire(now)
 
     cache.expire = expire_failing_once
-    await wait_until(lambda: len(calls) >= 2)  # raised inside the loop, restarted, expiring again
+    # raised inside the loop, restarted, expiring again
+    await wait_until_async(lambda: len(calls) >= 2, timeout=10)
     assert server.supervisor.restarts("forward-cache-expiry") == 1 and fatal == []
 
     def always_failing(now: float) -> int:
         raise RuntimeError("expiry broken for good")
 
     cache.expire = always_failing
-    await wait_until(lambda: fatal)
+    await wait_until_async(lambda: fatal, timeout=10)
     assert "forward-cache-expiry keeps failing" in fatal[0] and "expiry broken for good" in fatal[0]
     assert server.supervisor.running("expert-reannounce")  # the other loops are untouched
