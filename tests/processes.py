@@ -7,13 +7,15 @@ Tests wait on what they can observe (an event a handler sets, or a condition pol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,6 +51,24 @@ def wait_for_http(url: str, *, process: subprocess.Popen[Any], log: Path, timeou
         wait_until(answers, timeout=timeout, interval=0.2, what=f"{url} answers")
     except (RuntimeError, TimeoutError) as exc:
         raise RuntimeError(f"{exc}\n{log.read_text(errors='replace')}") from None
+
+
+@contextlib.contextmanager
+def serving_portal(module: str, *, cwd: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """`python -m <module> -b 127.0.0.1 -p <free port> config.asgi:application` (`daphne` or `live.serve`)
+    run in `cwd`, its output in `log`; yields its URL once `/healthz` answers and stops it afterwards."""
+    port = free_port()
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+            cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{url}/healthz", process=process, log=log)
+            yield url
+        finally:
+            stop_process(process, timeout=10)
 
 
 def free_port() -> int:

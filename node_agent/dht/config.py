@@ -17,7 +17,7 @@ class DHTConfig:
     # Timeouts (seconds). Lookup RPCs use an adaptive timeout (RFC 6298 style) within [min, rpc_timeout],
     # doubled after each timeout until an answer comes.
     rpc_timeout: float = 2.0
-    min_rpc_timeout: float = 0.5
+    min_rpc_timeout: float = 0.2
     bootstrap_timeout: float = 5.0
     lookup_timeout: float = 15.0
     max_failures: int = 2  # timeouts in a row before a contact is stale (replaced once a live one shows up)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from config.env import database_url
 from projects import services as project_services
 from projects.models import Project
 from swarm import services as swarm_services
-from tests.processes import free_port, stop_process, wait_for_http
+from tests.processes import serving_portal
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -38,7 +37,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transacti
 @pytest.fixture
 def portal(tmp_path: Path) -> Iterator[str]:
     """`python -m live.serve` on the test database and Redis, with a cap of MAX_VIEWERS viewers."""
-    port = free_port()
     env = dict(os.environ) | {
         "DJANGO_SETTINGS_MODULE": "config.settings_test",
         "DATABASE_URL": database_url(connection.settings_dict),
@@ -46,18 +44,8 @@ def portal(tmp_path: Path) -> Iterator[str]:
         "LIVE_MAX_VIEWERS": str(MAX_VIEWERS),
         "PYTHONPATH": os.pathsep.join([str(REPO_DIR / "platform"), str(REPO_DIR)]),
     }
-    log = (tmp_path / "portal.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "live.serve", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=REPO_DIR / "platform", env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/healthz", process=process, log=tmp_path / "portal.log")
+    with serving_portal("live.serve", cwd=REPO_DIR / "platform", env=env, log=tmp_path / "portal.log") as url:
         yield url
-    finally:
-        stop_process(process, timeout=10)
-        log.close()
 
 
 def make_project(slug: str, join_policy: str = "open") -> Project:

@@ -195,12 +195,12 @@ def test_an_identical_re_store_reuses_the_stored_record_without_a_second_check()
 def test_the_request_timeout_has_a_floor_and_doubles_after_timeouts(timeouts: int) -> None:
     timer = _RetransmitTimer(DHTConfig().min_rpc_timeout, DHTConfig().rpc_timeout)
     timer.update(0.001)  # a very fast network: the floor applies
-    assert timer.timeout == DHTConfig().min_rpc_timeout == 0.5
+    assert timer.timeout == DHTConfig().min_rpc_timeout == 0.2
     for _ in range(timeouts):
         timer.timed_out()
-    assert timer.timeout == min(2.0, 0.5 * 2**timeouts)
+    assert timer.timeout == min(2.0, 0.2 * 2**timeouts)
     timer.update(0.001)
-    assert timer.timeout == 0.5
+    assert timer.timeout == 0.2
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

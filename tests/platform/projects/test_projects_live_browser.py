@@ -7,15 +7,13 @@ the first sees the card appear and its badge change without reloading.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from accounts.models import User
-from tests.processes import free_port, stop_process, wait_for_http
+from tests.processes import serving_portal
 
 REPO_DIR = Path(__file__).resolve().parents[3]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,21 +25,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transacti
 @pytest.fixture
 def portal_url(celery_worker_env: Callable[[], dict[str, str]], tmp_path: Path) -> Iterator[str]:
     """Daphne serving config.asgi on a free port, on this test's database."""
-    port = free_port()
     # Test settings, so Daphne understands the fast password hashes the fixtures wrote.
     env = celery_worker_env() | {"DJANGO_SETTINGS_MODULE": "config.settings_test"}
-    log = (tmp_path / "daphne.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=REPO_DIR / "platform", env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/healthz", process=process, log=tmp_path / "daphne.log")
+    with serving_portal("daphne", cwd=REPO_DIR / "platform", env=env, log=tmp_path / "daphne.log") as url:
         yield url
-    finally:
-        stop_process(process, timeout=10)
-        log.close()
 
 
 def card_shape(page) -> dict:
