@@ -38,12 +38,18 @@ class SignUpForm(forms.Form):
     )
 
     def clean(self) -> dict[str, Any] | None:
+        """Every password rule is checked here, with the other fields, so one submit shows every error."""
         cleaned = super().clean()
-        if (
-            cleaned is not None
-            and cleaned.get("password")
-            and cleaned.get("password") != cleaned.get("password_confirm")
-        ):
+        if cleaned is None or not cleaned.get("password"):
+            return cleaned
+        password = cleaned["password"]
+        # An unsaved user lets the similarity rule compare the password with the e-mail and name.
+        candidate = User(email=cleaned.get("email", ""), display_name=cleaned.get("display_name", ""))
+        try:
+            password_validation.validate_password(password, user=candidate)
+        except forms.ValidationError as exc:
+            self.add_error("password", exc.messages)
+        if password != cleaned.get("password_confirm"):
             self.add_error("password_confirm", "The two passwords differ.")
         return cleaned
 

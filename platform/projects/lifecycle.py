@@ -1,7 +1,8 @@
 """A project's status machine, kept pure so the rules are easy to read and test.
 
 draft -> active (activate); active <-> paused (pause / resume); any but archived -> archived (archive).
-Archived is final: the project stays visible for the record but can no longer change.
+Archived is final for its owner: the project stays visible for the record but can no longer change; only
+staff can restore it (archived -> paused, `check_restore`), so a mistaken archive is not lost.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def check_transition(current: str, target: str) -> None:
             f"A {ProjectStatus(current).label.lower()} project cannot become "
             f"{ProjectStatus(target).label.lower()}."
         )
+
+
+def check_restore(current: str) -> None:
+    """Restoring (staff only, checked by the service) takes an archived project back to paused."""
+    if current != ProjectStatus.ARCHIVED:
+        raise ProjectStatusError("Only an archived project can be restored.")
 
 
 def is_editable(status: str) -> bool:

@@ -7,6 +7,7 @@ public listing shows is broadcast to its live group after commit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -22,6 +23,7 @@ from projects.lifecycle import (
     PUBLIC_STATUSES,
     ProjectStatus,
     ProjectStatusError,
+    check_restore,
     check_transition,
     is_editable,
 )
@@ -114,12 +116,18 @@ def project_update(*, project: Project, actor: User, **changes: Any) -> Project:
     return project
 
 
-def _project_set_status(*, project: Project, actor: User, target: str) -> Project:
+def _project_set_status(
+    *, project: Project, actor: User, target: str, check: Callable[[str], None] | None = None
+) -> Project:
+    """Move to `target` under a row lock; `check(current)` replaces the lifecycle's transition rule."""
     if not can_manage_project(actor, project):
         raise PermissionDenied("Only the project's owner can change its status.")
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
-        check_transition(locked.status, target)
+        if check is None:
+            check_transition(locked.status, target)
+        else:
+            check(locked.status)
         locked.status = target
         locked.status_changed_at = timezone.now()
         locked.save(update_fields=["status", "status_changed_at", "updated_at"])
@@ -149,3 +157,10 @@ def project_resume(*, project: Project, actor: User) -> Project:
 
 def project_archive(*, project: Project, actor: User) -> Project:
     return _project_set_status(project=project, actor=actor, target=ProjectStatus.ARCHIVED)
+
+
+def project_restore(*, project: Project, actor: User) -> Project:
+    """Undo an archive (staff only): the project comes back paused, so its owner decides when it resumes."""
+    if not actor.is_staff:
+        raise PermissionDenied("Only admins can restore an archived project.")
+    return _project_set_status(project=project, actor=actor, target=ProjectStatus.PAUSED, check=check_restore)

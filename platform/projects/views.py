@@ -8,9 +8,9 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods
 
 from accounts.http import AuthenticatedHttpRequest
 from projects import selectors, services
@@ -26,6 +26,16 @@ TRANSITIONS = {
     "pause": services.project_pause,
     "resume": services.project_resume,
     "archive": services.project_archive,
+    "restore": services.project_restore,
+}
+
+#: Transitions that ask first (a GET shows a confirmation page with the POST form; no JavaScript needed).
+CONFIRM = {
+    "archive": (
+        "Archive",
+        "An archived project stops taking nodes and can no longer be edited; only an admin can restore it.",
+    ),
+    "restore": ("Restore", "The project comes back paused; its owner resumes it when ready."),
 }
 
 
@@ -103,12 +113,29 @@ def project_edit(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def project_transition(request: AuthenticatedHttpRequest, slug: str, action: str) -> HttpResponse:
     service = TRANSITIONS.get(action)
     if service is None:
         raise Http404("No such action.")
+    if request.method == "GET" and action not in CONFIRM:
+        return HttpResponseNotAllowed(["POST"])
     project = _managed_project(request, slug)
+    if request.method == "GET":
+        label, consequence = CONFIRM[action]
+        return render(
+            request,
+            "core/confirm.html",
+            {
+                "title": f"{label} “{project.title}”?",
+                "subject": f"Project “{project.title}” ({project.get_status_display().lower()})",
+                "consequence": consequence,
+                "action_url": request.path,
+                "button": label,
+                "danger": action == "archive",
+                "next": project.get_absolute_url(),
+            },
+        )
     try:
         service(project=project, actor=request.user)
     except ProjectStatusError as exc:

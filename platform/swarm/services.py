@@ -248,6 +248,23 @@ def node_ban(*, node: Node, actor: User, reason: str, now: datetime) -> Node:
     return node
 
 
+def node_unban(*, node: Node, actor: User, now: datetime) -> Node:
+    """Lift a node's ban (admins only). It goes offline: its revoked credentials stay revoked, so its agent
+    joins again with a new code and gets a fresh credential. A node of a banned user stays banned."""
+    if not actor.is_staff:
+        raise PermissionDenied("Only admins can unban nodes.")
+    with transaction.atomic():
+        node = Node.objects.select_for_update().select_related("project").get(pk=node.pk)
+        if node.state != NodeState.BANNED:
+            return node
+        if UserBan.objects.filter(user_id=node.user_id).exists():
+            raise Conflict("user_banned", "this node's owner is banned from every swarm; lift that ban first")
+        node_set_state(
+            node=node, state=NodeState.OFFLINE, reason=f"unbanned by {actor.display_name}", now=now
+        )
+    return node
+
+
 def user_ban(*, user: User, actor: User, reason: str, now: datetime) -> int:
     """Ban a user from every swarm (admins only): all their nodes are banned, new codes refused."""
     if not actor.is_staff:

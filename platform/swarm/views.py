@@ -12,14 +12,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods
 
 from accounts.http import AuthenticatedHttpRequest
 from projects.lifecycle import ProjectStatus
@@ -28,7 +27,7 @@ from projects.selectors import project_get
 from swarm import ratelimit, selectors, services
 from swarm.api import portal_url
 from swarm.charts import polyline
-from swarm.errors import RateLimited
+from swarm.errors import Conflict, RateLimited
 from swarm.models import Node
 from swarm.openapi import openapi_schema
 from swarm.permissions import can_view_swarm
@@ -174,37 +173,81 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "swarm/dashboard.html", context)
 
 
-@staff_member_required
-def health(request: HttpRequest) -> HttpResponse:
+@login_required
+def health(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Staff only: an anonymous visitor goes to the portal's login (not the admin's), others get a 403."""
+    if not request.user.is_staff:
+        raise PermissionDenied("The swarm-health page is for the portal's staff.")
     now = timezone.now()
     return render(request, "swarm/health.html", {"rows": selectors.health_overview(now=now), "now": now})
 
 
-def _next_url(request: HttpRequest, fallback: str) -> str:
-    target = request.POST.get("next", "")
+def _next_url_from(target: str, fallback: str) -> str:
+    """A local path to go back to; anything else (another site, `//host`) is replaced by `fallback`."""
     return target if target.startswith("/") and not target.startswith("//") else fallback
 
 
+def _next_url(request: HttpRequest, fallback: str) -> str:
+    return _next_url_from(request.POST.get("next", ""), fallback)
+
+
+#: What each node action says on its confirmation page; approve needs none (it is undone by a ban).
+NODE_ACTION_CONFIRM = {
+    "ban": ("Ban node", "Its credentials are revoked and its agent is refused; staff can unban it later."),
+    "ban-user": ("Ban user", "Every node of this volunteer is banned and they can get no new join codes."),
+    "unban": ("Unban node", "The node may join again: its volunteer runs the join command once more."),
+}
+
+
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def node_action(request: AuthenticatedHttpRequest, node_pk: int, action: str) -> HttpResponse:
-    node = get_object_or_404(Node.objects.select_related("project"), pk=node_pk)
+    """POST acts; GET shows the confirmation page of a ban or unban (a step that needs no JavaScript)."""
+    node = get_object_or_404(Node.objects.select_related("project", "user"), pk=node_pk)
     if not can_manage_project(request.user, node.project):
         logger.warning("user %s tried to %s node %s", request.user.pk, action, node.pk)
         raise PermissionDenied("Only the project's owner or an admin can do that.")
+    fallback = f"/projects/{node.project.slug}/swarm/"
+    if request.method == "GET":
+        if action not in NODE_ACTION_CONFIRM:
+            return HttpResponseNotAllowed(["POST"])
+        title, consequence = NODE_ACTION_CONFIRM[action]
+        return render(
+            request,
+            "core/confirm.html",
+            {
+                "title": f"{title} {node.short_id}?",
+                "subject": f"Node {node.short_id} of {node.user.display_name} in “{node.project.title}”",
+                "consequence": consequence,
+                "action_url": request.path,
+                "button": title,
+                "danger": action != "unban",
+                "reason": action == "ban",
+                "next": _next_url_from(request.GET.get("next", ""), fallback),
+            },
+        )
     now = timezone.now()
-    if action == "approve":
-        services.node_approve(node=node, actor=request.user, now=now)
-        messages.success(request, f"Node {node.short_id} approved; its agent will now get a credential.")
-    elif action == "ban":
-        services.node_ban(node=node, actor=request.user, reason=request.POST.get("reason", "")[:200], now=now)
-        messages.success(request, f"Node {node.short_id} banned; its credentials are revoked.")
-    elif action == "ban-user":
-        count = services.user_ban(user=node.user, actor=request.user, reason="banned by an admin", now=now)
-        messages.success(request, f"{node.user.display_name} banned; {count} node(s) banned.")
-    else:
-        raise Http404("No such action.")
-    return redirect(_next_url(request, f"/projects/{node.project.slug}/swarm/"))
+    try:
+        if action == "approve":
+            services.node_approve(node=node, actor=request.user, now=now)
+            messages.success(request, f"Node {node.short_id} approved; its agent will now get a credential.")
+        elif action == "ban":
+            reason = request.POST.get("reason", "")[:200]
+            services.node_ban(node=node, actor=request.user, reason=reason, now=now)
+            messages.success(request, f"Node {node.short_id} banned; its credentials are revoked.")
+        elif action == "ban-user":
+            count = services.user_ban(
+                user=node.user, actor=request.user, reason="banned by an admin", now=now
+            )
+            messages.success(request, f"{node.user.display_name} banned; {count} node(s) banned.")
+        elif action == "unban":
+            services.node_unban(node=node, actor=request.user, now=now)
+            messages.success(request, f"Node {node.short_id} unbanned; it may join again.")
+        else:
+            raise Http404("No such action.")
+    except Conflict as exc:
+        messages.error(request, exc.detail)
+    return redirect(_next_url(request, fallback))
 
 
 def _component(schema: dict[str, Any], request_body: dict[str, Any]) -> Any:

@@ -74,3 +74,22 @@ def test_signup_page_renders_and_redirects_logged_in_users(client, volunteer) ->
     assert client.get(reverse("accounts:signup")).status_code == 200
     client.force_login(volunteer)
     assert client.get(reverse("accounts:signup"))["Location"] == reverse("accounts:profile")
+
+
+def test_signup_shows_every_password_error_with_the_other_errors_at_once(client) -> None:
+    """A short, common, numeric password and a bad e-mail: one submit lists every problem, not one per try."""
+    response = client.post(
+        reverse("accounts:signup"),
+        GOOD | {"email": "not-an-email", "password": "1234", "password_confirm": "12345"},
+    )
+    text = response.content.decode()
+    assert response.status_code == 200 and not User.objects.exists()
+    assert "Enter a valid email address." in text
+    assert "too short" in text and "too common" in text and "entirely numeric" in text
+    assert "The two passwords differ." in text
+
+
+def test_signup_checks_the_password_against_the_email_in_the_form(client) -> None:
+    same = "new.person@example.org"
+    response = client.post(reverse("accounts:signup"), GOOD | {"password": same, "password_confirm": same})
+    assert "too similar" in response.content.decode() and not User.objects.exists()
