@@ -1,9 +1,11 @@
 // Colearn portal scripts, bundled by esbuild into platform/static_build/colearn.js.
+import { startCopyButtons } from "./copy-command.js";
 import { startLiveProjects } from "./live-projects.js";
 
 function init() {
   const listing = document.querySelector("[data-live-projects]");
   if (listing) startLiveProjects(listing, document.querySelector("[data-live-indicator]"));
+  startCopyButtons();
 }
 
 if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);

@@ -29,6 +29,18 @@ export function afterClose(code, attempt, random = Math.random) {
   return { state: "lost", retryInMs: reconnectDelayMs(attempt, { ...DROP_BACKOFF, random }) };
 }
 
+// The short label of a live indicator (listing, health page): "connecting" until the first failure, so a
+// page that is still opening its first socket never claims the connection was lost.
+export function statusLabel(state, attempt = 0) {
+  if (state === "live") return "live";
+  if (state === "connecting") return attempt > 0 ? "reconnecting…" : "connecting…";
+  if (state === "resyncing") return "catching up…";
+  if (state === "busy") return "portal busy, retrying…";
+  if (state === "forbidden") return "not allowed to watch live";
+  if (state === "gone") return "project gone";
+  return "connection lost, reconnecting…";
+}
+
 // A frame's JSON, or undefined for a frame that is not JSON (logged, never thrown: the socket lives on).
 export function parseFrame(data) {
   try {

@@ -10,6 +10,7 @@ import {
   liveSocketUrl,
   parseFrame,
   reconnectDelayMs,
+  statusLabel,
 } from "../src/live-socket.js";
 
 const low = () => 0;
@@ -62,4 +63,13 @@ test("a frame that is not JSON is dropped with a warning, never thrown", (t) => 
 test("the socket follows the page's scheme and host", () => {
   assert.equal(liveSocketUrl("/ws/projects/", { protocol: "https:", host: "colearn.example:8443" }), "wss://colearn.example:8443/ws/projects/");
   assert.equal(liveSocketUrl("/ws/live/projects/p/", { protocol: "http:", host: "127.0.0.1:8000" }), "ws://127.0.0.1:8000/ws/live/projects/p/");
+});
+
+test("the indicator says connecting until the first failure, then reconnecting", () => {
+  assert.equal(statusLabel("connecting", 0), "connecting…");
+  assert.equal(statusLabel("live", 0), "live");
+  assert.equal(statusLabel("lost", 1), "connection lost, reconnecting…");
+  assert.equal(statusLabel("connecting", 1), "reconnecting…");
+  assert.equal(statusLabel("busy", 1), "portal busy, retrying…");
+  assert.equal(statusLabel("resyncing", 0), "catching up…");
 });

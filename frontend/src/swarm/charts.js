@@ -27,8 +27,11 @@ export class LiveChart {
     new ResizeObserver(() => this.plot.setSize({ width: this.width(), height: 170 })).observe(container);
   }
 
+  // The card's content width: clientWidth includes the card's padding, and a plot that wide spills out.
   width() {
-    return Math.max(240, this.container.clientWidth);
+    const style = getComputedStyle(this.container);
+    const padding = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+    return Math.max(160, Math.floor(this.container.clientWidth - (padding || 0)));
   }
 
   setData(columns) {

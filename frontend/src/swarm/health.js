@@ -1,5 +1,6 @@
 // The admin swarm-health page, live: one socket per project section (admins may watch every project).
 // Updates what the server-rendered page shows: nodes online, each node row's state, coverage, alerts.
+import { statusLabel } from "../live-socket.js";
 import { renderAlerts } from "./alerts.js";
 import { connectSwarm } from "./socket.js";
 import { displayState, emptySwarm } from "./state.js";
@@ -57,9 +58,9 @@ export function startHealthPage() {
           renderSection(section, swarm);
         });
       },
-      onStatus: (state) => {
-        indicator.dataset.state = state === "live" ? "live" : "reconnecting";
-        indicator.textContent = state === "live" ? "live" : "connection lost, reconnecting…";
+      onStatus: (state, attempt) => {
+        indicator.dataset.state = state === "live" ? "live" : state === "connecting" && !attempt ? "connecting" : "reconnecting";
+        indicator.textContent = statusLabel(state, attempt);
         section.classList.toggle("is-stale", state !== "live");
         if (state === "live") renderSection(section, swarm);
       },

@@ -89,6 +89,9 @@ export function startSwarmPage(root) {
     setStat(root, "coverage", `${coverage.covered}/${coverage.total}`, `grid cells live${swarm.coverage.observed_at ? `, DHT read ${formatAge(now + swarm.serverSkew - swarm.coverage.observed_at)}` : ", not observed yet"}`);
     setStat(root, "loss", lastTraining ? lastTraining.loss.toFixed(3) : "–", lastTraining ? `loss at step ${lastTraining.step}` : "no training metrics yet");
     setStat(root, "accuracy", lastTraining ? `${(lastTraining.accuracy * 100).toFixed(1)}%` : "–", "training accuracy");
+    // The page header's "DHT observed ... ago" is outside the live panel; it ages with the rest.
+    const observed = document.querySelector("[data-live-observed]");
+    if (observed && swarm.coverage.observed_at) observed.textContent = formatAge(now + swarm.serverSkew - swarm.coverage.observed_at);
     const caption = part(root, "heatmap-caption");
     if (caption) caption.textContent = coverage.holes ? `${coverage.holes} hole${coverage.holes === 1 ? "" : "s"} (red): no live expert in the DHT.` : "Every cell has a live expert.";
     charts.throughput.setData(columns(swarm.throughput, "samples_per_s"));
