@@ -1,6 +1,8 @@
 """`node-agent join`: trade a portal join code for a credential, then serve the project's experts.
 
-Run again without a code to restart with the saved credential (`agent.json` in the data directory).
+Run again without a code to restart with the saved credential (`agent.json` in the data directory); a spent
+code with a saved credential does the same. The node starts even when no bootstrap peer answers (a restarting
+portal) and keeps retrying them with backoff, re-reading them from the portal.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--approval-timeout", type=float, default=3600.0, help="wait this long for approval")
     parser.add_argument("--portal-timeout", type=float, default=10.0, help="seconds per portal request")
     parser.add_argument("--seed", type=int, default=None, help="seed the initial expert weights")
+    parser.add_argument(
+        "--peer-refresh-period",
+        type=float,
+        default=30.0,
+        help="while no DHT peer answers, ask the portal for the bootstrap peers this often (seconds)",
+    )
     parser.add_argument("--rtc-loopback", action="store_true", help="also offer 127.0.0.1 ICE candidates")
     parser.add_argument("--rtc-loopback-only", action="store_true", help="offer only 127.0.0.1 (one machine)")
     parser.set_defaults(handler=run)
@@ -108,6 +116,7 @@ async def _serve(args: argparse.Namespace, identity, state, data_dir) -> int:
         rtc_loopback=args.rtc_loopback,
         rtc_loopback_only=args.rtc_loopback_only,
         seed=args.seed,
+        peer_refresh_period=args.peer_refresh_period,
     )
     client = PortalClient(state.portal_url, timeout=args.portal_timeout)
     try:

@@ -163,7 +163,8 @@ class DHTNodeAPI(Protocol):
     ``DHTNode.create(initial_peers: Sequence[str] = (), listen: str = "127.0.0.1:0",
     identity: Identity | None = None, client_mode: bool = False, validators=None, **options)`` registers
     ``validators`` (namespace prefix -> :class:`RecordValidator`), binds the UDP socket,
-    pings the initial peers (raising :class:`DHTBootstrapError` if some were given and none answered)
+    pings the initial peers (raising :class:`DHTBootstrapError` if some were given and none answered, unless
+    ``require_initial_peer=False``: then it starts anyway and keeps pinging them with backoff until one does)
     and looks up its own id to fill the routing table. ``options`` are the fields of
     ``node_agent.dht.config.DHTConfig`` (bucket_size, alpha, num_replicas, rpc_timeout, ...).
     A client-mode node queries and stores into the swarm but stores nothing for others and is never
@@ -177,6 +178,13 @@ class DHTNodeAPI(Protocol):
     @property
     def endpoint(self) -> str:
         """``"host:port"`` of the bound socket: what other nodes pass as an initial peer."""
+
+    @property
+    def joined(self) -> bool:
+        """Whether the node has a live contact (False while none of its initial peers has answered)."""
+
+    async def set_initial_peers(self, initial_peers: Sequence[str]) -> None:
+        """Replace the peers pinged to (re)join, reset the rejoin backoff, and join now if not joined."""
 
     async def shutdown(self) -> None:
         """Stop background tasks and close the socket; pending requests fail with DHTTimeoutError.

@@ -25,6 +25,9 @@ class DHTConfig:
     # interval, which doubles from min to max while none answers.
     rejoin_min_interval: float = 1.0
     rejoin_max_interval: float = 30.0
+    # False: a node none of whose initial peers answers starts anyway (logging why) and keeps pinging them
+    # with the rejoin backoff until one answers, then joins; for agents that must outlive a bootstrap restart.
+    require_initial_peer: bool = True
     # Trust.
     max_clock_skew: float = 30.0  # a signed message older or newer than this is refused (replay window)
     offence_threshold: int = 3  # invalid messages or records before a peer is ignored

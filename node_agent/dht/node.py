@@ -111,6 +111,7 @@ class DHTNode:
         self._rejoin_task: asyncio.Task[bool] | None = None
         self._rejoin_interval = config.rejoin_min_interval
         self._next_rejoin = 0.0  # loop time before which no rejoin starts
+        self._join_task: asyncio.Task[None] | None = None  # joining in the background (no peer answered yet)
         self.last_lookup: LookupState | None = None  # for diagnostics and the simulator's hop counts
 
     @classmethod
@@ -169,8 +170,49 @@ class DHTNode:
         results = await self._ping_initial_peers(self.config.bootstrap_timeout)
         if not any(isinstance(r, Response) for r in results):
             reasons = "; ".join(f"{p}: {r}" for p, r in zip(initial_peers, results, strict=True))
-            raise DHTBootstrapError(f"none of the {len(initial_peers)} initial peers answered ({reasons})")
+            message = f"none of the {len(initial_peers)} initial peers answered ({reasons})"
+            if self.config.require_initial_peer:
+                raise DHTBootstrapError(message)
+            logger.warning("%s; starting anyway and retrying them with backoff", message)
+            self._next_rejoin = asyncio.get_running_loop().time() + self._rejoin_interval
+            self._start_joining()
+            return
         await self._lookup(self.node_id, self.config.bucket_size)  # section 2.3: join by looking up own id
+
+    @property
+    def joined(self) -> bool:
+        """Whether the routing table holds a live contact (False while no initial peer has answered)."""
+        return self.core.routing.has_live()
+
+    async def set_initial_peers(self, initial_peers: Sequence[str]) -> None:
+        """Replace the peers pinged to (re)join (e.g. a project's bootstrap peers re-read from its portal),
+        reset the rejoin backoff and, if no contact is live, start joining through them now."""
+        resolved = []
+        for peer in initial_peers:
+            host, port, expected = parse_endpoint(peer)
+            resolved.append((await resolve(host, port), expected))
+        self._initial_peers = resolved
+        self._rejoin_interval = self.config.rejoin_min_interval
+        self._next_rejoin = 0.0
+        if not self.joined:
+            self._start_joining()
+
+    def _start_joining(self) -> None:
+        if self._join_task is None or self._join_task.done():
+            self._join_task = self._spawn(self._join_when_answered(), "join")
+
+    async def _join_when_answered(self) -> None:
+        """Ping the initial peers (spaced by the rejoin backoff) until one answers, then join by looking up
+        our own id; what a node that started without any peer does in the background."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            if self.joined or await self._rejoin():
+                break
+            await asyncio.sleep(max(0.05, self._next_rejoin - loop.time()))
+        try:
+            await self._lookup(self.node_id, self.config.bucket_size)
+        except DHTError as exc:
+            logger.info("joining lookup failed: %s", exc)
 
     async def _ping_initial_peers(self, timeout: float) -> list[Response | BaseException]:
         results = await asyncio.gather(

@@ -36,6 +36,20 @@ def agent_platform() -> str:
     return text[:128]
 
 
+def restart_hint(portal_url: str, state_path: Path) -> str:
+    """What to run instead of re-using a spent one-time code: the saved credential restarts the node."""
+    if state_path.is_file():
+        return (
+            f"a code works once: to restart this node, run `node-agent join {portal_url}` without a code "
+            f"(it uses the credential saved in {state_path.parent})"
+        )
+    return (
+        f"a code works once and no credential is saved in {state_path.parent}: to restart a node, run "
+        f"`node-agent join {portal_url}` without a code and with the --data-dir of its first join; "
+        "for a new node, get a new code from the project's Join page"
+    )
+
+
 class AgentSetupError(Exception):
     """The agent cannot start (join refused, no saved credential, wrong portal); the message says why."""
 
@@ -51,7 +65,8 @@ def obtain_agent_state(
     say: Callable[[str], None] = print,
 ) -> AgentState:
     """Join with ``code`` (saving the result at ``state_path``) or load the saved state and refresh its
-    project config from the portal when it answers (a restart works with the portal down)."""
+    project config from the portal when it answers (a restart works with the portal down). A spent code
+    with a saved state restarts from it (re-running the Join page's command must not strand a volunteer)."""
     client = PortalClient(portal_url, timeout=portal_timeout)
     if code:
         say(f"joining {client.base_url} as node {identity.node_id.hex()} ...")
@@ -74,13 +89,17 @@ def obtain_agent_state(
             )
             state.check(identity.public_key_bytes)
         except PortalRefused as exc:
-            raise AgentSetupError(
-                f"the portal refused the join code: {exc.code} {exc.detail}".strip()
-            ) from exc
+            message = f"the portal refused the join code: {exc.code} {exc.detail}".strip()
+            if exc.code != "code_used":
+                raise AgentSetupError(message) from exc
+            if not state_path.is_file():
+                raise AgentSetupError(f"{message}; {restart_hint(client.base_url, state_path)}") from exc
+            say(f"{message}; {restart_hint(client.base_url, state_path)}; doing that now")
         except (PortalError, ProtocolError, KeyError, TypeError) as exc:
             raise AgentSetupError(f"could not join: {exc}") from exc
-        save_agent_state(state_path, state)
-        return state
+        else:
+            save_agent_state(state_path, state)
+            return state
     try:
         state = load_agent_state(state_path)
         state.check(identity.public_key_bytes)

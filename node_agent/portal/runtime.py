@@ -12,6 +12,7 @@ keeps serving, and telemetry and renewal retry with backoff. Its background loop
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from node_agent import __version__
 from node_agent.dht.api import DHTNodeAPI
 from node_agent.identity import Identity
 from node_agent.portal.census import choose_cells, count_live_replicas
-from node_agent.portal.client import PortalClient, PortalRefused
+from node_agent.portal.client import PortalClient, PortalError, PortalRefused
+from node_agent.portal.errors import ProtocolError
 from node_agent.portal.gate import CredentialPolicy, RevocationWatcher
 from node_agent.portal.joining import agent_platform
 from node_agent.portal.project_config import ProjectConfig, parse_project_config
@@ -40,6 +42,9 @@ if TYPE_CHECKING:  # the expert server imports torch: loaded when the runtime st
 __all__ = ["AgentOptions", "AgentRuntime"]
 
 RENEWAL_LOOP = "credential-renewal"
+PEERS_LOOP = "bootstrap-peers"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -56,6 +61,7 @@ class AgentOptions:
     rtc_loopback: bool = False
     rtc_loopback_only: bool = False
     seed: int | None = None
+    peer_refresh_period: float = 30.0  # while no DHT peer answers, re-read the bootstrap peers this often
 
 
 class AgentRuntime:
@@ -121,7 +127,13 @@ class AgentRuntime:
             listen=self.options.listen,
             identity=self.identity,
             validators=project_validators(ProjectScope.from_config(config), policy),
+            require_initial_peer=False,  # a restarting portal or bootstrap must not stop a volunteer's node
         )
+        if not self.dht.joined:
+            self.say(
+                f"none of the project's {len(config.bootstrap_peers)} bootstrap peer(s) answered; "
+                "serving anyway and retrying them with backoff (and asking the portal for new ones)"
+            )
         if config.gated:
             self.policy = policy
             self.watcher = await RevocationWatcher.create(
@@ -177,6 +189,30 @@ class AgentRuntime:
             supervisor=self.supervisor,
         )
         self.supervisor.start(RENEWAL_LOOP, self.renewer.run)
+        self.supervisor.start(PEERS_LOOP, self._refresh_bootstrap_peers)
+
+    async def _refresh_bootstrap_peers(self) -> None:
+        """While no DHT peer is live, re-read the project's bootstrap peers from the portal and rejoin
+        through them: a restarted portal may run its bootstrap node at a new address."""
+        while True:
+            await asyncio.sleep(self.options.peer_refresh_period)
+            if self.dht is None or self.dht.joined:
+                continue
+            try:
+                fresh = await asyncio.to_thread(self.client.project_config, self.config.project)
+                config = parse_project_config(fresh)
+            except (PortalError, ProtocolError) as exc:
+                logger.info("no DHT peer and the portal did not give new bootstrap peers: %s", exc)
+                continue
+            if config.project != self.config.project or config.portal_key != self.config.portal_key:
+                logger.warning("the portal's config is for another project or key; keeping the saved peers")
+                continue
+            if list(config.bootstrap_peers) != list(self.config.bootstrap_peers):
+                self.say(f"the portal lists new bootstrap peers: {', '.join(config.bootstrap_peers)}")
+                self.state.config = fresh
+                self.config = config
+                save_agent_state(self.options.data_dir / AGENT_STATE_FILE, self.state)
+            await self.dht.set_initial_peers(list(config.bootstrap_peers))
 
     # ---- telemetry -----------------------------------------------------------------------------------
 
