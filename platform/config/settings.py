@@ -218,6 +218,9 @@ PORTAL_PUBLIC_URL = env_str("PORTAL_PUBLIC_URL")  # how agents reach the portal;
 AGENT_WHEEL_DIR = Path(env_str("AGENT_WHEEL_DIR", str(VAR_DIR / "agent")))
 SWARM = {
     "JOIN_CODE_TTL": env_int("SWARM_JOIN_CODE_TTL_S", 900),
+    # A code checked by the Join command (before its install) stays valid this long after the check, so a slow
+    # PyTorch download does not lose it; at most this long past its first expiry, and still single-use.
+    "JOIN_CODE_INSTALL_GRACE": env_int("SWARM_JOIN_CODE_INSTALL_GRACE_S", 3600),
     "CREDENTIAL_TTL": env_int("SWARM_CREDENTIAL_TTL_S", 86_400),
     "RENEW_GRACE": env_int("SWARM_RENEW_GRACE_S", 7 * 86_400),
     "HEARTBEAT_INTERVAL": env_int("SWARM_HEARTBEAT_INTERVAL_S", 10),

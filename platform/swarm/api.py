@@ -173,6 +173,48 @@ def agent_join(request: HttpRequest, public_key: bytes, body: dict[str, Any]) ->
     return JsonResponse(reply_to_builtins(reply), status=202 if isinstance(reply, PendingReply) else 201)
 
 
+#: Longest body `join_check` reads: a code is 14 characters; room for spaces and a newline.
+MAX_CHECK_BODY = 64
+
+
+@csrf_exempt
+@require_POST
+@never_cache
+def join_check(request: HttpRequest) -> JsonResponse:
+    """Is this join code usable now? The Join page's command asks before installing anything.
+
+    The body is the code itself (no key exists yet to sign with). The answer is always 200 with ``ok`` and a
+    ``detail`` for the volunteer, so the stdlib one-liner in the command can print it and exit 1 without a
+    traceback; only rate limiting (429) and a busy database (503) use other statuses. Counted against the
+    join attempts per address, since it is as good an oracle for guessing codes as joining is.
+    """
+    now = timezone.now()
+    address = str(request.META.get("REMOTE_ADDR") or "unknown")
+    try:
+        ratelimit.enforce("RATE_AGENT_PER_IP", address, now=now.timestamp())
+        ratelimit.enforce("RATE_JOIN_PER_IP", address, now=now.timestamp())
+    except RateLimited as exc:
+        logger.warning("join code checks from %s refused: %s", address, exc.detail)
+        return error_response(exc)
+    body = request.read(MAX_CHECK_BODY + 1)
+    try:
+        if len(body) > MAX_CHECK_BODY:
+            raise TooLarge("too_large", f"a join code check is at most {MAX_CHECK_BODY} bytes")
+        code = services.join_code_check(code=body.decode("utf-8", errors="replace"), now=now)
+    except SwarmRefusal as exc:
+        logger.info("join code check from %s: %s", address, exc.code)
+        detail = exc.detail.replace("PORTAL_URL", portal_url(request))
+        return JsonResponse({"ok": False, "error": exc.code, "detail": f"error: {detail}"})
+    except OperationalError as exc:
+        logger.error("database unavailable for a join code check: %s", exc)
+        return error_response(Unavailable("unavailable", "the portal is busy; retry later", retry_after=5))
+    minutes = max(0, int((code.expires_at - now).total_seconds() // 60))
+    detail = (
+        f"join code OK for project {code.project.slug} ({minutes} more minutes); installing the agent ..."
+    )
+    return JsonResponse({"ok": True, "project": code.project.slug, "detail": detail})
+
+
 @agent_endpoint(key_limit="RATE_RENEW_PER_KEY")
 def agent_renew(request: HttpRequest, public_key: bytes, body: dict[str, Any]) -> JsonResponse:
     reply = services.agent_renew(public_key=public_key, request=validate_renew(body), now=timezone.now())

@@ -58,6 +58,20 @@ DOCUMENTED_TYPES: tuple[Any, ...] = (
 _PAGE_SIZES = {"nodes_": NODES_PAGE, "cells_": CELLS_PAGE, "holes_": HOLES_PAGE, "": NODES_PAGE}
 
 
+#: The answer of POST /api/v1/agent/join-check (a usable code: ok, project; else ok=false and error).
+JOIN_CHECK_REPLY: dict[str, Any] = {
+    "type": "object",
+    "required": ["ok", "detail"],
+    "additionalProperties": False,
+    "properties": {
+        "ok": {"type": "boolean"},
+        "project": {"type": "string"},
+        "error": {"type": "string"},
+        "detail": {"type": "string"},
+    },
+}
+
+
 def schema_components() -> dict[str, Any]:
     """The `components.schemas` of the description, generated from :data:`DOCUMENTED_TYPES`."""
     _, components = msgspec.json.schema_components(DOCUMENTED_TYPES, ref_template=REF)
@@ -198,6 +212,26 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
                     **_errors(410),
                 },
             ),
+            "/api/v1/agent/join-check": {
+                "post": {
+                    "summary": "Check a join code before installing the agent",
+                    "description": "The body is the join code as plain text (at most 64 bytes; unsigned: no "
+                    "node key exists yet). Always 200 with `ok` and a `detail` for the volunteer (the Join "
+                    "command prints it and stops when `ok` is false); a usable code then stays valid for "
+                    "JOIN_CODE_INSTALL_GRACE after the check. Counted against the join attempts per address.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "the verdict",
+                            "content": {"application/json": {"schema": JOIN_CHECK_REPLY}},
+                        },
+                        **_errors(429, 503),
+                    },
+                }
+            },
             "/api/v1/agent/renew": _signed_post(
                 "Renew a credential",
                 signed_note + " Refused for banned nodes and revoked credentials.",

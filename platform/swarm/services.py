@@ -81,6 +81,36 @@ def join_code_create(*, project: Project, user: User, now: datetime) -> tuple[Jo
     return row, code
 
 
+def join_code_check(*, code: str, now: datetime) -> JoinCode:
+    """The code's row if a node could join with it now, else the refusal `agent_join` would give.
+
+    The Join page's command calls this before installing anything, so a used or expired code costs the
+    volunteer a second, not a PyTorch download. A usable code then stays valid for JOIN_CODE_INSTALL_GRACE
+    after the check (never beyond that past its first expiry), so a slow install does not lose it; it stays
+    one-time.
+    """
+    row = JoinCode.objects.select_related("project").filter(code_hash=code_hash(code)).first()
+    if row is None:
+        raise InvalidRequest("invalid_code", "no such join code; copy the command again")
+    if row.used_at is not None:
+        raise Conflict(
+            "code_used",
+            "this join code was already used; to restart a node that joined with it, run "
+            "`node-agent join PORTAL_URL` without a code; for another node, create a new command",
+        )
+    if row.expires_at <= now and row.node_id is None:
+        raise Expired("code_expired", "this join code expired; open the Join page again")
+    if row.project.status != ProjectStatus.ACTIVE:
+        raise Conflict("project_not_active", f"project {row.project.slug} is {row.project.status}")
+    grace = timedelta(seconds=settings.SWARM["JOIN_CODE_INSTALL_GRACE"])
+    ttl = timedelta(seconds=settings.SWARM["JOIN_CODE_TTL"])
+    extended = min(now + grace, row.created_at + ttl + grace)
+    if row.node_id is None and extended > row.expires_at:
+        JoinCode.objects.filter(pk=row.pk, used_at__isnull=True).update(expires_at=extended)
+        row.expires_at = extended
+    return row
+
+
 def nonce_record(*, public_key: bytes, nonce: str, now: datetime) -> None:
     """Remember a signed body's nonce; a second use is a replay. Call inside the request's transaction."""
     try:

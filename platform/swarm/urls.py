@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/v1/projects/<slug:slug>/swarm", api.project_swarm, name="api_swarm"),
     path("api/v1/projects/<slug:slug>/nodes", api.project_nodes, name="api_nodes"),
     path("api/v1/agent/join", api.agent_join, name="api_join"),
+    path("api/v1/agent/join-check", api.join_check, name="api_join_check"),
     path("api/v1/agent/renew", api.agent_renew, name="api_renew"),
     path("api/v1/agent/heartbeat", api.agent_heartbeat, name="api_heartbeat"),
     path("api/v1/agent/metrics", api.agent_metrics, name="api_metrics"),

@@ -39,18 +39,42 @@ logger = logging.getLogger(__name__)
 CONTRIBUTION_WINDOW = timedelta(hours=24)
 
 
+#: PyTorch's own index of CPU-only wheels (about 200 MB instead of PyPI's Linux build with CUDA, several GB).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+#: Asks the portal whether the code is usable before anything is installed (stdlib only: nothing is yet).
+CHECK_SCRIPT = (
+    "import json,sys,urllib.request as r;a=json.load(r.urlopen(sys.argv[1],sys.argv[2].encode(),30));"
+    "print(a['detail']);sys.exit(0 if a['ok'] else 1)"
+)
+
+
 def join_commands(*, base_url: str, wheel_name: str, code: str) -> dict[str, str]:
-    """The one command per platform that installs the agent from this portal and joins with `code`."""
+    """The command per platform (and, on Linux, per PyTorch build) that checks `code` with this portal,
+    installs the agent from it and joins: `linux` (CPU-only PyTorch), `linux_gpu` (PyPI's CUDA build),
+    `macos` and `windows` (PyPI's builds there carry no CUDA)."""
     wheel_url = f"{base_url}/agent/{wheel_name}"
-    posix = (
-        f"python3 -m venv colearn-agent && colearn-agent/bin/pip install {wheel_url} && "
-        f"colearn-agent/bin/node-agent join {base_url} {code}"
-    )
+    check_url = f"{base_url}/api/v1/agent/join-check"
+
+    def posix(pip_options: str) -> str:
+        return (
+            f'python3 -c "{CHECK_SCRIPT}" {check_url} {code} && '
+            f"python3 -m venv colearn-agent && colearn-agent/bin/pip install {pip_options}{wheel_url} && "
+            f"colearn-agent/bin/node-agent join {base_url} {code}"
+        )
+
     windows = (
-        f"py -m venv colearn-agent; if ($?) {{ colearn-agent\\Scripts\\pip install {wheel_url} }}; "
+        f'py -c "{CHECK_SCRIPT}" {check_url} {code}; '
+        "if ($?) { py -m venv colearn-agent }; "
+        f"if ($?) {{ colearn-agent\\Scripts\\pip install {wheel_url} }}; "
         f"if ($?) {{ colearn-agent\\Scripts\\node-agent join {base_url} {code} }}"
     )
-    return {"linux": posix, "macos": posix, "windows": windows}
+    return {
+        "linux": posix(f"--extra-index-url {TORCH_CPU_INDEX} "),
+        "linux_gpu": posix(""),
+        "macos": posix(""),
+        "windows": windows,
+    }
 
 
 @login_required
@@ -85,6 +109,7 @@ def join_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
             "expires_at": row.expires_at,
             "ttl_minutes": int((row.expires_at - now).total_seconds() // 60),
             "commands": join_commands(base_url=portal_url(request), wheel_name=wheel.filename, code=code),
+            "portal_url": portal_url(request),
         }
     return render(request, "swarm/join.html", context)
 

@@ -182,16 +182,22 @@ def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Proces
     form = urllib.parse.urlencode({"csrfmiddlewaretoken": token}).encode()
     page = volunteer.open(f"{url}/projects/{project.slug}/join/", data=form, timeout=10).read().decode()
     command = html.unescape(
-        re.search(r"<pre class=\"command\" data-join-command>([^<]+)</pre>", page).group(1)
+        re.search(r"<pre class=\"command\"[^>]* data-join-command>([^<]+)</pre>", page).group(1)
     )
     match = re.fullmatch(
-        r"python3 -m venv colearn-agent && colearn-agent/bin/pip install (\S+) && "
+        r"(python3 -c \"[^\"]+\" \S+ \S+) && python3 -m venv colearn-agent && "
+        r"colearn-agent/bin/pip install --extra-index-url (\S+) (\S+) && "
         r"colearn-agent/bin/node-agent join (\S+) (\S+)",
         command,
     )
     assert match, command
-    wheel_url, portal_arg, code = match.groups()
+    check_step, torch_index, wheel_url, portal_arg, code = match.groups()
     assert wheel_url == f"{url}/agent/{wheel.filename}" and portal_arg == url
+    assert torch_index == "https://download.pytorch.org/whl/cpu"  # CPU-only PyTorch (not contacted here)
+
+    # The command's first step, exactly as shown, asks the portal about the code before any install.
+    checked = subprocess.run(["bash", "-c", check_step], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and "join code OK" in checked.stdout, checked
 
     # A fresh virtual environment; dependencies borrowed from .venv, the agent itself from the portal.
     venv = tmp_path / "colearn-agent"
@@ -236,6 +242,9 @@ def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Proces
     swarm = ProjectSwarm.objects.get(project=project)
     assert sum(1 for n in swarm.coverage.values() if n) == 4 and swarm.observation_error == ""
     assert node.credentials.filter(revoked_at__isnull=True).exists()
+    # The same command run again stops at its check, before installing, and says how to restart instead.
+    again = subprocess.run(["bash", "-c", check_step], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and f"`node-agent join {url}` without a code" in again.stdout, again
 
     admin = browser()
     log_in(admin, url, "boss@example.org")
