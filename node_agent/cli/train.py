@@ -88,16 +88,33 @@ def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
     return state, identity
 
 
+#: A portal trainer whose bootstrap peers do not answer says so every PEER_WAIT_STEP s, and gives up after
+#: PEER_WAIT_LIMIT s (the DHT node keeps retrying them with backoff meanwhile).
+PEER_WAIT_STEP = 10.0
+PEER_WAIT_LIMIT = 3600.0
+
+
 def _portal_caller(session_config, state, identity):  # -> ExpertCaller
     """The trainer's caller for a portal project: it speaks with its joined identity and carries its
     credential in connection offers (busy servers admit credentialed peers first), its traffic is reported in
     heartbeats, and in a gated project the trainer, too, drops announcements without a valid credential."""
+    from node_agent.cli.join import say
     from node_agent.portal.project_config import parse_project_config
     from node_agent.portal.project_dht import ProjectScope, install_project_validators
     from node_agent.training.session import start_caller
 
     project = parse_project_config(state.config)
-    caller = start_caller(session_config, identity=identity, credential=state.credential)
+    # A restarting portal (its bootstrap node) must not end the trainer: start, then wait for a peer.
+    caller = start_caller(
+        session_config, identity=identity, credential=state.credential, require_initial_peer=False
+    )
+    waited = 0.0
+    while not caller.wait_joined(PEER_WAIT_STEP):
+        waited += PEER_WAIT_STEP
+        if waited >= PEER_WAIT_LIMIT:
+            caller.stop()
+            raise TimeoutError(f"no bootstrap peer of project {project.project} answered for {waited:.0f}s")
+        say(f"waiting for the project's DHT: none of {len(session_config.initial_peers)} peer(s) answers yet")
 
     async def install() -> None:  # on the caller's loop: validators are only touched from there
         install_project_validators(caller.dht, ProjectScope.from_config(project))

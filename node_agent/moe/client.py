@@ -135,12 +135,16 @@ class ExpertCaller:
         reuse_forward: bool = True,
         forward_ttl: float = 30.0,
         credential: str | None = None,
+        require_initial_peer: bool = True,
     ) -> None:
         """`reuse_forward`: ask servers to keep forward graphs for the backward (see the module docstring);
         `forward_ttl`: how long we remember a forward id (match the servers' `forward_cache_ttl`);
         `credential`: our portal credential, carried in connection offers so that servers of a gated
-        project admit us ahead of unknown peers when they are busy."""
+        project admit us ahead of unknown peers when they are busy.
+        `require_initial_peer=False`: start even if no initial peer answers and keep retrying them (the
+        DHT node's backoff); see `wait_joined`."""
         self.credential = credential
+        self.require_initial_peer = require_initial_peer
         self.initial_peers = list(initial_peers)
         self.rtc_options = rtc_options or RTCOptions()
         self.compression = Compression(compression)
@@ -191,8 +195,21 @@ class ExpertCaller:
             identity=self.identity,
             client_mode=True,
             validators=project_validators(),
+            require_initial_peer=self.require_initial_peer,
         )
         self.pool = await ConnectionPool.create(self.dht, None, self.rtc_options, credential=self.credential)
+
+    def wait_joined(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds until the DHT node has a live peer; True if it has."""
+
+        async def joined() -> bool:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while self.dht is not None and not self.dht.joined and loop.time() < deadline:
+                await asyncio.sleep(0.2)
+            return self.dht is not None and self.dht.joined
+
+        return bool(self.run(joined()).result(timeout + 5.0))
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._thread.started:

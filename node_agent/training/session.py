@@ -90,7 +90,13 @@ def build_model(config: SessionConfig, dataset: Dataset, caller: Any = None) -> 
     return MoEClassifier(dataset.num_features, dataset.num_classes, config.hidden_dim, moe)
 
 
-def start_caller(config: SessionConfig, *, identity: Any = None, credential: str | None = None) -> Any:
+def start_caller(
+    config: SessionConfig,
+    *,
+    identity: Any = None,
+    credential: str | None = None,
+    require_initial_peer: bool = True,
+) -> Any:
     """The trainer's `ExpertCaller`; a portal trainer passes its joined identity and credential, so that
     busy servers of a gated project admit it ahead of unknown peers (the credential names that key)."""
     from node_agent.moe.client import ExpertCaller
@@ -98,7 +104,11 @@ def start_caller(config: SessionConfig, *, identity: Any = None, credential: str
 
     rtc = RTCOptions.for_loopback() if config.rtc_loopback_only else RTCOptions(loopback=True)
     return ExpertCaller.start_caller(
-        list(config.initial_peers), rtc_options=rtc, identity=identity, credential=credential
+        list(config.initial_peers),
+        rtc_options=rtc,
+        identity=identity,
+        credential=credential,
+        require_initial_peer=require_initial_peer,
     )
 
 

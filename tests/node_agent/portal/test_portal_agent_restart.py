@@ -7,16 +7,18 @@ and re-reads them from the portal; a spent join code restarts from the saved cre
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from pathlib import Path
 
 import pytest
 from local_portal import LocalPortal
-from test_portal_join_agent import read_until, start_agent, stop_agent, visible
+from test_portal_join_agent import REPO, read_until, start_agent, stop_agent, visible
 
 from node_agent.dht import DHTNode
 from node_agent.identity import Identity
 from node_agent.portal.gate import CredentialPolicy, install_credential_checks
-from node_agent.portal.state import AGENT_STATE_FILE
+from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
 from tests.processes import free_port, wait_until_async
 
 pytestmark = pytest.mark.slow
@@ -110,3 +112,44 @@ async def test_used_code_without_saved_credential_says_how_to_restart(
 
 async def _visible_now(reader: DHTNode, uid: str, node_id: bytes) -> bool:
     return node_id in await visible(reader, uid)
+
+
+async def test_a_portal_trainer_waits_for_its_bootstrap_then_trains(
+    local_portal: LocalPortal, tmp_path: Path
+) -> None:
+    port = free_port()
+    bootstrap_identity = Identity.generate()
+    local_portal.behaviour.bootstrap_peers = [f"127.0.0.1:{port}/{bootstrap_identity.node_id.hex()}"]
+    trainer_dir = tmp_path / "trainer"
+    identity = Identity.load_or_create(trainer_dir / "identity.key")
+    state = AgentState(local_portal.url, "demo", local_portal.credential_for(identity.public_key_bytes),
+                       local_portal.config())  # fmt: skip
+    save_agent_state(trainer_dir / AGENT_STATE_FILE, state)
+    agent_lines: list[str] = []
+    agent = await start_agent(local_portal.url, "CODE-1234", *agent_options(tmp_path / "agent"))
+    trainer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "node_agent", "train", "--steps", "4", "--log-every", "2", "--eval-every", "0",
+        "--no-progress", "--credential-file", str(trainer_dir / AGENT_STATE_FILE), "--rtc-loopback-only",
+        "--k-best", "1", "--batch-size", "8", "--heartbeat-period", "0.5",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    trainer_lines: list[str] = []
+    bootstrap: DHTNode | None = None
+    try:
+        await read_until(agent, r"serving 1 ffn expert", agent_lines)
+        await read_until(
+            trainer, r"waiting for the project's DHT: none of 1 peer\(s\) answers yet", trainer_lines
+        )
+        bootstrap = await gated_node(local_portal, f"127.0.0.1:{port}", bootstrap_identity)
+        out, _ = await asyncio.wait_for(trainer.communicate(), 120)
+        output = "".join(trainer_lines) + out.decode(errors="replace")
+        assert trainer.returncode == 0, output
+        summary = json.loads(output.strip().splitlines()[-1])
+        assert summary["steps"] == 4 and summary["experts_answered"] > 0, output
+    finally:
+        if trainer.returncode is None:
+            trainer.kill()
+            await trainer.wait()
+        await stop_agent(agent, agent_lines)
+        if bootstrap is not None:
+            await bootstrap.shutdown()
