@@ -200,6 +200,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TIMEZONE = TIME_ZONE
+# Absolute: `celery --workdir platform` changes directory before beat opens it (relative broke the demo).
+CELERY_BEAT_SCHEDULE_FILENAME = str(
+    Path(env_str("CELERY_BEAT_SCHEDULE_FILE", str(VAR_DIR / "celerybeat-schedule"))).absolute()
+)
 CELERY_BEAT_SCHEDULE = {
     "retry-welcome-emails": {
         "task": "accounts.tasks.retry_welcome_emails",
