@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from node_agent.backoff import Backoff
 from node_agent.identity import Identity
 from node_agent.loop_thread import LoopThread
@@ -176,11 +178,13 @@ class TelemetryReporter:
             except Exception:
                 logger.exception("on_status callback failed")
 
-    async def _send_heartbeat(self) -> None:
+    async def _send_heartbeat(self, *, going_offline: bool = False) -> None:
         assert self.heartbeat is not None
         self._next_heartbeat = time.monotonic() + self.heartbeat_period
         try:
             body = self.heartbeat(self.credential())
+            if going_offline:
+                body = msgspec.structs.replace(body, going_offline=True)
         except Exception:
             logger.exception("could not build the heartbeat body")
             return
@@ -218,7 +222,8 @@ class TelemetryReporter:
         """Cancel the loop; if the portal was reachable, send what is queued and a last heartbeat in time.
 
         The last heartbeat carries the final totals (a short training run may end between two heartbeats,
-        and the dashboard would otherwise never see whom it called).
+        and the dashboard would otherwise never see whom it called) and says ``going_offline``, so the portal
+        shows the node offline at once instead of after its offline threshold (90 s).
         """
         if self._running:
             self._running = False
@@ -228,7 +233,7 @@ class TelemetryReporter:
         deadline = time.monotonic() + flush_timeout
         if self.heartbeat is not None and self.heartbeats_sent and self.failures == 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._send_heartbeat(), flush_timeout)
+                await asyncio.wait_for(self._send_heartbeat(going_offline=True), flush_timeout)
         while len(self.outbox) and self.failures == 0 and time.monotonic() < deadline:
             try:
                 sent = await asyncio.wait_for(self._send_metrics(), deadline - time.monotonic())

@@ -43,6 +43,7 @@ __all__ = ["AgentOptions", "AgentRuntime"]
 
 RENEWAL_LOOP = "credential-renewal"
 PEERS_LOOP = "bootstrap-peers"
+SHUTDOWN_HEARTBEAT_TIMEOUT = 3.0  # the last, "going offline" heartbeat; a stop never waits longer for it
 
 logger = logging.getLogger(__name__)
 
@@ -271,9 +272,9 @@ class AgentRuntime:
         self.stopped.set()
 
     async def shutdown(self) -> None:
-        """Stop reporting, withdraw announcements (via the server), leave the DHT."""
+        """Say "going offline" in a last heartbeat, withdraw announcements (via the server), leave the DHT."""
         if self.telemetry is not None:
-            await self.telemetry.stop(flush_timeout=0.0)
+            await self.telemetry.stop(flush_timeout=SHUTDOWN_HEARTBEAT_TIMEOUT)
         await self.supervisor.close()
         if self.watcher is not None:
             await self.watcher.stop()

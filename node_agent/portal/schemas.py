@@ -107,6 +107,9 @@ class HeartbeatBody(_Wire, frozen=True):
     samples_per_s: _Rate
     uptime_s: _Rate
     peers: Annotated[list[PeerActivity], msgspec.Meta(max_length=256)]
+    going_offline: Annotated[
+        bool, msgspec.Meta(description="the last heartbeat of a clean stop: mark the node offline now")
+    ] = False
 
 
 class MetricPoint(_Wire, frozen=True):
@@ -143,8 +146,8 @@ class RenewBody(_Wire, frozen=True):
 # ---- requests: the bodies as signed (ts and nonce added), what the portal decodes -------------------------
 
 
-class Heartbeat(HeartbeatBody, frozen=True):
-    """Body of ``POST /api/v1/agent/heartbeat``."""
+class Heartbeat(HeartbeatBody, frozen=True, kw_only=True):
+    """Body of ``POST /api/v1/agent/heartbeat`` (keyword-only: ``ts``, ``nonce`` follow defaults)."""
 
     ts: _Timestamp
     nonce: _Nonce

@@ -59,9 +59,21 @@ class Reconciliation:
     unknown_announcers: list[str] = field(default_factory=list)
 
 
+def signed_off(facts: NodeFacts, now: float, limits: Thresholds) -> bool:
+    """Whether the node's last heartbeat said "going offline" (a clean stop).
+
+    Any other heartbeat wakes an offline node, and the observer only moves a node offline once its last
+    heartbeat is older than `offline_after`; so an offline node with a newer heartbeat stopped cleanly.
+    """
+    age = None if facts.last_heartbeat is None else now - facts.last_heartbeat
+    return facts.state == OFFLINE and age is not None and age <= limits.offline_after
+
+
 def _decide(facts: NodeFacts, announced: set[str] | None, now: float, limits: Thresholds) -> tuple[str, str]:
     age = None if facts.last_heartbeat is None else now - facts.last_heartbeat
     in_dht = bool(announced)
+    if signed_off(facts, now, limits):
+        return OFFLINE, "stopped cleanly"
     if age is not None and age <= limits.online_within:
         if announced is not None and facts.role == "server" and facts.claimed_experts and not in_dht:
             return UNREACHABLE, "heartbeats, but none of its experts is announced in the DHT"
@@ -95,7 +107,11 @@ def reconcile(
             result.changes.append(StateChange(facts.node_id, facts.state, state, reason))
         if announced is None:
             continue
-        fresh = facts.last_heartbeat is not None and now - facts.last_heartbeat <= limits.online_within
+        fresh = (
+            facts.last_heartbeat is not None
+            and now - facts.last_heartbeat <= limits.online_within
+            and not signed_off(facts, now, limits)
+        )
         if node_announced and not fresh:
             result.announced_without_heartbeat.append(facts.node_id)
         if fresh and facts.role == "server" and facts.claimed_experts and not node_announced:

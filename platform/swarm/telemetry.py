@@ -64,7 +64,8 @@ def _take_rate_token(node: Node, now: datetime) -> None:
 
 
 def heartbeat_record(*, public_key: bytes, heartbeat: Heartbeat, now: datetime) -> Node:
-    """Store a verified heartbeat: counters, experts claimed, endpoint; wake a registered/offline node."""
+    """Store a verified heartbeat: counters, experts claimed, endpoint; wake a registered/offline node, or
+    mark it offline at once when the agent says it is going offline (a clean stop)."""
     with transaction.atomic():
         node = _authorised_node(
             public_key=public_key, token=heartbeat.credential, node_id=heartbeat.node_id, now=now
@@ -90,7 +91,11 @@ def heartbeat_record(*, public_key: bytes, heartbeat: Heartbeat, now: datetime) 
             samples_per_s=heartbeat.samples_per_s,
             uptime_s=heartbeat.uptime_s,
         )
-        if node.state in _WAKES_ON_HEARTBEAT:
+        if heartbeat.going_offline:
+            reason = "stopped cleanly (going-offline heartbeat)"
+            if not services.node_set_state(node=node, state=NodeState.OFFLINE, reason=reason, now=now):
+                announce_node(node, node.project.slug)
+        elif node.state in _WAKES_ON_HEARTBEAT:
             services.node_set_state(node=node, state=NodeState.ONLINE, reason="heartbeat received", now=now)
         else:
             announce_node(node, node.project.slug)

@@ -21,6 +21,7 @@ import sysconfig
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -251,15 +252,22 @@ def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Proces
     health = admin.open(f"{url}/swarm/health/", timeout=10).read().decode()
     assert f'data-node-id="{node.node_id}" data-state="online"' in health
 
-    # The volunteer stops the agent: it withdraws its experts and falls silent, so it becomes offline.
+    # The volunteer stops the agent: its last heartbeat says "going offline" (and it withdraws its experts),
+    # so the node is offline as soon as the agent has exited, not after the offline threshold.
     processes.stop(agent, signal.SIGINT)
-    wait_for(
-        "the node offline",
-        lambda: Node.objects.get(pk=node.pk).state == NodeState.OFFLINE,
-        60,
-        processes.logs,
-    )
+    stopped = Node.objects.get(pk=node.pk)
+    assert stopped.state == NodeState.OFFLINE, processes.logs[-1].read_text()
+    assert stopped.state_reason == "stopped cleanly (going-offline heartbeat)"
     health = admin.open(f"{url}/swarm/health/", timeout=10).read().decode()
     assert f'data-node-id="{node.node_id}" data-state="offline"' in health
+    # The observer's next rounds keep it offline although its last heartbeat is recent.
+    observed = ProjectSwarm.objects.get(project=project).observed_at
+    wait_for(
+        "two more observer rounds",
+        lambda: ProjectSwarm.objects.get(project=project).observed_at > observed + timedelta(seconds=2),
+        30,
+        processes.logs,
+    )
     changes = list(Node.objects.get(pk=node.pk).state_changes.order_by("at").values_list("state", flat=True))
-    assert changes[0] == "registered" and "online" in changes and changes[-1] == "offline"
+    assert changes[0] == "registered" and changes[-2:] == ["online", "offline"], changes
+    assert Node.objects.get(pk=node.pk).state == NodeState.OFFLINE

@@ -146,6 +146,10 @@ async def test_join_announces_heartbeats_and_withdraws_on_sigterm(
     output = "".join(lines)
     assert code == 0, output
     assert "withdrawing announcements" in output and "stopped" in output
+    # Its last heartbeat, and only that one, told the portal it is going offline (shown offline at once).
+    beats = [h for h in local_portal.heartbeats if h["node_id"] == node_id.hex()]
+    assert beats[-1]["going_offline"] is True, output
+    assert not any(h.get("going_offline") for h in beats[:-1])
     for uid in uids:
         assert await visible(reader, uid) == []
 

@@ -84,6 +84,8 @@ async def test_heartbeats_and_metrics_reach_the_portal_signed(local_portal: Loca
     assert [m["step"] for m in local_portal.metrics] == list(range(1, 131))  # batches of <= 100, in order
     assert statuses == [(True, "heartbeat ok")]
     assert reporter.failures == 0
+    assert local_portal.heartbeats[-1]["going_offline"] is True  # stop() sends a last "going offline" one
+    assert not any(h["going_offline"] for h in local_portal.heartbeats[:-1])
 
 
 async def test_unreachable_portal_backs_off_then_delivers_queued_metrics(

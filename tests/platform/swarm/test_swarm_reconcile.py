@@ -88,3 +88,14 @@ def test_polyline_scales_into_the_box() -> None:
     assert polyline([1.0]) == ""
     points = polyline([0.0, 1.0], width=100, height=10, pad=0)
     assert points == "0.0,10.0 100.0,0.0"
+
+
+def test_a_node_that_signed_off_stays_offline_until_its_next_heartbeat() -> None:
+    # Offline with a recent heartbeat: its last heartbeat said "going offline"; no missing-experts alert.
+    result = reconcile([facts(state="offline", beat=NOW - 5)], {}, now=NOW, limits=LIMITS)
+    assert result.changes == [] and result.heartbeat_without_announcement == []
+    assert states([facts(state="offline", beat=NOW - 5)], {"a" * 40: {"ffn.0.0"}}) == {}
+    # Past the offline threshold the usual rules apply again.
+    assert states([facts(state="offline", beat=NOW - 200)], {"a" * 40: {"ffn.0.0"}}) == {
+        "a" * 40: "unreachable"
+    }
