@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=30.0,
         help="while no DHT peer answers, ask the portal for the bootstrap peers this often (seconds)",
     )
+    parser.add_argument(
+        "--rebalance-after",
+        type=float,
+        default=5.0,
+        help="look at the grid again after this many seconds (plus jitter, 3 times) and move cells that "
+        "other nodes also serve to empty ones; 0: never (default %(default)s)",
+    )
     parser.add_argument("--rtc-loopback", action="store_true", help="also offer 127.0.0.1 ICE candidates")
     parser.add_argument("--rtc-loopback-only", action="store_true", help="offer only 127.0.0.1 (one machine)")
     parser.set_defaults(handler=run)
@@ -117,6 +124,8 @@ async def _serve(args: argparse.Namespace, identity, state, data_dir) -> int:
         rtc_loopback_only=args.rtc_loopback_only,
         seed=args.seed,
         peer_refresh_period=args.peer_refresh_period,
+        rebalance_after=max(0.0, args.rebalance_after),
+        rebalance_rounds=3 if args.rebalance_after > 0 else 0,
     )
     client = PortalClient(state.portal_url, timeout=args.portal_timeout)
     try:

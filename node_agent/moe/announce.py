@@ -119,14 +119,24 @@ def parse_announcement(entry: ValueWithExpiration) -> Announcement | None:
 
 
 def live_children(entries: Mapping[str | None, ValueWithExpiration]) -> dict[int, list[Announcement]]:
-    """For a prefix key's entries: next coordinate -> live (non-withdrawn) announcements of servers."""
+    """For a prefix key's entries: next coordinate -> live (non-withdrawn) announcements of servers.
+
+    An announcement naming another node than its signed subkey's owner is skipped (as in `live_replicas`): a
+    node cannot pass as another replica, e.g. to make the census think a cell is covered twice.
+    """
     children: dict[int, list[Announcement]] = {}
     for subkey, entry in entries.items():
-        if subkey is None or subkey_owner(subkey) is None:
+        owner = subkey_owner(subkey) if subkey is not None else None
+        if subkey is None or owner is None:
             continue
         name = subkey.rsplit("@", 1)[0]
         announcement = parse_announcement(entry)
-        if not name.isdigit() or announcement is None or announcement.withdrawn:
+        if (
+            not name.isdigit()
+            or announcement is None
+            or announcement.withdrawn
+            or announcement.node_id != owner
+        ):
             continue
         children.setdefault(int(name), []).append(announcement)
     return children

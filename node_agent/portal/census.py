@@ -2,6 +2,11 @@
 
 Volunteers joining together spread over the grid instead of all picking cell 0 (Learning@home section
 3.1: every cell should stay covered). The portal is not asked: the DHT is what trainers see.
+
+Nodes that start together all read an empty census and pick overlapping cells at random (the demo's three
+agents left 6 of 16 cells empty), so a node looks again once its announcements had time to spread:
+:func:`cells_to_move` moves its duplicated cells to holes, and only one replica of a cell moves (every owner
+but the lowest node id does), so they never all leave it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ from node_agent.dht.api import DHTNodeAPI
 from node_agent.moe.announce import live_children, prefix_key
 from node_agent.moe.uids import make_uid
 
-__all__ = ["MAX_CENSUS_KEYS", "choose_cells", "count_live_replicas", "grid_uids"]
+__all__ = [
+    "MAX_CENSUS_KEYS",
+    "cells_to_move",
+    "choose_cells",
+    "count_live_replicas",
+    "grid_uids",
+    "live_replica_owners",
+]
 
 #: Largest number of DHT keys read to count replicas (a 16x16 grid reads 16).
 MAX_CENSUS_KEYS = 1024
@@ -35,13 +47,41 @@ def choose_cells(
     return keyed[: max(0, min(count, len(keyed)))]
 
 
-async def count_live_replicas(dht: DHTNodeAPI, prefix: str, grid: Sequence[int]) -> dict[str, int]:
-    """Live (non-withdrawn) replicas per cell, from the prefix keys one level above the full uids."""
+def cells_to_move(
+    mine: Sequence[str],
+    owners: Mapping[str, set[bytes]],
+    me: bytes,
+    prefix: str,
+    grid: Sequence[int],
+    rng: random.Random,
+) -> dict[str, str]:
+    """Which of my cells to give up for which hole: ``{old uid: new uid}`` (empty when nothing should move).
+
+    A cell of mine moves only when another live replica of it exists and I am not its lowest owner (that one
+    stays), and only to a hole (a cell nobody announces, not one of mine); holes are shared out at random.
+    """
+    holes = [uid for uid in grid_uids(prefix, grid) if not owners.get(uid) and uid not in mine]
+    rng.shuffle(holes)
+    moves: dict[str, str] = {}
+    for uid in mine:
+        others = owners.get(uid, set()) - {me}
+        if holes and others and min(others) < me:
+            moves[uid] = holes.pop()
+    return moves
+
+
+async def live_replica_owners(dht: DHTNodeAPI, prefix: str, grid: Sequence[int]) -> dict[str, set[bytes]]:
+    """Node ids announcing each cell live (non-withdrawn), from the prefix keys one level above the uids."""
     parents = [uid.rsplit(".", 1)[0] + "." for uid in grid_uids(prefix, [*grid[:-1], 1])]
     parents = list(dict.fromkeys(parents))[:MAX_CENSUS_KEYS]
     found = await dht.get_many([prefix_key(p) for p in parents], latest=True)
-    counts: dict[str, int] = {}
+    owners: dict[str, set[bytes]] = {}
     for parent in parents:
         for coordinate, replicas in live_children(found.get(prefix_key(parent), {})).items():
-            counts[f"{parent}{coordinate}"] = len({a.node_id for a in replicas})
-    return counts
+            owners[f"{parent}{coordinate}"] = {a.node_id for a in replicas}
+    return owners
+
+
+async def count_live_replicas(dht: DHTNodeAPI, prefix: str, grid: Sequence[int]) -> dict[str, int]:
+    """Live (non-withdrawn) replicas per cell."""
+    return {uid: len(nodes) for uid, nodes in (await live_replica_owners(dht, prefix, grid)).items()}

@@ -12,6 +12,7 @@ keeps serving, and telemetry and renewal retry with backoff. Its background loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 from node_agent import __version__
 from node_agent.dht.api import DHTNodeAPI
 from node_agent.identity import Identity
-from node_agent.portal.census import choose_cells, count_live_replicas
+from node_agent.portal.census import cells_to_move, choose_cells, count_live_replicas, live_replica_owners
 from node_agent.portal.client import PortalClient, PortalError, PortalRefused
 from node_agent.portal.errors import ProtocolError
 from node_agent.portal.gate import CredentialPolicy, RevocationWatcher
@@ -63,6 +64,8 @@ class AgentOptions:
     rtc_loopback_only: bool = False
     seed: int | None = None
     peer_refresh_period: float = 30.0  # while no DHT peer answers, re-read the bootstrap peers this often
+    rebalance_after: float = 5.0  # seconds (plus up to as much jitter) before each second look at the census
+    rebalance_rounds: int = 3
 
 
 class AgentRuntime:
@@ -95,6 +98,7 @@ class AgentRuntime:
             client, identity, lambda: self.state.credential, self.install_credential, self.stop, say
         )
         self._last_rate = (0, time.monotonic())
+        self._rebalance_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(
@@ -116,10 +120,7 @@ class AgentRuntime:
 
     async def _start(self) -> None:
         from node_agent.dht import DHTNode
-        from node_agent.moe.server.backend import OptimizerConfig, create_backends
-        from node_agent.moe.server.server import ExpertServer, ServerOptions
         from node_agent.moe.uids import expand_patterns
-        from node_agent.rtc.config import RTCOptions
 
         config = self.config
         policy = CredentialPolicy(config.project, config.portal_key)
@@ -149,6 +150,30 @@ class AgentRuntime:
             )
         if self.state.expires_at <= time.time() + 60:
             await self.renewer.renew_once()
+        await self._serve(uids)
+        self.telemetry = await TelemetryReporter.create(
+            self.client,
+            self.identity,
+            lambda: self.state.credential,
+            self.heartbeat_body,
+            heartbeat_period=self.options.heartbeat_period,
+            on_status=lambda ok, message: self.say(message),
+            on_refused=self._on_refused,
+            supervisor=self.supervisor,
+        )
+        self.supervisor.start(RENEWAL_LOOP, self.renewer.run)
+        self.supervisor.start(PEERS_LOOP, self._refresh_bootstrap_peers)
+        if not self.options.experts and self.options.rebalance_rounds > 0:
+            self._rebalance_task = asyncio.create_task(self._rebalance(), name="census-rebalance")
+
+    async def _serve(self, uids: list[str]) -> None:
+        """Create the experts ``uids`` and an expert server announcing them (replacing no other server)."""
+        from node_agent.moe.server.backend import OptimizerConfig, create_backends
+        from node_agent.moe.server.server import ExpertServer, ServerOptions
+        from node_agent.rtc.config import RTCOptions
+
+        config, dht = self.config, self.dht
+        assert dht is not None
         optimizer = OptimizerConfig(
             name=config.training.optimizer if config.training.optimizer in ("adam", "sgd") else "adam",
             lr=config.training.learning_rate,
@@ -167,7 +192,7 @@ class AgentRuntime:
             checkpoint_dir=str(self.options.data_dir / "experts" / config.project),
         )
         self.server = await ExpertServer.create(
-            self.dht,
+            dht,
             backends,
             server_options,
             rtc,
@@ -177,20 +202,8 @@ class AgentRuntime:
         )
         self.say(
             f"serving {len(uids)} {config.expert.expert_class} expert(s) of project {config.project}: "
-            f"{', '.join(uids)} (DHT endpoint {self.dht.endpoint})"
+            f"{', '.join(uids)} (DHT endpoint {dht.endpoint})"
         )
-        self.telemetry = await TelemetryReporter.create(
-            self.client,
-            self.identity,
-            lambda: self.state.credential,
-            self.heartbeat_body,
-            heartbeat_period=self.options.heartbeat_period,
-            on_status=lambda ok, message: self.say(message),
-            on_refused=self._on_refused,
-            supervisor=self.supervisor,
-        )
-        self.supervisor.start(RENEWAL_LOOP, self.renewer.run)
-        self.supervisor.start(PEERS_LOOP, self._refresh_bootstrap_peers)
 
     async def _refresh_bootstrap_peers(self) -> None:
         """While no DHT peer is live, re-read the project's bootstrap peers from the portal and rejoin
@@ -214,6 +227,38 @@ class AgentRuntime:
                 self.config = config
                 save_agent_state(self.options.data_dir / AGENT_STATE_FILE, self.state)
             await self.dht.set_initial_peers(list(config.bootstrap_peers))
+
+    async def _rebalance(self) -> None:
+        """Look at the census again once our announcements spread; move duplicated cells to holes.
+
+        Agents that start together all saw an empty grid and chose at random; see `census.cells_to_move`.
+        """
+        rng = random.Random()
+        try:
+            for _ in range(self.options.rebalance_rounds):
+                await asyncio.sleep(self.options.rebalance_after * (1.0 + rng.random()))
+                server, dht = self.server, self.dht
+                if server is None or dht is None:
+                    return
+                mine = sorted(server.backends)
+                expert = self.config.expert
+                owners = await live_replica_owners(dht, expert.prefix, list(expert.grid))
+                moves = cells_to_move(mine, owners, self.identity.node_id, expert.prefix, expert.grid, rng)
+                if not moves:
+                    return
+                self.say(
+                    "other nodes serve "
+                    + ", ".join(sorted(moves))
+                    + f" too; moving to empty cells {', '.join(moves[uid] for uid in sorted(moves))}"
+                )
+                self.server = None
+                await server.shutdown()  # withdraws its announcements
+                await self._serve(sorted(moves.get(uid, uid) for uid in mine))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("moving to empty grid cells failed")
+            self.stop(f"could not move to empty grid cells: {exc}")
 
     # ---- telemetry -----------------------------------------------------------------------------------
 
@@ -273,6 +318,10 @@ class AgentRuntime:
 
     async def shutdown(self) -> None:
         """Say "going offline" in a last heartbeat, withdraw announcements (via the server), leave the DHT."""
+        if self._rebalance_task is not None:
+            self._rebalance_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rebalance_task
         if self.telemetry is not None:
             await self.telemetry.stop(flush_timeout=SHUTDOWN_HEARTBEAT_TIMEOUT)
         await self.supervisor.close()

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from node_agent.dht import DHTRecordRefused, DHTValidationError, owner_subkey
+from node_agent.dht.api import ValueWithExpiration
 from node_agent.dht.records import sign_record
 from node_agent.dht.validation import ValidatorRegistry
 from node_agent.identity import Identity
@@ -14,6 +15,7 @@ from node_agent.moe.announce import (
     MAX_ANNOUNCE_TTL,
     ExpertsValidator,
     announcement_value,
+    live_children,
     prefix_key,
 )
 from node_agent.portal.gate import CredentialPolicy
@@ -94,3 +96,22 @@ def test_a_gated_withdrawal_needs_the_owners_valid_credential_and_its_absence_bl
         gated.check(withdrawal(stolen), NOW)
     own = announcement_value(ENDPOINT, SERVER.node_id, NOW, withdrawn=True, credential=token())
     assert gated.check(withdrawal(own), NOW).value["withdrawn"] is True
+
+
+def test_prefix_announcements_naming_another_node_are_not_counted_as_replicas() -> None:
+    honest, liar = b"\x01" * 20, b"\x02" * 20
+    now = time.time()
+    entries = {
+        owner_subkey("3", honest): ValueWithExpiration(
+            announcement_value("127.0.0.1:1", honest, now), now + 60
+        ),
+        # The liar signs its own subkey but names the honest node (or a made-up one) as the replica.
+        owner_subkey("3", liar): ValueWithExpiration(
+            announcement_value("127.0.0.1:2", honest, now), now + 60
+        ),
+        owner_subkey("4", liar): ValueWithExpiration(
+            announcement_value("127.0.0.1:2", b"\x00" * 20, now), now + 60
+        ),
+    }
+    children = live_children(entries)
+    assert list(children) == [3] and [a.node_id for a in children[3]] == [honest]
