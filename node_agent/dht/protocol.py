@@ -261,13 +261,7 @@ class ProtocolCore:
                 results.append(None)
                 offences += 1
         if offences and sender is not None:
-            self.drops.drop("invalid records", offences, sender.endpoint)
-            if self.penalties.offend(sender.node_id, now):
-                logger.info(
-                    "ignoring %s for %.0fs: repeated invalid records",
-                    sender.endpoint,
-                    self.config.ban_seconds,
-                )
+            self._blame(sender, "invalid records", offences, now)
         return results
 
     def parse_contacts(self, raw_nodes: Any, sender: PeerInfo, now: float) -> list[tuple[bytes, Address]]:
@@ -296,14 +290,14 @@ class ProtocolCore:
                 if not _is_ip_literal(host) or type(port) is not int or not 0 < port < 65536:
                     malformed += 1
         if malformed:
-            self.drops.drop("malformed contacts", malformed, sender.endpoint)
-            if self.penalties.offend(sender.node_id, now):
-                logger.info(
-                    "ignoring %s for %.0fs: repeated malformed contacts",
-                    sender.endpoint,
-                    self.config.ban_seconds,
-                )
+            self._blame(sender, "malformed contacts", malformed, now)
         return contacts
+
+    def _blame(self, sender: PeerInfo, what: str, count: int, now: float) -> None:
+        """Count `count` dropped items of kind `what` and one offence of `sender` (a ban once repeated)."""
+        self.drops.drop(what, count, sender.endpoint)
+        if self.penalties.offend(sender.node_id, now):
+            logger.info("ignoring %s for %.0fs: repeated %s", sender.endpoint, self.config.ban_seconds, what)
 
     def store_locally(
         self, record: SignedRecord, view: RecordView, now: float, source: str | None = LOCAL_SOURCE
