@@ -22,6 +22,15 @@ class NodeState(models.TextChoices):
     BANNED = "banned", "Banned"
 
 
+class ProbeState(models.TextChoices):
+    """What the observer's last `info` probe of a node's experts found (swarm.observer)."""
+
+    NOT_PROBED = "", "Not probed"
+    UNREACHABLE = "unreachable", "Announced, not reachable"
+    REACHABLE = "reachable", "Reachable, not serving"
+    SERVING = "serving", "Serving"
+
+
 class ProjectSwarm(models.Model):
     """Per-project swarm settings plus the observer's latest view of the project's DHT."""
 
@@ -36,6 +45,9 @@ class ProjectSwarm(models.Model):
     observation_error = models.CharField(max_length=300, blank=True)
     coverage = models.JSONField(default=dict, blank=True, help_text="expert uid -> live replicas (DHT).")
     announced = models.JSONField(default=dict, blank=True, help_text="node id hex -> uids it announces.")
+    announced_cells = models.PositiveIntegerField(
+        default=0, help_text="Grid cells some node announces (coverage counts only the served ones)."
+    )
 
     def __str__(self) -> str:
         return f"swarm of {self.project.slug}"
@@ -76,6 +88,10 @@ class Node(models.Model):
     uptime_s = models.FloatField(default=0.0)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     last_seen_in_dht_at = models.DateTimeField(null=True, blank=True)
+    probe_state = models.CharField(max_length=16, choices=ProbeState.choices, default="", blank=True)
+    probed_at = models.DateTimeField(null=True, blank=True)
+    probe_reason = models.CharField(max_length=200, blank=True, help_text="Why the last probe failed.")
+    serving_experts = models.JSONField(default=list, blank=True, help_text="Experts that answered the probe.")
     rate_tokens = models.FloatField(null=True, blank=True)
     rate_updated_at = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

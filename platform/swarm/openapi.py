@@ -187,9 +187,12 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
             ),
             "/api/v1/projects/{slug}/swarm": _get(
                 "Swarm state",
-                "Counts of nodes per state and one page of nodes with state and freshness; coverage as "
-                "counts (total, covered, holes), one page of covered cells with their replicas and one "
-                "page of holes (from the DHT); recent metrics. Visible like the swarm page: open projects "
+                "Counts of nodes per state and one page of nodes with state and freshness; how many "
+                "nodes are announced in the DHT, reachable (the observer's probe opened a connection) and "
+                "serving (its `info` calls answered), each node's probe outcome (`reach`, `probed_at`, "
+                "`probe_reason`); coverage as counts (total, covered, announced, holes), one page of "
+                "covered cells with their serving replicas and one page of holes (a cell is covered only "
+                "by a serving node); recent metrics. Visible like the swarm page: open projects "
                 "to anyone, approval projects to members, drafts to the owner. A node's endpoint and "
                 "platform only for its volunteer and staff.",
                 SwarmState,

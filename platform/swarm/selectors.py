@@ -17,7 +17,7 @@ from node_agent.portal.project_config import AgentSpec, ExpertSpec, ProjectConfi
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from projects.permissions import AnyUser
-from swarm.api_types import CoverageSummary, NodeRow, NodesPage, Page, SwarmState
+from swarm.api_types import CoverageSummary, NodeReach, NodeRow, NodesPage, Page, SwarmState
 from swarm.events import node_summary
 from swarm.keys import portal_public_key
 from swarm.models import (
@@ -26,6 +26,7 @@ from swarm.models import (
     IssuedCredential,
     Node,
     NodeState,
+    ProbeState,
     ProjectSwarm,
     TrainingMetric,
 )
@@ -160,6 +161,10 @@ def node_as_dict(node: Node, now: datetime, *, private: bool = False) -> NodeRow
         "last_heartbeat_at": iso_from_unix(summary["last_heartbeat"]),
         "heartbeat_age_s": age_s(node.last_heartbeat_at, now),
         "last_seen_in_dht_at": iso(node.last_seen_in_dht_at),
+        "reach": summary["reach"],
+        "probed_at": iso_from_unix(summary["probed_at"]),
+        "probe_reason": summary["probe_reason"],
+        "serving_experts": summary["serving"],
     }
     if private:
         row["endpoint"], row["platform"] = node.endpoint, node.platform
@@ -191,6 +196,7 @@ def coverage_summary(
     return {
         "total": total,
         "covered": len(cells),
+        "announced": max(len(cells), swarm_settings(project=project).announced_cells),
         "holes": max(0, total - len(cells)),
         "cells": dict(listed),
         "cells_page": _page(cells_offset, cells_limit, len(cells)),
@@ -215,6 +221,24 @@ def node_counts(*, project: Project) -> dict[str, int]:
     return {state: n for state, n in rows}
 
 
+def node_reach(*, project: Project) -> NodeReach:
+    """Of the nodes announced in the DHT at the last observation: how many the observer's last probe
+    could connect to, and how many served (one grouped query)."""
+    rows = (
+        Node.objects.filter(project=project)
+        .exclude(announced_experts=[])
+        .values_list("probe_state")
+        .annotate(n=Count("pk"))
+    )
+    by_state = {state: n for state, n in rows}
+    serving = by_state.get(ProbeState.SERVING, 0)
+    return {
+        "announced": sum(by_state.values()),
+        "reachable": serving + by_state.get(ProbeState.REACHABLE, 0),
+        "serving": serving,
+    }
+
+
 def nodes_page(
     *, project: Project, viewer: AnyUser, now: datetime, offset: int = 0, limit: int = NODES_PAGE[0]
 ) -> NodesPage:
@@ -227,6 +251,7 @@ def nodes_page(
         "nodes": [node_as_dict(n, now, private=can_see_node_private(viewer, n)) for n in nodes],
         "nodes_page": _page(offset, limit, sum(counts.values())),
         "node_states": counts,
+        "node_reach": node_reach(project=project),
     }
 
 
@@ -296,8 +321,10 @@ def health_overview(*, now: datetime) -> list[dict[str, Any]]:
                 "holes": coverage["hole_uids"],
                 "hole_count": coverage["holes"],
                 "covered": coverage["covered"],
+                "announced_cells": coverage["announced"],
+                "reach": node_reach(project=project),
                 "cells": coverage["total"],
-                "troubled": [n for n in nodes if n.state in (NodeState.UNREACHABLE,) or n.failures > 0],
+                "troubled": [n for n in nodes if n.state == NodeState.UNREACHABLE or n.failures > 0],
                 "pending": [n for n in nodes if n.state == NodeState.PENDING],
                 "versions": sorted(
                     Counter(
