@@ -122,6 +122,13 @@ def observation_record(
         swarm, _ = ProjectSwarm.objects.get_or_create(project=project)
         nodes = {n.node_id: n for n in Node.objects.select_related("project").filter(project=project)}
         probed: set[str] = set()
+        if announced is not None:  # before the state changes, so that their events carry it
+            for node_id, node in nodes.items():
+                uids = sorted(announced.get(node_id, set()))
+                node.announced_experts = uids
+                if uids:
+                    node.last_seen_in_dht_at = now
+                node.save(update_fields=["announced_experts", "last_seen_in_dht_at"])
         for node_id, outcome in (probes or {}).items():
             node = nodes.get(node_id)
             if node is not None and _apply_probe(node, outcome):
@@ -137,12 +144,6 @@ def observation_record(
         swarm.observation_error = error[:300]
         wanted: dict[str, WantedAlert] = {}
         if announced is not None:
-            for node_id, node in nodes.items():
-                uids = sorted(announced.get(node_id, set()))
-                node.announced_experts = uids
-                if uids:
-                    node.last_seen_in_dht_at = now
-                node.save(update_fields=["announced_experts", "last_seen_in_dht_at"])
             # A cell is covered only by a node the observer saw serving it (an `info` probe answered);
             # announcing it is not enough. Only covered cells are stored (a hole is a cell not listed), at
             # most as many as a grid may have.
