@@ -327,6 +327,10 @@ class ConnectionPool:
             logger.info("closing connection with %s to admit another peer", handle.node_id.hex()[:8])
             self._forget(handle)
         elif self._handshakes.pop(id(handle), None) is not None:
+            logger.info(
+                "dropping inbound connection from %s: still being set up, replaced to admit another peer",
+                handle.node_id.hex()[:8],
+            )
             if handle.task is not None:
                 handle.task.cancel()
             self._track(asyncio.ensure_future(handle.pc.close()))

@@ -130,8 +130,8 @@ def observation_record(
                     node.last_seen_in_dht_at = now
                 node.save(update_fields=["announced_experts", "last_seen_in_dht_at"])
         for node_id, outcome in (probes or {}).items():
-            node = nodes.get(node_id)
-            if node is not None and _apply_probe(node, outcome):
+            probed_node = nodes.get(node_id)
+            if probed_node is not None and _apply_probe(probed_node, outcome):
                 probed.add(node_id)
         result = reconcile(
             [_facts(n) for n in nodes.values()], announced, now=now.timestamp(), limits=thresholds()
