@@ -245,6 +245,15 @@ def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Proces
     swarm = ProjectSwarm.objects.get(project=project)
     assert sum(1 for n in swarm.coverage.values() if n) == 4 and swarm.observation_error == ""
     assert node.credentials.filter(revoked_at__isnull=True).exists()
+    # A trainer on the same machine, without any same-machine option either, is served by the node (issue 13:
+    # a node shown online that served 0 samples): its DHT node is on 127.0.0.1, the agent's on 0.0.0.0.
+    trained = subprocess.run(
+        [sys.executable, "-m", "node_agent", "train", "--initial-peers", peer, "--grid", "4x4",
+         "--hidden-dim", "32", "--steps", "3", "--batch-size", "16", "--no-progress"],
+        env=env, cwd=REPO_DIR, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    wait_for("the node's samples", lambda: Node.objects.get(pk=node.pk).samples > 0, 30, processes.logs)
     # The same command run again stops at its check, before installing, and says how to restart instead.
     again = subprocess.run(["bash", "-c", check_step], capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and f"`node-agent join {url}` without a code" in again.stdout, again
