@@ -39,6 +39,7 @@ from node_agent.supervisor import TaskSupervisor
 
 if TYPE_CHECKING:  # the expert server imports torch: loaded when the runtime starts
     from node_agent.moe.server.server import ExpertServer
+    from node_agent.rtc.config import RTCOptions
 
 __all__ = ["AgentOptions", "AgentRuntime"]
 
@@ -66,6 +67,15 @@ class AgentOptions:
     peer_refresh_period: float = 30.0  # while no DHT peer answers, re-read the bootstrap peers this often
     rebalance_after: float = 5.0  # seconds (plus up to as much jitter) before each second look at the census
     rebalance_rounds: int = 3
+
+
+def only_loopback_reachable(rtc: RTCOptions) -> bool:
+    """Whether a server with these options offers peers on other machines no ICE candidate at all."""
+    if rtc.host_addresses is not None:
+        return all(address.startswith("127.") for address in rtc.host_addresses)
+    from node_agent.rtc.host_candidates import original_get_host_addresses
+
+    return not original_get_host_addresses()(use_ipv4=True, use_ipv6=True) and not rtc.ice_servers
 
 
 class AgentRuntime:
@@ -204,6 +214,11 @@ class AgentRuntime:
             f"serving {len(uids)} {config.expert.expert_class} expert(s) of project {config.project}: "
             f"{', '.join(uids)} (DHT endpoint {dht.endpoint})"
         )
+        if only_loopback_reachable(rtc):
+            self.say(
+                "this computer has no network interface besides loopback: only peers on this same machine "
+                "can reach its experts (the portal's My nodes page shows whether its probe reached them)"
+            )
 
     async def _refresh_bootstrap_peers(self) -> None:
         """While no DHT peer is live, re-read the project's bootstrap peers from the portal and rejoin

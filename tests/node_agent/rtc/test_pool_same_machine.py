@@ -77,3 +77,11 @@ async def test_a_wildcard_bound_node_reaches_a_loopback_bound_caller() -> None:
         await served.close()
         await caller.shutdown()
         await node.shutdown()
+
+
+def test_an_agent_says_when_only_this_machine_can_reach_it() -> None:
+    from node_agent.portal.runtime import only_loopback_reachable
+
+    assert only_loopback_reachable(RTCOptions.for_loopback())
+    assert not only_loopback_reachable(RTCOptions(host_addresses=("192.0.2.9",)))
+    assert only_loopback_reachable(RTCOptions()) == (outward_ip() == "127.0.0.1")
