@@ -106,3 +106,12 @@ def test_check_info_reply_accepts_a_server_reply_and_refuses_others() -> None:
     for bad in (None, [], {"outputs": "x"}, {"uid": 3, "outputs": GOOD_SCHEMA}, {"outputs": [None]}):
         with pytest.raises(ExpertProtocolError):
             check_info_reply("ffn.0.0", bad)
+
+
+@pytest.mark.parametrize("endpoint", ["garbage", "127.0.0.1:0", "1.2.3.4:99999", "[::1]:80", "a" * 300])
+async def test_a_hostile_announced_endpoint_is_unreachable_not_an_error(
+    prober: ConnectionPool, endpoint: str
+) -> None:
+    result = await probe_node(prober, b"\x01" * 20, endpoint, ["ffn.0.0"], timeout=2.0)
+    assert result.state == UNREACHABLE and result.reason.startswith("no connection")
+    assert len(result.reason) <= 200
