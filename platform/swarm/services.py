@@ -181,7 +181,12 @@ def agent_join(
         node.save(update_fields=["agent_version", "platform"])
         if created:
             NodeStateChange.objects.create(node=node, previous="", state=node.state, reason="joined", at=now)
-        if project.join_policy == JoinPolicy.APPROVAL and node.approved_at is None:
+        needs_approval = project.join_policy == JoinPolicy.APPROVAL and node.approved_at is None
+        if needs_approval and can_manage_project(code.user, project):
+            # The owner's own trainer (or server) is not held for the owner's own approval.
+            node.approved_at = now
+            node.save(update_fields=["approved_at"])
+        elif needs_approval:
             node_set_state(
                 node=node, state=NodeState.PENDING, reason="waiting for the owner's approval", now=now
             )
@@ -295,14 +300,41 @@ def node_unban(*, node: Node, actor: User, now: datetime) -> Node:
     return node
 
 
+#: The state reason of a node banned because its owner was: `user_unban` lifts exactly these node bans.
+USER_BAN_REASON = "owner banned"
+
+
 def user_ban(*, user: User, actor: User, reason: str, now: datetime) -> int:
     """Ban a user from every swarm (admins only): all their nodes are banned, new codes refused."""
     if not actor.is_staff:
         raise PermissionDenied("Only admins can ban users.")
+    why = f"{USER_BAN_REASON}: {reason}" if reason else USER_BAN_REASON
     with transaction.atomic():
         UserBan.objects.update_or_create(user=user, defaults={"reason": reason, "banned_at": now})
         nodes = list(Node.objects.select_related("project").filter(user=user).exclude(state=NodeState.BANNED))
         for node in nodes:
             IssuedCredential.objects.filter(node=node, revoked_at__isnull=True).update(revoked_at=now)
-            node_set_state(node=node, state=NodeState.BANNED, reason=reason or "owner banned", now=now)
+            node_set_state(node=node, state=NodeState.BANNED, reason=why, now=now)
     return len(nodes)
+
+
+def user_unban(*, user: User, actor: User, now: datetime) -> int:
+    """Lift a user's ban from every swarm (admins only); returns how many of their nodes were unbanned.
+
+    The nodes that the user ban banned go offline (their credentials stay revoked: each agent joins again
+    with a new code); a node banned on its own before stays banned until staff unban it.
+    """
+    if not actor.is_staff:
+        raise PermissionDenied("Only admins can unban users.")
+    with transaction.atomic():
+        if not UserBan.objects.filter(user=user).delete()[0]:
+            return 0
+        nodes = Node.objects.select_related("project").filter(
+            user=user, state=NodeState.BANNED, state_reason__startswith=USER_BAN_REASON
+        )
+        unbanned = 0
+        for node in nodes:
+            reason = f"owner unbanned by {actor.display_name}"
+            unbanned += node_set_state(node=node, state=NodeState.OFFLINE, reason=reason, now=now)
+    logger.info("user %s unbanned by %s; %d node(s) unbanned", user.pk, actor.pk, unbanned)
+    return unbanned

@@ -221,6 +221,11 @@ NODE_ACTION_CONFIRM = {
     "ban": ("Ban node", "Its credentials are revoked and its agent is refused; staff can unban it later."),
     "ban-user": ("Ban user", "Every node of this volunteer is banned and they can get no new join codes."),
     "unban": ("Unban node", "The node may join again: its volunteer runs the join command once more."),
+    "unban-user": (
+        "Unban user",
+        "The volunteer may join swarms again; their nodes banned with the account are unbanned and go "
+        "offline (each agent joins again with a new join command). Nodes banned on their own stay banned.",
+    ),
 }
 
 
@@ -241,12 +246,14 @@ def node_action(request: AuthenticatedHttpRequest, node_pk: int, action: str) ->
             request,
             "core/confirm.html",
             {
-                "title": f"{title} {node.short_id}?",
+                "title": f"{title} {node.user.display_name}?"
+                if action == "unban-user"
+                else f"{title} {node.short_id}?",
                 "subject": f"Node {node.short_id} of {node.user.display_name} in “{node.project.title}”",
                 "consequence": consequence,
                 "action_url": request.path,
                 "button": title,
-                "danger": action != "unban",
+                "danger": not action.startswith("unban"),
                 "reason": action == "ban",
                 "next": _next_url_from(request.GET.get("next", ""), fallback),
             },
@@ -268,6 +275,9 @@ def node_action(request: AuthenticatedHttpRequest, node_pk: int, action: str) ->
         elif action == "unban":
             services.node_unban(node=node, actor=request.user, now=now)
             messages.success(request, f"Node {node.short_id} unbanned; it may join again.")
+        elif action == "unban-user":
+            count = services.user_unban(user=node.user, actor=request.user, now=now)
+            messages.success(request, f"{node.user.display_name} unbanned; {count} node(s) unbanned.")
         else:
             raise Http404("No such action.")
     except Conflict as exc:
