@@ -183,6 +183,9 @@ class TrainingMetric(models.Model):
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_metrics")
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="training_metrics")
+    run = models.CharField(
+        max_length=32, blank=True, default="", help_text="The trainer run ('' from agents that send none)."
+    )
     kind = models.CharField(max_length=8, default="train")
     step = models.PositiveIntegerField()
     loss = models.FloatField()

@@ -249,6 +249,7 @@ def swarm_state(
         "coverage": coverage_summary(project=project, **coverage_pages),
         "metrics": [
             {
+                "run": m.run,
                 "step": m.step,
                 "loss": m.loss,
                 "accuracy": m.accuracy,

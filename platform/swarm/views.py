@@ -26,7 +26,7 @@ from projects.permissions import can_manage_project, can_view_project
 from projects.selectors import project_get
 from swarm import ratelimit, selectors, services
 from swarm.api import portal_url
-from swarm.charts import polyline
+from swarm.charts import polyline, split_runs, time_polylines
 from swarm.errors import Conflict, RateLimited
 from swarm.models import Node
 from swarm.openapi import openapi_schema
@@ -174,6 +174,7 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         holes_limit=50,
     )
     metrics = selectors.recent_metrics(project=project)
+    runs = split_runs((f"{m.node_id}/{m.run}", m.step, m) for m in metrics)  # a line per trainer run
     nodes = list(selectors.nodes_of_project(project=project)[: selectors.NODES_PAGE[1]])
     if small_grid:
         covered = selectors.coverage_of(project=project)
@@ -189,8 +190,13 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "node_total": state["nodes_page"]["count"],
         "cells": cells,
         "grid_columns": dims[-1] if len(dims) > 1 else min(dims[0], 16),
-        "loss_points": polyline([m.loss for m in metrics], width=520, height=140),
-        "accuracy_points": polyline([m.accuracy for m in metrics], width=520, height=140),
+        "loss_lines": time_polylines(
+            [[(m.timestamp.timestamp(), m.loss) for m in run] for run in runs], width=520, height=140
+        ),
+        "accuracy_lines": time_polylines(
+            [[(m.timestamp.timestamp(), m.accuracy) for m in run] for run in runs], width=520, height=140
+        ),
+        "run_count": len(runs),
         "last_metric": metrics[-1] if metrics else None,
         "metrics_count": len(metrics),
         "alerts": list(selectors.open_alerts(project=project)[:20]),
