@@ -107,10 +107,16 @@ class NodeStateChange(models.Model):
         ordering = ["-at", "-pk"]
 
 
+class CodePurpose(models.TextChoices):
+    JOIN = "join", "Join page (a volunteer's node)"
+    TRAIN = "train", "Train page (the owner's trainer)"
+
+
 class JoinCode(models.Model):
-    """A short-lived one-time code shown on the Join page; only its hash is stored."""
+    """A short-lived one-time code shown on the Join or the Train page; only its hash is stored."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="join_codes")
+    purpose = models.CharField(max_length=8, choices=CodePurpose.choices, default=CodePurpose.JOIN)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="join_codes")
     code_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
