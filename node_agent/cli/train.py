@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rtc-loopback-only", action="store_true", help="offer only 127.0.0.1 (one machine)")
     portal = parser.add_argument_group("portal reporting")
     portal.add_argument("--portal", default=None, help="portal URL to report metrics and heartbeats to")
-    portal.add_argument("--join-code", default=None, help="one-time join code from the project's Join page")
+    portal.add_argument("--join-code", default=None, help="one-time code from the project's Train page")
     portal.add_argument("--credential-file", default=None, help="agent.json saved by an earlier join")
     portal.add_argument(
         "--data-dir",
