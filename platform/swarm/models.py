@@ -204,7 +204,11 @@ class TrainingMetric(models.Model):
 
     class Meta:
         ordering = ["project_id", "timestamp"]
-        indexes = [models.Index(fields=["project", "-received_at"])]
+        indexes = [
+            models.Index(fields=["project", "-received_at"]),
+            # A run's last step per kind, read on every metrics body (steps stay monotonic per run).
+            models.Index(fields=["node", "run", "kind", "step"], name="swarm_metric_run_step"),
+        ]
 
 
 class AlertSeverity(models.TextChoices):
