@@ -83,3 +83,19 @@ def test_the_owners_trainer_joins_an_approval_project_at_once_and_a_spent_code_s
     answer = check(code).json()
     assert answer["error"] == "code_used"
     assert "run `node-agent train --portal http://testserver` without a code" in answer["detail"]
+
+
+def test_server_rendered_charts_draw_a_line_per_run() -> None:
+    from swarm.charts import split_runs, time_polylines
+
+    points = [("a/r1", 10, 1), ("b/", 10, 2), ("a/r1", 20, 3), ("a/r2", 10, 4), ("b/", 20, 5), ("b/", 10, 6)]
+    assert split_runs(points) == [[1, 3], [2, 5], [4], [6]], (
+        "a new run id, or a fall of the step, is a new line"
+    )
+    lines = time_polylines(
+        [[(0.0, 1.0), (10.0, 0.0)], [(5.0, 0.5)], [(10.0, 1.0), (20.0, 0.5)]], width=20, height=10
+    )
+    assert lines == ["3.0,3.0 10.0,7.0", "10.0,3.0 17.0,5.0"], (
+        "one shared time and value scale; lone points drawn none"
+    )
+    assert time_polylines([[(0.0, float("nan"))]]) == []
