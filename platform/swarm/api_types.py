@@ -66,6 +66,7 @@ class CoverageSummary(TypedDict):
 
 
 class RecentMetric(TypedDict):
+    run: str
     step: int
     loss: float
     accuracy: float
