@@ -123,6 +123,14 @@ class MetricPoint(_Wire, frozen=True):
     experts_failed: _SmallCount
     timestamp: float
     kind: Literal["train", "eval"] = "train"
+    run: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=32,
+            pattern="^[0-9A-Za-z_-]*\\Z",
+            description="the trainer run (one per trainer start; steps count up within a run); '' if unknown",
+        ),
+    ] = ""
 
 
 class MetricsBody(_Wire, frozen=True):

@@ -85,6 +85,7 @@ class CoverageSummary(TypedDict):
 
 
 class RecentMetric(TypedDict):
+    run: str
     step: int
     loss: float
     accuracy: float

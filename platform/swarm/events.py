@@ -76,6 +76,7 @@ def training_point(metric: TrainingMetric, node_id: str) -> TrainingPoint | None
         "loss": metric.loss,
         "accuracy": metric.accuracy,
         "node_id": node_id,
+        "run": metric.run,
     }
 
 

@@ -123,10 +123,16 @@ class NodeStateChange(models.Model):
         ordering = ["-at", "-pk"]
 
 
+class CodePurpose(models.TextChoices):
+    JOIN = "join", "Join page (a volunteer's node)"
+    TRAIN = "train", "Train page (the owner's trainer)"
+
+
 class JoinCode(models.Model):
-    """A short-lived one-time code shown on the Join page; only its hash is stored."""
+    """A short-lived one-time code shown on the Join or the Train page; only its hash is stored."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="join_codes")
+    purpose = models.CharField(max_length=8, choices=CodePurpose.choices, default=CodePurpose.JOIN)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="join_codes")
     code_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -199,6 +205,9 @@ class TrainingMetric(models.Model):
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_metrics")
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="training_metrics")
+    run = models.CharField(
+        max_length=32, blank=True, default="", help_text="The trainer run ('' from agents that send none)."
+    )
     kind = models.CharField(max_length=8, default="train")
     step = models.PositiveIntegerField()
     loss = models.FloatField()
@@ -211,7 +220,11 @@ class TrainingMetric(models.Model):
 
     class Meta:
         ordering = ["project_id", "timestamp"]
-        indexes = [models.Index(fields=["project", "-received_at"])]
+        indexes = [
+            models.Index(fields=["project", "-received_at"]),
+            # A run's last step per kind, read on every metrics body (steps stay monotonic per run).
+            models.Index(fields=["node", "run", "kind", "step"], name="swarm_metric_run_step"),
+        ]
 
 
 class AlertSeverity(models.TextChoices):

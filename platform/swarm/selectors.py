@@ -125,7 +125,8 @@ def nodes_of_user(*, user: User) -> QuerySet[Node]:
 
 
 def nodes_of_project(*, project: Project) -> QuerySet[Node]:
-    return Node.objects.select_related("user").filter(project=project).order_by("state", "-last_heartbeat_at")
+    nodes = Node.objects.select_related("user", "user__swarm_ban").filter(project=project)
+    return nodes.order_by("state", "-last_heartbeat_at")
 
 
 def node_credential_state(*, node: Node, now: datetime) -> dict[str, Any]:
@@ -273,6 +274,7 @@ def swarm_state(
         "coverage": coverage_summary(project=project, **coverage_pages),
         "metrics": [
             {
+                "run": m.run,
                 "step": m.step,
                 "loss": m.loss,
                 "accuracy": m.accuracy,

@@ -74,11 +74,14 @@ class CoverageReading(TypedDict):
 
 
 class TrainingPoint(TypedDict):
+    """A trainer's loss and accuracy at a step of one run (the charts draw each run as its own series)."""
+
     t: _Time
     step: _Count
     loss: _Finite
     accuracy: _Finite
     node_id: _Text
+    run: Annotated[str, msgspec.Meta(max_length=32)]  # '' from agents that send no run id
 
 
 Summary = TypeVar("Summary")

@@ -27,6 +27,7 @@ urlpatterns = [
     path("agent/SHA256SUMS", views.agent_checksums, name="agent_sums"),
     path("agent/<str:filename>", views.agent_wheel, name="agent_wheel"),
     path("projects/<slug:slug>/join/", views.join_page, name="join"),
+    path("projects/<slug:slug>/train/", views.train_page, name="train"),
     path("projects/<slug:slug>/swarm/", views.project_dashboard, name="dashboard"),
     path("nodes/", views.my_nodes, name="my_nodes"),
     path("swarm/health/", views.health, name="health"),

@@ -48,7 +48,7 @@ def test_coverage_and_metrics() -> None:
         {"type": "swarm.coverage_changed", "coverage": coverage_reading}, received_at=T0 + 6
     )
     assert coverage == {"type": "coverage.changed", "at": T0 + 5, "coverage": coverage_reading}
-    point = {"t": T0 + 1, "step": 1, "loss": 2.0, "accuracy": 0.5, "node_id": "cd" * 20}
+    point = {"t": T0 + 1, "step": 1, "loss": 2.0, "accuracy": 0.5, "node_id": "cd" * 20, "run": "r1"}
     [metrics] = to_diffs({"type": "swarm.metrics_received", "points": [point]}, received_at=T0)
     assert metrics["series"] == "training"
     assert metrics["points"] == [point]

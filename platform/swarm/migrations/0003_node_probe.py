@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("swarm", "0001_initial"),
+        ("swarm", "0002_trainer_runs"),
     ]
 
     operations = [
