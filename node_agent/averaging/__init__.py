@@ -1,0 +1,1 @@
+"""Decentralized averaging: state download (`state_download`) and averaging between peers."""
