@@ -1,0 +1,77 @@
+"""Expert replicas over real WebRTC connections: takeover from a live replica, averaging, donor checks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+
+from node_agent.moe.api import ExpertHandle
+
+
+def params(server, uid: str) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in server.backends[uid].module.parameters()]
+
+
+async def train(caller, server, uid: str, steps: int) -> None:
+    handle = ExpertHandle(uid, server.dht.node_id, server.dht.endpoint)
+    for _ in range(steps):
+        x = torch.randn(8, 16)
+        await asyncio.wrap_future(caller.backward(handle, [x], [torch.randn(8, 16)], timeout=10))
+    await server.settle()
+
+
+async def test_a_server_taking_over_a_cell_starts_from_the_live_replica(
+    make_expert_server, make_caller, backends_factory
+):
+    first = await make_expert_server("ffn.0", hidden_dim=16, replica_period=0)
+    assert first.replicas.stats.started_from == {"ffn.0": "initial"}
+    caller = await make_caller()
+    await train(caller, first, "ffn.0", 5)
+    assert first.backends["ffn.0"].steps == 5
+    second = await make_expert_server(
+        "ffn.0", hidden_dim=16, replica_period=0, backends=backends_factory("ffn.0", seed=7)
+    )
+    assert second.replicas.stats.started_from["ffn.0"].startswith("replica ")
+    backend = second.backends["ffn.0"]
+    assert backend.steps == 5
+    for mine, theirs in zip(params(second, "ffn.0"), params(first, "ffn.0"), strict=True):
+        assert torch.allclose(mine, theirs, atol=2e-3)  # parameters travel in float16
+    assert first.replicas.donor.stats.completed == 1 and not first.replicas.donor.sessions
+
+
+async def test_replicas_average_to_the_mean(make_expert_server, backends_factory):
+    one = await make_expert_server(
+        "ffn.1", hidden_dim=16, replica_period=0, take_over=False, backends=backends_factory("ffn.1", seed=1)
+    )
+    two = await make_expert_server(
+        "ffn.1", hidden_dim=16, replica_period=0, take_over=False, backends=backends_factory("ffn.1", seed=2)
+    )
+    before = [params(one, "ffn.1"), params(two, "ffn.1")]
+    assert not all(torch.equal(a, b) for a, b in zip(*before, strict=True))
+    assert await one.replicas.average_once() == 1
+    assert one.replicas.stats.rounds_completed == 1
+    for got, a, b in zip(params(one, "ffn.1"), *before, strict=True):
+        assert torch.allclose(got, (a + b) / 2, atol=2e-3)
+    assert await two.replicas.average_once() == 1  # gossip: each pull halves the gap, both converge
+    for x, y, a, b in zip(params(one, "ffn.1"), params(two, "ffn.1"), *before, strict=True):
+        assert torch.allclose(y, (a + 3 * b) / 4, atol=2e-3)
+        assert torch.allclose(x - y, (a - b) / 4, atol=2e-3)
+
+
+async def test_a_replica_with_other_shapes_is_refused_and_counted(make_expert_server, backends_factory):
+    honest = await make_expert_server(
+        "ffn.2", hidden_dim=16, replica_period=0, take_over=False, backends=backends_factory("ffn.2", seed=1)
+    )
+    await make_expert_server(  # same uid, another architecture: its state must not be loaded
+        "ffn.2",
+        hidden_dim=8,
+        replica_period=0,
+        take_over=False,
+        backends=backends_factory("ffn.2", hidden_dim=8, seed=2),
+    )
+    before = params(honest, "ffn.2")
+    assert await honest.replicas.average_once() == 0
+    assert honest.replicas.stats.rounds_failed == 1
+    for a, b in zip(params(honest, "ffn.2"), before, strict=True):
+        assert torch.equal(a, b)
