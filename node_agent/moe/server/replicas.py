@@ -61,36 +61,12 @@ class ReplicaStats:
     last_averaged: dict[str, float] = field(default_factory=dict)
 
 
-class ReplicaSync:
-    """Donor, takeover and periodic averaging for one server's experts."""
+class ReplicaFinder:
+    """Live replicas of uids (from the DHT) and their steps (from `info`), reached through `pool`."""
 
-    def __init__(
-        self,
-        dht: DHTNodeAPI,
-        backends: dict[str, ExpertBackend],
-        runtime: BatchingRuntime,
-        *,
-        period: float = 5.0,
-        max_donor_sessions: int = 2,
-        fallback: Fallback | None = None,
-    ) -> None:
+    def __init__(self, dht: DHTNodeAPI, pool: ConnectionPool | None = None) -> None:
         self.dht = dht
-        self.backends = backends
-        self.runtime = runtime
-        self.period = period
-        self.fallback = fallback
-        self.pool: ConnectionPool | None = None
-        self.donor = StateDonor(self._snapshot, max_sessions=max_donor_sessions)
-        self.stats = ReplicaStats()
-        self._turn: dict[str, int] = {}
-
-    async def _snapshot(self, key: str) -> StateSnapshot | None:
-        backend = self.backends.get(key)
-        if backend is None:
-            return None
-        return await self.runtime.call(lambda: expert_state(backend))
-
-    # ---- finding replicas ----------------------------------------------------------------------------
+        self.pool = pool
 
     async def other_replicas(self, uids: Sequence[str]) -> dict[str, list[ExpertHandle]]:
         found = await self.dht.get_many([uid_key(uid) for uid in uids], latest=True)
@@ -126,12 +102,42 @@ class ReplicaSync:
         found = await asyncio.gather(*(probe(h) for h in handles))
         return [d for d in found if d is not None]
 
+
+class ReplicaSync:
+    """Donor, takeover and periodic averaging for one server's experts."""
+
+    def __init__(
+        self,
+        dht: DHTNodeAPI,
+        backends: dict[str, ExpertBackend],
+        runtime: BatchingRuntime,
+        *,
+        period: float = 5.0,
+        max_donor_sessions: int = 2,
+        fallback: Fallback | None = None,
+    ) -> None:
+        self.dht = dht
+        self.backends = backends
+        self.runtime = runtime
+        self.period = period
+        self.fallback = fallback
+        self.finder = ReplicaFinder(dht)
+        self.donor = StateDonor(self._snapshot, max_sessions=max_donor_sessions)
+        self.stats = ReplicaStats()
+        self._turn: dict[str, int] = {}
+
+    async def _snapshot(self, key: str) -> StateSnapshot | None:
+        backend = self.backends.get(key)
+        if backend is None:
+            return None
+        return await self.runtime.call(lambda: expert_state(backend))
+
     # ---- takeover ------------------------------------------------------------------------------------
 
     async def take_over(self) -> dict[str, str]:
         """Before announcing: load each hosted expert's newest state from a live replica or the fallback."""
         try:
-            replicas = await self.other_replicas(list(self.backends))
+            replicas = await self.finder.other_replicas(list(self.backends))
         except Exception as exc:
             logger.warning("could not look up replicas before announcing: %s", exc)
             replicas = {}
@@ -141,7 +147,7 @@ class ReplicaSync:
             # Only a state newer than ours (a restored checkpoint may be): a fresh one takes any.
             donors = [
                 d
-                for d in await self.donors(replicas.get(uid, []))
+                for d in await self.finder.donors(replicas.get(uid, []))
                 if d.step > backend.steps or not backend.steps
             ]
             if donors:
@@ -182,7 +188,7 @@ class ReplicaSync:
 
     async def average_once(self) -> int:
         """One round over every hosted uid that has another live replica; returns how many averaged."""
-        replicas = await self.other_replicas(list(self.backends))
+        replicas = await self.finder.other_replicas(list(self.backends))
         averaged = 0
         for uid, handles in replicas.items():
             if not handles:
@@ -196,7 +202,7 @@ class ReplicaSync:
 
     async def _average_with(self, uid: str, handle: ExpertHandle) -> bool:
         backend = self.backends[uid]
-        donors = await self.donors([handle])
+        donors = await self.finder.donors([handle])
         if not donors:
             self.stats.rounds_failed += 1
             return False

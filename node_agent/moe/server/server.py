@@ -167,7 +167,7 @@ class ExpertServer:
         server.pool = await ConnectionPool.create(
             dht, server.handle, rtc_options, credentials=credentials, credential=credential
         )
-        server.replicas.pool = server.pool
+        server.replicas.finder.pool = server.pool
         if announce and server.options.take_over:
             await server.replicas.take_over()
         if announce:
