@@ -54,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="start from fresh weights instead of the newest state of a live replica",
     )
+    parser.add_argument(
+        "--fallback-export",
+        default=None,
+        help="a `node-agent export` file to start cells from when no live replica holds them",
+    )
     parser.add_argument("--stats-period", type=float, default=30.0, help="seconds between throughput lines")
     parser.add_argument("--seed", type=int, default=None, help="seed the initial expert weights")
     parser.add_argument(
@@ -144,7 +149,12 @@ async def _serve(args: argparse.Namespace) -> int:
         failure.append(reason)
         stop.set()
 
-    server = await ExpertServer.create(dht, backends, options, rtc_options, on_fatal=fail)
+    fallback = None
+    if args.fallback_export:
+        from node_agent.training.export import export_fallback
+
+        fallback = export_fallback(args.fallback_export)
+    server = await ExpertServer.create(dht, backends, options, rtc_options, on_fatal=fail, fallback=fallback)
     print(f"{dht.endpoint}/{dht.node_id.hex()}", flush=True)
     log.info("serving %d %s experts (%s) at %s", len(uids), args.expert_class, args.experts, dht.endpoint)
     loop = asyncio.get_running_loop()

@@ -161,6 +161,27 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], Manifest]:
         raise ExportError(f"{path} is not a Colearn export: {exc}") from exc
 
 
+def export_fallback(path: str | Path):  # -> moe.server.replicas.Fallback
+    """A takeover's fallback when no replica is live: a cell's module tensors and step from an export file
+    (no optimiser moments: those start fresh). Read once, when the first cell asks."""
+    cache: dict[str, Any] = {}
+
+    async def fallback(uid: str) -> tuple[dict[str, torch.Tensor], int] | None:
+        if "tensors" not in cache:
+            cache["tensors"], cache["manifest"] = await asyncio.to_thread(read_export, path)
+        tensors, manifest = cache["tensors"], cache["manifest"]
+        cell = next((c for c in manifest.cells if c.uid == uid), None)
+        if cell is None:
+            return None
+        prefix = f"{EXPERTS}{uid}."
+        state = {
+            MODULE_PREFIX + k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)
+        }
+        return state, cell.step
+
+    return fallback
+
+
 def build_exported_model(path: str | Path, seed: int = 0) -> tuple[torch.nn.Module, Manifest, Any]:
     """The classifier with in-process experts loaded from an export, and the dataset (split by `seed`,
     as the trainer's was). Missing cells are left out of the mixture, as a swarm masks dead experts."""

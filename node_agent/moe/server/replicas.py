@@ -35,6 +35,7 @@ from node_agent.averaging.state_download import (
     StateSnapshot,
     download_newest,
     download_state,
+    entries_of,
 )
 from node_agent.dht.api import DHTNodeAPI
 from node_agent.moe.announce import live_replicas, uid_key
@@ -172,6 +173,16 @@ class ReplicaSync:
         if found is None:
             return False
         tensors, step = found
+        if backend.steps and step <= backend.steps:
+            return False  # our own checkpoint is newer
+        try:  # an export file may come from elsewhere: same checks as a download
+            expert_state_schema(backend).check(entries_of(tensors))
+            for name, value in tensors.items():
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise StateDownloadError(f"{name}: NaN or infinite values")
+        except StateDownloadError as exc:
+            logger.warning("the checkpoint's %s does not fit: %s", uid, exc)
+            return False
         await self._apply(backend, tensors, step)
         return True
 

@@ -75,3 +75,38 @@ async def test_a_replica_with_other_shapes_is_refused_and_counted(make_expert_se
     assert honest.replicas.stats.rounds_failed == 1
     for a, b in zip(params(honest, "ffn.2"), before, strict=True):
         assert torch.equal(a, b)
+
+
+async def test_with_no_live_replica_a_takeover_starts_from_the_last_export(
+    tmp_path, bootstrap_node, backends_factory
+):
+    from node_agent.dht import DHTNode
+    from node_agent.moe.server.server import ExpertServer, ServerOptions
+    from node_agent.training.export import CellEntry, ExportSpec, Manifest, export_fallback, write_export
+    from tests.node_agent.moe.conftest import LOOPBACK_RTC
+
+    (trained,) = backends_factory("ffn.3", seed=1).values()
+    tensors = {f"experts.ffn.3.{k}": v for k, v in trained.module.state_dict().items()}
+    tensors["experts.ffn.4.w"] = torch.zeros(3)  # a cell of another shape: refused, not loaded
+    manifest = Manifest(
+        ExportSpec(grid=(8,), hidden_dim=16),
+        [CellEntry("ffn.3", 42, "ab", 1.0), CellEntry("ffn.4", 7, "ab", 1.0)],
+    )
+    path = write_export(tmp_path / "model.safetensors", tensors, manifest)
+    dht = await DHTNode.create(initial_peers=[bootstrap_node.endpoint], listen="127.0.0.1:0")
+    backends = backends_factory("ffn.[3:6]", seed=2)
+    server = await ExpertServer.create(
+        dht, backends, ServerOptions(replica_period=0), LOOPBACK_RTC, fallback=export_fallback(path)
+    )
+    try:
+        assert server.replicas.stats.started_from == {
+            "ffn.3": "checkpoint",
+            "ffn.4": "initial",
+            "ffn.5": "initial",
+        }
+        assert backends["ffn.3"].steps == 42
+        for a, b in zip(backends["ffn.3"].module.parameters(), trained.module.parameters(), strict=True):
+            assert torch.equal(a, b)
+    finally:
+        await server.shutdown()
+        await dht.shutdown()
