@@ -1,0 +1,5 @@
+"""Decentralized averaging: DHT matchmaking and butterfly all-reduce over the WebRTC pool."""
+
+from node_agent.averaging.averager import AveragingError, AveragingOptions, DecentralizedAverager, RoundReport
+
+__all__ = ["AveragingError", "AveragingOptions", "DecentralizedAverager", "RoundReport"]
