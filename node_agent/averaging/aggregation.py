@@ -1,9 +1,9 @@
 """What a reducer does with the contributions to one piece: screen them, then average (pure, no I/O).
 
 Screening: a contribution with NaN or infinite values is refused; with at least `MIN_FOR_OUTLIERS`
-contributions, one whose distance to the coordinate-wise median exceeds `outlier_factor` times the median
-distance (plus a small floor) is refused too, the "far outside the others' range" rule. A refused sender is
-dropped from the rest of the round by its reducer and penalised by the averager.
+contributions, one whose median distance to the others exceeds `outlier_factor` times the typical such
+distance (with a floor relative to the values' size) is refused too: "far outside the others' range".
+A refused sender is dropped from the rest of the round by its reducer and penalised by the averager.
 
 Averaging: the weighted mean, or, with `clip_tau`, CenteredClip (Karimireddy et al. 2021, as used by BTARD,
 arXiv 2106.11257): start at the median and move towards each contribution by at most `tau` per iteration,
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 MIN_FOR_OUTLIERS = 3
+RELATIVE_FLOOR = 1.0
 CLIP_ITERATIONS = 10
 
 
@@ -41,12 +42,17 @@ def screen(contributions: Mapping[int, torch.Tensor], outlier_factor: float) -> 
         return result
     senders = sorted(finite)
     stacked = torch.stack([finite[s].float() for s in senders])
-    median = stacked.median(dim=0).values
-    distances = (stacked - median).norm(dim=1)
-    scale = distances.median() + 1e-6 * (median.norm() + 1.0)
-    for sender, distance in zip(senders, distances.tolist(), strict=True):
-        if distance > outlier_factor * float(scale):
-            result.refused[sender] = f"outlier: {distance:.3g} from the median, others ~{float(scale):.3g}"
+    # each contribution's typical distance to the others (median over its pairwise distances): cheap for
+    # groups of a few peers, and an outlier is far from everyone while honest peers are close to most
+    pairwise = torch.cdist(stacked[None], stacked[None])[0]
+    scores = [float(row[torch.arange(len(senders)) != i].median()) for i, row in enumerate(pairwise)]
+    # honest peers may agree almost exactly (e.g. after averaging together): a floor relative to the
+    # values' own size keeps small honest differences from looking like outliers
+    norms = stacked.norm(dim=1)
+    scale = max(sorted(scores)[len(scores) // 2], RELATIVE_FLOOR * float(norms.median())) + 1e-6
+    for sender, score in zip(senders, scores, strict=True):
+        if score > outlier_factor * scale:
+            result.refused[sender] = f"outlier: {score:.3g} from the others, typically {scale:.3g}"
         else:
             result.accepted.append(sender)
     return result

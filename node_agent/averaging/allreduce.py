@@ -57,6 +57,8 @@ class RoundOutcome:
     refused: dict[int, str] = field(default_factory=dict)
     silent: set[int] = field(default_factory=set)
     failed_reducers: dict[int, str] = field(default_factory=dict)
+    #: Members that broke the protocol or sent bad values (refused, implausible answers): to penalise.
+    misbehaved: dict[int, str] = field(default_factory=dict)
     bytes_sent: int = 0
     bytes_received: int = 0
 
@@ -139,6 +141,8 @@ class ButterflyRound:
             self._finish(position)
 
     def _finish(self, position: int) -> None:
+        if self._done[position].done():
+            return
         piece = self.mine[position]
         contributions = {
             sender: pair
@@ -147,12 +151,8 @@ class ButterflyRound:
         }
         contributions[self.index] = (self.flat[piece.start : piece.stop], self.weight)
         verdict = screen({s: v for s, (v, _w) in contributions.items()}, self.settings.outlier_factor)
-        newly_refused = False
-        for sender, reason in verdict.refused.items():
-            if sender != self.index:
-                self._refuse(sender, reason)
-                newly_refused = True
-        accepted = [s for s in contributions if s == self.index or s not in self.outcome.refused]
+        refused = {s: r for s, r in verdict.refused.items() if s != self.index}
+        accepted = [s for s in contributions if s not in refused]
         values = [contributions[s][0] for s in accepted]
         weights = [contributions[s][1] for s in accepted]
         if sum(weights) <= 0:
@@ -160,8 +160,8 @@ class ButterflyRound:
         average = aggregate(values, weights, self.settings.clip_tau)
         self.output[piece.start : piece.stop] = average
         self._done[position].set_result(average)
-        if newly_refused:
-            self._recheck()
+        for sender, reason in refused.items():
+            self._refuse(sender, reason)
 
     def _refuse(self, sender: int, reason: str) -> None:
         if sender not in self.outcome.refused:
@@ -171,6 +171,7 @@ class ButterflyRound:
                 reason,
             )
             self.outcome.refused[sender] = reason
+            self.outcome.misbehaved[sender] = reason
             self._recheck()
 
     def _recheck(self) -> None:
@@ -231,7 +232,9 @@ class ButterflyRound:
                     reply.get("t") if isinstance(reply, dict) else None
                 )
                 if not plausible_average(average, own, self.settings.plausibility_factor):
-                    self._reducer_failed(reducer, "implausible average (non-finite or far from every input)")
+                    reason = "implausible average (non-finite or far from every input)"
+                    self.outcome.misbehaved[reducer] = reason
+                    self._reducer_failed(reducer, reason)
                     return
                 self.output[piece.start : piece.stop] = average
 
@@ -252,13 +255,25 @@ class ButterflyRound:
 
     async def run(self, link: LinkGetter, link_alive: Callable[[int], bool]) -> RoundOutcome:
         """Send to every other reducer and reduce our part; return by the deadline whatever happened."""
-        senders = [asyncio.ensure_future(self.send_part(j, link)) for j in self._others]
+        for j in self._others:
+            if j in self.outcome.refused:  # refused from the start: it gets none of our values
+                self.outcome.failed_reducers[j] = self.outcome.refused[j]
+        sending = {
+            j: asyncio.ensure_future(self.send_part(j, link))
+            for j in self._others
+            if j not in self.outcome.failed_reducers
+        }
+        senders = list(sending.values())
         try:
             while time.monotonic() < self.deadline:
                 if all(s.done() for s in senders) and self.reduced:
                     break
                 for j in self._others:
-                    if not link_alive(j) and senders[self._others.index(j)].done():
+                    if (
+                        j not in self.outcome.silent
+                        and not link_alive(j)
+                        and (j in self.outcome.failed_reducers)
+                    ):
                         self.mark_silent(j)
                 await asyncio.sleep(0.05)
         finally:
@@ -267,7 +282,7 @@ class ButterflyRound:
             for task in senders:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for j, task in zip(self._others, senders, strict=True):
+        for j, task in sending.items():
             if not task.cancelled() and task.exception() is None:
                 continue
             self._reducer_failed(j, "deadline passed")

@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "avg:"
 JOIN_METHOD = "join"
 #: How long a reduce call for a group we have not started yet waits for our own join reply.
-ROUND_START_GRACE = 3.0
+ROUND_START_GRACE = 10.0
 #: A measured time is never trusted below these (a lucky first measurement must not make deadlines absurd).
 MIN_CONNECT_ALLOWANCE = 0.5
 MIN_ROUND_SECONDS = 1.0
@@ -495,9 +495,10 @@ class DecentralizedAverager:
             self._spawn(self._forget_round(roster.group_id, deadline))
         elapsed = time.monotonic() - transfer_started
         self._write_back(round_.output)
-        for i, reason in {**outcome.refused, **outcome.failed_reducers}.items():
-            if i != index and reason != "deadline passed" and "no link" not in reason:
-                self.penalties[roster.members[i].node_id] = self.options.penalty_rounds
+        for i in outcome.misbehaved:
+            if roster.members[i].node_id in self.penalties or i == index:
+                continue  # refused from the start (penalised, no credential): the count runs on
+            self.penalties[roster.members[i].node_id] = self.options.penalty_rounds
         if outcome.complete:
             self.rounds_completed += 1
             moved = outcome.bytes_sent + outcome.bytes_received
