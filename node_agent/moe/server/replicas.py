@@ -5,14 +5,16 @@
 * Takeover: before a server announces a uid, it downloads the newest state from a live replica (ranked by
   the steps their `info` reports); with no live replica it asks `fallback(uid)` (the project's last
   exported checkpoint), and only then starts from its own initial weights.
-* Averaging: every `period` seconds, for each hosted uid with another live replica, the server pulls the
-  state of one replica (round robin over them) and replaces its own by the mean of the two, parameters and
-  optimiser moments alike, keeping the larger step. Both replicas do so, so they converge to one state
-  (pairwise gossip averaging; Boyd et al. 2006). A replica that vanishes leaves the others holding at most
-  `period` seconds less training than it had.
+* Averaging: every `period` seconds, for each hosted uid with another live replica, the server takes a
+  snapshot of the expert's parameters and optimiser moments and runs one all-reduce round with the uid's
+  other replicas (`node_agent.averaging.DecentralizedAverager`, group key `expert.<uid>`), weighted by the
+  samples each replica trained on since its previous round, so an idle replica does not drag a busy one
+  back. The average is applied plus whatever the expert learnt while the round ran. A replica that
+  vanishes leaves the others holding at most `period` seconds less training than it had.
 
-Pulls go through the same hostile-donor checks as any state download: a replica that sends wrong shapes,
-non-finite or huge values is skipped for that round (counted as a failed round).
+Takeover downloads go through the hostile-donor checks of every state download (wrong shapes, non-finite
+or huge values, a lying step: the next replica is tried); averaging rounds through the engine's screening
+(non-finite or outlying values exclude and penalise the sender).
 """
 
 from __future__ import annotations
@@ -26,15 +28,14 @@ from typing import Any
 
 import torch
 
+from node_agent.averaging.averager import AveragingError, AveragingOptions, DecentralizedAverager
 from node_agent.averaging.state_download import (
     Donor,
-    DownloadedState,
     DownloadOptions,
     StateDonor,
     StateDownloadError,
     StateSnapshot,
     download_newest,
-    download_state,
     entries_of,
 )
 from node_agent.dht.api import DHTNodeAPI
@@ -42,8 +43,15 @@ from node_agent.moe.announce import live_replicas, uid_key
 from node_agent.moe.api import ExpertHandle
 from node_agent.moe.server.backend import ExpertBackend
 from node_agent.moe.server.runtime import BatchingRuntime
-from node_agent.moe.server.state import apply_expert_state, expert_state, expert_state_schema
+from node_agent.moe.server.state import (
+    MODULE_PREFIX,
+    OPTIM_PREFIX,
+    apply_expert_state,
+    expert_state,
+    expert_state_schema,
+)
 from node_agent.rtc.pool import ConnectionPool
+from node_agent.tensor_codec import Compression
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +133,9 @@ class ReplicaSync:
         self.finder = ReplicaFinder(dht)
         self.donor = StateDonor(self._snapshot, max_sessions=max_donor_sessions)
         self.stats = ReplicaStats()
-        self._turn: dict[str, int] = {}
+        self._averagers: dict[str, DecentralizedAverager] = {}
+        #: uid -> samples trained when it last averaged (the next round's weight is what came since).
+        self._samples: dict[str, int] = {}
 
     async def _snapshot(self, key: str) -> StateSnapshot | None:
         backend = self.backends.get(key)
@@ -193,55 +203,129 @@ class ReplicaSync:
 
     async def run(self) -> None:
         """The averaging loop (run under the server's supervisor)."""
-        while True:
-            await asyncio.sleep(self.period)
-            await self.average_once()
+        try:
+            while True:
+                await asyncio.sleep(self.period)
+                await self.average_once()
+        finally:
+            for averager in self._averagers.values():
+                await averager.shutdown()
 
     async def average_once(self) -> int:
-        """One round over every hosted uid that has another live replica; returns how many averaged."""
+        """One round for every hosted uid that has another live replica (all uids at once); returns how
+        many averaged with at least one other replica."""
         replicas = await self.finder.other_replicas(list(self.backends))
-        averaged = 0
-        for uid, handles in replicas.items():
-            if not handles:
-                continue
-            turn = self._turn.get(uid, 0)
-            self._turn[uid] = turn + 1
-            handle = handles[turn % len(handles)]
-            if await self._average_with(uid, handle):
-                averaged += 1
-        return averaged
+        shared = [uid for uid, handles in replicas.items() if handles]
+        done = await asyncio.gather(*(self._average(uid) for uid in shared))
+        return sum(done)
 
-    async def _average_with(self, uid: str, handle: ExpertHandle) -> bool:
+    async def _average(self, uid: str) -> bool:
+        """A snapshot of the state goes through one all-reduce round with the uid's other replicas
+        (`node_agent.averaging`, weighted by the samples each trained on since its last round); the
+        result is applied with whatever the expert learnt meanwhile added on top."""
         backend = self.backends[uid]
-        donors = await self.finder.donors([handle])
-        if not donors:
+        names, before, samples = await self.runtime.call(lambda: _averaged_tensors(backend))
+        averager = await self._averager(uid, names, before)
+        if averager is None:
             self.stats.rounds_failed += 1
             return False
+        for work, value in zip(averager.tensors, before, strict=True):
+            work.copy_(value)
+        weight = float(max(1, samples - self._samples.get(uid, 0)))
         try:
-            theirs = await download_state(donors[0], uid, expert_state_schema(backend), DownloadOptions())
-        except StateDownloadError as exc:
-            logger.warning("averaging %s with %s failed: %s", uid, donors[0].name, exc)
+            report = await averager.step(weight=weight, timeout=3 * averager.options.matchmaking_time + 5.0)
+        except AveragingError as exc:
+            logger.info("averaging %s found no group: %s", uid, exc)
             self.stats.rounds_failed += 1
             return False
-        await self.runtime.call(lambda: _average_into(backend, theirs))
+        except Exception as exc:
+            logger.warning("averaging %s failed: %s", uid, exc)
+            self.stats.rounds_failed += 1
+            return False
+        if report.group_size < 2:
+            self.stats.rounds_failed += 1
+            return False
+        averaged = [t.clone() for t in averager.tensors]
+        await self.runtime.call(lambda: _apply_average(backend, names, before, averaged))
+        self._samples[uid] = samples
         self.stats.rounds_completed += 1
         self.stats.last_averaged[uid] = time.monotonic()
         return True
 
+    async def _averager(
+        self, uid: str, names: list[str], like: list[torch.Tensor]
+    ) -> DecentralizedAverager | None:
+        averager = self._averagers.get(uid)
+        if averager is not None and [tuple(t.shape) for t in averager.tensors] == [
+            tuple(t.shape) for t in like
+        ]:
+            return averager
+        if averager is not None:
+            await averager.shutdown()
+        if self.finder.pool is None:
+            return None
+        options = AveragingOptions(
+            target_group_size=4,
+            min_group_size=2,
+            matchmaking_time=min(5.0, max(1.0, self.period)),
+            compression=[_compression(name) for name in names],
+        )
+        averager = await DecentralizedAverager.create(
+            self.dht, self.finder.pool, f"expert.{uid}", [t.clone() for t in like], options
+        )
+        self._averagers[uid] = averager
+        return averager
 
-def _average_into(backend: ExpertBackend, theirs: DownloadedState) -> None:
-    """Own state := mean of own and theirs (tensors both hold); step := the larger. Compute thread only."""
-    mine = expert_state(backend)
-    merged: dict[str, torch.Tensor] = dict(theirs.tensors)  # moments only they have (we never stepped)
-    for name, value in mine.tensors.items():
-        other = theirs.tensors.get(name)
-        if other is None or not value.is_floating_point():
-            merged[name] = value
-        elif name.endswith(".step"):
-            merged[name] = torch.maximum(value, other.to(value.dtype))
-        else:
-            merged[name] = (value + other.to(value.dtype)) / 2
-    apply_expert_state(backend, merged, max(mine.step, theirs.step))
+
+def _compression(name: str) -> Compression:
+    """Parameters travel in float16; optimiser moments exact (Adam's second moment underflows in fp16)."""
+    return Compression.NONE if name.startswith(OPTIM_PREFIX) else Compression.FLOAT16
+
+
+def _averaged_tensors(backend: ExpertBackend) -> tuple[list[str], list[torch.Tensor], int]:
+    """What replicas average, in a fixed order every replica agrees on: the module's floating tensors
+    and, per parameter, the optimiser's moments (zeros where this replica has not stepped yet). Also the
+    samples trained so far. Compute thread only."""
+    snapshot = expert_state(backend)
+    names = sorted(
+        n for n, t in snapshot.tensors.items() if n.startswith(MODULE_PREFIX) and t.is_floating_point()
+    )
+    tensors = [snapshot.tensors[n].float() for n in names]
+    if backend.optimizer is not None:
+        params = [p for group in backend.optimizer.param_groups for p in group["params"]]
+        moments = ("exp_avg", "exp_avg_sq") if backend.config.name == "adam" else ("momentum_buffer",)
+        for index, param in enumerate(params):
+            for moment in moments:
+                name = f"{OPTIM_PREFIX}{index}.{moment}"
+                value = snapshot.tensors.get(name)
+                names.append(name)
+                tensors.append(
+                    value.float() if value is not None else torch.zeros_like(param, dtype=torch.float32)
+                )
+    return names, tensors, backend.samples_backward
+
+
+def _apply_average(
+    backend: ExpertBackend, names: list[str], before: list[torch.Tensor], averaged: list[torch.Tensor]
+) -> None:
+    """State := average + (what changed locally since the snapshot was taken). Compute thread only."""
+    current = expert_state(backend)
+    merged = dict(current.tensors)
+    for name, old, mean in zip(names, before, averaged, strict=True):
+        now = current.tensors.get(name)
+        base = now.float() - old if now is not None else torch.zeros_like(mean)
+        value = mean + base
+        if name.endswith("exp_avg_sq"):
+            value = value.clamp_(min=0.0)
+        like = now if now is not None else old
+        merged[name] = value.to(like.dtype)
+    if backend.optimizer is not None:  # moments need a step counter: keep ours, or start one
+        for name in names:
+            if name.startswith(OPTIM_PREFIX):
+                counter = name.rsplit(".", 1)[0] + ".step"
+                if counter not in merged and backend.config.name == "adam":
+                    merged[counter] = torch.tensor(float(max(1, backend.steps)))
+    apply_expert_state(backend, merged, backend.steps)
 
 
 def _short(handle: ExpertHandle) -> str:

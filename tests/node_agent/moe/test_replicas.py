@@ -49,14 +49,12 @@ async def test_replicas_average_to_the_mean(make_expert_server, backends_factory
     )
     before = [params(one, "ffn.1"), params(two, "ffn.1")]
     assert not all(torch.equal(a, b) for a, b in zip(*before, strict=True))
-    assert await one.replicas.average_once() == 1
-    assert one.replicas.stats.rounds_completed == 1
-    for got, a, b in zip(params(one, "ffn.1"), *before, strict=True):
-        assert torch.allclose(got, (a + b) / 2, atol=2e-3)
-    assert await two.replicas.average_once() == 1  # gossip: each pull halves the gap, both converge
+    done = await asyncio.gather(one.replicas.average_once(), two.replicas.average_once())
+    assert done == [1, 1]
+    assert one.replicas.stats.rounds_completed == two.replicas.stats.rounds_completed == 1
     for x, y, a, b in zip(params(one, "ffn.1"), params(two, "ffn.1"), *before, strict=True):
-        assert torch.allclose(y, (a + 3 * b) / 4, atol=2e-3)
-        assert torch.allclose(x - y, (a - b) / 4, atol=2e-3)
+        assert torch.allclose(x, (a + b) / 2, atol=2e-3)  # equal weights (neither trained): the mean
+        assert torch.allclose(y, (a + b) / 2, atol=2e-3)
 
 
 async def test_a_replica_with_other_shapes_is_refused_and_counted(make_expert_server, backends_factory):
@@ -71,7 +69,7 @@ async def test_a_replica_with_other_shapes_is_refused_and_counted(make_expert_se
         backends=backends_factory("ffn.2", hidden_dim=8, seed=2),
     )
     before = params(honest, "ffn.2")
-    assert await honest.replicas.average_once() == 0
+    assert await honest.replicas.average_once() == 0  # no group with a replica of another shape
     assert honest.replicas.stats.rounds_failed == 1
     for a, b in zip(params(honest, "ffn.2"), before, strict=True):
         assert torch.equal(a, b)
