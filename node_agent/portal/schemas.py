@@ -40,6 +40,7 @@ __all__ = [
     "RenewBody",
     "RenewReply",
     "RenewRequest",
+    "ReplicaState",
     "validate_heartbeat",
     "validate_join",
     "validate_metrics",
@@ -84,6 +85,19 @@ class PeerActivity(_Wire, frozen=True):
     requests: _Count
 
 
+#: Expert states one heartbeat reports (the body must stay under the portal's 16 KiB).
+MAX_REPLICA_STATES = 128
+
+
+class ReplicaState(_Wire, frozen=True):
+    """One hosted expert's training state: its optimiser step and how long ago it last averaged with
+    another replica (None: never; `node_agent.moe.server.replicas`)."""
+
+    uid: _ShortText
+    step: _Count
+    averaged_age_s: _Rate | None = None
+
+
 class HeartbeatBody(_Wire, frozen=True):
     """A heartbeat as the agent builds it; counters are totals since the agent started."""
 
@@ -110,6 +124,11 @@ class HeartbeatBody(_Wire, frozen=True):
     going_offline: Annotated[
         bool, msgspec.Meta(description="the last heartbeat of a clean stop: mark the node offline now")
     ] = False
+    replica_states: Annotated[list[ReplicaState], msgspec.Meta(max_length=MAX_REPLICA_STATES)] = (
+        msgspec.field(default_factory=list)
+    )
+    averaging_rounds_completed: _Count = 0
+    averaging_rounds_failed: _Count = 0
 
 
 class MetricPoint(_Wire, frozen=True):

@@ -67,6 +67,11 @@ class Node(models.Model):
     experts = models.JSONField(default=list, blank=True, help_text="Experts the node says it serves.")
     announced_experts = models.JSONField(default=list, blank=True, help_text="Experts seen in the DHT.")
     peers = models.JSONField(default=list, blank=True)
+    replica_states = models.JSONField(
+        default=list, blank=True, help_text="[{uid, step, averaged_age_s}] from the last heartbeat."
+    )
+    averaging_rounds_completed = models.BigIntegerField(default=0)
+    averaging_rounds_failed = models.BigIntegerField(default=0)
     requests = models.BigIntegerField(default=0)
     samples = models.BigIntegerField(default=0)
     failures = models.BigIntegerField(default=0)

@@ -194,6 +194,7 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "last_metric": metrics[-1] if metrics else None,
         "metrics_count": len(metrics),
         "alerts": list(selectors.open_alerts(project=project)[:20]),
+        "replicas": selectors.replica_summary(project=project, now=now),
     }
     return render(request, "swarm/dashboard.html", context)
 

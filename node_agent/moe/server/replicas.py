@@ -7,10 +7,11 @@
   exported checkpoint), and only then starts from its own initial weights.
 * Averaging: every `period` seconds, for each hosted uid with another live replica, the server takes a
   snapshot of the expert's parameters and optimiser moments and runs one all-reduce round with the uid's
-  other replicas (`node_agent.averaging.DecentralizedAverager`, group key `expert.<uid>`), weighted by the
-  samples each replica trained on since its previous round, so an idle replica does not drag a busy one
-  back. The average is applied plus whatever the expert learnt while the round ran. A replica that
-  vanishes leaves the others holding at most `period` seconds less training than it had.
+  other replicas (`node_agent.averaging.DecentralizedAverager`, group key `expert.<uid>`). Parameters
+  become the common starting point plus every replica's update since it (see `ReplicaSync._average`),
+  moments their mean; an idle replica contributes no update, so it never drags a busy one back. The
+  result is applied plus whatever the expert learnt while the round ran. A replica that vanishes leaves
+  the others holding at most `period` seconds less training than it had.
 
 Takeover downloads go through the hostile-donor checks of every state download (wrong shapes, non-finite
 or huge values, a lying step: the next replica is tried); averaging rounds through the engine's screening
@@ -134,8 +135,8 @@ class ReplicaSync:
         self.donor = StateDonor(self._snapshot, max_sessions=max_donor_sessions)
         self.stats = ReplicaStats()
         self._averagers: dict[str, DecentralizedAverager] = {}
-        #: uid -> samples trained when it last averaged (the next round's weight is what came since).
-        self._samples: dict[str, int] = {}
+        #: uid -> its parameters as last averaged (the common state the next update is measured from).
+        self._base: dict[str, list[torch.Tensor]] = {}
 
     async def _snapshot(self, key: str) -> StateSnapshot | None:
         backend = self.backends.get(key)
@@ -220,20 +221,30 @@ class ReplicaSync:
         return sum(done)
 
     async def _average(self, uid: str) -> bool:
-        """A snapshot of the state goes through one all-reduce round with the uid's other replicas
-        (`node_agent.averaging`, weighted by the samples each trained on since its last round); the
-        result is applied with whatever the expert learnt meanwhile added on top."""
+        """One all-reduce round with the uid's other replicas (`node_agent.averaging`).
+
+        Replicas share a trainer's batches, each taking its own optimiser steps on its share; a plain mean
+        of their parameters would keep only the average of their progress (half of it with two replicas).
+        So each replica also contributes its *update* since the last common state, and the new common
+        state is `mean(states) + (n - 1) * mean(updates)`: the common starting point plus every replica's
+        update, as if one server had taken all the steps. Optimiser moments are plain means. The result
+        is applied with whatever the expert learnt while the round ran added on top.
+        """
         backend = self.backends[uid]
-        names, before, samples = await self.runtime.call(lambda: _averaged_tensors(backend))
-        averager = await self._averager(uid, names, before)
+        names, before = await self.runtime.call(lambda: _averaged_tensors(backend))
+        params = [i for i, name in enumerate(names) if name.startswith(MODULE_PREFIX)]
+        base = self._base.get(uid)
+        if base is None or len(base) != len(params):
+            base = [before[i] for i in params]  # no common state yet: no update to add
+        updates = [before[i] - b for i, b in zip(params, base, strict=True)]
+        averager = await self._averager(uid, names, [*before, *updates])
         if averager is None:
             self.stats.rounds_failed += 1
             return False
-        for work, value in zip(averager.tensors, before, strict=True):
+        for work, value in zip(averager.tensors, [*before, *updates], strict=True):
             work.copy_(value)
-        weight = float(max(1, samples - self._samples.get(uid, 0)))
         try:
-            report = await averager.step(weight=weight, timeout=3 * averager.options.matchmaking_time + 5.0)
+            report = await averager.step(weight=1.0, timeout=3 * averager.options.matchmaking_time + 5.0)
         except AveragingError as exc:
             logger.info("averaging %s found no group: %s", uid, exc)
             self.stats.rounds_failed += 1
@@ -242,12 +253,16 @@ class ReplicaSync:
             logger.warning("averaging %s failed: %s", uid, exc)
             self.stats.rounds_failed += 1
             return False
-        if report.group_size < 2:
+        contributors = report.group_size - len(report.silent) - len(report.refused)
+        if contributors < 2:
             self.stats.rounds_failed += 1
             return False
-        averaged = [t.clone() for t in averager.tensors]
+        averaged = [t.clone() for t in averager.tensors[: len(names)]]
+        mean_updates = averager.tensors[len(names) :]
+        for i, update in zip(params, mean_updates, strict=True):
+            averaged[i] += (contributors - 1) * update
+        self._base[uid] = [averaged[i].clone() for i in params]
         await self.runtime.call(lambda: _apply_average(backend, names, before, averaged))
-        self._samples[uid] = samples
         self.stats.rounds_completed += 1
         self.stats.last_averaged[uid] = time.monotonic()
         return True
@@ -256,9 +271,8 @@ class ReplicaSync:
         self, uid: str, names: list[str], like: list[torch.Tensor]
     ) -> DecentralizedAverager | None:
         averager = self._averagers.get(uid)
-        if averager is not None and [tuple(t.shape) for t in averager.tensors] == [
-            tuple(t.shape) for t in like
-        ]:
+        shapes = [tuple(t.shape) for t in like]
+        if averager is not None and [tuple(t.shape) for t in averager.tensors] == shapes:
             return averager
         if averager is not None:
             await averager.shutdown()
@@ -268,7 +282,8 @@ class ReplicaSync:
             target_group_size=4,
             min_group_size=2,
             matchmaking_time=min(5.0, max(1.0, self.period)),
-            compression=[_compression(name) for name in names],
+            compression=[_compression(name) for name in names]
+            + [Compression.FLOAT16] * (len(like) - len(names)),
         )
         averager = await DecentralizedAverager.create(
             self.dht, self.finder.pool, f"expert.{uid}", [t.clone() for t in like], options
@@ -282,10 +297,10 @@ def _compression(name: str) -> Compression:
     return Compression.NONE if name.startswith(OPTIM_PREFIX) else Compression.FLOAT16
 
 
-def _averaged_tensors(backend: ExpertBackend) -> tuple[list[str], list[torch.Tensor], int]:
+def _averaged_tensors(backend: ExpertBackend) -> tuple[list[str], list[torch.Tensor]]:
     """What replicas average, in a fixed order every replica agrees on: the module's floating tensors
-    and, per parameter, the optimiser's moments (zeros where this replica has not stepped yet). Also the
-    samples trained so far. Compute thread only."""
+    and, per parameter, the optimiser's moments (zeros where this replica has not stepped yet). Compute
+    thread only."""
     snapshot = expert_state(backend)
     names = sorted(
         n for n, t in snapshot.tensors.items() if n.startswith(MODULE_PREFIX) and t.is_floating_point()
@@ -302,7 +317,7 @@ def _averaged_tensors(backend: ExpertBackend) -> tuple[list[str], list[torch.Ten
                 tensors.append(
                     value.float() if value is not None else torch.zeros_like(param, dtype=torch.float32)
                 )
-    return names, tensors, backend.samples_backward
+    return names, tensors
 
 
 def _apply_average(
