@@ -108,3 +108,37 @@ async def test_with_no_live_replica_a_takeover_starts_from_the_last_export(
     finally:
         await server.shutdown()
         await dht.shutdown()
+
+
+async def test_replicas_that_split_the_batches_keep_both_updates(make_expert_server, backends_factory):
+    """Two replicas each train on their own batches: the averaged state holds both updates, as one server
+    taking every step would (a plain mean would keep half of each)."""
+    one = await make_expert_server(
+        "ffn.6", hidden_dim=16, replica_period=0, take_over=False, backends=backends_factory("ffn.6", seed=1)
+    )
+    two = await make_expert_server(
+        "ffn.6", hidden_dim=16, replica_period=0, take_over=False, backends=backends_factory("ffn.6", seed=2)
+    )
+    assert await asyncio.gather(one.replicas.average_once(), two.replicas.average_once()) == [1, 1]
+    base = params(one, "ffn.6")  # the common state both now hold
+
+    async def local_steps(server, seed: int) -> None:
+        backend = server.backends["ffn.6"]
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(3):
+            x, g = torch.randn(8, 16, generator=generator), torch.randn(8, 16, generator=generator)
+            await server.runtime.call(lambda x=x, g=g: backend.backward([x], [g]))
+
+    await local_steps(one, 10)
+    await local_steps(two, 20)
+    deltas = [
+        [a - b for a, b in zip(params(one, "ffn.6"), base, strict=True)],
+        [a - b for a, b in zip(params(two, "ffn.6"), base, strict=True)],
+    ]
+    assert await asyncio.gather(one.replicas.average_once(), two.replicas.average_once()) == [1, 1]
+    for got_one, got_two, b, d1, d2 in zip(
+        params(one, "ffn.6"), params(two, "ffn.6"), base, *deltas, strict=True
+    ):
+        assert torch.allclose(got_one, b + d1 + d2, atol=3e-3)
+        assert torch.allclose(got_two, got_one, atol=3e-3)
+    assert one.replicas.stats.rounds_completed == 2
