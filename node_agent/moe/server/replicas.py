@@ -167,6 +167,11 @@ class ReplicaSync:
             if got is not None:
                 await self._apply(backend, got.tensors, got.step)
                 source = f"replica {got.donor}"
+                names, values = await self.runtime.call(lambda b=backend: _averaged_tensors(b))
+                # The replicas' common state: our first round adds only what we learn from here on.
+                self._base[uid] = [
+                    v for n, v in zip(names, values, strict=True) if n.startswith(MODULE_PREFIX)
+                ]
             elif self.fallback is not None:
                 restored = await self._from_fallback(uid, backend)
                 source = "checkpoint" if restored else source
