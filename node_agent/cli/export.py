@@ -30,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--trainer-checkpoint", default=None, help="the trainer's --checkpoint-dir (or one of its files)"
     )
     parser.add_argument("--rtc-loopback-only", action="store_true", help="offer only 127.0.0.1 (one machine)")
+    upload = parser.add_argument_group("upload to the portal (the project owner's agent)")
+    upload.add_argument("--upload", action="store_true", help="upload the file for the dashboard's download")
+    upload.add_argument("--credential-file", default=None, help="agent.json saved by an earlier join")
+    upload.add_argument("--data-dir", default=None, help="identity and credential directory")
+    upload.add_argument("--join-code", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole gathering")
     parser.set_defaults(handler=run_export)
 
@@ -115,10 +120,16 @@ def run_export(args: argparse.Namespace) -> int:
     except (ExportError, OSError) as exc:
         print(f"error: {exc}", flush=True)
         return 1
+    uploaded = None
+    if args.upload:
+        uploaded = _upload(args, path)
+        if uploaded is None:
+            return 1
     print(
         json.dumps(
             {
                 "out": str(path),
+                "uploaded": uploaded,
                 "experts": len(cells),
                 "missing": missing,
                 "oldest_step": min((c.step for c in cells), default=None),
@@ -129,6 +140,24 @@ def run_export(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0 if cells else 1
+
+
+def _upload(args: argparse.Namespace, path) -> str | None:  # path: Path
+    """Upload the export with the saved credential (`node-agent join` / `train --join-code` made it)."""
+    from node_agent.cli.train import _portal_state
+    from node_agent.portal.client import PortalClient, PortalError
+    from node_agent.portal.joining import AgentSetupError
+
+    try:
+        state, identity = _portal_state(args)
+        portal = args.portal or state.portal_url
+        size = path.stat().st_size
+        client = PortalClient(portal, timeout=max(30.0, size / 1e6))  # >= 1 MB/s
+        reply = client.upload_export(identity, state.credential, path.read_bytes())
+    except (AgentSetupError, PortalError, OSError, ValueError) as exc:
+        print(f"error: upload failed: {exc}", flush=True)
+        return None
+    return str(reply.data.get("sha256", ""))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

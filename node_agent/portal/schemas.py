@@ -20,10 +20,13 @@ from node_agent.portal.tokens import MAX_TOKEN_LENGTH
 
 __all__ = [
     "API_PREFIX",
+    "EXPORT_HEADER",
     "MAX_COUNTER",
     "MAX_METRICS_PER_BODY",
     "MAX_SMALL_COUNT",
     "ErrorReply",
+    "ExportUpload",
+    "ExportUploadBody",
     "Heartbeat",
     "HeartbeatBody",
     "HeartbeatReply",
@@ -41,6 +44,7 @@ __all__ = [
     "RenewReply",
     "RenewRequest",
     "ReplicaState",
+    "validate_export_upload",
     "validate_heartbeat",
     "validate_join",
     "validate_metrics",
@@ -96,6 +100,19 @@ class ReplicaState(_Wire, frozen=True):
     uid: _ShortText
     step: _Count
     averaged_age_s: _Rate | None = None
+
+
+#: Header of `POST /api/v1/agent/export`: the signed `ExportUploadBody` (JSON) describing the raw body.
+EXPORT_HEADER = "X-Colearn-Export"
+
+
+class ExportUploadBody(_Wire, frozen=True):
+    """What an export upload claims about its body (a `node-agent export` safetensors file); signed."""
+
+    credential: _Token
+    node_id: _NodeIdHex
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    size: Annotated[int, msgspec.Meta(ge=1, le=2**40)]
 
 
 class HeartbeatBody(_Wire, frozen=True):
@@ -172,6 +189,13 @@ class Heartbeat(HeartbeatBody, frozen=True, kw_only=True):
     nonce: _Nonce
 
 
+class ExportUpload(ExportUploadBody, frozen=True, kw_only=True):
+    """The signed ``X-Colearn-Export`` header of ``POST /api/v1/agent/export``."""
+
+    ts: _Timestamp
+    nonce: _Nonce
+
+
 class MetricsReport(MetricsBody, frozen=True):
     """Body of ``POST /api/v1/agent/metrics``."""
 
@@ -195,6 +219,10 @@ class RenewRequest(RenewBody, frozen=True):
 
 def validate_heartbeat(body: object) -> Heartbeat:
     return convert(body, Heartbeat, "heartbeat")
+
+
+def validate_export_upload(body: object) -> ExportUpload:
+    return convert(body, ExportUpload, "export upload")
 
 
 def validate_metrics(body: object) -> MetricsReport:

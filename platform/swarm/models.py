@@ -230,3 +230,20 @@ class Alert(models.Model):
                 name="swarm_alert_open_once",
             )
         ]
+
+
+class ProjectExport(models.Model):
+    """A model export (`node-agent export --upload`) the project owner's agent uploaded; the file lives in
+    `settings.EXPORTS_DIR`/<project slug>/<sha256>.safetensors."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="exports")
+    node = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, related_name="exports")
+    uploaded_at = models.DateTimeField()
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["project_id", "-uploaded_at"]
+
+    def __str__(self) -> str:
+        return f"export {self.sha256[:12]} of {self.project_id}"
