@@ -86,7 +86,9 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--timeout", type=float, default=3.0, help="forward/backward timeout (s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--replica-period", type=float, default=2.0, help="replicas average every N s")
+    parser.add_argument(
+        "--replica-period", type=float, default=5.0, help="replicas average every N s (serve's default)"
+    )
     parser.add_argument(
         "--runs",
         default="local,swarm,swarm_with_failure,replicated_with_failure",
