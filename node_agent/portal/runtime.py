@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from node_agent import __version__
 from node_agent.dht.api import DHTNodeAPI
@@ -33,7 +33,7 @@ from node_agent.portal.project_config import ProjectConfig, parse_project_config
 from node_agent.portal.project_dht import ProjectScope, project_validators
 from node_agent.portal.renewal import CredentialRenewer
 from node_agent.portal.reporter import TelemetryReporter
-from node_agent.portal.schemas import HeartbeatBody, PeerActivity
+from node_agent.portal.schemas import MAX_REPLICA_STATES, HeartbeatBody, PeerActivity, ReplicaState
 from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
 from node_agent.supervisor import TaskSupervisor
 
@@ -304,6 +304,9 @@ class AgentRuntime:
             uptime_s=round(now - self.started, 1),
             # Connected peers; the pool does not attribute requests to peers, so the count is 0 (unknown).
             peers=[PeerActivity(node_id=link.node_id.hex(), requests=0) for link in links][:256],
+            replica_states=replica_states(server, now),
+            averaging_rounds_completed=server.replicas.stats.rounds_completed,
+            averaging_rounds_failed=server.replicas.stats.rounds_failed,
         )
 
     def _on_refused(self, error: PortalRefused) -> None:
@@ -346,3 +349,16 @@ class AgentRuntime:
             await self.server.shutdown()
         if self.dht is not None:
             await self.dht.shutdown()
+
+
+def replica_states(server: Any, now: float) -> list[ReplicaState]:
+    """Each hosted expert's step and seconds since it last averaged with another replica."""
+    averaged = server.replicas.stats.last_averaged
+    return [
+        ReplicaState(
+            uid=uid,
+            step=backend.steps,
+            averaged_age_s=round(now - averaged[uid], 1) if uid in averaged else None,
+        )
+        for uid, backend in sorted(server.backends.items())
+    ][:MAX_REPLICA_STATES]

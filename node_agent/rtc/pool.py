@@ -36,7 +36,7 @@ from node_agent.rtc.large_records import (
     large_record_reads_installed,
     selected_path_is_loopback,
 )
-from node_agent.rtc.rpc import ChannelRPC, Handler
+from node_agent.rtc.rpc import ChannelRPC, Handler, RPCHandlerError
 from node_agent.supervisor import TaskSupervisor
 
 if TYPE_CHECKING:  # aiortc loads only when a connection is made
@@ -118,6 +118,8 @@ class ConnectionPool:
         #: Why the last admitted inbound connection never opened ("" if none failed): the agent says so.
         self.last_inbound_failure = ""
         self._own_hosts: frozenset[str] | None = None
+        #: Extra services on the same connections, by method prefix ("avg." -> the averager's handler).
+        self._routes: dict[str, Handler] = {}
 
     @classmethod
     async def create(
@@ -147,6 +149,28 @@ class ConnectionPool:
 
     def set_credential(self, credential: str | None) -> None:
         self.credential = credential
+
+    def add_route(self, prefix: str, handler: Handler) -> None:
+        """Serve methods starting with `prefix` (e.g. "avg.") with `handler`, on every link old and new."""
+        self._routes[prefix] = handler
+
+    def remove_route(self, prefix: str) -> None:
+        self._routes.pop(prefix, None)
+
+    async def _serve(self, method: str, body: Any) -> Any:
+        for prefix, handler in self._routes.items():
+            if method.startswith(prefix):
+                return await handler(method, body)
+        if self.handler is None:
+            raise RPCHandlerError("unknown_method", "this peer serves no calls")
+        return await self.handler(method, body)
+
+    def live_link(self, node_id: bytes) -> PeerLink | None:
+        """A live link with `node_id` in either direction (calls work both ways on one), or None."""
+        link = self._outbound.get(node_id)
+        if link is not None and link.alive:
+            return link
+        return next((link for link in self._inbound.get(node_id, ()) if link.alive), None)
 
     # ---- outbound ------------------------------------------------------------------------------------
 
@@ -418,7 +442,7 @@ class ConnectionPool:
             self._peer_budgets[node_id] = peer_budget
         rpc = ChannelRPC(
             channel,
-            self.handler,
+            self._serve,
             chunk_size=self.options.chunk_size,
             max_payload=self.options.max_payload,
             label=f"{'to' if outbound else 'from'} {node_id.hex()[:8]}",

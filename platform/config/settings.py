@@ -220,7 +220,13 @@ PORTAL_SIGNING_KEY = env_secret("PORTAL_SIGNING_KEY")  # hex Ed25519 seed, or PO
 PORTAL_SIGNING_KEY_GENERATE = env_bool("PORTAL_SIGNING_KEY_GENERATE", DEBUG)  # dev: var/portal_key, 0600
 PORTAL_PUBLIC_URL = env_str("PORTAL_PUBLIC_URL")  # how agents reach the portal; default: the request's host
 AGENT_WHEEL_DIR = Path(env_str("AGENT_WHEEL_DIR", str(VAR_DIR / "agent")))
+#: Model exports uploaded by project owners' agents (`node-agent export --upload`).
+EXPORTS_DIR = Path(env_str("EXPORTS_DIR", str(VAR_DIR / "exports")))
+
 SWARM = {
+    # Largest export an owner's agent may upload, and how many per project are kept (older files deleted).
+    "EXPORT_MAX_BYTES": env_int("SWARM_EXPORT_MAX_BYTES", 512 * 2**20),
+    "EXPORTS_KEPT": env_int("SWARM_EXPORTS_KEPT", 3),
     "JOIN_CODE_TTL": env_int("SWARM_JOIN_CODE_TTL_S", 900),
     # A code checked by the Join command (before its install) stays valid this long after the check, so a slow
     # PyTorch download does not lose it; at most this long past its first expiry, and still single-use.

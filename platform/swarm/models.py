@@ -79,6 +79,11 @@ class Node(models.Model):
     experts = models.JSONField(default=list, blank=True, help_text="Experts the node says it serves.")
     announced_experts = models.JSONField(default=list, blank=True, help_text="Experts seen in the DHT.")
     peers = models.JSONField(default=list, blank=True)
+    replica_states = models.JSONField(
+        default=list, blank=True, help_text="[{uid, step, averaged_age_s}] from the last heartbeat."
+    )
+    averaging_rounds_completed = models.BigIntegerField(default=0)
+    averaging_rounds_failed = models.BigIntegerField(default=0)
     requests = models.BigIntegerField(default=0)
     samples = models.BigIntegerField(default=0)
     failures = models.BigIntegerField(default=0)
@@ -254,3 +259,20 @@ class Alert(models.Model):
                 name="swarm_alert_open_once",
             )
         ]
+
+
+class ProjectExport(models.Model):
+    """A model export (`node-agent export --upload`) the project owner's agent uploaded; the file lives in
+    `settings.EXPORTS_DIR`/<project slug>/<sha256>.safetensors."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="exports")
+    node = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, related_name="exports")
+    uploaded_at = models.DateTimeField()
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["project_id", "-uploaded_at"]
+
+    def __str__(self) -> str:
+        return f"export {self.sha256[:12]} of {self.project_id}"

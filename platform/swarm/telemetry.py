@@ -78,6 +78,12 @@ def heartbeat_record(*, public_key: bytes, heartbeat: Heartbeat, now: datetime) 
         node.agent_version, node.platform = heartbeat.agent_version, heartbeat.platform
         node.experts = sorted(set(heartbeat.experts))
         node.peers = [{"node_id": p.node_id, "requests": p.requests} for p in heartbeat.peers]
+        node.replica_states = [
+            {"uid": r.uid, "step": r.step, "averaged_age_s": r.averaged_age_s}
+            for r in heartbeat.replica_states
+        ]
+        node.averaging_rounds_completed = heartbeat.averaging_rounds_completed
+        node.averaging_rounds_failed = heartbeat.averaging_rounds_failed
         for name in ("requests", "samples", "failures", "bytes_in", "bytes_out", "samples_per_s", "uptime_s"):
             setattr(node, name, getattr(heartbeat, name))
         node.last_heartbeat_at = now

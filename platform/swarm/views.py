@@ -30,6 +30,7 @@ from swarm import ratelimit, selectors, services
 from swarm.api import portal_url
 from swarm.charts import polyline, split_runs, time_polylines
 from swarm.errors import Conflict, RateLimited
+from swarm.exports import export_path, latest_export
 from swarm.models import CodePurpose, Node
 from swarm.openapi import openapi_schema
 from swarm.permissions import can_view_swarm
@@ -238,6 +239,10 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "last_metric": metrics[-1] if metrics else None,
         "metrics_count": len(metrics),
         "alerts": list(selectors.open_alerts(project=project)[:20]),
+        "replicas": selectors.replica_summary(project=project, now=now),
+        "latest_export": latest_export(project_id=project.pk)
+        if can_manage_project(request.user, project)
+        else None,
     }
     return render(request, "swarm/dashboard.html", context)
 
@@ -353,3 +358,18 @@ def api_docs(request: HttpRequest) -> HttpResponse:
         for method, op in item.items()
     ]
     return render(request, "swarm/api_docs.html", {"schema": schema, "operations": operations})
+
+
+def project_export(request: HttpRequest, slug: str) -> FileResponse:
+    """The latest model export the owner's agent uploaded: for the owner (and staff) only."""
+    project = project_get(slug=slug)
+    if project is None or not can_manage_project(request.user, project):
+        raise Http404("No such project.")
+    export = latest_export(project_id=project.pk)
+    if export is None or not export_path(export).exists():
+        raise Http404("No export uploaded yet.")
+    return FileResponse(
+        export_path(export).open("rb"),
+        as_attachment=True,
+        filename=f"{project.slug}-{export.sha256[:12]}.safetensors",
+    )
