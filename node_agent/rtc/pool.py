@@ -35,6 +35,7 @@ from node_agent.rtc.large_records import (
     large_record_reads_installed,
     selected_path_is_loopback,
 )
+from node_agent.rtc.paths import selected_path
 from node_agent.rtc.rpc import ChannelRPC, Handler
 from node_agent.supervisor import TaskSupervisor
 
@@ -207,7 +208,7 @@ class ConnectionPool:
         self._tune_path(pc, reply, node_id)
         link = self._make_link(node_id, pc, channel, outbound=True)
         self._outbound[node_id] = link
-        logger.info("connected to %s at %s", node_id.hex()[:8], endpoint)
+        logger.info("connected to %s at %s (%s)", node_id.hex()[:8], endpoint, _path_text(pc))
         return link
 
     # ---- inbound -------------------------------------------------------------------------------------
@@ -285,7 +286,9 @@ class ConnectionPool:
         link = self._make_link(peer.node_id, pc, channel, outbound=False)
         link.host, link.tier = handshake.host, handshake.tier
         self._inbound.setdefault(peer.node_id, []).append(link)
-        logger.info("accepted connection from %s (%s)", peer.node_id.hex()[:8], peer.endpoint)
+        logger.info(
+            "accepted connection from %s (%s; %s)", peer.node_id.hex()[:8], peer.endpoint, _path_text(pc)
+        )
 
     # ---- admission -----------------------------------------------------------------------------------
 
@@ -462,6 +465,14 @@ def _host_of(endpoint: str) -> str:
         return parse_endpoint(endpoint)[0]
     except ValueError:
         return endpoint
+
+
+def _path_text(pc: RTCPeerConnection) -> str:
+    """The ICE path for the log: direct or relayed, which candidates (`node_agent.rtc.paths`)."""
+    path = selected_path(pc)
+    if path is None:
+        return "path unknown"
+    return f"{'relayed' if path.relayed else 'direct'}: {path.describe()}"
 
 
 def _checked_sdp(payload: Any) -> str:
