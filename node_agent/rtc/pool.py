@@ -18,6 +18,7 @@ incoming messages share byte budgets per peer and per node (`framing.ByteBudget`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from node_agent.dht.api import DHTError, DHTNodeAPI, PeerInfo
 from node_agent.dht.endpoints import parse_endpoint
 from node_agent.rtc.admission import Admission, Slot, Tier
-from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
+from node_agent.rtc.config import IceServer, RTCOptions, apply_process_settings, new_peer_connection
 from node_agent.rtc.fingerprint import FingerprintMismatchError, verify_peer_connection
 from node_agent.rtc.framing import ByteBudget
 from node_agent.rtc.large_records import (
@@ -144,6 +145,10 @@ class ConnectionPool:
 
     def set_credential(self, credential: str | None) -> None:
         self.credential = credential
+
+    def set_ice_servers(self, servers: tuple[IceServer, ...]) -> None:
+        """STUN/TURN servers for connections made from now on (a renewed TURN credential)."""
+        self.options = dataclasses.replace(self.options, ice_servers=servers)
 
     # ---- outbound ------------------------------------------------------------------------------------
 
