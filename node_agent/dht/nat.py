@@ -78,11 +78,13 @@ class NatService:
         )
         self._asks = CostBuckets(config.dial_backs_per_second, config.dial_back_burst, _RATE_KEYS)
         self._probes = CostBuckets(config.dial_backs_per_second, config.dial_back_burst, _RATE_KEYS)
-        self._nonces: dict[bytes, tuple[set[bytes], asyncio.Event]] = {}  # nonce -> (asked ids, arrived)
+        self._nonces: dict[bytes, tuple[bytes, asyncio.Event]] = {}  # nonce -> (asked peer, arrived)
         self.relays: dict[bytes, Address] = {}  # our relays (node id -> address), when unreachable
         self._relay_failed: dict[bytes, float] = {}  # relay id -> monotonic time it failed us
         self._listeners: list[RelaysListener] = []
         self._wake = asyncio.Event()
+        if self.reachability is Reachability.UNREACHABLE and not self.explicit_client:
+            node.core.client_mode = True  # before the first datagram: never enter others' tables
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -131,7 +133,7 @@ class NatService:
     # -- the loop -----------------------------------------------------------------------------------
     async def _run(self) -> None:
         next_check = 0.0
-        while True:
+        while not self.node._closed:
             now = time.monotonic()
             if self.config.reachability == "auto" and now >= next_check and self.node.joined:
                 self._apply(await self.check())
@@ -146,7 +148,8 @@ class NatService:
             if self.config.reachability == "auto":
                 timeout = min(timeout, max(0.1, next_check - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     # -- dial-back: the asker -----------------------------------------------------------------------
     async def check(self) -> Reachability:
@@ -156,19 +159,22 @@ class NatService:
         peers = peers[:DIAL_BACK_ASKS]
         if not peers:
             return Reachability.UNKNOWN
-        nonce = os.urandom(NONCE_BYTES)
         arrived = asyncio.Event()
-        self._nonces[nonce] = ({p.node_id for p in peers}, arrived)
+        nonces = {os.urandom(NONCE_BYTES): peer for peer in peers}  # one per asked peer: its probe must
+        for nonce, peer in nonces.items():  # come from someone else
+            self._nonces[nonce] = (peer.node_id, arrived)
         try:
             answers = await asyncio.gather(
-                *(self._ask_dial_back(p.node_id, p.address, nonce) for p in peers), return_exceptions=True
+                *(self._ask_dial_back(p.node_id, p.address, n) for n, p in nonces.items()),
+                return_exceptions=True,
             )
             sent = [answer is True for answer in answers]
             if any(sent) and not arrived.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(arrived.wait(), self.config.dial_back_wait)
         finally:
-            del self._nonces[nonce]
+            for nonce in nonces:
+                del self._nonces[nonce]
         self.checked_at = time.time()
         outcome = dial_back_outcome(sent, arrived.is_set(), min_confirmed=min(2, len(peers)))
         logger.info("dial-back: %s (%d of %d helpers sent a probe)", outcome.value, sum(sent), len(peers))
@@ -180,10 +186,11 @@ class NatService:
         return response.payload.get("sent") is True
 
     def on_ping(self, request: Request) -> None:
-        """A ping carrying a nonce of ours from someone we did not ask: a stranger's packet reached us."""
+        """A ping carrying a nonce of ours from another peer than the one we gave it to: a stranger's packet
+        reached us."""
         nonce = request.payload.get("n")
         entry = self._nonces.get(nonce) if isinstance(nonce, bytes) else None
-        if entry is not None and request.peer.node_id not in entry[0]:
+        if entry is not None and request.peer.node_id != entry[0]:
             entry[1].set()
 
     # -- dial-back: the asked peer and the helper ---------------------------------------------------
@@ -223,10 +230,18 @@ class NatService:
             source_key(request.address[0]), 1.0, time.monotonic()
         ):
             return "err", {"e": "probe refused"}
-        core = self.node.core
-        rid, data = core.request("ping", {"n": nonce}, target, None, now)
-        core.forget(rid)  # fire and forget: the answer, if any, is dropped as unexpected
-        return "ok", {"sent": bool(self.node._transport.sendto(data, target))}
+        node = self.node
+        data = seal(
+            node.identity,
+            "ping",
+            os.urandom(RID_BYTES),
+            now,
+            b"",
+            True,
+            {"n": nonce},
+            self.config.max_datagram,
+        )
+        return "ok", {"sent": bool(node._transport.send_once(data, target))}
 
     # -- relays: the unreachable node ---------------------------------------------------------------
     async def _keep_relays(self) -> None:

@@ -127,6 +127,7 @@ class DHTNode:
         network: MemoryNetwork | None = None,
         validators: Mapping[str, RecordValidator] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        behind_nat: bool = False,
         **options: Any,
     ) -> DHTNode:
         """Bind, bootstrap from ``initial_peers`` and start maintenance; ``network`` selects the simulator.
@@ -134,13 +135,14 @@ class DHTNode:
         ``identity=None`` makes a fresh ephemeral identity; pass ``Identity.load_or_create()`` to keep one.
         ``validators`` (namespace prefix -> validator) apply before the first datagram, joining included.
         ``clock`` (:mod:`node_agent.dht.clock`) is what tests move instead of sleeping.
+        ``behind_nat`` (simulator only): the endpoint receives only from addresses it has sent to.
         """
         node = cls(identity or Identity.generate(), DHTConfig.from_options(**options), client_mode, clock)
         for prefix, validator in (validators or {}).items():
             node.register_validator(prefix, validator)
         host, port, _ = parse_endpoint(listen)
         if network is not None:
-            node._transport = network.bind(node._on_datagram, host, port)
+            node._transport = network.bind(node._on_datagram, host, port, filtered=behind_nat)
         else:
             node._transport = await UDPTransport.create(
                 host, port, node._on_datagram, node._on_transport_lost

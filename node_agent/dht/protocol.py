@@ -196,7 +196,9 @@ class ProtocolCore:
         if reason is not None:
             self.drops.drop(reason, source=address)
             return None
-        if not envelope.client_mode:
+        if envelope.kind == "ping" and "n" in envelope.payload:
+            pass  # a dial-back probe comes from a throwaway port: it says nothing about the sender
+        elif not envelope.client_mode:
             self._observe(envelope.node_id, address, now, address_proven=False)
         elif self.routing.remove(envelope.node_id):
             logger.debug("%s is a client now; dropped from the routing table", peer.endpoint)
