@@ -225,8 +225,8 @@ class ConnectionPool:
         failures = []
         for relay in relays:
             try:
-                _peer, reply = await self.dht.call_rpc_via_relay(
-                    relay, node_id, OFFER_RPC, offer, timeout / len(relays)
+                _peer, reply = await self.dht.call_rpc_via_relay(  # each leaves time for the rest
+                    relay, node_id, OFFER_RPC, offer, 0.9 * timeout / len(relays)
                 )
                 return reply
             except DHTError as exc:
