@@ -351,7 +351,7 @@ class ExpertCaller:
             self._peer_requests[handle.node_id] += 1
         try:
             async with asyncio.timeout(timeout):
-                link = await self.pool.connect(handle.node_id, handle.endpoint, timeout)
+                link = await self.pool.connect(handle.node_id, handle.endpoint, timeout, handle.relays)
                 return await link.rpc.call(method, body, timeout)
         except TimeoutError:
             raise ExpertTimeoutError(f"{handle.uid} {method} timed out after {timeout:.1f} s") from None

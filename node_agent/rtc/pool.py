@@ -4,7 +4,9 @@ Signalling (docs/architecture.md, 3.3): the caller sends its SDP offer as the ap
 to the peer's DHT endpoint, pinned to the peer's node id; the answer comes back in the signed reply. There
 is no trickle ICE in aiortc, so that one round trip carries all candidates. After the DTLS handshake both
 sides check the remote certificate against the fingerprint in the SDP the other signed
-(`node_agent.rtc.fingerprint`) and drop the connection on a mismatch.
+(`node_agent.rtc.fingerprint`) and drop the connection on a mismatch. A peer that announced relays (it is
+unreachable from outside, `node_agent.dht.nat`) gets the offer through one of them, still sealed end to end
+by the DHT (`call_rpc_via_relay`): a relay can drop an offer or answer, never forge or alter one.
 
 Concurrent callers share the connection being set up; a connection idle for `idle_timeout` is closed; a
 dropped connection is forgotten so the next call sets up a fresh one.
@@ -22,6 +24,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -152,8 +155,12 @@ class ConnectionPool:
 
     # ---- outbound ------------------------------------------------------------------------------------
 
-    async def connect(self, node_id: bytes, endpoint: str, timeout: float | None = None) -> PeerLink:
-        """The live link to `node_id`, opening one if needed; concurrent callers share one set-up."""
+    async def connect(
+        self, node_id: bytes, endpoint: str, timeout: float | None = None, relays: Sequence[str] = ()
+    ) -> PeerLink:
+        """The live link to `node_id`, opening one if needed; concurrent callers share one set-up.
+
+        `relays` (from the peer's announcement): signal through them instead of `endpoint`."""
         if self._closed:
             raise ConnectError("connection pool is closed")
         link = self._outbound.get(node_id)
@@ -163,7 +170,7 @@ class ConnectionPool:
             self._forget(link)
         pending = self._connecting.get(node_id)
         if pending is None:
-            pending = asyncio.ensure_future(self._open(node_id, endpoint))
+            pending = asyncio.ensure_future(self._open(node_id, endpoint, tuple(relays)))
             self._connecting[node_id] = pending
             pending.add_done_callback(lambda _f: self._connecting.pop(node_id, None))
             pending.add_done_callback(_consume_exception)
@@ -173,7 +180,7 @@ class ConnectionPool:
         except TimeoutError:
             raise ConnectError(f"connecting to {node_id.hex()[:8]} at {endpoint} timed out") from None
 
-    async def _open(self, node_id: bytes, endpoint: str) -> PeerLink:
+    async def _open(self, node_id: bytes, endpoint: str, relays: tuple[str, ...] = ()) -> PeerLink:
         from aiortc import RTCSessionDescription
 
         pc = new_peer_connection(self.options)
@@ -183,16 +190,7 @@ class ConnectionPool:
                 opened = asyncio.Event()
                 channel.on("open", opened.set)
                 await pc.setLocalDescription(await pc.createOffer())
-                try:
-                    _peer, reply = await self.dht.call_rpc(
-                        endpoint,
-                        OFFER_RPC,
-                        self._signalling_message(pc),
-                        timeout=self.options.connect_timeout,
-                        expected_node_id=node_id,
-                    )
-                except DHTError as exc:
-                    raise ConnectError(f"signalling to {endpoint} failed: {exc}") from exc
+                reply = await self._signal(node_id, endpoint, relays, self._signalling_message(pc))
                 if isinstance(reply, dict) and "refused" in reply:
                     reason = str(reply["refused"])[:200]
                     raise ConnectRefusedError(f"{node_id.hex()[:8]} refused the connection: {reason}")
@@ -215,6 +213,32 @@ class ConnectionPool:
         self._outbound[node_id] = link
         logger.info("connected to %s at %s (%s)", node_id.hex()[:8], endpoint, _path_text(pc))
         return link
+
+    async def _signal(
+        self, node_id: bytes, endpoint: str, relays: tuple[str, ...], offer: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Send our offer directly, or through the peer's relays in turn (a relay that fails, drops or
+        tampers with the exchange costs one attempt); the peer's answer."""
+        timeout = self.options.connect_timeout
+        if not relays:
+            try:
+                _peer, reply = await self.dht.call_rpc(
+                    endpoint, OFFER_RPC, offer, timeout=timeout, expected_node_id=node_id
+                )
+            except DHTError as exc:
+                raise ConnectError(f"signalling to {endpoint} failed: {exc}") from exc
+            return reply
+        failures = []
+        for relay in relays:
+            try:
+                _peer, reply = await self.dht.call_rpc_via_relay(  # each leaves time for the rest
+                    relay, node_id, OFFER_RPC, offer, 0.9 * timeout / len(relays)
+                )
+                return reply
+            except DHTError as exc:
+                failures.append(f"{relay}: {exc}")
+        reasons = "; ".join(failures)
+        raise ConnectError(f"signalling to {node_id.hex()[:8]} through its relays failed: {reasons}")
 
     # ---- inbound -------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ the background loops run under a `TaskSupervisor` (restarted when they die, `on_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -113,6 +114,7 @@ class ExpertServer:
             on_step_failed=self._count_failure,
         )
         self.supervisor = TaskSupervisor("expert server", on_fatal=on_fatal)
+        self._relays_changed = asyncio.Event()  # set by the DHT when our relays change
 
     @classmethod
     async def create(
@@ -149,6 +151,7 @@ class ExpertServer:
         )
         if announce:
             await server.announce()
+            dht.add_relay_listener(lambda _relays: server._relays_changed.set())
             server.supervisor.start("expert-reannounce", server._reannounce)
         server.supervisor.start("expert-stats", server._report)
         if server.forward_cache.enabled:
@@ -255,8 +258,11 @@ class ExpertServer:
     # ---- background ----------------------------------------------------------------------------------
 
     async def _reannounce(self) -> None:
+        """Every `announce_period`, and at once when our relays change (offers must find the new ones)."""
         while True:
-            await asyncio.sleep(self.options.announce_period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._relays_changed.wait(), self.options.announce_period)
+            self._relays_changed.clear()
             try:
                 await self.announce()
             except DHTValidationError as exc:  # e.g. our credential expired or was revoked
