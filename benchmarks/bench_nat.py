@@ -24,6 +24,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import statistics
 import sys
 import time
@@ -141,7 +142,8 @@ def run_scenario(lab: Any, turn: Any, peers: list[str], name: str, args: argpars
     from tests.netlab.agents import ice_server_args, start_server, wait_for_log
 
     ice = ice_server_args(turn, user=name)
-    volunteer = lab.home_network(f"{name}-v", nat=nat, uplink_mbit=uplink_mbit, downlink_mbit=None).host("pc")
+    home = lab.home_network(f"{name}-v", nat=nat, uplink_mbit=uplink_mbit, queue_ms=args.queue_ms)
+    volunteer = home.host("pc")
     log = lab.workdir / f"{name}-server.log"
     server = start_server(volunteer, "expert.[0:4]", peers, [*ice, "--expert-class", expert_class], log,
                           hidden_dim=hidden_dim)  # fmt: skip
@@ -152,13 +154,17 @@ def run_scenario(lab: Any, turn: Any, peers: list[str], name: str, args: argpars
                str(args.num_clients), "--batches-per-client", str(batches),
                "--connects", str(args.connects)]  # fmt: skip
     result = client_host.run(command, timeout=1200, check=False)
+    qdisc = home.router.run(["tc", "-s", "qdisc", "show", "dev", "wan"], check=False).stdout
+    dropped = re.search(r"dropped (\d+)", qdisc)
     server.terminate()
     server.wait(timeout=30)
     if result.returncode != 0:
         raise SystemExit(
             f"{name}: clients failed\n{result.stderr[-3000:]}\n{log.read_text(errors='replace')[-2000:]}"
         )
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    figures = dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    figures["uplink_queue_drops"] = int(dropped.group(1)) if dropped else None
+    return figures
 
 
 def raw_channel(lab: Any, turn: Any) -> float:
@@ -188,11 +194,15 @@ def main() -> None:
     clients.add_argument("--batches-per-client", type=int, default=32)
     clients.add_argument("--connects", type=int, default=5)
     parser.add_argument("--uplink-mbit", type=float, default=20.0)
+    parser.add_argument(
+        "--queue-ms", type=int, default=100, help="the home router's buffer at the shaped rate"
+    )
     parser.add_argument("--num-clients", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--batches-per-client", type=int, default=32)
     parser.add_argument("--nop-batches-per-client", type=int, default=16)
     parser.add_argument("--connects", type=int, default=5, help="fresh connections timed per client")
+    parser.add_argument("--scenarios", default="direct,relayed,unshaped", help="which parts to run")
     args = parser.parse_args()
     if args.command == "clients":
         clients_command(args)
@@ -205,12 +215,15 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "nat",
         "uplink_mbit": args.uplink_mbit,
+        "queue_ms": args.queue_ms,
         "num_clients": args.num_clients,
     }
     with NetLab() as lab:
         turn = lab.start_coturn("bench-nat-secret")
         peers = start_bootstraps([lab.public_host("boot1"), lab.public_host("boot2")], lab.workdir)
         for name, nat in (("direct", "cone"), ("relayed", "symmetric")):
+            if name not in args.scenarios.split(","):
+                continue
             figures = run_scenario(lab, turn, peers, name, args, nat=nat, expert_class="ffn", hidden_dim=256,
                                    uplink_mbit=args.uplink_mbit, batches=args.batches_per_client)  # fmt: skip
             connects = figures["connects"]
@@ -225,7 +238,12 @@ def main() -> None:
                 "relayed_paths": sum(p["relayed"] for p in figures["paths"]),
                 "paths": len(figures["paths"]),
                 "chunk_sizes": sorted({p["chunk_size"] for p in figures["paths"]}),
+                # packets the home router's full buffer dropped: SCTP then waits for its retransmission timer
+                "uplink_queue_drops": figures["uplink_queue_drops"],
             }
+        if "unshaped" not in args.scenarios.split(","):
+            print(json.dumps(result))
+            return
         nop = run_scenario(lab, turn, peers, "nop", args, nat="cone", expert_class="nop", hidden_dim=1024,
                            uplink_mbit=None, batches=args.nop_batches_per_client)  # fmt: skip
         result["unshaped_direct"] = {
