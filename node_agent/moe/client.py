@@ -129,7 +129,7 @@ class ExpertCaller:
         *,
         rtc_options: RTCOptions | None = None,
         compression: Compression | str = DEFAULT_COMPRESSION,
-        listen: str = "127.0.0.1:0",
+        listen: str = "0.0.0.0:0",
         identity: Any = None,
         use_uvloop: bool = True,
         reuse_forward: bool = True,
@@ -142,7 +142,9 @@ class ExpertCaller:
         `credential`: our portal credential, carried in connection offers so that servers of a gated
         project admit us ahead of unknown peers when they are busy.
         `require_initial_peer=False`: start even if no initial peer answers and keep retrying them (the
-        DHT node's backoff); see `wait_joined`."""
+        DHT node's backoff); see `wait_joined`. `listen`: the client-mode DHT node's address; every interface
+        by default, so a trainer reaches peers outside its own machine (a node bound to 127.0.0.1 reaches
+        nothing else)."""
         self.credential = credential
         self.require_initial_peer = require_initial_peer
         self.initial_peers = list(initial_peers)

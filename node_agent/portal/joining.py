@@ -86,6 +86,7 @@ def obtain_agent_state(
                 credential=reply["credential"],
                 config=dict(reply["config"]),
                 node=dict(reply.get("node") or {}),
+                turn=reply.get("turn") if isinstance(reply.get("turn"), dict) else None,
             )
             state.check(identity.public_key_bytes)
         except PortalRefused as exc:

@@ -20,6 +20,7 @@ incoming messages share byte budgets per peer and per node (`framing.ByteBudget`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from node_agent.dht.api import DHTError, DHTNodeAPI, PeerInfo
 from node_agent.dht.endpoints import parse_endpoint
 from node_agent.rtc.admission import Admission, Slot, Tier
-from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
+from node_agent.rtc.config import IceServer, RTCOptions, apply_process_settings, new_peer_connection
 from node_agent.rtc.fingerprint import FingerprintMismatchError, verify_peer_connection
 from node_agent.rtc.framing import ByteBudget
 from node_agent.rtc.large_records import (
@@ -38,6 +39,7 @@ from node_agent.rtc.large_records import (
     large_record_reads_installed,
     selected_path_is_loopback,
 )
+from node_agent.rtc.paths import selected_path
 from node_agent.rtc.rpc import ChannelRPC, Handler
 from node_agent.supervisor import TaskSupervisor
 
@@ -147,6 +149,10 @@ class ConnectionPool:
     def set_credential(self, credential: str | None) -> None:
         self.credential = credential
 
+    def set_ice_servers(self, servers: tuple[IceServer, ...]) -> None:
+        """STUN/TURN servers for connections made from now on (a renewed TURN credential)."""
+        self.options = dataclasses.replace(self.options, ice_servers=servers)
+
     # ---- outbound ------------------------------------------------------------------------------------
 
     async def connect(
@@ -205,7 +211,7 @@ class ConnectionPool:
         self._tune_path(pc, reply, node_id)
         link = self._make_link(node_id, pc, channel, outbound=True)
         self._outbound[node_id] = link
-        logger.info("connected to %s at %s", node_id.hex()[:8], endpoint)
+        logger.info("connected to %s at %s (%s)", node_id.hex()[:8], endpoint, _path_text(pc))
         return link
 
     async def _signal(
@@ -309,7 +315,9 @@ class ConnectionPool:
         link = self._make_link(peer.node_id, pc, channel, outbound=False)
         link.host, link.tier = handshake.host, handshake.tier
         self._inbound.setdefault(peer.node_id, []).append(link)
-        logger.info("accepted connection from %s (%s)", peer.node_id.hex()[:8], peer.endpoint)
+        logger.info(
+            "accepted connection from %s (%s; %s)", peer.node_id.hex()[:8], peer.endpoint, _path_text(pc)
+        )
 
     # ---- admission -----------------------------------------------------------------------------------
 
@@ -486,6 +494,14 @@ def _host_of(endpoint: str) -> str:
         return parse_endpoint(endpoint)[0]
     except ValueError:
         return endpoint
+
+
+def _path_text(pc: RTCPeerConnection) -> str:
+    """The ICE path for the log: direct or relayed, which candidates (`node_agent.rtc.paths`)."""
+    path = selected_path(pc)
+    if path is None:
+        return "path unknown"
+    return f"{'relayed' if path.relayed else 'direct'}: {path.describe()}"
 
 
 def _checked_sdp(payload: Any) -> str:
