@@ -18,7 +18,7 @@ FAST = {
     "dial_back_wait": 0.5,
     "dial_back_retry": 1.0,
     "relay_keepalive": 0.3,
-    "rpc_timeout": 0.5,
+    "rpc_timeout": 1.5,
     "relay_forward_timeout": 2.0,
 }
 
