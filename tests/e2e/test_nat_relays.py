@@ -11,22 +11,17 @@ experts stay reachable for `COLEARN_RELAY_SOAK_S` seconds (60 by default; the is
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.netlab import Host, NetLab, skip_unless_lab
+from tests.netlab import NetLab, skip_unless_lab
+from tests.netlab.relay_swarm import Process, RelaySwarm
 
 pytestmark = [pytest.mark.e2e]
 
-DHT_PORT = 31337
 UID = "ffn.0.0"
 SOAK_SECONDS = float(os.environ.get("COLEARN_RELAY_SOAK_S", "60"))
 
@@ -39,120 +34,55 @@ def lab() -> Iterator[NetLab]:
         yield built
 
 
-def start(host: Host, lab: NetLab, name: str, argv: list[str]) -> tuple[subprocess.Popen[Any], Path]:
-    log = lab.workdir / f"{name}.log"
-    process = host.popen(
-        [sys.executable, *argv], stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=str(lab.workdir)
-    )
-    return process, log
-
-
-def wait_for_line(log: Path, needle: str, timeout: float, process: subprocess.Popen[Any]) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in log.read_text(errors="replace").splitlines():
-            if needle in line:
-                return line
-        if process.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise AssertionError(f"no {needle!r} in {log.name} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def probe_rounds(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-
-
-def swarm(lab: NetLab, loss_percent: int = 0) -> dict[str, Any]:
-    """Three public DHT nodes, a volunteer serving experts behind a cone NAT; returns who is where."""
+def home_volunteer(lab: NetLab, loss_percent: int = 0) -> tuple[RelaySwarm, Process, list[str]]:
+    """Three public DHT nodes; a volunteer behind a cone NAT that found itself unreachable, with relays."""
     assert lab.turn is not None
-    stun = lab.turn.stun_url
-    publics = {name: lab.public_host(name) for name in ("boot", "p1", "p2")}
-    processes = {}
-    boot_peer = f"{publics['boot'].address}:{DHT_PORT}"
-    for name, host in publics.items():
-        peers = [] if name == "boot" else ["--initial-peers", boot_peer]
-        processes[name] = start(
-            host, lab, name,
-            ["-m", "node_agent", "-v", "bootstrap", "--listen", f"0.0.0.0:{DHT_PORT}", "--ephemeral", *peers],
-        )  # fmt: skip
-        time.sleep(0.5)
+    swarm = RelaySwarm(lab, lab.turn.stun_url)
+    swarm.start_publics()
     home = lab.home_network("home", nat="cone", loss_percent=loss_percent)
-    volunteer = start(
-        home.host("v"), lab, "volunteer",
-        ["-m", "node_agent", "-v", "serve", "--experts", "ffn.0.[0:2]", "--hidden-dim", "16", "--ephemeral",
-         "--initial-peers", boot_peer, "--ice-server", stun, "--announce-period", "10",
-         "--stats-period", "3600"],
-    )  # fmt: skip
-    line = wait_for_line(volunteer[1], "relays now: ", 60, volunteer[0])
+    volunteer = swarm.serve(home.host("v"), "volunteer", "ffn.0.[0:2]")
+    line = volunteer.wait_for_line("relays now: ", 60)
     relays = line.split("relays now: ", 1)[1].strip().split(", ")
     assert len(relays) == 2, line
-    wait_for_line(volunteer[1], "dial-back: unreachable", 1, volunteer[0])
-    return {
-        "publics": publics,
-        "processes": processes,
-        "volunteer": volunteer,
-        "relays": relays,
-        "stun": stun,
-    }
+    volunteer.wait_for_line("dial-back: unreachable", 1)
+    return swarm, volunteer, relays
 
 
-def start_probe(lab: NetLab, setup: dict[str, Any], duration: float) -> tuple[subprocess.Popen[Any], Path]:
-    boot = setup["publics"]["boot"]
-    return start(
-        lab.public_host("trainer"), lab, "probe",
-        ["-m", "tests.netlab.expert_probe", "--initial-peers", f"{boot.address}:{DHT_PORT}", "--uid", UID,
-         "--ice-server", setup["stun"], "--duration", str(duration), "--period", "2"],
-    )  # fmt: skip
-
-
-def test_home_volunteer_is_reached_through_relays_and_a_killed_relay_is_replaced_within_30s(
-    lab: NetLab,
-) -> None:
-    setup = swarm(lab)
-    probe, log = start_probe(lab, setup, duration=75)
-    wait_for_line(log, '"ok": true', 40, probe)
-    first_ok = next(r for r in probe_rounds(log) if r["ok"])
+def test_home_volunteer_is_reached_through_relays_and_a_killed_relay_is_replaced_in_30s(lab: NetLab) -> None:
+    swarm, volunteer, relays = home_volunteer(lab)
+    probe = swarm.probe("trainer", UID, duration=75)
+    probe.wait_for_line('"ok": true', 40)
+    first_ok = next(r for r in probe.rounds() if r["ok"])
     assert first_ok["relays"], first_ok  # reached through the relays its announcement names
 
     # Kill a relay the volunteer uses (one that is not the trainer's bootstrap peer if it can be helped).
-    by_address = {f"{h.address}:{DHT_PORT}": name for name, h in setup["publics"].items()}
-    in_use = [by_address[relay.split("/")[0]] for relay in setup["relays"]]
+    in_use = [swarm.public_name(relay) for relay in relays]
     victim = next((n for n in in_use if n != "boot"), in_use[0])
-    victim_address = setup["publics"][victim].address
-    process, _ = setup["processes"][victim]
-    process.kill()
-    process.wait(timeout=10)
-    killed_at = next(r["t"] for r in reversed(probe_rounds(log)))
+    victim_address = swarm.publics[victim].address
+    swarm.nodes[victim].popen.kill()
+    swarm.nodes[victim].popen.wait(timeout=10)
+    killed_at = probe.rounds()[-1]["t"]
 
     deadline = time.monotonic() + 45
     recovered = None
-    while recovered is None and time.monotonic() < deadline and probe.poll() is None:
-        rounds = probe_rounds(log)
-        recovered = next(
-            (
-                r
-                for r in rounds
-                if r["t"] > killed_at and r["ok"] and not any(victim_address in x for x in r["relays"])
-            ),
-            None,
-        )
+    while recovered is None and time.monotonic() < deadline and probe.popen.poll() is None:
+        fresh = [r for r in probe.rounds() if r["t"] > killed_at and r["ok"]]
+        recovered = next((r for r in fresh if not any(victim_address in x for x in r["relays"])), None)
         time.sleep(0.5)
-    probe.kill()
-    assert recovered is not None, probe_rounds(log)
+    probe.popen.kill()
+    assert recovered is not None, probe.rounds()
     recovery_s = recovered["t"] - killed_at
-    assert recovery_s <= 30, (recovery_s, probe_rounds(log))
-    wait_for_line(setup["volunteer"][1], "replacing it", 1, setup["volunteer"][0])
+    assert recovery_s <= 30, (recovery_s, probe.rounds())
+    volunteer.wait_for_line("replacing it", 1)
     print(f"relay {victim} killed; reachable again through a new relay after {recovery_s:.1f} s")
 
 
 def test_experts_stay_reachable_through_relays_over_a_lossy_uplink(lab: NetLab) -> None:
-    setup = swarm(lab, loss_percent=1)
-    probe, log = start_probe(lab, setup, duration=SOAK_SECONDS)
-    probe.wait(timeout=SOAK_SECONDS + 60)
-    rounds = probe_rounds(log)
+    swarm, _volunteer, _relays = home_volunteer(lab, loss_percent=1)
+    probe = swarm.probe("trainer", UID, duration=SOAK_SECONDS)
+    probe.popen.wait(timeout=SOAK_SECONDS + 60)
+    rounds = probe.rounds()
     ok = [r for r in rounds if r["ok"]]
     assert len(rounds) >= SOAK_SECONDS / 4 and all(r["relays"] for r in ok), rounds
-    success = len(ok) / len(rounds)
-    assert success >= 0.95, rounds
+    assert len(ok) / len(rounds) >= 0.95, rounds
     print(f"{SOAK_SECONDS:.0f} s at 1% uplink loss: {len(ok)}/{len(rounds)} relayed rounds succeeded")

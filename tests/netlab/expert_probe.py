@@ -1,6 +1,7 @@
 """A trainer-side probe for lab tests: every `--period` seconds it looks an expert up in the DHT and calls it
 over a *fresh* connection (so each round signals again, through the relays the server announces), printing
-one JSON line per round: `{"t", "ok", "relays", "seconds", "error"}`.
+one JSON line per round: `{"t", "ok", "relays", "seconds", "connect_s", "error"}` (`connect_s`: offer sent to
+data channel open, the offer through a relay when the server announces relays).
 
     python -m tests.netlab.expert_probe --initial-peers 198.18.0.2:31337 --uid ffn.0.0 --hidden-dim 16 \
         --ice-server stun:198.18.0.9:3478 --duration 60
@@ -48,12 +49,19 @@ def main(argv: list[str] | None = None) -> None:
         while time.monotonic() - started < args.duration:
             round_started = time.monotonic()
             relays: list[str] = []
+            connect_s = None
             try:
                 caller.run(fresh_pool(caller)).result(10)
                 (handle,) = caller.run(get_experts(caller.dht, [args.uid])).result(args.timeout)
                 if handle is None:
                     raise RuntimeError("expert not found in the DHT")
                 relays = list(handle.relays)
+                connect_started = time.monotonic()
+                assert caller.pool is not None
+                caller.run(
+                    caller.pool.connect(handle.node_id, handle.endpoint, args.timeout, handle.relays)
+                ).result(args.timeout + 5)
+                connect_s = time.monotonic() - connect_started
                 (out,) = caller.forward(handle, [torch.randn(2, args.hidden_dim)], args.timeout).result(
                     args.timeout + 5
                 )
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                 ok=ok,
                 relays=relays,
                 seconds=round(time.monotonic() - round_started, 2),
+                connect_s=None if connect_s is None else round(connect_s, 3),
                 error=error[:300],
             )
             time.sleep(max(0.0, args.period - (time.monotonic() - round_started)))
