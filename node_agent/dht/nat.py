@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 NONCE_BYTES = 16
 DIAL_BACK_ASKS = 3  # peers asked per check (each arranges one probe)
 HELPER_CANDIDATES = 3  # helpers an asked peer tries before it gives up
+UNREACHABLE_CONFIRMATIONS = 2  # unreachable verdicts in a row before a node gives up storage duty
+UNREACHABLE_RECHECK = 3.0  # seconds before the confirming check
+FIRST_CHECK_SPREAD = 5.0  # seconds over which the first dial-backs of nodes started together spread
 _RATE_KEYS = 65_536
 Address = tuple[str, int]
 RelaysListener = Callable[[list[str]], None]
@@ -83,6 +86,7 @@ class NatService:
         self._relay_failed: dict[bytes, float] = {}  # relay id -> monotonic time it failed us
         self._listeners: list[RelaysListener] = []
         self._wake = asyncio.Event()
+        self._unreachable_streak = 0
         if self.reachability is Reachability.UNREACHABLE and not self.explicit_client:
             node.core.client_mode = True  # before the first datagram: never enter others' tables
 
@@ -132,21 +136,31 @@ class NatService:
 
     # -- the loop -----------------------------------------------------------------------------------
     async def _run(self) -> None:
-        next_check = 0.0
+        next_check = None  # first check: a random moment soon after joining (nodes started together spread)
         while not self.node._closed:
             now = time.monotonic()
-            if self.config.reachability == "auto" and now >= next_check and self.node.joined:
-                self._apply(await self.check())
+            if next_check is None and self.node.joined:
+                next_check = now + random.uniform(0.5, 0.5 + FIRST_CHECK_SPREAD)
+            if self.config.reachability == "auto" and next_check is not None and now >= next_check:
+                outcome = await self.check()
+                self._unreachable_streak = (
+                    self._unreachable_streak + 1 if outcome is Reachability.UNREACHABLE else 0
+                )
                 wait = self.config.dial_back_interval
-                if self.reachability is Reachability.UNKNOWN:
-                    wait = self.config.dial_back_retry
+                if 0 < self._unreachable_streak < UNREACHABLE_CONFIRMATIONS:
+                    wait = UNREACHABLE_RECHECK  # one verdict may come from a loaded moment: ask again soon
+                else:
+                    self._apply(outcome)
+                    if self.reachability is Reachability.UNKNOWN:
+                        wait = self.config.dial_back_retry
                 next_check = time.monotonic() + wait
             if self.reachability is Reachability.UNREACHABLE:
                 await self._keep_relays()
             self._wake.clear()
             timeout = self.config.relay_keepalive
             if self.config.reachability == "auto":
-                timeout = min(timeout, max(0.1, next_check - time.monotonic()))
+                until = 1.0 if next_check is None else next_check - time.monotonic()
+                timeout = min(timeout, max(0.1, until))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()

@@ -99,6 +99,7 @@ class DHTNode:
         self.nat = NatService(self)
         self._transport: UDPTransport | Any = None
         self._advertised_host = "127.0.0.1"
+        self._bound_wildcard = False
         self._waiters: dict[bytes, asyncio.Future[Response]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rpc_handlers: dict[str, RPCHandler] = {}
@@ -148,6 +149,7 @@ class DHTNode:
                 host, port, node._on_datagram, node._on_transport_lost
             )
         node.core.ip_version = node._transport.ip_version
+        node._bound_wildcard = host in ("0.0.0.0", "", "::")
         node._advertised_host = outward_ip() if host in ("0.0.0.0", "") else host
         try:
             await node._bootstrap(initial_peers)
@@ -189,6 +191,12 @@ class DHTNode:
 
     @property
     def endpoint(self) -> str:
+        """Where peers reach us: for a node bound to every interface that a dial-back found reachable, the
+        address its peers agree they see (a port forwarded by a router); else the bound or outward address."""
+        if self._bound_wildcard and self.nat.reachability is Reachability.REACHABLE:
+            observed = self.observed_endpoint
+            if observed is not None:
+                return observed
         return format_endpoint((self._advertised_host, self._transport.local_address[1]))
 
     def __repr__(self) -> str:

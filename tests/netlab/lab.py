@@ -380,7 +380,7 @@ class NetLab:
             try:
                 stun_binding(host, host.address, TURN_PORT, timeout=1)
                 break
-            except RuntimeError:
+            except (RuntimeError, subprocess.CalledProcessError):  # the probe exits 1 while coturn starts
                 deadline -= 1
                 if deadline <= 0:
                     raise RuntimeError(f"turnserver did not answer STUN: {self.coturn_log()}") from None

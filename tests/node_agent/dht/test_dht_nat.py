@@ -18,7 +18,7 @@ FAST = {
     "dial_back_wait": 0.5,
     "dial_back_retry": 1.0,
     "relay_keepalive": 0.3,
-    "rpc_timeout": 0.5,
+    "rpc_timeout": 1.5,
     "relay_forward_timeout": 2.0,
 }
 
@@ -257,3 +257,27 @@ async def test_unreachable_node_refuses_reservations_and_stores(udp_swarm):
             await udp_swarm[1]._call((host, int(port)), "store", {"r": []}, hidden.node_id, 2.0)
     finally:
         await hidden.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"to": b"short", "d": b"x"}, "20-byte target"),
+        ({"to": [1], "d": b"x"}, "20-byte target"),
+        ({"to": bytes(20), "d": "text"}, "must be a datagram"),
+        ({"to": bytes(20), "d": b"\x93garbage"}, "malformed"),
+        ({"to": bytes(20)}, "must be a datagram"),
+    ],
+)
+async def test_malformed_relay_requests_get_clear_errors(payload, reason):
+    network = MemoryNetwork()
+    relay = await DHTNode.create(network=network, reachability="public")
+    asker = await DHTNode.create([relay.endpoint], network=network, reachability="public")
+    try:
+        with pytest.raises(DHTRPCError, match=reason):
+            await asker._call(relay._transport.local_address, "relay", payload, relay.node_id, 2.0)
+        with pytest.raises(DHTRPCError, match="not one of our relays"):
+            await asker._call(relay._transport.local_address, "relayed", payload, relay.node_id, 2.0)
+    finally:
+        await asker.shutdown()
+        await relay.shutdown()
