@@ -77,7 +77,7 @@ def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
 
     from node_agent.cli.join import default_data_dir, say
     from node_agent.identity import Identity
-    from node_agent.portal.joining import AgentSetupError, obtain_agent_state
+    from node_agent.portal.joining import AgentSetupError, obtain_agent_state, refresh_turn_grant
     from node_agent.portal.state import AGENT_STATE_FILE, load_agent_state
 
     if args.credential_file:
@@ -92,6 +92,8 @@ def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
     except (OSError, ValueError) as exc:
         raise AgentSetupError(str(exc)) from exc
     state = obtain_agent_state(portal_url, args.join_code, identity, state_path, say=say)
+    if refresh_turn_grant(state, identity, state_path):
+        say("renewed the credential for a fresh TURN credential")
     node = identity.node_id.hex()
     say(f"reporting training of project {state.project} to {state.portal_url} as node {node}")
     return state, identity

@@ -162,8 +162,8 @@ class AgentRuntime:
                 config.expert.prefix, config.expert.grid, live, self.options.num_experts, random.Random()
             )
         grant = self.turn_grant()
-        turn_expired = grant is not None and grant.expires_at <= time.time() + 60
-        if self.state.expires_at <= time.time() + 60 or turn_expired:
+        turn_stale = grant is not None and grant.renew_at() <= time.time()  # a restart after a long stop
+        if self.state.expires_at <= time.time() + 60 or turn_stale:
             await self.renewer.renew_once()
         self.say(self._ice_summary())
         await self._serve(uids)

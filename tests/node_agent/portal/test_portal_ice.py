@@ -23,7 +23,7 @@ from node_agent.portal.ice import (
     parse_turn_grant,
     turn_password,
 )
-from node_agent.portal.joining import obtain_agent_state
+from node_agent.portal.joining import obtain_agent_state, refresh_turn_grant
 from node_agent.portal.runtime import AgentOptions, AgentRuntime
 from node_agent.portal.state import AGENT_STATE_FILE, load_agent_state
 from node_agent.rtc.config import IceServer
@@ -92,9 +92,8 @@ async def turn_portal(local_portal: LocalPortal) -> AsyncIterator[LocalPortal]:
 async def test_the_join_grant_is_renewed_with_the_credential_and_given_to_new_connections(
     turn_portal: LocalPortal, tmp_path: Path
 ) -> None:
-    turn_portal.behaviour.turn_ttl = (
-        4.0  # renewal comes at the TURN grant's half-life, long before the credential's
-    )
+    # the renewal comes at the TURN grant's half-life (10 s), long before the credential's
+    turn_portal.behaviour.turn_ttl = 20.0
     identity = Identity.generate()
     said: list[str] = []
     state = obtain_agent_state(
@@ -115,8 +114,8 @@ async def test_the_join_grant_is_renewed_with_the_credential_and_given_to_new_co
         ]
         assert any("TURN credential valid until" in line for line in said)
 
-        await wait_until_async(lambda: turn_portal.renewals, timeout=10)
-        await wait_until_async(lambda: pool.options.ice_servers[1].username != first.username, timeout=10)
+        await wait_until_async(lambda: turn_portal.renewals, timeout=30)
+        await wait_until_async(lambda: pool.options.ice_servers[1].username != first.username, timeout=30)
         renewed = parse_turn_grant(load_agent_state(tmp_path / AGENT_STATE_FILE).turn)
         assert renewed is not None and renewed.expires_at > first.expires_at
         assert pool.options.ice_servers[1].credential == renewed.credential
@@ -141,3 +140,44 @@ async def test_a_restart_with_an_expired_grant_renews_before_serving(
         assert any(server.urls.startswith("turn:") for server in runtime.server.pool.options.ice_servers)
     finally:
         await runtime.shutdown()
+
+
+def test_a_trainer_restarted_with_an_expired_grant_renews_once_for_a_fresh_one(
+    turn_portal: LocalPortal, tmp_path: Path
+) -> None:
+    identity = Identity.generate()
+    path = tmp_path / AGENT_STATE_FILE
+    state = obtain_agent_state(turn_portal.url, "CODE-1234", identity, path, say=print)
+    assert not refresh_turn_grant(state, identity, path)  # still fresh: nothing to do
+    assert state.turn is not None
+    state.turn = {**state.turn, "expires_at": time.time() - 10, "issued_at": time.time() - 100}
+    old_credential = state.credential
+
+    assert refresh_turn_grant(state, identity, path)
+
+    grant = parse_turn_grant(load_agent_state(path).turn)
+    assert grant is not None and grant.expires_at > time.time() + 600
+    assert state.credential != old_credential and turn_portal.renewals
+    turn_portal.stop()  # the portal away: the state stays as it was, no exception
+    state.turn = {**state.turn, "expires_at": time.time() - 10}
+    assert not refresh_turn_grant(state, identity, path, portal_timeout=1.0)
+
+
+@pytest.mark.parametrize(
+    "servers",
+    [
+        [{"urls": ["http://198.18.0.9"]}],  # not STUN/TURN
+        [{"urls": ["turn:user:pw@198.18.0.9:3478"]}],  # credentials never travel in the public config
+        [{"urls": []}],
+        [{"urls": ["stun:a:1"]}] * 9,
+        [{"urls": ["stun:" + "a" * 300]}],
+        {"urls": "stun:a:1"},
+    ],
+)
+def test_a_project_config_with_unusable_ice_servers_is_refused(
+    local_portal: LocalPortal, servers: object
+) -> None:
+    from node_agent.portal.project_config import parse_project_config
+
+    with pytest.raises(ProtocolError):
+        parse_project_config({**local_portal.config(), "ice_servers": servers})
