@@ -19,8 +19,9 @@ from tests.netlab.switchboard import Switchboard
 
 pytestmark = [pytest.mark.e2e]
 
-#: aiortc's standard DATA chunk user data; a packet with its SCTP, DTLS, UDP and IP headers fits 1,500 bytes.
-STANDARD_CHUNK = 1160
+#: The largest DATA chunk user data whose packet (SCTP 12 + 16, DTLS record ~29-45, UDP 8, IPv4 20 bytes of
+#: headers) fits a 1,500-byte MTU; aiortc's standard chunk is 1,160 bytes, the loopback-only large one 16 KB.
+MTU_SAFE_CHUNK = 1400
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_two_home_routers_connect_directly_over_server_reflexive_addresses(lab: 
     assert not link["path"]["relayed"] and not inbound["path"]["relayed"], (link, inbound)
     assert link["path"]["remote"][0] == home2.public_address  # b's router, as b's STUN answer showed it
     assert inbound["path"]["remote"][0] == home1.public_address
-    assert link["chunk_size"] == inbound["chunk_size"] == STANDARD_CHUNK  # no large chunks off loopback
+    assert link["chunk_size"] <= MTU_SAFE_CHUNK and inbound["chunk_size"] <= MTU_SAFE_CHUNK  # no large chunks
     assert sent["answered"] == 8
     print(f"direct: connected in {link['seconds']:.2f} s, {sent['mb_per_s']:.1f} MB/s")
 
@@ -75,6 +76,6 @@ def test_two_symmetric_nats_fall_back_to_turn_and_need_it(lab: NetLab) -> None:
 
     assert link["path"]["relayed"] and inbound["path"]["relayed"], (link, inbound)
     assert lab.turn.address in (link["path"]["local"][0], link["path"]["remote"][0])
-    assert link["chunk_size"] == inbound["chunk_size"] == STANDARD_CHUNK
+    assert link["chunk_size"] <= MTU_SAFE_CHUNK and inbound["chunk_size"] <= MTU_SAFE_CHUNK
     assert sent["answered"] == 8
     print(f"relayed: connected in {link['seconds']:.2f} s, {sent['mb_per_s']:.1f} MB/s")
