@@ -159,3 +159,17 @@ def large_chunk_transport_class() -> type | None:
         methods[name] = rebound
     _large_transport_class = type("LargeChunkSctpTransport", (base,), methods)
     return _large_transport_class
+
+
+def sctp_chunk_size(peer_connection: Any) -> int | None:
+    """The largest DATA chunk user data this connection sends (aiortc's ~1.2 KB unless large chunks are on);
+    None without an aiortc SCTP transport. The network lab asserts paths that are not loopback keep 1.2 KB."""
+    sctp = getattr(peer_connection, "sctp", None)
+    if sctp is None:
+        return None
+    import aiortc.rtcsctptransport as sctp_module
+
+    if _large_transport_class is not None and type(sctp) is _large_transport_class:
+        return LARGE_CHUNK_USER_DATA
+    size = getattr(sctp_module, "USERDATA_MAX_LENGTH", None)
+    return size if isinstance(size, int) else None

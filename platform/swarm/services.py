@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from accounts.models import User
 from node_agent.identity import node_id_from_public_key
 from node_agent.portal.errors import CredentialError
+from node_agent.portal.ice import TurnGrant, issue_turn_grant
 from node_agent.portal.schemas import (
     JoinedNode,
     JoinReply,
@@ -229,7 +230,10 @@ def agent_join(
         config = selectors.project_config(project=project, portal_url=portal_url, now=now)
     logger.info("node %s joined %s (user %s)", node.short_id, project.slug, node.user_id)
     joined = JoinedNode(node_id=node.node_id, state=node.state, project=project.slug)
-    return JoinReply(credential=issued.token, expires_at=issued.expires_at, node=joined, config=config)
+    turn = turn_grant(node=node, now=now)
+    return JoinReply(
+        credential=issued.token, expires_at=issued.expires_at, node=joined, config=config, turn=turn
+    )
 
 
 def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> RenewReply:
@@ -251,7 +255,19 @@ def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> R
         if node.project.status != ProjectStatus.ACTIVE:
             raise Conflict("project_not_active", f"project is {node.project.status}")
         issued = _credential_issue(node=node, now=now)
-    return RenewReply(credential=issued.token, expires_at=issued.expires_at)
+    return RenewReply(
+        credential=issued.token, expires_at=issued.expires_at, turn=turn_grant(node=node, now=now)
+    )
+
+
+def turn_grant(*, node: Node, now: datetime) -> TurnGrant | None:
+    """A short-lived TURN credential for `node` (coturn REST scheme), or None when no TURN is configured.
+
+    Only join and renew call this: both verified the node's signature and its code or credential first."""
+    if not (settings.ICE_TURN_URLS and settings.ICE_TURN_SECRET):
+        return None
+    ttl = float(settings.ICE_TURN_TTL)
+    return issue_turn_grant(settings.ICE_TURN_SECRET, node.node_id, now=now.timestamp(), ttl=ttl)
 
 
 def verify_credential_for(
