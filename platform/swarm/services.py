@@ -17,7 +17,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 
 from accounts.models import User
-from node_agent.identity import node_id_from_public_key
+from node_agent.identity import Identity, node_id_from_public_key
 from node_agent.portal.errors import CredentialError
 from node_agent.portal.ice import TurnGrant, issue_turn_grant
 from node_agent.portal.schemas import (
@@ -264,10 +264,18 @@ def turn_grant(*, node: Node, now: datetime) -> TurnGrant | None:
     """A short-lived TURN credential for `node` (coturn REST scheme), or None when no TURN is configured.
 
     Only join and renew call this: both verified the node's signature and its code or credential first."""
+    return _turn_grant_for(node.node_id, now=now.timestamp())
+
+
+def _turn_grant_for(node_id_hex: str, *, now: float) -> TurnGrant | None:
     if not (settings.ICE_TURN_URLS and settings.ICE_TURN_SECRET):
         return None
-    ttl = float(settings.ICE_TURN_TTL)
-    return issue_turn_grant(settings.ICE_TURN_SECRET, node.node_id, now=now.timestamp(), ttl=ttl)
+    return issue_turn_grant(settings.ICE_TURN_SECRET, node_id_hex, now=now, ttl=float(settings.ICE_TURN_TTL))
+
+
+def observer_turn_grant(identity: Identity, *, now: float) -> TurnGrant | None:
+    """The swarm observer's own TURN credential (it probes nodes behind NATs as a trainer would)."""
+    return _turn_grant_for(identity.node_id.hex(), now=now)
 
 
 def verify_credential_for(

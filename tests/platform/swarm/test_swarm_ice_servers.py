@@ -102,3 +102,26 @@ def test_a_misconfigured_server_list_stops_the_portal_at_start_up(
         cwd=platform_dir, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode != 0 and complaint in result.stderr
+
+
+def test_the_observer_probes_with_the_operators_servers_and_a_turn_credential_of_its_own(
+    ice_settings: Any,
+) -> None:
+    from node_agent.rtc.config import RTCOptions
+    from swarm.observer import SwarmObserver
+
+    identity = Identity.generate()
+    options = SwarmObserver(identity)._with_operator_ice(RTCOptions())
+    stun, turn, turn_tcp = options.ice_servers
+    assert stun.urls == "stun:turn.example.org:3478" and stun.username is None
+    assert turn.urls == "turn:turn.example.org:3478" and turn_tcp.username == turn.username
+    expiry, node = str(turn.username).split(":")
+    assert node == identity.node_id.hex() and 3500 < int(expiry) - time.time() <= 3600
+    assert turn.credential == turn_password(SECRET, str(turn.username))
+
+
+def test_the_observer_uses_no_ice_server_unless_configured() -> None:
+    from node_agent.rtc.config import RTCOptions
+    from swarm.observer import SwarmObserver
+
+    assert SwarmObserver(Identity.generate())._with_operator_ice(RTCOptions()).ice_servers == ()
