@@ -27,7 +27,9 @@ MAX_REASON_CHARS = 200
 class ConnectingPool(Protocol):
     """What a probe needs of `ConnectionPool`."""
 
-    async def connect(self, node_id: bytes, endpoint: str, timeout: float | None = None) -> Any: ...
+    async def connect(
+        self, node_id: bytes, endpoint: str, timeout: float | None = None, relays: Sequence[str] = ()
+    ) -> Any: ...
 
     def disconnect(self, node_id: bytes) -> None: ...
 
@@ -63,14 +65,16 @@ async def probe_node(
     timeout: float,
     *,
     keep_connection: bool = False,
+    relays: Sequence[str] = (),
 ) -> ProbeResult:
     """Connect to `node_id` at `endpoint` and ask `info` of each of `uids` (concurrently), within `timeout`.
 
     The connection is closed afterwards unless `keep_connection` (a prober must not hold one connection per
-    node of a large swarm)."""
+    node of a large swarm). A node behind a NAT is signalled through its announced `relays`, as a trainer
+    would."""
     try:
         async with asyncio.timeout(timeout):
-            link = await pool.connect(node_id, endpoint, timeout)
+            link = await pool.connect(node_id, endpoint, timeout, relays=relays)
     except ConnectError as exc:
         return ProbeResult(UNREACHABLE, reason=_short(f"no connection: {exc}"))
     except TimeoutError:

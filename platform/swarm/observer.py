@@ -30,7 +30,7 @@ from django.utils import timezone
 from node_agent.dht import DHTError
 from node_agent.dht.api import DHTNodeAPI
 from node_agent.identity import Identity
-from node_agent.moe.announce import live_children
+from node_agent.moe.announce import Announcement, live_children
 from node_agent.moe.probe import ProbeResult, probe_node
 from node_agent.portal.gate import CredentialPolicy
 from node_agent.portal.ice import ice_servers_for
@@ -72,10 +72,10 @@ class _Joined:
 
 
 async def read_announcements(
-    dht: DHTNodeAPI, prefix: str, dims: Sequence[int], endpoints: dict[str, str] | None = None
+    dht: DHTNodeAPI, prefix: str, dims: Sequence[int], endpoints: dict[str, Announcement] | None = None
 ) -> dict[str, set[str]]:
     """node id hex -> expert uids it announces, walking the grid one coordinate at a time; fills `endpoints`
-    (node id hex -> DHT endpoint of its freshest announcement) when given."""
+    (node id hex -> its freshest announcement: DHT endpoint and relays) when given."""
     announced: dict[str, set[str]] = {}
     freshest: dict[str, float] = {}
     frontier = [f"{prefix}."]
@@ -92,7 +92,7 @@ async def read_announcements(
                         announced.setdefault(node, set()).add(f"{p}{coordinate}")
                         if endpoints is not None and announcement.announced_at >= freshest.get(node, -1.0):
                             freshest[node] = announcement.announced_at
-                            endpoints[node] = announcement.endpoint
+                            endpoints[node] = announcement
                 else:
                     next_frontier.append(f"{p}{coordinate}.")
         frontier = sorted(set(next_frontier))
@@ -149,7 +149,7 @@ class SwarmObserver:
         self._probing = asyncio.Semaphore(max(1, int(settings.SWARM["PROBE_CONCURRENCY"])))
         self._rng = random.Random()
         self._joined: dict[str, _Joined] = {}
-        self._endpoints: dict[str, dict[str, str]] = {}
+        self._endpoints: dict[str, dict[str, Announcement]] = {}
 
     def _with_operator_ice(self, options: RTCOptions) -> RTCOptions:
         """`options` plus the operator's STUN/TURN servers, with a fresh TURN credential for the observer's
@@ -206,7 +206,7 @@ class SwarmObserver:
         try:
             dht = await self._dht_for(target)
             self._install_validators(dht, target)
-            endpoints: dict[str, str] = {}
+            endpoints: dict[str, Announcement] = {}
             announced = await read_announcements(dht, target.prefix, target.dims, endpoints)
             self._endpoints[target.slug] = endpoints
             now = time.time()
@@ -241,13 +241,21 @@ class SwarmObserver:
             )
         return dict(joined.probes)
 
-    async def _probe_one(self, joined: _Joined, node_id: str, endpoint: str, uids: list[str]) -> None:
+    async def _probe_one(
+        self, joined: _Joined, node_id: str, announcement: Announcement, uids: list[str]
+    ) -> None:
+        endpoint = announcement.endpoint
         assert joined.pool is not None
         async with self._probing:
             try:
                 asked = uids[: self.probe_experts]
                 result = await probe_node(
-                    joined.pool, bytes.fromhex(node_id), endpoint, asked, self.probe_timeout
+                    joined.pool,
+                    bytes.fromhex(node_id),
+                    endpoint,
+                    asked,
+                    self.probe_timeout,
+                    relays=announcement.relays,
                 )
             except Exception as exc:  # a probe must never stop the observer; it counts as a failure
                 logger.exception("probing %s failed", node_id[:12])
