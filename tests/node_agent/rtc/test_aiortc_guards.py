@@ -197,6 +197,23 @@ def test_sack_wrapper_replaces_the_only_sender_of_sacks_with_the_same_signature(
     assert "self._sack_needed = False" in inspect.getsource(send_sack)
 
 
+def test_reassembly_wrappers_replace_the_only_add_and_walk_with_the_same_signatures():
+    apply_process_settings(RTCOptions.for_loopback())
+    add, pop = sctp_tuning.original_add_chunk, sctp_tuning.original_pop_messages
+    assert add is not None and pop is not None and inspect.isgeneratorfunction(pop)
+    assert _parameters(add) == ["self", "chunk"] and _parameters(pop) == ["self"]
+    assert sctp_module.InboundStream.pop_messages is not pop
+    # The shortcut relies on every add being followed by one walk, in `_receive_data_chunk` only, and on
+    # aiortc's walk replacing (not mutating in place) the list it delivered from.
+    assert _readers(aiortc, "add_chunk") == {"rtcsctptransport:RTCSctpTransport._receive_data_chunk"}
+    assert _readers(aiortc, "pop_messages") == {
+        "rtcsctptransport:RTCSctpTransport._receive_data_chunk",
+        "rtcsctptransport:RTCSctpTransport._receive_forward_tsn_chunk",
+    }
+    assert "self.reassembly = (" in inspect.getsource(pop)
+    assert "self.reassembly.append(chunk)" in inspect.getsource(add)
+
+
 # ---- host candidates: gathering happens only inside setLocalDescription ----------------------------------
 
 
