@@ -11,7 +11,9 @@ could move. Here each sender finds out what its path really carries, in-band, an
   than reading whole DTLS records (`large_records.install_large_record_reads`, which peers announce in
   signalling as `large_records`). Probes leave with DF set (`IP_PMTUDISC_PROBE`: the kernel neither
   fragments them nor caps them by its own path-MTU cache), so a probe larger than some link on the path is
-  dropped, as a router or the sending kernel must, instead of arriving in IP fragments.
+  dropped, as a router or the sending kernel must, instead of arriving in IP fragments. Everything else is
+  sent as the kernel's default does for any UDP socket (DF set, local fragmentation once an ICMP message
+  lowered its path-MTU cache), as with stock aiortc.
 * **Search** (`node_agent.rtc.plpmtu`, pure): from aiortc's base packet up to one whole DTLS record (16 KiB);
   a loopback path ends after the first probe, a 1,500-byte path after a dozen.
 * **Sending**: the connection's SCTP transport is switched to a subclass whose chunk-sized methods (aiortc's
@@ -24,7 +26,7 @@ could move. Here each sender finds out what its path really carries, in-band, an
   and IP fragmentation (the sending kernel's, or an IPv4 router's) carries them: RFC 4960 section 7.3. A new
   search starts after `raise_interval`.
 
-Connections whose socket cannot be given DF (TURN-relayed pairs: the relay's socket is not ours; non-Linux
+Connections whose socket's DF cannot be changed (TURN-relayed pairs: the relay's socket is not ours; non-Linux
 systems) keep standard chunks. These patches touch private aiortc attributes: they install only on the
 tested aiortc version (`library_versions`), and `test_aiortc_guards.py` checks that the rebound set still
 covers every reader of the chunk size and that heartbeats are still echoed.
@@ -59,7 +61,8 @@ HEARTBEAT_INFO = 1
 _PROBE_MAGIC = b"colearn-plpmtud:"
 _NONCE_BYTES = 8
 
-# Linux socket options (Python does not export them all): DF set without the kernel's PMTU cap / cleared.
+# Linux socket options (Python does not export them all): (level, option, DF without the kernel's PMTU cap,
+# no DF).
 _DF_OPTIONS = {
     socket.AF_INET: (socket.IPPROTO_IP, 10, 3, 0),  # IP_MTU_DISCOVER, IP_PMTUDISC_PROBE, IP_PMTUDISC_DONT
     socket.AF_INET6: (socket.IPPROTO_IPV6, 23, 3, 0),  # IPV6_MTU_DISCOVER, ..._PROBE, ..._DONT
@@ -82,8 +85,8 @@ class ProbeSettings:
     raise_interval: float = 600.0
 
 
-def dont_fragment_sockets(peer_connection: Any) -> list[socket.socket] | None:
-    """The UDP sockets of the nominated ICE pairs, once set to send with DF; None where that is impossible."""
+def path_sockets(peer_connection: Any) -> list[socket.socket] | None:
+    """The UDP sockets of the nominated ICE pairs, if their DF setting can be changed; None otherwise."""
     if sys.platform != "linux":
         return None
     try:
@@ -96,29 +99,33 @@ def dont_fragment_sockets(peer_connection: Any) -> list[socket.socket] | None:
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is None or sock.family not in _DF_OPTIONS:
             return None
-        level, option, probe, _dont = _DF_OPTIONS[sock.family]
+        level, option, _probe, _dont = _DF_OPTIONS[sock.family]
         try:
-            sock.setsockopt(level, option, probe)
+            sock.setsockopt(level, option, sock.getsockopt(level, option))
         except OSError as exc:
-            logger.info("cannot set DF on the data path's socket (%s): standard chunks", exc)
+            logger.info("cannot change DF on the data path's socket (%s): standard chunks", exc)
             return None
         sockets.append(sock)
     return sockets or None
 
 
 @contextlib.contextmanager
-def fragmentation_allowed(sockets: list[socket.socket]) -> Iterator[None]:
-    """DF cleared for what is sent inside (the send is synchronous underneath: only those datagrams)."""
+def sending_with(sockets: list[socket.socket], dont_fragment: bool) -> Iterator[None]:
+    """What is sent inside leaves with DF set and no kernel PMTU cap (probes), or with DF cleared (chunks cut
+    larger than the path carries now); the sockets' own setting (the kernel's default) is restored after.
+    The sends underneath are synchronous, so only those datagrams are concerned."""
+    saved = []
     for sock in sockets:
-        level, option, _probe, dont = _DF_OPTIONS[sock.family]
-        sock.setsockopt(level, option, dont)
+        level, option, probe, dont = _DF_OPTIONS[sock.family]
+        saved.append(sock.getsockopt(level, option))
+        sock.setsockopt(level, option, probe if dont_fragment else dont)
     try:
         yield
     finally:
-        for sock in sockets:
-            level, option, probe, _dont = _DF_OPTIONS[sock.family]
+        for sock, value in zip(sockets, saved, strict=True):
+            level, option, _probe, _dont = _DF_OPTIONS[sock.family]
             with contextlib.suppress(OSError):  # closed meanwhile
-                sock.setsockopt(level, option, probe)
+                sock.setsockopt(level, option, value)
 
 
 def probe_packet(sctp: Any, size: int, nonce: bytes) -> bytes:
@@ -235,7 +242,8 @@ class RecordProber:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[nonce] = waiter
         try:
-            await self.sctp.transport._send_data(probe_packet(self.sctp, size, nonce))
+            with sending_with(self.sockets, dont_fragment=True):
+                await self.sctp.transport._send_data(probe_packet(self.sctp, size, nonce))
             await asyncio.wait_for(waiter, self.probe_timeout())
             return True
         except TimeoutError:
@@ -267,7 +275,7 @@ def start_record_probing(peer_connection: Any, settings: ProbeSettings) -> Recor
     if sctp is None or type(sctp) is not base:
         logger.info("unexpected SCTP transport %s: keeping standard chunks", type(sctp).__name__)
         return None
-    sockets = dont_fragment_sockets(peer_connection)
+    sockets = path_sockets(peer_connection)
     if sockets is None:
         return None
     prober = RecordProber(sctp, sockets, settings)
@@ -300,7 +308,7 @@ def probed_transport_class(prober: RecordProber) -> type | None:
 
     async def _send_chunk(self: Any, chunk: Any) -> None:
         if type(chunk) is data_chunk and len(chunk.user_data) > prober.scope["USERDATA_MAX_LENGTH"]:
-            with fragmentation_allowed(prober.sockets):  # cut before the size fell: let IP fragment it
+            with sending_with(prober.sockets, dont_fragment=False):  # cut before the size fell: IP fragments
                 await send_chunk(self, chunk)
         else:
             await send_chunk(self, chunk)

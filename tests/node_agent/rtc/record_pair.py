@@ -67,7 +67,7 @@ async def main(black_hole: bool) -> None:
     probers: list[RecordProber] = []
     for pc in (pair.offerer, pair.answerer):
         prober = start_record_probing(pc, SETTINGS)
-        assert prober is not None, "no prober: DF cannot be set here"
+        assert prober is not None, "no prober: DF cannot be changed here"
         probers.append(prober)
     tasks = [asyncio.ensure_future(prober.run()) for prober in probers]
     a, _b = probers

@@ -266,8 +266,11 @@ async def test_private_attributes_the_patches_use_exist_after_a_real_handshake(l
         check_fingerprint(remote_sdp, remote_certificate_der(pc))  # the session the fingerprint check reads
         for port in ("_local_port", "_remote_port", "_remote_verification_tag"):
             assert isinstance(getattr(sctp, port), int)
-        sockets = record_probing.dont_fragment_sockets(pc)
-        assert sockets and all(s.getsockopt(socket.IPPROTO_IP, 10) == 3 for s in sockets)  # DF, no PMTU cap
+        sockets = record_probing.path_sockets(pc)
+        assert sockets and all(s.family == socket.AF_INET for s in sockets)
+        with record_probing.sending_with(sockets, dont_fragment=True):
+            assert all(s.getsockopt(socket.IPPROTO_IP, 10) == 3 for s in sockets)  # IP_PMTUDISC_PROBE
+        assert all(s.getsockopt(socket.IPPROTO_IP, 10) == 1 for s in sockets)  # the kernel's default again
         prober = record_probing.start_record_probing(pc, record_probing.ProbeSettings())
         assert prober is not None and type(pc.sctp).__name__ == "ProbedSctpTransport"
         prober.scope["USERDATA_MAX_LENGTH"] = plpmtu.user_data_for(plpmtu.MAX_PACKET)

@@ -187,7 +187,7 @@ def test_a_1500_byte_mtu_path_finds_just_under_1500_and_recovers_from_a_black_ho
     try:
         found = _event(process, "found")
         assert 1500 - ENCAPSULATION[1] - 16 <= found["packet"] <= 1500 - ENCAPSULATION[0], found
-        # the path's MTU drops under the size in use: probes and new packets with DF are dropped silently
+        # the path's MTU drops under the size in use: its probes are dropped silently, data is IP-fragmented
         subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "mtu", "1300"], check=True)
         assert process.stdin is not None
         process.stdin.write("go\n")
