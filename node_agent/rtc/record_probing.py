@@ -24,7 +24,7 @@ could move. Here each sender finds out what its path really carries, in-band, an
   retransmission timer fires; `max_probes` lost confirmations drop the size to the base. Chunks already cut
   larger than the new size cannot be cut again (their TSNs are taken), so they are sent with DF cleared,
   and IP fragmentation (the sending kernel's, or an IPv4 router's) carries them: RFC 4960 section 7.3. A new
-  search starts after `raise_interval`.
+  search starts `confirm_interval` later (and after each search, `raise_interval` later).
 
 Connections whose socket's DF cannot be changed (TURN-relayed pairs: the relay's socket is not ours; non-Linux
 systems) keep standard chunks. These patches touch private aiortc attributes: they install only on the
@@ -81,7 +81,8 @@ class ProbeSettings:
     rtt_factor: float = 3.0
     #: How often the size found is confirmed (also at once after a retransmission timeout).
     confirm_interval: float = 30.0
-    #: How long after a search (or a black hole) a larger size is looked for again (RFC 8899: 600 s).
+    #: How long after a search a larger size is looked for again (RFC 8899: 600 s); after a black hole, a
+    #: new search starts `confirm_interval` later.
     raise_interval: float = 600.0
 
 
@@ -203,9 +204,10 @@ class RecordProber:
                     answered = await self._probe(size)
                     self.search.acked(size) if answered else self.search.lost(size)
                     self._apply(size)
-                    ended = before[0] is Phase.SEARCHING and self.search.phase is Phase.COMPLETE
-                    if ended or self.search.black_holes > before[1]:
+                    if before[0] is Phase.SEARCHING and self.search.phase is Phase.COMPLETE:
                         next_raise = loop.time() + self.settings.raise_interval  # from the search's end
+                    elif self.search.black_holes > before[1]:  # the path changed: look again soon
+                        next_raise = loop.time() + self.settings.confirm_interval
                     continue
                 if loop.time() >= next_raise:
                     next_raise = loop.time() + self.settings.raise_interval
@@ -220,7 +222,10 @@ class RecordProber:
             return  # the DTLS transport closed
 
     def probe_timeout(self) -> float:
-        """How long a probe may take: a few of SCTP's own smoothed round trips, within bounds."""
+        """How long a probe may take: a few of SCTP's own smoothed round trips, within bounds. Confirmations
+        get the longest: a late answer there would throw a size away, and a slow moment is no black hole."""
+        if self.search.phase is Phase.CONFIRMING:
+            return self.settings.max_probe_timeout
         srtt = getattr(self.sctp, "_srtt", None)
         rtt = max(self.rtt, srtt if isinstance(srtt, float) else 0.0)
         wait = max(self.settings.probe_timeout, self.settings.rtt_factor * rtt)
