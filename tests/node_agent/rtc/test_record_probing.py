@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.plpmtu import BASE_PACKET, MAX_PACKET, Phase
 from node_agent.rtc.pool import ConnectionPool
-from node_agent.rtc.record_probing import probe_nonce
+from node_agent.rtc.record_probing import ProbeSettings, RecordProber, probe_nonce
 from tests.node_agent.rtc.handlers import echo
 from tests.processes import wait_until_async
 
@@ -136,6 +138,15 @@ async def test_a_plain_aiortc_peer_in_another_process_connects_and_echoes_intact
         await pc.close()
         async with asyncio.timeout(10):
             await peer.wait()
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**16 - 1), st.binary(max_size=64)), max_size=8))
+def test_any_heartbeat_ack_a_peer_sends_is_handled_without_error_and_validates_nothing(params):
+    prober = RecordProber(None, [], ProbeSettings())
+    assert prober.heartbeat_acked(SimpleNamespace(params=params)) == (
+        probe_nonce(SimpleNamespace(params=params)) is not None
+    )
+    assert prober.search.plpmtu == BASE_PACKET and not prober._waiting  # no probe outstanding: nothing moves
 
 
 def test_probes_are_recognised_only_by_their_marker():
