@@ -145,6 +145,8 @@ class DHTNode:
             )
         node.core.ip_version = node._transport.ip_version
         node._advertised_host = outward_ip() if host in ("0.0.0.0", "") else host
+        if network is None:  # a real socket: peers on this machine may answer from loopback
+            node.core.own_hosts = frozenset({outward_ip(), node._advertised_host}) - {"127.0.0.1"}
         try:
             await node._bootstrap(initial_peers)
         except BaseException:

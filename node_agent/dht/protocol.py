@@ -118,6 +118,9 @@ class ProtocolCore:
         self.drops = DropCounter(logger)
         self.actions: list[RoutingAction] = []
         self._pending: dict[bytes, tuple[Address, bytes | None]] = {}
+        #: This machine's own non-loopback addresses as the node knows them (set by the asyncio adapter);
+        #: see `_same_host_reply`.
+        self.own_hosts: frozenset[str] = frozenset()
 
     # -- outgoing ---------------------------------------------------------------------------------------
     def request(
@@ -219,7 +222,7 @@ class ProtocolCore:
             self.drops.drop("unexpected or late response", source=address)
             return None
         expected_address, expected_id = pending
-        if address != expected_address:
+        if address != expected_address and not self._same_host_reply(expected_address, address):
             self.drops.drop("response from another address", f"expected {expected_address}", address)
             return None
         if expected_id is not None and envelope.node_id != expected_id:
@@ -232,6 +235,22 @@ class ProtocolCore:
         if not envelope.client_mode:
             self._observe(envelope.node_id, address, now, address_proven=True)
         return Response(peer, address, envelope.rid, envelope.kind, envelope.payload)
+
+    def _same_host_reply(self, expected: Address, actual: Address) -> bool:
+        """A reply from 127.0.0.1 (or ::1) to a request sent to one of this machine's own addresses.
+
+        A node bound to the wildcard answers a request that arrived over loopback from the loopback
+        address (the kernel picks the source by the route back), so a same-machine caller bound to
+        127.0.0.1 that sent to the node's advertised address sees the reply come "from another address".
+        Only this host can send from a loopback source (the kernel drops such packets arriving on other
+        interfaces), and the reply is still signed by the expected node id, so accepting it admits nobody
+        new; the port must match as well."""
+        if actual[1] != expected[1] or expected[0] not in self.own_hosts:
+            return False
+        try:
+            return ipaddress.ip_address(actual[0]).is_loopback
+        except ValueError:
+            return False
 
     def _observe(self, node_id: bytes, address: Address, now: float, address_proven: bool) -> None:
         result, contact = self.routing.observe(node_id, address[0], address[1], now, address_proven)

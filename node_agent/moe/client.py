@@ -42,6 +42,7 @@ from node_agent.moe.api import (
     ExpertTimeoutError,
     ExpertUnavailableError,
 )
+from node_agent.moe.probe import check_info_reply
 from node_agent.portal.project_dht import project_validators
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectError, ConnectionPool
@@ -255,13 +256,8 @@ class ExpertCaller:
 
     async def info_async(self, handle: ExpertHandle, timeout: float) -> dict[str, Any]:
         reply = await self._call(handle, "info", {"uid": handle.uid}, timeout)
-        if not isinstance(reply, dict) or not isinstance(reply.get("outputs"), list):
-            raise ExpertProtocolError(f"{handle.uid}: malformed info reply")
-        try:
-            self._schemas[handle] = [TensorSchema.from_dict(s) for s in reply["outputs"]]
-        except TensorCodecError as exc:
-            raise ExpertProtocolError(f"{handle.uid}: malformed info schema: {exc}") from exc
-        return reply
+        self._schemas[handle] = check_info_reply(handle.uid, reply)
+        return dict(reply)
 
     async def forward_async(
         self, handle: ExpertHandle, inputs: Sequence[torch.Tensor], timeout: float, keep_graph: bool = True

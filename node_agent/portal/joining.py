@@ -36,17 +36,23 @@ def agent_platform() -> str:
     return text[:128]
 
 
-def restart_hint(portal_url: str, state_path: Path) -> str:
-    """What to run instead of re-using a spent one-time code: the saved credential restarts the node."""
+#: How each kind of agent restarts from its saved credential (``{portal}``: the portal's URL).
+RESTART_NODE = "node-agent join {portal}"
+RESTART_TRAINER = "node-agent train --portal {portal}"
+
+
+def restart_hint(portal_url: str, state_path: Path, restart: str = RESTART_NODE) -> str:
+    """What to run instead of re-using a spent one-time code: the saved credential restarts the agent."""
+    command = restart.format(portal=portal_url)
     if state_path.is_file():
         return (
-            f"a code works once: to restart this node, run `node-agent join {portal_url}` without a code "
+            f"a code works once: to restart this agent, run `{command}` without a code "
             f"(it uses the credential saved in {state_path.parent})"
         )
     return (
-        f"a code works once and no credential is saved in {state_path.parent}: to restart a node, run "
-        f"`node-agent join {portal_url}` without a code and with the --data-dir of its first join; "
-        "for a new node, get a new code from the project's Join page"
+        f"a code works once and no credential is saved in {state_path.parent}: to restart an agent, run "
+        f"`{command}` without a code and with the --data-dir of its first join; "
+        "for a new one, get a new code from the project's Join (or Train) page"
     )
 
 
@@ -63,6 +69,7 @@ def obtain_agent_state(
     approval_timeout: float = 3600.0,
     portal_timeout: float = 10.0,
     say: Callable[[str], None] = print,
+    restart: str = RESTART_NODE,
 ) -> AgentState:
     """Join with ``code`` (saving the result at ``state_path``) or load the saved state and refresh its
     project config from the portal when it answers (a restart works with the portal down). A spent code
@@ -92,9 +99,10 @@ def obtain_agent_state(
             message = f"the portal refused the join code: {exc.code} {exc.detail}".strip()
             if exc.code != "code_used":
                 raise AgentSetupError(message) from exc
+            hint = restart_hint(client.base_url, state_path, restart)
             if not state_path.is_file():
-                raise AgentSetupError(f"{message}; {restart_hint(client.base_url, state_path)}") from exc
-            say(f"{message}; {restart_hint(client.base_url, state_path)}; doing that now")
+                raise AgentSetupError(f"{message}; {hint}") from exc
+            say(f"{message}; {hint}; doing that now")
         except (PortalError, ProtocolError, KeyError, TypeError) as exc:
             raise AgentSetupError(f"could not join: {exc}") from exc
         else:

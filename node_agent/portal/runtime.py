@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from node_agent import __version__
 from node_agent.dht.api import DHTNodeAPI
@@ -33,12 +33,13 @@ from node_agent.portal.project_config import ProjectConfig, parse_project_config
 from node_agent.portal.project_dht import ProjectScope, project_validators
 from node_agent.portal.renewal import CredentialRenewer
 from node_agent.portal.reporter import TelemetryReporter
-from node_agent.portal.schemas import HeartbeatBody, PeerActivity
+from node_agent.portal.schemas import MAX_REPLICA_STATES, HeartbeatBody, PeerActivity, ReplicaState
 from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
 from node_agent.supervisor import TaskSupervisor
 
 if TYPE_CHECKING:  # the expert server imports torch: loaded when the runtime starts
     from node_agent.moe.server.server import ExpertServer
+    from node_agent.rtc.config import RTCOptions
 
 __all__ = ["AgentOptions", "AgentRuntime"]
 
@@ -66,6 +67,15 @@ class AgentOptions:
     peer_refresh_period: float = 30.0  # while no DHT peer answers, re-read the bootstrap peers this often
     rebalance_after: float = 5.0  # seconds (plus up to as much jitter) before each second look at the census
     rebalance_rounds: int = 3
+
+
+def only_loopback_reachable(rtc: RTCOptions) -> bool:
+    """Whether a server with these options offers peers on other machines no ICE candidate at all."""
+    if rtc.host_addresses is not None:
+        return all(address.startswith("127.") for address in rtc.host_addresses)
+    from node_agent.rtc.host_candidates import original_get_host_addresses
+
+    return not original_get_host_addresses()(use_ipv4=True, use_ipv6=True) and not rtc.ice_servers
 
 
 class AgentRuntime:
@@ -204,6 +214,11 @@ class AgentRuntime:
             f"serving {len(uids)} {config.expert.expert_class} expert(s) of project {config.project}: "
             f"{', '.join(uids)} (DHT endpoint {dht.endpoint})"
         )
+        if only_loopback_reachable(rtc):
+            self.say(
+                "this computer has no network interface besides loopback: only peers on this same machine "
+                "can reach its experts (the portal's My nodes page shows whether its probe reached them)"
+            )
 
     async def _refresh_bootstrap_peers(self) -> None:
         """While no DHT peer is live, re-read the project's bootstrap peers from the portal and rejoin
@@ -289,6 +304,9 @@ class AgentRuntime:
             uptime_s=round(now - self.started, 1),
             # Connected peers; the pool does not attribute requests to peers, so the count is 0 (unknown).
             peers=[PeerActivity(node_id=link.node_id.hex(), requests=0) for link in links][:256],
+            replica_states=replica_states(server, now),
+            averaging_rounds_completed=server.replicas.stats.rounds_completed,
+            averaging_rounds_failed=server.replicas.stats.rounds_failed,
         )
 
     def _on_refused(self, error: PortalRefused) -> None:
@@ -331,3 +349,16 @@ class AgentRuntime:
             await self.server.shutdown()
         if self.dht is not None:
             await self.dht.shutdown()
+
+
+def replica_states(server: Any, now: float) -> list[ReplicaState]:
+    """Each hosted expert's step and seconds since it last averaged with another replica."""
+    averaged = server.replicas.stats.last_averaged
+    return [
+        ReplicaState(
+            uid=uid,
+            step=backend.steps,
+            averaged_age_s=round(now - averaged[uid], 1) if uid in averaged else None,
+        )
+        for uid, backend in sorted(server.backends.items())
+    ][:MAX_REPLICA_STATES]

@@ -63,6 +63,9 @@ class RTCOptions:
     #: If set, offer exactly these host addresses instead of every interface's (e.g. ("127.0.0.1",));
     #: this pool's connections only.
     host_addresses: tuple[str, ...] | None = None
+    #: Also offer 127.0.0.1 to a peer on this same machine (its signalling address is loopback or ours),
+    #: and to no one else: a same-machine trainer reaches a node even where no other interface exists.
+    same_machine_loopback: bool = True
     udp_receive_buffer: int = 8 * 1024 * 1024
     #: Largest frame we send; the remote's SCTP max-message-size (aiortc: 256 KiB) is the hard bound.
     chunk_size: int = 64 * 1024

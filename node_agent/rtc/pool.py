@@ -18,21 +18,22 @@ incoming messages share byte budgets per peer and per node (`framing.ByteBudget`
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from node_agent.dht.api import DHTError, DHTNodeAPI, PeerInfo
-from node_agent.dht.endpoints import parse_endpoint
+from node_agent.dht.endpoints import outward_ip, parse_endpoint
 from node_agent.rtc.admission import Admission, Slot, Tier
 from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
 from node_agent.rtc.fingerprint import FingerprintMismatchError, verify_peer_connection
 from node_agent.rtc.framing import ByteBudget
 from node_agent.rtc.large_records import large_record_reads_installed
 from node_agent.rtc.record_probing import start_record_probing
-from node_agent.rtc.rpc import ChannelRPC, Handler
+from node_agent.rtc.rpc import ChannelRPC, Handler, RPCHandlerError
 from node_agent.supervisor import TaskSupervisor
 
 if TYPE_CHECKING:  # aiortc loads only when a connection is made
@@ -114,6 +115,11 @@ class ConnectionPool:
         self._refusals: Counter[str] = Counter()
         self._refusals_logged = 0.0
         self.refused_offers = 0
+        #: Why the last admitted inbound connection never opened ("" if none failed): the agent says so.
+        self.last_inbound_failure = ""
+        self._own_hosts: frozenset[str] | None = None
+        #: Extra services on the same connections, by method prefix ("avg." -> the averager's handler).
+        self._routes: dict[str, Handler] = {}
 
     @classmethod
     async def create(
@@ -144,6 +150,28 @@ class ConnectionPool:
     def set_credential(self, credential: str | None) -> None:
         self.credential = credential
 
+    def add_route(self, prefix: str, handler: Handler) -> None:
+        """Serve methods starting with `prefix` (e.g. "avg.") with `handler`, on every link old and new."""
+        self._routes[prefix] = handler
+
+    def remove_route(self, prefix: str) -> None:
+        self._routes.pop(prefix, None)
+
+    async def _serve(self, method: str, body: Any) -> Any:
+        for prefix, handler in self._routes.items():
+            if method.startswith(prefix):
+                return await handler(method, body)
+        if self.handler is None:
+            raise RPCHandlerError("unknown_method", "this peer serves no calls")
+        return await self.handler(method, body)
+
+    def live_link(self, node_id: bytes) -> PeerLink | None:
+        """A live link with `node_id` in either direction (calls work both ways on one), or None."""
+        link = self._outbound.get(node_id)
+        if link is not None and link.alive:
+            return link
+        return next((link for link in self._inbound.get(node_id, ()) if link.alive), None)
+
     # ---- outbound ------------------------------------------------------------------------------------
 
     async def connect(self, node_id: bytes, endpoint: str, timeout: float | None = None) -> PeerLink:
@@ -170,7 +198,7 @@ class ConnectionPool:
     async def _open(self, node_id: bytes, endpoint: str) -> PeerLink:
         from aiortc import RTCSessionDescription
 
-        pc = new_peer_connection(self.options)
+        pc = new_peer_connection(self._options_towards(_host_of(endpoint)))
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 channel = pc.createDataChannel(CHANNEL_LABEL, ordered=True)
@@ -210,6 +238,12 @@ class ConnectionPool:
         logger.info("connected to %s at %s", node_id.hex()[:8], endpoint)
         return link
 
+    def disconnect(self, node_id: bytes) -> None:
+        """Close our outbound connection to `node_id`, if any (a prober that must not keep one per node)."""
+        link = self._outbound.get(node_id)
+        if link is not None:
+            self._forget(link)
+
     # ---- inbound -------------------------------------------------------------------------------------
 
     async def handle_offer(self, peer: PeerInfo, payload: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +265,7 @@ class ConnectionPool:
             return {"refused": decision.reason}
         for handle in decision.evict:
             self._evict(handle)
-        pc = new_peer_connection(self.options)
+        pc = new_peer_connection(self._options_towards(host))
         handshake = _Handshake(peer.node_id, host, tier, pc)
         self._handshakes[id(handshake)] = handshake
         channel_ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -272,8 +306,12 @@ class ConnectionPool:
                     await opened.wait()
             verify_peer_connection(pc, offer)
         except (TimeoutError, FingerprintMismatchError) as exc:
-            reason = str(exc) or "timeout"
-            logger.info("dropping inbound connection from %s: %s", peer.node_id.hex()[:8], reason)
+            if isinstance(exc, FingerprintMismatchError):
+                reason = f"DTLS certificate does not match the offer's fingerprint: {exc}"
+            else:
+                reason = inbound_stall_reason(pc, self.options.connect_timeout)
+            self.last_inbound_failure = reason
+            logger.warning("dropping inbound connection from %s: %s", peer.node_id.hex()[:8], reason)
             await pc.close()
             return
         except BaseException:
@@ -313,6 +351,10 @@ class ConnectionPool:
             logger.info("closing connection with %s to admit another peer", handle.node_id.hex()[:8])
             self._forget(handle)
         elif self._handshakes.pop(id(handle), None) is not None:
+            logger.info(
+                "dropping inbound connection from %s: still being set up, replaced to admit another peer",
+                handle.node_id.hex()[:8],
+            )
             if handle.task is not None:
                 handle.task.cancel()
             self._track(asyncio.ensure_future(handle.pc.close()))
@@ -345,6 +387,30 @@ class ConnectionPool:
             logger.warning("refused rtc offers: %s", summary)
             self._refusals.clear()
             self._refusals_logged = now
+
+    def _options_towards(self, host: str) -> RTCOptions:
+        """Our options, plus a 127.0.0.1 host candidate when the peer is on this machine.
+
+        aioice never offers 127.0.0.1, so two agents on a machine without another interface could not
+        connect, whatever else they offer. A peer whose signalling comes from (or goes to) a loopback
+        address or this machine's own address is on this machine, and only such a peer is told about
+        our loopback candidate (`same_machine_loopback`)."""
+        if not self.options.same_machine_loopback or self.options.loopback:
+            return self.options
+        if self.options.host_addresses is not None or not self._is_this_machine(host):
+            return self.options
+        return replace(self.options, loopback=True)
+
+    def _is_this_machine(self, host: str) -> bool:
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return True
+        except ValueError:
+            return False
+        if self._own_hosts is None:
+            own = {outward_ip(), _host_of(self.dht.endpoint)}
+            self._own_hosts = frozenset(own - {"0.0.0.0", "::"})
+        return host in self._own_hosts
 
     # ---- signalling and path tuning ------------------------------------------------------------------
 
@@ -382,7 +448,7 @@ class ConnectionPool:
             self._peer_budgets[node_id] = peer_budget
         rpc = ChannelRPC(
             channel,
-            self.handler,
+            self._serve,
             chunk_size=self.options.chunk_size,
             max_payload=self.options.max_payload,
             label=f"{'to' if outbound else 'from'} {node_id.hex()[:8]}",
@@ -463,6 +529,47 @@ class _Handshake:
     pc: RTCPeerConnection
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Future[Any] | None = None
+
+
+def inbound_stall_reason(pc: Any, timeout: float) -> str:
+    """Why an answered offer's data channel did not open in time, from the states the connection reached.
+
+    ICE still "new" or "checking" means no connectivity check of the caller reached one of the candidates we
+    answered with: the caller could not reach those addresses, or never received our answer (e.g. its
+    signalling reply was dropped), so the reason names what we offered."""
+    ice = getattr(pc, "iceConnectionState", "?")
+    state = getattr(pc, "connectionState", "?")
+    hosts = answered_candidate_hosts(pc)
+    offered = ", ".join(hosts) or "none"
+    if ice in ("new", "checking") and not hosts:
+        return (
+            f"no ICE connectivity check from the caller succeeded within {timeout:.0f} s (ICE {ice}): we "
+            "answered with no candidate at all (no usable interface; a same-machine caller needs "
+            "127.0.0.1, see --rtc-loopback)"
+        )
+    if ice in ("new", "checking"):
+        return (
+            f"no ICE connectivity check from the caller succeeded within {timeout:.0f} s (ICE {ice}); "
+            f"we answered with candidates {offered}: the caller cannot reach them, or never got our answer"
+        )
+    if ice in ("failed", "closed") or state in ("failed", "closed"):
+        return f"ICE or DTLS failed (ICE {ice}, connection {state}; our candidates: {offered})"
+    return f"the data channel did not open within {timeout:.0f} s (ICE {ice}, connection {state})"
+
+
+def answered_candidate_hosts(pc: Any) -> list[str]:
+    """The addresses of the ICE candidates in our local description (`a=candidate:` lines), deduplicated."""
+    description = getattr(pc, "localDescription", None)
+    sdp = getattr(description, "sdp", "") or ""
+    hosts: list[str] = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) > 5:
+                address = f"{fields[4]}:{fields[5]}" if ":" not in fields[4] else f"[{fields[4]}]:{fields[5]}"
+                if address not in hosts:
+                    hosts.append(address)
+    return hosts[:8]
 
 
 def _host_of(endpoint: str) -> str:

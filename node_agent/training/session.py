@@ -8,6 +8,7 @@ loop) unless one is passed in, and stops what it started.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -117,15 +118,18 @@ def run_training(
     metrics: MetricsStream | None = None,
     on_step: Callable[[int], None] | None = None,
     caller: Any = None,
+    stop: threading.Event | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train per `config`; in remote mode uses `caller` or starts (and stops) its own."""
+    """Train per `config` until its steps are done or `stop` is set; in remote mode uses `caller` or
+    starts (and stops) its own. `say` gets the lines for the person at the terminal (waiting for experts)."""
     dataset = load_dataset(config.dataset, seed=config.seed)
     own_caller = None
     if config.mode == "remote" and caller is None:
         caller = own_caller = start_caller(config)
     try:
         model = build_model(config, dataset, caller)
-        trainer = Trainer(model, dataset, config.train, metrics, on_step)
+        trainer = Trainer(model, dataset, config.train, metrics, on_step, stop=stop, say=say)
         if config.resume_from:
             path = latest_checkpoint(config.resume_from) or config.resume_from
             trainer.step = load_checkpoint(path, model, trainer.optimizer)

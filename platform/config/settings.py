@@ -220,7 +220,13 @@ PORTAL_SIGNING_KEY = env_secret("PORTAL_SIGNING_KEY")  # hex Ed25519 seed, or PO
 PORTAL_SIGNING_KEY_GENERATE = env_bool("PORTAL_SIGNING_KEY_GENERATE", DEBUG)  # dev: var/portal_key, 0600
 PORTAL_PUBLIC_URL = env_str("PORTAL_PUBLIC_URL")  # how agents reach the portal; default: the request's host
 AGENT_WHEEL_DIR = Path(env_str("AGENT_WHEEL_DIR", str(VAR_DIR / "agent")))
+#: Model exports uploaded by project owners' agents (`node-agent export --upload`).
+EXPORTS_DIR = Path(env_str("EXPORTS_DIR", str(VAR_DIR / "exports")))
+
 SWARM = {
+    # Largest export an owner's agent may upload, and how many per project are kept (older files deleted).
+    "EXPORT_MAX_BYTES": env_int("SWARM_EXPORT_MAX_BYTES", 512 * 2**20),
+    "EXPORTS_KEPT": env_int("SWARM_EXPORTS_KEPT", 3),
     "JOIN_CODE_TTL": env_int("SWARM_JOIN_CODE_TTL_S", 900),
     # A code checked by the Join command (before its install) stays valid this long after the check, so a slow
     # PyTorch download does not lose it; at most this long past its first expiry, and still single-use.
@@ -232,6 +238,15 @@ SWARM = {
     "ONLINE_WITHIN": env_int("SWARM_ONLINE_WITHIN_S", 30),
     "OFFLINE_AFTER": env_int("SWARM_OFFLINE_AFTER_S", 90),
     "OBSERVE_INTERVAL": env_int("SWARM_OBSERVE_INTERVAL_S", 10),
+    # The observer's `info` probes of announced nodes (swarm.probe_schedule): how often a serving node is
+    # probed again, the most a failing one waits (its wait doubles from PROBE_INTERVAL), how many probes run
+    # at once and per round, the seconds one probe may take, and how many experts of a node it asks.
+    "PROBE_INTERVAL": env_int("SWARM_PROBE_INTERVAL_S", 30),
+    "PROBE_MAX_BACKOFF": env_int("SWARM_PROBE_MAX_BACKOFF_S", 600),
+    "PROBE_CONCURRENCY": env_int("SWARM_PROBE_CONCURRENCY", 16),
+    "PROBE_PER_ROUND": env_int("SWARM_PROBE_PER_ROUND", 64),
+    "PROBE_TIMEOUT": env_int("SWARM_PROBE_TIMEOUT_S", 10),
+    "PROBE_EXPERTS": env_int("SWARM_PROBE_EXPERTS", 8),
     "RAW_RETENTION": env_int("SWARM_RAW_RETENTION_S", 2 * 86_400),
     # Rate limits (requests per window, counted per portal process; 0 disables one):
     "RATE_AGENT_PER_IP": env_int("SWARM_RATE_AGENT_PER_IP", 6000),  # per minute, all agent endpoints

@@ -1,0 +1,222 @@
+"""Wire formats of the averaging protocol (one definition each); every decoder raises only MessageError.
+
+* `Declaration`: the DHT record a peer looking for a group stores under the group key (owner subkey, signed
+  by the DHT; the record's expiration is the peer's matchmaking deadline).
+* `JoinRequest` / join reply (`Roster` or a refusal): a follower asks the leader for a place in its group;
+  the leader answers once the group is complete.
+* `ReduceRequest` / reduce reply: a member sends one piece of its values to the piece's reducer and gets the
+  group's average of that piece back (reduce-scatter and all-gather in one call per piece).
+
+Tensors travel as `node_agent.tensor_codec` headers, checked against the expected piece size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from node_agent.dht.api import ID_BYTES
+from node_agent.tensor_codec import TensorCodecError, TensorSchema, decode_tensor
+
+GROUP_ID_BYTES = 16
+MAX_GROUP_SIZE = 64
+MAX_ENDPOINT_CHARS = 256
+MAX_CREDENTIAL_CHARS = 4096
+MAX_GROUP_KEY_CHARS = 256
+MAX_THROUGHPUT = 1e12
+MAX_WEIGHT = 1e12
+MAX_PIECES = 2**24
+
+
+class MessageError(ValueError):
+    """A malformed averaging message (from the network: log, refuse, penalise; never crash)."""
+
+
+def _map(data: Any, what: str) -> dict[Any, Any]:
+    if not isinstance(data, dict):
+        raise MessageError(f"{what} must be a map")
+    return data
+
+
+def _text(data: dict[Any, Any], key: str, limit: int, what: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise MessageError(f"{what}: '{key}' must be a string of 1..{limit} characters")
+    return value
+
+
+def _credential(data: dict[Any, Any], what: str) -> str | None:
+    value = data.get("cred")
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_CREDENTIAL_CHARS:
+        raise MessageError(f"{what}: bad credential")
+    return value
+
+
+def _number(value: Any, low: float, high: float, what: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or not low <= value <= high:
+        raise MessageError(f"{what} must be a number in [{low}, {high}]")
+    return float(value)
+
+
+def _bytes(value: Any, size: int, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise MessageError(f"{what} must be {size} bytes")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    endpoint: str
+    throughput: float
+    credential: str | None = None
+    taken: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ep": self.endpoint, "tp": self.throughput, "cred": self.credential, "taken": self.taken}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Declaration:
+        data = _map(data, "declaration")
+        taken = data.get("taken", False)
+        if not isinstance(taken, bool):
+            raise MessageError("declaration: 'taken' must be a bool")
+        return cls(
+            _text(data, "ep", MAX_ENDPOINT_CHARS, "declaration"),
+            _number(data.get("tp"), 1.0, MAX_THROUGHPUT, "declaration throughput"),
+            _credential(data, "declaration"),
+            taken,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    group_key: str
+    endpoint: str
+    throughput: float
+    credential: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"key": self.group_key, "ep": self.endpoint, "tp": self.throughput, "cred": self.credential}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> JoinRequest:
+        data = _map(data, "join request")
+        return cls(
+            _text(data, "key", MAX_GROUP_KEY_CHARS, "join request"),
+            _text(data, "ep", MAX_ENDPOINT_CHARS, "join request"),
+            _number(data.get("tp"), 1.0, MAX_THROUGHPUT, "join request throughput"),
+            _credential(data, "join request"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    node_id: bytes
+    endpoint: str
+    throughput: float
+    credential: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """A formed group: who is in it, in which order (part i belongs to member i), and the leader's
+    measured connection set-up time (part of the round's deadline)."""
+
+    group_id: bytes
+    members: tuple[Member, ...]
+    connect_allowance: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.group_id,
+            "members": [[m.node_id, m.endpoint, m.throughput, m.credential] for m in self.members],
+            "cc": self.connect_allowance,
+        }
+
+    def index_of(self, node_id: bytes) -> int | None:
+        return next((i for i, m in enumerate(self.members) if m.node_id == node_id), None)
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Roster:
+        data = _map(data, "roster")
+        group_id = _bytes(data.get("id"), GROUP_ID_BYTES, "roster id")
+        raw = data.get("members")
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_GROUP_SIZE:
+            raise MessageError(f"roster: 'members' must be a list of 1..{MAX_GROUP_SIZE}")
+        members = []
+        for item in raw:
+            if not isinstance(item, list) or len(item) != 4:
+                raise MessageError("roster: each member is [node id, endpoint, throughput, credential]")
+            node_id = _bytes(item[0], ID_BYTES, "roster member id")
+            endpoint = item[1]
+            if not isinstance(endpoint, str) or not 0 < len(endpoint) <= MAX_ENDPOINT_CHARS:
+                raise MessageError("roster: bad member endpoint")
+            credential = item[3]
+            if credential is not None and (
+                not isinstance(credential, str) or len(credential) > MAX_CREDENTIAL_CHARS
+            ):
+                raise MessageError("roster: bad member credential")
+            throughput = _number(item[2], 1.0, MAX_THROUGHPUT, "roster member throughput")
+            members.append(Member(node_id, endpoint, throughput, credential))
+        if len({m.node_id for m in members}) != len(members):
+            raise MessageError("roster: a member is listed twice")
+        allowance = _number(data.get("cc"), 0.0, 600.0, "roster connect allowance")
+        return cls(group_id, tuple(members), allowance)
+
+
+def parse_join_reply(data: Any) -> Roster | str:
+    """The leader's answer: the formed group, or the reason it refused us."""
+    data = _map(data, "join reply")
+    if "refused" in data:
+        reason = data["refused"]
+        if not isinstance(reason, str):
+            raise MessageError("join reply: 'refused' must be a string")
+        return reason[:200]
+    return Roster.from_wire(data.get("group"))
+
+
+@dataclass(frozen=True, slots=True)
+class ReduceRequest:
+    group_id: bytes
+    piece: int
+    weight: float
+    tensor: dict[str, Any]  # an encoded header; decoded by `values` against the piece's size
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"g": self.group_id, "k": self.piece, "w": self.weight, "t": self.tensor}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> ReduceRequest:
+        data = _map(data, "reduce request")
+        piece = data.get("k")
+        if type(piece) is not int or not 0 <= piece < MAX_PIECES:
+            raise MessageError("reduce request: bad piece index")
+        tensor = data.get("t")
+        if not isinstance(tensor, dict):
+            raise MessageError("reduce request: 't' must be an encoded tensor")
+        return cls(
+            _bytes(data.get("g"), GROUP_ID_BYTES, "reduce request group id"),
+            piece,
+            _number(data.get("w"), 0.0, MAX_WEIGHT, "reduce request weight"),
+            tensor,
+        )
+
+
+def decode_piece(header: Any, size: int, what: str) -> torch.Tensor:
+    """A float32 piece of exactly `size` values (any compression); MessageError otherwise.
+
+    Non-finite values decode fine: screening them is the reducer's job (it penalises the sender)."""
+    try:
+        return decode_tensor(header, TensorSchema("float32", (size,)), what=what)
+    except TensorCodecError as exc:
+        raise MessageError(str(exc)) from None
+
+
+def parse_reduce_reply(data: Any, size: int) -> torch.Tensor:
+    data = _map(data, "reduce reply")
+    return decode_piece(data.get("t"), size, "reduce reply")
