@@ -65,6 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--rtc-loopback-only", action="store_true", help="offer only 127.0.0.1 (one machine)")
+    parser.add_argument(
+        "--listen", default="0.0.0.0:0", help="the trainer's DHT HOST:PORT to bind (default %(default)s)"
+    )
+    parser.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        help="stun:host:port or turn:user:pass@host:port (repeatable; after the portal project's own)",
+    )
     portal = parser.add_argument_group("portal reporting")
     portal.add_argument("--portal", default=None, help="portal URL to report metrics and heartbeats to")
     portal.add_argument("--join-code", default=None, help="one-time code from the project's Train page")
@@ -91,7 +100,12 @@ def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
 
     from node_agent.cli.join import default_data_dir, say
     from node_agent.identity import Identity
-    from node_agent.portal.joining import RESTART_TRAINER, AgentSetupError, obtain_agent_state
+    from node_agent.portal.joining import (
+        RESTART_TRAINER,
+        AgentSetupError,
+        obtain_agent_state,
+        refresh_turn_grant,
+    )
     from node_agent.portal.state import AGENT_STATE_FILE, load_agent_state
 
     if args.credential_file:
@@ -108,6 +122,8 @@ def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
     state = obtain_agent_state(
         portal_url, args.join_code, identity, state_path, say=say, restart=RESTART_TRAINER
     )
+    if refresh_turn_grant(state, identity, state_path):
+        say("renewed the credential for a fresh TURN credential")
     node = identity.node_id.hex()
     say(f"reporting training of project {state.project} to {state.portal_url} as node {node}")
     return state, identity
@@ -196,6 +212,21 @@ def _apply_project_config(args: argparse.Namespace, config: dict) -> None:
     args.hidden_dim = args.hidden_dim or project.expert.hidden_dim
 
 
+def _ice_servers(args: argparse.Namespace, state) -> tuple:  # -> tuple[IceServer, ...]
+    """The portal project's STUN/TURN servers (TURN with the credential's grant), then `--ice-server`."""
+    import time
+
+    from node_agent.portal.ice import ice_servers_for, parse_turn_grant
+    from node_agent.portal.project_config import parse_project_config
+    from node_agent.rtc.config import parse_ice_server
+
+    extra = tuple(parse_ice_server(text) for text in args.ice_server)
+    if state is None:
+        return extra
+    config = parse_project_config(state.config)
+    return ice_servers_for(config.ice_servers, parse_turn_grant(state.turn), now=time.time(), extra=extra)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import logging
@@ -245,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
             allow_zero_outputs=args.allow_zero_outputs,
             initial_peers=args.initial_peers,
             rtc_loopback_only=args.rtc_loopback_only,
+            listen=args.listen,
+            ice_servers=_ice_servers(args, portal[0] if portal is not None else None),
             resume_from=args.checkpoint_dir if args.resume else None,
             seed=args.seed,
             train=TrainConfig(

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from node_agent import __version__
 from node_agent.identity import Identity
 from node_agent.portal.client import (
@@ -21,10 +23,11 @@ from node_agent.portal.client import (
     normalise_portal_url,
 )
 from node_agent.portal.errors import ProtocolError
+from node_agent.portal.ice import parse_turn_grant
 from node_agent.portal.project_config import parse_project_config
 from node_agent.portal.state import AgentState, load_agent_state, save_agent_state
 
-__all__ = ["AgentSetupError", "agent_platform", "obtain_agent_state"]
+__all__ = ["AgentSetupError", "agent_platform", "obtain_agent_state", "refresh_turn_grant"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,7 @@ def obtain_agent_state(
                 credential=reply["credential"],
                 config=dict(reply["config"]),
                 node=dict(reply.get("node") or {}),
+                turn=reply.get("turn") if isinstance(reply.get("turn"), dict) else None,
             )
             state.check(identity.public_key_bytes)
         except PortalRefused as exc:
@@ -127,3 +131,34 @@ def obtain_agent_state(
     if state.expires_at <= time.time():
         say("the saved credential has expired; it will be renewed when the portal answers")
     return state
+
+
+def refresh_turn_grant(
+    state: AgentState,
+    identity: Identity,
+    state_path: Path,
+    *,
+    portal_timeout: float = 10.0,
+    now: float | None = None,
+) -> bool:
+    """Renew the credential once when the saved TURN grant has expired (a trainer restarted from its saved
+    credential runs no renewal loop), adopting the new credential and grant; True if it did. A portal that
+    does not answer leaves the state as it is (a warning): the trainer then connects without TURN."""
+    try:
+        grant = parse_turn_grant(state.turn)
+    except ProtocolError:
+        grant = None
+    if grant is None or grant.expires_at > (time.time() if now is None else now) + 60:
+        return False
+    try:
+        reply = PortalClient(state.portal_url, timeout=portal_timeout).renew(identity, state.credential)
+        fresh = parse_turn_grant(reply.data.get("turn"))
+    except (PortalError, ProtocolError) as exc:
+        logger.warning("could not renew the expired TURN credential: %s", exc)
+        return False
+    token = reply.data.get("credential")
+    if not isinstance(token, str) or fresh is None:
+        return False
+    state.credential, state.turn = token, msgspec.to_builtins(fresh)
+    save_agent_state(state_path, state)
+    return True

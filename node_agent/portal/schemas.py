@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from node_agent.portal.errors import PayloadError, convert
+from node_agent.portal.ice import TurnGrant
 from node_agent.portal.project_config import ProjectConfig
 from node_agent.portal.tokens import MAX_TOKEN_LENGTH
 
@@ -276,6 +277,8 @@ class JoinReply(_Reply, frozen=True):
     expires_at: float
     node: JoinedNode
     config: ProjectConfig
+    #: A short-lived TURN credential when the operator runs TURN (`node_agent.portal.ice`).
+    turn: TurnGrant | None = None
 
 
 class PendingReply(_Reply, frozen=True):
@@ -288,6 +291,7 @@ class PendingReply(_Reply, frozen=True):
 class RenewReply(_Reply, frozen=True):
     credential: str
     expires_at: float
+    turn: TurnGrant | None = None
 
 
 class HeartbeatReply(_Reply, frozen=True):

@@ -24,6 +24,9 @@ connection probe the largest packet its path carries (up to 16 KiB) and cut chun
 announced whole-record reads (`node_agent.rtc.record_probing`, `node_agent.rtc.large_records`); None keeps
 aiortc's standard chunks.
 
+Between home routers ICE should take the direct server-reflexive pair, not TURN: relayed candidate pairs
+wait `relay_grace` seconds for a direct one to succeed (`node_agent.rtc.direct_first`, process-wide).
+
 What one peer may cost us: `admission` (which offers get a connection), unfinished incoming messages
 (`max_partial_bytes` per connection, `max_peer_partial_bytes` per peer, `max_node_partial_bytes` for the
 whole node; over a bound the connection is dropped) and `max_serving` calls served at once per connection.
@@ -79,6 +82,8 @@ class RTCOptions:
     #: Probe the largest SCTP packet each path carries and fill it (towards peers that read whole records);
     #: None: aiortc's standard ~1.2 KB chunks on every path.
     record_probing: ProbeSettings | None = field(default_factory=ProbeSettings)
+    #: Seconds relayed (TURN) candidate pairs wait for a direct pair to succeed first; 0: no waiting.
+    relay_grace: float = 1.0
     #: Which incoming offers get a peer connection (rates, counts, tiers).
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     #: Bytes of unfinished incoming messages: per connection (at least one `max_payload` message), per peer
@@ -112,6 +117,9 @@ def apply_process_settings(options: RTCOptions) -> None:
 
     require_tested_versions()
     install_host_candidate_hook()
+    from node_agent.rtc.direct_first import install_direct_first
+
+    install_direct_first(options.relay_grace)
     if options.coalesce_sacks:
         from node_agent.rtc.sctp_tuning import install_sack_coalescing
 
@@ -160,12 +168,19 @@ def rtc_configuration(options: RTCOptions) -> RTCConfiguration:
 
 
 def parse_ice_server(text: str) -> IceServer:
-    """CLI syntax: `stun:host:port` or `turn:user:password@host:port`."""
+    """CLI syntax: `stun:host:port` or `turn:user:password@host:port` (also `turns:`, `?transport=tcp`).
+
+    The password is what follows the *last* colon before the `@`: TURN REST usernames (`expiry:node`, what the
+    portal issues) contain a colon, their base64 passwords never do."""
     scheme, _, rest = text.partition(":")
     if scheme not in ("stun", "stuns", "turn", "turns") or not rest:
         raise ValueError(f"bad ICE server {text!r}: expected stun:host:port or turn:user:pass@host:port")
     if "@" in rest and scheme.startswith("turn"):
         creds, _, hostport = rest.rpartition("@")
-        user, _, password = creds.partition(":")
+        user, sep, password = creds.rpartition(":")
+        if not sep or not user or not hostport:
+            raise ValueError(f"bad ICE server {text!r}: expected turn:user:pass@host:port")
         return IceServer(f"{scheme}:{hostport}", username=user, credential=password)
+    if scheme.startswith("turn"):
+        raise ValueError(f"TURN server {text!r} needs credentials: turn:user:pass@host:port")
     return IceServer(text)

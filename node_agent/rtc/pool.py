@@ -4,7 +4,9 @@ Signalling (docs/architecture.md, 3.3): the caller sends its SDP offer as the ap
 to the peer's DHT endpoint, pinned to the peer's node id; the answer comes back in the signed reply. There
 is no trickle ICE in aiortc, so that one round trip carries all candidates. After the DTLS handshake both
 sides check the remote certificate against the fingerprint in the SDP the other signed
-(`node_agent.rtc.fingerprint`) and drop the connection on a mismatch.
+(`node_agent.rtc.fingerprint`) and drop the connection on a mismatch. A peer that announced relays (it is
+unreachable from outside, `node_agent.dht.nat`) gets the offer through one of them, still sealed end to end
+by the DHT (`call_rpc_via_relay`): a relay can drop an offer or answer, never forge or alter one.
 
 Concurrent callers share the connection being set up; a connection idle for `idle_timeout` is closed; a
 dropped connection is forgotten so the next call sets up a fresh one.
@@ -22,16 +24,18 @@ import ipaddress
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from node_agent.dht.api import DHTError, DHTNodeAPI, PeerInfo
 from node_agent.dht.endpoints import outward_ip, parse_endpoint
 from node_agent.rtc.admission import Admission, Slot, Tier
-from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
+from node_agent.rtc.config import IceServer, RTCOptions, apply_process_settings, new_peer_connection
 from node_agent.rtc.fingerprint import FingerprintMismatchError, verify_peer_connection
 from node_agent.rtc.framing import ByteBudget
 from node_agent.rtc.large_records import large_record_reads_installed
+from node_agent.rtc.paths import selected_path
 from node_agent.rtc.record_probing import start_record_probing
 from node_agent.rtc.rpc import ChannelRPC, Handler, RPCHandlerError
 from node_agent.supervisor import TaskSupervisor
@@ -172,10 +176,18 @@ class ConnectionPool:
             return link
         return next((link for link in self._inbound.get(node_id, ()) if link.alive), None)
 
+    def set_ice_servers(self, servers: tuple[IceServer, ...]) -> None:
+        """STUN/TURN servers for connections made from now on (a renewed TURN credential)."""
+        self.options = replace(self.options, ice_servers=servers)
+
     # ---- outbound ------------------------------------------------------------------------------------
 
-    async def connect(self, node_id: bytes, endpoint: str, timeout: float | None = None) -> PeerLink:
-        """The live link to `node_id`, opening one if needed; concurrent callers share one set-up."""
+    async def connect(
+        self, node_id: bytes, endpoint: str, timeout: float | None = None, relays: Sequence[str] = ()
+    ) -> PeerLink:
+        """The live link to `node_id`, opening one if needed; concurrent callers share one set-up.
+
+        `relays` (from the peer's announcement): signal through them instead of `endpoint`."""
         if self._closed:
             raise ConnectError("connection pool is closed")
         link = self._outbound.get(node_id)
@@ -185,7 +197,7 @@ class ConnectionPool:
             self._forget(link)
         pending = self._connecting.get(node_id)
         if pending is None:
-            pending = asyncio.ensure_future(self._open(node_id, endpoint))
+            pending = asyncio.ensure_future(self._open(node_id, endpoint, tuple(relays)))
             self._connecting[node_id] = pending
             pending.add_done_callback(lambda _f: self._connecting.pop(node_id, None))
             pending.add_done_callback(_consume_exception)
@@ -195,7 +207,7 @@ class ConnectionPool:
         except TimeoutError:
             raise ConnectError(f"connecting to {node_id.hex()[:8]} at {endpoint} timed out") from None
 
-    async def _open(self, node_id: bytes, endpoint: str) -> PeerLink:
+    async def _open(self, node_id: bytes, endpoint: str, relays: tuple[str, ...] = ()) -> PeerLink:
         from aiortc import RTCSessionDescription
 
         pc = new_peer_connection(self._options_towards(_host_of(endpoint)))
@@ -205,16 +217,7 @@ class ConnectionPool:
                 opened = asyncio.Event()
                 channel.on("open", opened.set)
                 await pc.setLocalDescription(await pc.createOffer())
-                try:
-                    _peer, reply = await self.dht.call_rpc(
-                        endpoint,
-                        OFFER_RPC,
-                        self._signalling_message(pc),
-                        timeout=self.options.connect_timeout,
-                        expected_node_id=node_id,
-                    )
-                except DHTError as exc:
-                    raise ConnectError(f"signalling to {endpoint} failed: {exc}") from exc
+                reply = await self._signal(node_id, endpoint, relays, self._signalling_message(pc))
                 if isinstance(reply, dict) and "refused" in reply:
                     reason = str(reply["refused"])[:200]
                     raise ConnectRefusedError(f"{node_id.hex()[:8]} refused the connection: {reason}")
@@ -235,7 +238,7 @@ class ConnectionPool:
         link = self._make_link(node_id, pc, channel, outbound=True)
         self._tune_path(link, reply)
         self._outbound[node_id] = link
-        logger.info("connected to %s at %s", node_id.hex()[:8], endpoint)
+        logger.info("connected to %s at %s (%s)", node_id.hex()[:8], endpoint, _path_text(pc))
         return link
 
     def disconnect(self, node_id: bytes) -> None:
@@ -243,6 +246,32 @@ class ConnectionPool:
         link = self._outbound.get(node_id)
         if link is not None:
             self._forget(link)
+
+    async def _signal(
+        self, node_id: bytes, endpoint: str, relays: tuple[str, ...], offer: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Send our offer directly, or through the peer's relays in turn (a relay that fails, drops or
+        tampers with the exchange costs one attempt); the peer's answer."""
+        timeout = self.options.connect_timeout
+        if not relays:
+            try:
+                _peer, reply = await self.dht.call_rpc(
+                    endpoint, OFFER_RPC, offer, timeout=timeout, expected_node_id=node_id
+                )
+            except DHTError as exc:
+                raise ConnectError(f"signalling to {endpoint} failed: {exc}") from exc
+            return reply
+        failures = []
+        for relay in relays:
+            try:
+                _peer, reply = await self.dht.call_rpc_via_relay(  # each leaves time for the rest
+                    relay, node_id, OFFER_RPC, offer, 0.9 * timeout / len(relays)
+                )
+                return reply
+            except DHTError as exc:
+                failures.append(f"{relay}: {exc}")
+        reasons = "; ".join(failures)
+        raise ConnectError(f"signalling to {node_id.hex()[:8]} through its relays failed: {reasons}")
 
     # ---- inbound -------------------------------------------------------------------------------------
 
@@ -323,7 +352,9 @@ class ConnectionPool:
         self._tune_path(link, payload)
         link.host, link.tier = handshake.host, handshake.tier
         self._inbound.setdefault(peer.node_id, []).append(link)
-        logger.info("accepted connection from %s (%s)", peer.node_id.hex()[:8], peer.endpoint)
+        logger.info(
+            "accepted connection from %s (%s; %s)", peer.node_id.hex()[:8], peer.endpoint, _path_text(pc)
+        )
 
     # ---- admission -----------------------------------------------------------------------------------
 
@@ -577,6 +608,14 @@ def _host_of(endpoint: str) -> str:
         return parse_endpoint(endpoint)[0]
     except ValueError:
         return endpoint
+
+
+def _path_text(pc: RTCPeerConnection) -> str:
+    """The ICE path for the log: direct or relayed, which candidates (`node_agent.rtc.paths`)."""
+    path = selected_path(pc)
+    if path is None:
+        return "path unknown"
+    return f"{'relayed' if path.relayed else 'direct'}: {path.describe()}"
 
 
 def _checked_sdp(payload: Any) -> str:

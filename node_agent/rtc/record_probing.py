@@ -291,6 +291,21 @@ def start_record_probing(peer_connection: Any, settings: ProbeSettings) -> Recor
     return prober
 
 
+def sctp_chunk_size(peer_connection: Any) -> int | None:
+    """The largest DATA chunk user data this connection sends now (aiortc's 1,160 bytes unless its record size
+    was probed larger); None without an aiortc SCTP transport. The network lab checks it fits the path."""
+    sctp = getattr(peer_connection, "sctp", None)
+    if sctp is None:
+        return None
+    prober = getattr(type(sctp), "colearn_prober", None)
+    if isinstance(prober, RecordProber):
+        return prober.chunk_size()
+    import aiortc.rtcsctptransport as sctp_module
+
+    size = getattr(sctp_module, "USERDATA_MAX_LENGTH", None)
+    return size if isinstance(size, int) else None
+
+
 def probed_transport_class(prober: RecordProber) -> type | None:
     """aiortc's SCTP transport, its chunk-sized methods reading `prober.scope`, heartbeats and losses
     reported to `prober`, oversized chunks sent with DF cleared."""
@@ -327,7 +342,12 @@ def probed_transport_class(prober: RecordProber) -> type | None:
         t3_expired(self)
         prober.data_lost()
 
-    methods.update(_send_chunk=_send_chunk, _receive_chunk=_receive_chunk, _t3_expired=_t3_expired_reported)
+    methods.update(
+        _send_chunk=_send_chunk,
+        _receive_chunk=_receive_chunk,
+        _t3_expired=_t3_expired_reported,
+        colearn_prober=prober,
+    )
     return type("ProbedSctpTransport", (base,), methods)
 
 

@@ -44,6 +44,9 @@ class SessionConfig:
     allow_zero_outputs: bool = False
     initial_peers: Sequence[str] = ()
     rtc_loopback_only: bool = False
+    #: The trainer's DHT address (client mode) and STUN/TURN servers (`IceServer`s) for its connections.
+    listen: str = "0.0.0.0:0"
+    ice_servers: Sequence[Any] = ()
     resume_from: str | None = None
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -103,10 +106,14 @@ def start_caller(
     from node_agent.moe.client import ExpertCaller
     from node_agent.rtc.config import RTCOptions
 
-    rtc = RTCOptions.for_loopback() if config.rtc_loopback_only else RTCOptions(loopback=True)
+    if config.rtc_loopback_only:
+        rtc = RTCOptions.for_loopback()
+    else:
+        rtc = RTCOptions(ice_servers=tuple(config.ice_servers), loopback=True)
     return ExpertCaller.start_caller(
         list(config.initial_peers),
         rtc_options=rtc,
+        listen=config.listen,
         identity=identity,
         credential=credential,
         require_initial_peer=require_initial_peer,

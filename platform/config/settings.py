@@ -8,11 +8,12 @@ secure defaults below make `manage.py check --deploy` clean.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_list, env_secret, env_str, parse_database_url
+from config.env import EnvError, env_bool, env_int, env_list, env_secret, env_str, parse_database_url
 
 PLATFORM_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = PLATFORM_DIR.parent
@@ -255,6 +256,20 @@ SWARM = {
     "RATE_RENEW_PER_KEY": env_int("SWARM_RATE_RENEW_PER_KEY", 30),  # per 5 minutes
     "RATE_JOIN_CODES_PER_USER": env_int("SWARM_RATE_JOIN_CODES_PER_USER", 30),  # per hour
 }
+
+# --- STUN/TURN for volunteers behind NATs (README: "STUN and TURN"). No public server by default: nothing
+# leaves the volunteers' machines for a server the operator did not choose. TURN credentials are short-lived
+# (coturn's REST scheme with the shared secret coturn's static-auth-secret holds) and go only to nodes.
+ICE_STUN_URLS = env_list("COLEARN_STUN_URLS")  # e.g. stun:turn.example.org:3478
+ICE_TURN_URLS = env_list("COLEARN_TURN_URLS")  # e.g. turn:turn.example.org:3478,turns:turn.example.org:5349
+ICE_TURN_SECRET = env_secret("COLEARN_TURN_SECRET") or ""
+ICE_TURN_TTL = env_int("COLEARN_TURN_TTL_S", 6 * 3600)
+for _kind, _urls in (("stun", ICE_STUN_URLS), ("turn", ICE_TURN_URLS)):
+    for _url in _urls:  # agents refuse a project config with a malformed URL: refuse it here, at start-up
+        if not re.fullmatch(rf"{_kind}s?:[^\s@]{{1,250}}", _url):
+            raise EnvError(f"COLEARN_{_kind.upper()}_URLS: {_url!r} is not a {_kind}:host:port URL")
+if ICE_TURN_URLS and not ICE_TURN_SECRET:
+    raise EnvError("COLEARN_TURN_URLS needs COLEARN_TURN_SECRET (coturn's static-auth-secret)")
 
 # The largest expert grid a project may have (cells in all): what one swarm can serve and a page can show.
 PROJECT_MAX_GRID_CELLS = env_int("PROJECT_MAX_GRID_CELLS", 65_536)

@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -33,11 +33,14 @@ from node_agent.identity import Identity
 from node_agent.moe.announce import live_children
 from node_agent.moe.probe import ProbeResult, probe_node
 from node_agent.portal.gate import CredentialPolicy
+from node_agent.portal.ice import ice_servers_for
 from node_agent.portal.project_dht import ProjectScope, install_project_validators
 from node_agent.portal.revocations import MAX_REVOKED, revocation_list_value, revocations_key
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectionPool
 from swarm.probe_schedule import ProbeOutcome, ProbeSchedule
+from swarm.selectors import ice_server_specs
+from swarm.services import observer_turn_grant
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +151,13 @@ class SwarmObserver:
         self._joined: dict[str, _Joined] = {}
         self._endpoints: dict[str, dict[str, str]] = {}
 
+    def _with_operator_ice(self, options: RTCOptions) -> RTCOptions:
+        """`options` plus the operator's STUN/TURN servers, with a fresh TURN credential for the observer's
+        own node id: probes must take the path a trainer behind a NAT takes, TURN included."""
+        now = time.time()
+        operator = ice_servers_for(ice_server_specs(), observer_turn_grant(self.identity, now=now), now=now)
+        return replace(options, ice_servers=operator + options.ice_servers)
+
     async def _dht_for(self, target: ProjectTarget) -> Any:
         from node_agent.dht import DHTNode
 
@@ -171,7 +181,7 @@ class SwarmObserver:
         joined = _Joined(dht, target.peers, schedule=schedule)
         self._joined[target.slug] = joined
         if self.probe:
-            joined.pool = await ConnectionPool.create(dht, None, self.rtc_options)
+            joined.pool = await ConnectionPool.create(dht, None, self._with_operator_ice(self.rtc_options))
         logger.info("observer joined the DHT of %s through %d peer(s)", target.slug, len(target.peers))
         return dht
 
@@ -225,6 +235,7 @@ class SwarmObserver:
             del joined.probes[node_id]
         due = [n for n in joined.schedule.due(announced, time.time()) if n in endpoints]
         if due:
+            joined.pool.set_ice_servers(self._with_operator_ice(self.rtc_options).ice_servers)
             await asyncio.gather(
                 *(self._probe_one(joined, n, endpoints[n], sorted(announced[n])) for n in due)
             )

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db.models import Count, QuerySet
 
 from accounts.models import User
+from node_agent.portal.ice import IceServerSpec
 from node_agent.portal.project_config import AgentSpec, ExpertSpec, ProjectConfig, TrainingSpec
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
@@ -105,7 +106,18 @@ def project_config(*, project: Project, portal_url: str, now: datetime) -> Proje
             wheel_url=f"{portal_url}/agent/{wheel.filename}" if wheel else "",
             sha256=wheel.sha256 if wheel else "",
         ),
+        ice_servers=ice_server_specs(),
     )
+
+
+def ice_server_specs() -> list[IceServerSpec]:
+    """The operator's STUN and TURN servers (settings.ICE_*), URLs only: credentials go to nodes alone."""
+    specs = []
+    if settings.ICE_STUN_URLS:
+        specs.append(IceServerSpec(urls=list(settings.ICE_STUN_URLS)))
+    if settings.ICE_TURN_URLS and settings.ICE_TURN_SECRET:
+        specs.append(IceServerSpec(urls=list(settings.ICE_TURN_URLS)))
+    return specs
 
 
 def project_get_joinable(*, slug: str) -> Project | None:

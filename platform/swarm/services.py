@@ -17,8 +17,9 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 
 from accounts.models import User
-from node_agent.identity import node_id_from_public_key
+from node_agent.identity import Identity, node_id_from_public_key
 from node_agent.portal.errors import CredentialError
+from node_agent.portal.ice import TurnGrant, issue_turn_grant
 from node_agent.portal.schemas import (
     JoinedNode,
     JoinReply,
@@ -229,7 +230,10 @@ def agent_join(
         config = selectors.project_config(project=project, portal_url=portal_url, now=now)
     logger.info("node %s joined %s (user %s)", node.short_id, project.slug, node.user_id)
     joined = JoinedNode(node_id=node.node_id, state=node.state, project=project.slug)
-    return JoinReply(credential=issued.token, expires_at=issued.expires_at, node=joined, config=config)
+    turn = turn_grant(node=node, now=now)
+    return JoinReply(
+        credential=issued.token, expires_at=issued.expires_at, node=joined, config=config, turn=turn
+    )
 
 
 def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> RenewReply:
@@ -251,7 +255,27 @@ def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> R
         if node.project.status != ProjectStatus.ACTIVE:
             raise Conflict("project_not_active", f"project is {node.project.status}")
         issued = _credential_issue(node=node, now=now)
-    return RenewReply(credential=issued.token, expires_at=issued.expires_at)
+    return RenewReply(
+        credential=issued.token, expires_at=issued.expires_at, turn=turn_grant(node=node, now=now)
+    )
+
+
+def turn_grant(*, node: Node, now: datetime) -> TurnGrant | None:
+    """A short-lived TURN credential for `node` (coturn REST scheme), or None when no TURN is configured.
+
+    Only join and renew call this: both verified the node's signature and its code or credential first."""
+    return _turn_grant_for(node.node_id, now=now.timestamp())
+
+
+def _turn_grant_for(node_id_hex: str, *, now: float) -> TurnGrant | None:
+    if not (settings.ICE_TURN_URLS and settings.ICE_TURN_SECRET):
+        return None
+    return issue_turn_grant(settings.ICE_TURN_SECRET, node_id_hex, now=now, ttl=float(settings.ICE_TURN_TTL))
+
+
+def observer_turn_grant(identity: Identity, *, now: float) -> TurnGrant | None:
+    """The swarm observer's own TURN credential (it probes nodes behind NATs as a trainer would)."""
+    return _turn_grant_for(identity.node_id.hex(), now=now)
 
 
 def verify_credential_for(

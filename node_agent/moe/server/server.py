@@ -31,6 +31,7 @@ the background loops run under a `TaskSupervisor` (restarted when they die, `on_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -130,6 +131,7 @@ class ExpertServer:
             period=options.replica_period,
             max_donor_sessions=options.max_donor_sessions,
         )
+        self._relays_changed = asyncio.Event()  # set by the DHT when our relays change
 
     @classmethod
     async def create(
@@ -172,6 +174,7 @@ class ExpertServer:
             await server.replicas.take_over()
         if announce:
             await server.announce()
+            dht.add_relay_listener(lambda _relays: server._relays_changed.set())
             server.supervisor.start("expert-reannounce", server._reannounce)
         server.supervisor.start("expert-stats", server._report)
         if server.forward_cache.enabled:
@@ -282,8 +285,11 @@ class ExpertServer:
     # ---- background ----------------------------------------------------------------------------------
 
     async def _reannounce(self) -> None:
+        """Every `announce_period`, and at once when our relays change (offers must find the new ones)."""
         while True:
-            await asyncio.sleep(self.options.announce_period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._relays_changed.wait(), self.options.announce_period)
+            self._relays_changed.clear()
             try:
                 await self.announce()
             except DHTValidationError as exc:  # e.g. our credential expired or was revoked

@@ -22,6 +22,7 @@ def test_heartbeats_feed_the_replicas_panel(
     make_heartbeat: Any,
 ) -> None:
     from swarm.observations import observation_record
+    from swarm.probe_schedule import ProbeOutcome
 
     states = [
         {"uid": "ffn.0.0", "step": 120, "averaged_age_s": 3.5},
@@ -42,6 +43,11 @@ def test_heartbeats_feed_the_replicas_panel(
         announced={node.node_id: {"ffn.0.0", "ffn.0.1"}, "cd" * 20: {"ffn.0.0"}},
         error="",
         now=timezone.now(),
+        # A replica counts once the observer saw it serving (an `info` probe answered).
+        probes={
+            node.node_id: ProbeOutcome("serving", ("ffn.0.0", "ffn.0.1"), "", timezone.now().timestamp()),
+            "cd" * 20: ProbeOutcome("serving", ("ffn.0.0",), "", timezone.now().timestamp()),
+        },
     )
     text = client.get(f"/projects/{project.slug}/swarm/").content.decode()
     assert "Replicas and averaging" in text and "41 completed, 2 failed" in text
