@@ -20,7 +20,7 @@ from tests.netlab.switchboard import Switchboard
 pytestmark = [pytest.mark.e2e]
 
 #: The largest DATA chunk user data whose packet (SCTP 12 + 16, DTLS record ~29-45, UDP 8, IPv4 20 bytes of
-#: headers) fits a 1,500-byte MTU; aiortc's standard chunk is 1,160 bytes, a probed one up to 16 KB (loopback).
+#: headers) fits a 1,500-byte MTU; aiortc's standard chunk is 1,160 bytes, a probed one up to 16 KB (lo).
 MTU_SAFE_CHUNK = 1400
 
 
