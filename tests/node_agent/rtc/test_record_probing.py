@@ -94,14 +94,15 @@ asyncio.run(main())
 """
 
 
-async def test_a_plain_aiortc_peer_in_another_process_connects_and_echoes_intact(loopback_pair):
+async def test_a_plain_aiortc_peer_in_another_process_connects_and_echoes_intact():
     """No patch of ours in the peer's process: our SACK coalescing and hot-path changes interoperate."""
     import asyncio
 
     from aiortc import RTCSessionDescription
 
-    from node_agent.rtc.config import new_peer_connection
+    from node_agent.rtc.config import apply_process_settings, new_peer_connection
 
+    apply_process_settings(OPTIONS)  # every patch of ours installed on this side
     pc = new_peer_connection(OPTIONS)
     channel = pc.createDataChannel("interop")
     opened = asyncio.Event()
