@@ -41,8 +41,8 @@ def _client_main(args: argparse.Namespace, start: Any, results: Any) -> None:
 
     from node_agent.moe.client import ExpertCaller, get_experts
     from node_agent.rtc.config import RTCOptions, parse_ice_server
-    from node_agent.rtc.large_records import sctp_chunk_size
     from node_agent.rtc.paths import selected_path
+    from node_agent.rtc.record_probing import sctp_chunk_size
     from node_agent.tensor_codec import encode_tensors
 
     torch.set_num_threads(1)

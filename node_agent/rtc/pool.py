@@ -34,12 +34,9 @@ from node_agent.rtc.admission import Admission, Slot, Tier
 from node_agent.rtc.config import IceServer, RTCOptions, apply_process_settings, new_peer_connection
 from node_agent.rtc.fingerprint import FingerprintMismatchError, verify_peer_connection
 from node_agent.rtc.framing import ByteBudget
-from node_agent.rtc.large_records import (
-    enable_large_chunks,
-    large_record_reads_installed,
-    selected_path_is_loopback,
-)
+from node_agent.rtc.large_records import large_record_reads_installed
 from node_agent.rtc.paths import selected_path
+from node_agent.rtc.record_probing import start_record_probing
 from node_agent.rtc.rpc import ChannelRPC, Handler, RPCHandlerError
 from node_agent.supervisor import TaskSupervisor
 
@@ -81,6 +78,9 @@ class PeerLink:
     #: Inbound links: the sender's address and what it ranked as when admitted.
     host: str = ""
     tier: Tier = Tier.UNKNOWN
+    #: Searching the largest SCTP packet the path carries (`record_probing`); None: standard chunks.
+    prober: Any = None
+    prober_task: asyncio.Future[None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -235,8 +235,8 @@ class ConnectionPool:
         except BaseException:
             await pc.close()
             raise
-        self._tune_path(pc, reply, node_id)
         link = self._make_link(node_id, pc, channel, outbound=True)
+        self._tune_path(link, reply)
         self._outbound[node_id] = link
         logger.info("connected to %s at %s (%s)", node_id.hex()[:8], endpoint, _path_text(pc))
         return link
@@ -348,8 +348,8 @@ class ConnectionPool:
             raise
         finally:
             self._handshakes.pop(id(handshake), None)
-        self._tune_path(pc, payload, peer.node_id)
         link = self._make_link(peer.node_id, pc, channel, outbound=False)
+        self._tune_path(link, payload)
         link.host, link.tier = handshake.host, handshake.tier
         self._inbound.setdefault(peer.node_id, []).append(link)
         logger.info(
@@ -446,23 +446,29 @@ class ConnectionPool:
     # ---- signalling and path tuning ------------------------------------------------------------------
 
     def _signalling_message(self, pc: RTCPeerConnection) -> dict[str, Any]:
-        """Our offer or answer: the SDP, whether we can receive large SCTP chunks, our credential if any."""
-        message = {"sdp": pc.localDescription.sdp, "large_records": large_record_reads_installed()}
+        """Our offer or answer: the SDP, whether we can receive large SCTP chunks (so the peer may probe them;
+        not with `record_probing=None`), our credential if any."""
+        reads = large_record_reads_installed() and self.options.record_probing is not None
+        message = {"sdp": pc.localDescription.sdp, "large_records": reads}
         if self.credential is not None:
             message["cred"] = self.credential
         return message
 
-    def _tune_path(self, pc: RTCPeerConnection, remote_message: Any, node_id: bytes) -> None:
-        """Large chunks towards a peer on this machine that said it reads them (`large_records`)."""
+    def _tune_path(self, link: PeerLink, remote_message: Any) -> None:
+        """Probe the path's largest packet towards a peer that said it reads whole records (`large_records`);
+        any other peer (a browser, a plain aiortc) gets aiortc's standard chunks."""
+        settings = self.options.record_probing
         if not (
-            self.options.large_chunks_on_loopback
+            settings is not None
             and isinstance(remote_message, dict)
             and remote_message.get("large_records") is True
-            and selected_path_is_loopback(pc)
         ):
             return
-        if enable_large_chunks(pc):
-            logger.debug("large SCTP chunks towards %s (loopback path)", node_id.hex()[:8])
+        prober = start_record_probing(link.peer_connection, settings)
+        if prober is not None:
+            link.prober = prober
+            link.prober_task = asyncio.ensure_future(prober.run())
+            self._track(link.prober_task)
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
 
@@ -496,6 +502,8 @@ class ConnectionPool:
 
     def _forget(self, link: PeerLink) -> None:
         link.rpc.close()
+        if link.prober_task is not None:
+            link.prober_task.cancel()
         if link.rpc.served:
             self.admission.remember(link.node_id)
         if self._outbound.get(link.node_id) is link:

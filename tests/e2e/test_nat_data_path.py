@@ -3,8 +3,8 @@ through node_agent's connection pool, in home networks of the network lab, with 
 coturn and the offer/answer carried by the test harness (`tests/netlab/switchboard.py`).
 
 ICE picks the direct server-reflexive pair between two typical home routers, falls back to the TURN relay
-between two symmetric NATs (where nothing else works), and neither path uses the loopback-only large SCTP
-chunks: every packet fits a 1,500-byte MTU.
+between two symmetric NATs (where nothing else works), and neither path sends SCTP packets larger than the
+path carries: every packet fits a 1,500-byte MTU (direct pairs probe their record size, `record_probing`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.netlab.switchboard import Switchboard
 pytestmark = [pytest.mark.e2e]
 
 #: The largest DATA chunk user data whose packet (SCTP 12 + 16, DTLS record ~29-45, UDP 8, IPv4 20 bytes of
-#: headers) fits a 1,500-byte MTU; aiortc's standard chunk is 1,160 bytes, the loopback-only large one 16 KB.
+#: headers) fits a 1,500-byte MTU; aiortc's standard chunk is 1,160 bytes, a probed one up to 16 KB (lo).
 MTU_SAFE_CHUNK = 1400
 
 
@@ -54,7 +54,7 @@ def test_two_home_routers_connect_directly_over_server_reflexive_addresses(lab: 
     assert not link["path"]["relayed"] and not inbound["path"]["relayed"], (link, inbound)
     assert link["path"]["remote"][0] == home2.public_address  # b's router, as b's STUN answer showed it
     assert inbound["path"]["remote"][0] == home1.public_address
-    assert link["chunk_size"] <= MTU_SAFE_CHUNK and inbound["chunk_size"] <= MTU_SAFE_CHUNK  # no large chunks
+    assert link["chunk_size"] <= MTU_SAFE_CHUNK and inbound["chunk_size"] <= MTU_SAFE_CHUNK  # fits the path
     assert sent["answered"] == 8
     print(f"direct: connected in {link['seconds']:.2f} s, {sent['mb_per_s']:.1f} MB/s")
 

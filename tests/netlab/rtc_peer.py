@@ -28,9 +28,9 @@ from typing import Any
 from node_agent.dht.api import DHTTimeoutError, PeerInfo, RPCHandler
 from node_agent.identity import Identity
 from node_agent.rtc.config import RTCOptions, parse_ice_server
-from node_agent.rtc.large_records import sctp_chunk_size
 from node_agent.rtc.paths import selected_path
 from node_agent.rtc.pool import ConnectionPool, PeerLink
+from node_agent.rtc.record_probing import sctp_chunk_size
 
 SIGNALLING_ENDPOINT = "harness:1"
 
