@@ -312,9 +312,11 @@ class NetLab:
         uplink_mbit: float | None = None,
         downlink_mbit: float | None = None,
         loss_percent: int = 0,
+        queue_ms: int = 100,
     ) -> HomeNetwork:
         """A home LAN behind a router doing `nat` ("cone" or "symmetric"), its uplink and downlink shaped
-        with tbf when given, `loss_percent` % of the uplink's packets dropped at random."""
+        with tbf when given (a router buffer of `queue_ms` at that rate), `loss_percent` % of the uplink's
+        packets dropped at random."""
         if nat not in NAT_KINDS:
             raise ValueError(f"nat must be one of {NAT_KINDS}, not {nat!r}")
         if name in self.homes:
@@ -333,9 +335,9 @@ class NetLab:
         _run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         self.load_ruleset(router, router_ruleset(nat, loss_percent=loss_percent))
         if uplink_mbit is not None:
-            self.shape(router, WAN, uplink_mbit)
+            self.shape(router, WAN, uplink_mbit, queue_ms=queue_ms)
         if downlink_mbit is not None:
-            self.shape(router, LAN, downlink_mbit)
+            self.shape(router, LAN, downlink_mbit, queue_ms=queue_ms)
         self.homes[name] = home
         return home
 
@@ -345,13 +347,13 @@ class NetLab:
             ["ip", "netns", "exec", host.namespace, "nft", "-f", "-"], input_text=f"flush ruleset\n{ruleset}"
         )
 
-    def shape(self, host: Host, device: str, mbit: float) -> None:
+    def shape(self, host: Host, device: str, mbit: float, *, queue_ms: int = 100) -> None:
         """Token-bucket `device`'s egress to `mbit` Mbit/s: a burst of ~10 ms (at least 32 KiB, enough for the
-        kernel's timer granularity) and a queue of at most 100 ms, like a home router's buffer."""
+        kernel's timer granularity) and a queue of at most `queue_ms`, like a home router's buffer."""
         rate_bytes = mbit * 1e6 / 8
         burst = max(32 * 1024, int(rate_bytes / 100))
         _run(["ip", "netns", "exec", host.namespace, "tc", "qdisc", "replace", "dev", device, "root", "tbf",
-              "rate", f"{mbit}mbit", "burst", str(burst), "latency", "100ms"])  # fmt: skip
+              "rate", f"{mbit}mbit", "burst", str(burst), "latency", f"{queue_ms}ms"])  # fmt: skip
 
     # -- services --------------------------------------------------------------------------------------------
     def start_coturn(self, secret: str, *, host_name: str = "turn", timeout: float = 20) -> TurnServer:
