@@ -136,26 +136,14 @@ class NatService:
 
     # -- the loop -----------------------------------------------------------------------------------
     async def _run(self) -> None:
-        next_check = None  # first check: a random moment soon after joining (nodes started together spread)
+        """Check reachability and keep relays, forever; an unexpected error costs one round, not the loop."""
+        next_check: float | None = None  # first check: soon after joining, spread over FIRST_CHECK_SPREAD
         while not self.node._closed:
-            now = time.monotonic()
-            if next_check is None and self.node.joined:
-                next_check = now + random.uniform(0.5, 0.5 + FIRST_CHECK_SPREAD)
-            if self.config.reachability == "auto" and next_check is not None and now >= next_check:
-                outcome = await self.check()
-                self._unreachable_streak = (
-                    self._unreachable_streak + 1 if outcome is Reachability.UNREACHABLE else 0
-                )
-                wait = self.config.dial_back_interval
-                if 0 < self._unreachable_streak < UNREACHABLE_CONFIRMATIONS:
-                    wait = UNREACHABLE_RECHECK  # one verdict may come from a loaded moment: ask again soon
-                else:
-                    self._apply(outcome)
-                    if self.reachability is Reachability.UNKNOWN:
-                        wait = self.config.dial_back_retry
-                next_check = time.monotonic() + wait
-            if self.reachability is Reachability.UNREACHABLE:
-                await self._keep_relays()
+            try:
+                next_check = await self._round(next_check)
+            except Exception:
+                logger.exception("reachability round failed")
+                next_check = time.monotonic() + self.config.dial_back_retry
             self._wake.clear()
             timeout = self.config.relay_keepalive
             if self.config.reachability == "auto":
@@ -164,6 +152,28 @@ class NatService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+
+    async def _round(self, next_check: float | None) -> float | None:
+        """A dial-back if one is due, then relay keep-alives; returns when the next check is due."""
+        now = time.monotonic()
+        if next_check is None and self.node.joined:
+            next_check = now + random.uniform(0.5, 0.5 + FIRST_CHECK_SPREAD)
+        if self.config.reachability == "auto" and next_check is not None and now >= next_check:
+            outcome = await self.check()
+            self._unreachable_streak = (
+                self._unreachable_streak + 1 if outcome is Reachability.UNREACHABLE else 0
+            )
+            wait = self.config.dial_back_interval
+            if 0 < self._unreachable_streak < UNREACHABLE_CONFIRMATIONS:
+                wait = UNREACHABLE_RECHECK  # one verdict may come from a loaded moment: ask again soon
+            else:
+                self._apply(outcome)
+                if self.reachability is Reachability.UNKNOWN:
+                    wait = self.config.dial_back_retry
+            next_check = time.monotonic() + wait
+        if self.reachability is Reachability.UNREACHABLE:
+            await self._keep_relays()
+        return next_check
 
     # -- dial-back: the asker -----------------------------------------------------------------------
     async def check(self) -> Reachability:

@@ -19,7 +19,7 @@ FAST = {
     "dial_back_retry": 1.0,
     "relay_keepalive": 0.3,
     "rpc_timeout": 1.5,
-    "relay_forward_timeout": 2.0,
+    "relay_forward_timeout": 5.0,
 }
 
 
@@ -106,7 +106,7 @@ async def test_hostile_relay_can_drop_but_never_alter_or_forge(udp_swarm):
 
         relay.nat.handle_relay = altering
         with pytest.raises(DHTRPCError, match="fails verification"):
-            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10)
 
         async def forging(request):  # answers in the hidden node's place, for the right request id
             rid = unseal(request.payload["d"], 65536).rid
@@ -116,7 +116,7 @@ async def test_hostile_relay_can_drop_but_never_alter_or_forge(udp_swarm):
 
         relay.nat.handle_relay = forging
         with pytest.raises(DHTRPCError, match="fails verification"):
-            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10)
 
         async def tampering_request(request):  # alters the offer on its way: the hidden node refuses it
             data = bytearray(request.payload["d"])
@@ -126,9 +126,11 @@ async def test_hostile_relay_can_drop_but_never_alter_or_forge(udp_swarm):
 
         relay.nat.handle_relay = tampering_request
         with pytest.raises(DHTRPCError, match="refused"):
-            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10)
         relay.nat.handle_relay = honest
-        _, reply = await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+        _, reply = await caller.call_rpc_via_relay(
+            relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10
+        )
         assert reply["sdp"] == "v=0"
     finally:
         await hidden.shutdown()
@@ -152,9 +154,9 @@ async def test_relay_caps_bound_what_a_reservation_costs(udp_swarm):
         relay = hidden.relays[0]
         caller = next(n for n in udp_swarm if not relay.endswith(n.node_id.hex()))
         for _ in range(2):
-            await caller.call_rpc_via_relay(relay, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+            await caller.call_rpc_via_relay(relay, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10)
         with pytest.raises(DHTRPCError, match="messages per"):
-            await caller.call_rpc_via_relay(relay, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+            await caller.call_rpc_via_relay(relay, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10)
         with pytest.raises(DHTRPCError, match="exceeds"):
             await caller.call_rpc_via_relay(relay, hidden.node_id, "rtc.offer", {"sdp": "x" * 30_000}, 5)
     finally:
