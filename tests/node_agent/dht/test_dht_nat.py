@@ -3,6 +3,8 @@ node behind an address-and-port-dependent filter (what a home router does to uns
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +14,7 @@ from node_agent.dht import DHTNode, DHTRPCError, DHTTimeoutError, PeerInfo
 from node_agent.dht.messages import seal, unseal
 from node_agent.dht.reachability import Reachability
 from node_agent.dht.transport import MemoryNetwork
+from node_agent.identity import Identity
 from tests.processes import wait_until_async
 
 FAST = {
@@ -283,3 +286,45 @@ async def test_malformed_relay_requests_get_clear_errors(payload, reason):
     finally:
         await asker.shutdown()
         await relay.shutdown()
+
+
+def test_hostile_payloads_of_every_new_kind_get_an_answer_never_an_exception() -> None:
+    """Arbitrary msgpack payloads for dialback, probe, reserve, relay and relayed: each handler answers ok or
+    err (what a datagram from anyone can carry), on one node of the simulator."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from node_agent.dht.api import PeerInfo as Peer
+    from node_agent.dht.protocol import Request
+    from tests.node_agent.msgpack_strategies import msgpack_values
+
+    loop = asyncio.new_event_loop()
+    try:
+        node = loop.run_until_complete(DHTNode.create(network=MemoryNetwork(), reachability="public"))
+        handlers = {
+            "dialback": node.nat.handle_dialback,
+            "relay": node.nat.handle_relay,
+            "relayed": node.nat.handle_relayed,
+        }
+        sender = Identity.generate()
+        peer = Peer(sender.node_id, sender.public_key_bytes, "127.0.0.9:4000")
+
+        @settings(max_examples=150, deadline=None)
+        @given(
+            kind=st.sampled_from(["dialback", "probe", "reserve", "relay", "relayed"]),
+            payload=st.dictionaries(st.sampled_from(["n", "a", "to", "d", "src", "x"]), msgpack_values),
+        )
+        def check(kind: str, payload: dict) -> None:
+            request = Request(peer, ("127.0.0.9", 4000), b"r" * 8, kind, payload, False)
+            if kind in handlers:
+                answer_kind, answer = loop.run_until_complete(handlers[kind](request))
+            elif kind == "probe":
+                answer_kind, answer = node.nat.handle_probe(request, time.time())
+            else:
+                answer_kind, answer = node.nat.handle_reserve(request, time.time())
+            assert answer_kind in ("ok", "err") and isinstance(answer, dict)
+
+        check()
+        loop.run_until_complete(node.shutdown())
+    finally:
+        loop.close()
