@@ -350,30 +350,32 @@ class NatService:
         if not isinstance(target, bytes) or len(target) != ID_BYTES:
             return "err", {"e": "relay needs a 20-byte target id"}
         try:
-            relayable(data, self.book.caps.max_message)
-            assert isinstance(data, bytes)
-            reservation = self.book.admit(target, len(data), time.monotonic())
+            answer = await self._forward(target, data, request.address)
         except RelayRefused as exc:
             return "err", {"e": str(exc)}
-        source = [request.address[0], request.address[1]]
+        return "ok", {"d": answer}
+
+    async def _forward(self, target: bytes, data: object, source: Address) -> bytes:
+        """Pass ``data`` to ``target`` (which holds a reservation here) and return its sealed answer; raises
+        RelayRefused for what this relay will not pass (caps, not signalling) or when the target is silent."""
+        relayable(data, self.book.caps.max_message)
+        assert isinstance(data, bytes)
+        reservation = self.book.admit(target, len(data), time.monotonic())
         try:
             response = await self.node._call(
                 reservation.address,
                 "relayed",
-                {"d": data, "src": source},
+                {"d": data, "src": [source[0], source[1]]},
                 target,
                 self.config.relay_forward_timeout,
             )
         except DHTError as exc:
-            return "err", {"e": f"relayed node did not answer: {exc}"}
+            raise RelayRefused(f"relayed node did not answer: {exc}") from exc
         answer = response.payload.get("d")
         if not isinstance(answer, bytes):
-            return "err", {"e": "relayed node sent no answer"}
-        try:
-            self.book.charge_answer(target, len(answer), time.monotonic())
-        except RelayRefused as exc:
-            return "err", {"e": str(exc)}
-        return "ok", {"d": answer}
+            raise RelayRefused("relayed node sent no answer")
+        self.book.charge_answer(target, len(answer), time.monotonic())
+        return answer
 
     # -- relays: the caller -------------------------------------------------------------------------
     async def call_via_relay(
@@ -403,11 +405,19 @@ class NatService:
             )
         except WireError as exc:
             raise DHTRPCError(f"message too large for a relay: {exc}") from exc
-        response = await self.node._call(address, "relay", {"to": target_id, "d": inner}, relay_id, timeout)
-        try:
-            envelope = core.open_relayed_response(
-                response.payload.get("d"), rid, target_id, self.node._clock.time()
+        if relay_id == self.node.node_id:  # we are its relay ourselves: pass it on from here
+            try:
+                async with asyncio.timeout(timeout):
+                    answer: object = await self._forward(target_id, inner, address)
+            except (RelayRefused, TimeoutError) as exc:
+                raise DHTRPCError(f"relaying to {target_id.hex()[:8]} ourselves failed: {exc}") from exc
+        else:
+            response = await self.node._call(
+                address, "relay", {"to": target_id, "d": inner}, relay_id, timeout
             )
+            answer = response.payload.get("d")
+        try:
+            envelope = core.open_relayed_response(answer, rid, target_id, self.node._clock.time())
         except WireError as exc:
             logger.warning("relay %s passed on a bad answer: %s", relay, exc)
             raise DHTRPCError(f"relay {relay} passed on an answer that fails verification: {exc}") from exc

@@ -31,6 +31,10 @@ async def offer_handler(peer: PeerInfo, payload: dict[str, Any]) -> dict[str, An
     return {"answer_to": peer.node_id, "sdp": payload.get("sdp")}
 
 
+def not_a_relay(swarm: list[DHTNode], hidden: DHTNode) -> DHTNode:
+    return next(n for n in swarm if not any(r.endswith(n.node_id.hex()) for r in hidden.relays))
+
+
 @pytest.fixture
 async def udp_swarm() -> AsyncIterator[list[DHTNode]]:
     first = await DHTNode.create(listen="127.0.0.1:0", reachability="public", **FAST)
@@ -60,9 +64,9 @@ async def test_relayed_rpc_is_sealed_end_to_end_and_only_our_relays_may_push(udp
         [udp_swarm[0].endpoint], listen="127.0.0.1:0", reachability="private", **FAST
     )
     hidden.register_rpc("rtc.offer", offer_handler)
-    caller = udp_swarm[-1]
     try:
         await wait_until_async(lambda: len(hidden.relays) == 2, timeout=10, what="two relays")
+        caller = not_a_relay(udp_swarm, hidden)
         assert hidden.client_mode  # an unreachable node takes no storage duty
         await wait_until_async(
             lambda: all(hidden.node_id not in n.core.routing for n in udp_swarm), timeout=5
@@ -72,6 +76,9 @@ async def test_relayed_rpc_is_sealed_end_to_end_and_only_our_relays_may_push(udp
         )
         assert peer.node_id == hidden.node_id
         assert reply == {"answer_to": caller.node_id, "sdp": "v=0 x"}
+        relay = next(n for n in udp_swarm if hidden.relays[0].endswith(n.node_id.hex()))
+        _, reply = await relay.call_rpc_via_relay(hidden.relays[0], hidden.node_id, "rtc.offer", {}, 10)
+        assert reply["answer_to"] == relay.node_id  # a relay reaches the node it relays for through itself
         with pytest.raises(DHTRPCError, match="signalling only"):  # a relay never carries tensors
             await caller.call_rpc_via_relay(hidden.relays[0], hidden.node_id, "expert.forward", {}, timeout=5)
         # A node that is not one of hidden's relays cannot push requests to it.
@@ -92,9 +99,9 @@ async def test_hostile_relay_can_drop_but_never_alter_or_forge(udp_swarm):
         [udp_swarm[0].endpoint], listen="127.0.0.1:0", reachability="private", **FAST
     )
     hidden.register_rpc("rtc.offer", offer_handler)
-    caller = udp_swarm[-1]
     try:
         await wait_until_async(lambda: len(hidden.relays) == 2, timeout=10, what="two relays")
+        caller = not_a_relay(udp_swarm, hidden)
         relay_text = hidden.relays[0]
         relay = next(n for n in udp_swarm if relay_text.endswith(n.node_id.hex()))
         honest = relay.nat.handle_relay
