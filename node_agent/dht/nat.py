@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from node_agent.dht.api import ID_BYTES, DHTError, DHTRPCError, PeerInfo
-from node_agent.dht.endpoints import format_endpoint, parse_endpoint, source_key, wire_address
+from node_agent.dht.endpoints import format_endpoint, parse_endpoint, wire_address
 from node_agent.dht.messages import RID_BYTES, seal
 from node_agent.dht.protocol import Request
 from node_agent.dht.ratelimit import CostBuckets
@@ -160,9 +160,10 @@ class NatService:
             next_check = now + random.uniform(0.5, 0.5 + FIRST_CHECK_SPREAD)
         if self.config.reachability == "auto" and next_check is not None and now >= next_check:
             outcome = await self.check()
-            self._unreachable_streak = (
-                self._unreachable_streak + 1 if outcome is Reachability.UNREACHABLE else 0
-            )
+            if outcome is Reachability.UNREACHABLE:
+                self._unreachable_streak += 1
+            elif outcome is Reachability.REACHABLE:
+                self._unreachable_streak = 0  # "unknown" is no evidence either way
             wait = self.config.dial_back_interval
             if 0 < self._unreachable_streak < UNREACHABLE_CONFIRMATIONS:
                 wait = UNREACHABLE_RECHECK  # one verdict may come from a loaded moment: ask again soon
@@ -222,7 +223,7 @@ class NatService:
         nonce = request.payload.get("n")
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
             return "err", {"e": "dialback needs a 16-byte nonce"}
-        if not self._asks.take(source_key(request.address[0]), 1.0, time.monotonic()):
+        if not self._asks.take(self._rate_key(request), 1.0, time.monotonic()):
             return "err", {"e": "too many dial-back requests"}
         helpers = [
             c
@@ -242,6 +243,10 @@ class NatService:
                 return "ok", {"sent": True}
         return "ok", {"sent": False}
 
+    def _rate_key(self, request: Request) -> object:
+        """Whose budget a dial-back or probe is charged to (`ProtocolCore.accountable_key`)."""
+        return self.node.core.accountable_key(request.peer.node_id, request.address)
+
     def handle_probe(self, request: Request, now: float) -> tuple[str, dict[str, Any]]:
         nonce = request.payload.get("n")
         try:
@@ -250,9 +255,7 @@ class NatService:
             return "err", {"e": f"bad probe address: {exc}"}
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
             return "err", {"e": "probe needs a 16-byte nonce"}
-        if request.client_mode or not self._probes.take(
-            source_key(request.address[0]), 1.0, time.monotonic()
-        ):
+        if request.client_mode or not self._probes.take(self._rate_key(request), 1.0, time.monotonic()):
             return "err", {"e": "probe refused"}
         node = self.node
         data = seal(
