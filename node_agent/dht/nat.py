@@ -51,6 +51,8 @@ HELPER_CANDIDATES = 3  # helpers an asked peer tries before it gives up
 UNREACHABLE_CONFIRMATIONS = 2  # unreachable verdicts in a row before a node gives up storage duty
 UNREACHABLE_RECHECK = 3.0  # seconds before the confirming check
 FIRST_CHECK_SPREAD = 5.0  # seconds over which the first dial-backs of nodes started together spread
+EARLY_CHECKS = 5  # a node with no verdict yet (too few peers) asks again after EARLY_RETRY, this many times
+EARLY_RETRY = 5.0
 _RATE_KEYS = 65_536
 Address = tuple[str, int]
 RelaysListener = Callable[[list[str]], None]
@@ -87,6 +89,7 @@ class NatService:
         self._listeners: list[RelaysListener] = []
         self._wake = asyncio.Event()
         self._unreachable_streak = 0
+        self._checks = 0
         if self.reachability is Reachability.UNREACHABLE and not self.explicit_client:
             node.core.client_mode = True  # before the first datagram: never enter others' tables
 
@@ -160,6 +163,7 @@ class NatService:
             next_check = now + random.uniform(0.5, 0.5 + FIRST_CHECK_SPREAD)
         if self.config.reachability == "auto" and next_check is not None and now >= next_check:
             outcome = await self.check()
+            self._checks += 1
             if outcome is Reachability.UNREACHABLE:
                 self._unreachable_streak += 1
             elif outcome is Reachability.REACHABLE:
@@ -169,8 +173,13 @@ class NatService:
                 wait = UNREACHABLE_RECHECK  # one verdict may come from a loaded moment: ask again soon
             else:
                 self._apply(outcome)
-                if self.reachability is Reachability.UNKNOWN:
-                    wait = self.config.dial_back_retry
+                if self.reachability is Reachability.UNKNOWN:  # e.g. too few peers yet: soon at first
+                    early = self._checks <= EARLY_CHECKS
+                    wait = (
+                        min(EARLY_RETRY, self.config.dial_back_retry)
+                        if early
+                        else self.config.dial_back_retry
+                    )
             next_check = time.monotonic() + wait
         if self.reachability is Reachability.UNREACHABLE:
             await self._keep_relays()
