@@ -1,4 +1,5 @@
-"""Decentralized averaging: DHT matchmaking and butterfly all-reduce over the WebRTC pool."""
+"""Decentralized averaging: DHT matchmaking and butterfly all-reduce over the WebRTC pool (`averager`), and
+state download between peers (`state_download`)."""
 
 from node_agent.averaging.averager import AveragingError, AveragingOptions, DecentralizedAverager, RoundReport
 
