@@ -164,6 +164,7 @@ class DecentralizedAverager:
         self._rounds: dict[bytes, tuple[ButterflyRound, Roster]] = {}
         self._round_started = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._tag = ""
         self._background: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -189,15 +190,21 @@ class DecentralizedAverager:
 
     @property
     def group_key(self) -> str:
-        return f"{NAMESPACE}{self.prefix}:{self.group_bits}"
+        return f"{NAMESPACE}{self.prefix}:{self._tag}.{self.group_bits}"
 
     # ---- one step ------------------------------------------------------------------------------------
 
-    async def step(self, weight: float = 1.0, timeout: float | None = None) -> RoundReport:
-        """Find a group and average with it; tensors are updated in place. AveragingError if no group."""
+    async def step(self, weight: float = 1.0, timeout: float | None = None, tag: str = "") -> RoundReport:
+        """Find a group and average with it; tensors are updated in place. AveragingError if no group.
+
+        `tag` (letters, digits, '-'): peers group only with peers stepping with the same tag, e.g. an epoch.
+        """
         if not weight >= 0:
             raise ValueError("weight must be >= 0")
+        if not all(c.isalnum() or c == "-" for c in tag) or len(tag) > 40:
+            raise ValueError("a tag holds at most 40 letters, digits or '-'")
         async with self._lock:
+            self._tag = tag
             budget = timeout if timeout is not None else 3 * self.options.matchmaking_time + 60.0
             started = time.monotonic()
             end = started + budget

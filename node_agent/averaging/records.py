@@ -100,9 +100,12 @@ class Progress:
     time: float
     endpoint: str
     credential: str | None = None
+    #: Samples of its local batches: it contributes at least one before it takes a global step.
+    batch: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {
+            "b": self.batch,
             "epoch": self.epoch,
             "samples": self.samples,
             "sps": self.samples_per_s,
@@ -119,6 +122,9 @@ class Progress:
             raise MessageError("progress: bad epoch")
         if type(samples) is not int or not 0 <= samples <= MAX_SAMPLES:
             raise MessageError("progress: bad samples")
+        batch = data.get("b", 0)
+        if type(batch) is not int or not 0 <= batch <= MAX_SAMPLES:
+            raise MessageError("progress: bad batch size")
         return cls(
             epoch,
             samples,
@@ -126,6 +132,7 @@ class Progress:
             _number(data.get("t"), 0.0, 1e11, "progress time"),
             _text(data, "ep", MAX_ENDPOINT_CHARS, "progress"),
             _credential(data, "progress"),
+            batch,
         )
 
 

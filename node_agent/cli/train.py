@@ -53,6 +53,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--rtc-loopback-only", action="store_true", help="offer only 127.0.0.1 (one machine)")
+    collab = parser.add_argument_group("collaborative training (average with the project's other trainers)")
+    collab.add_argument(
+        "--collaborative",
+        action="store_true",
+        help="average this trainer's own gradients with other trainers of the same run (needs the DHT)",
+    )
+    collab.add_argument(
+        "--target-batch-size", type=int, default=256, help="samples all trainers gather per global step"
+    )
+    collab.add_argument("--run-name", default="trainer", help="trainers with the same name train together")
+    collab.add_argument("--average-timeout", type=float, default=30.0)
+    collab.add_argument(
+        "--wait-for-trainers", type=int, default=0, help="start once this many other trainers are live"
+    )
     portal = parser.add_argument_group("portal reporting")
     portal.add_argument("--portal", default=None, help="portal URL to report metrics and heartbeats to")
     portal.add_argument("--join-code", default=None, help="one-time join code from the project's Join page")
@@ -162,9 +176,23 @@ def run(args: argparse.Namespace) -> int:
     args.uid_prefix = args.uid_prefix or "ffn"
     args.expert_class = args.expert_class or "ffn"
     args.hidden_dim = args.hidden_dim or 64
-    if not args.local and not args.initial_peers:
-        print("error: --initial-peers is required unless --local", file=sys.stderr)
+    if (not args.local or args.collaborative) and not args.initial_peers:
+        print(
+            "error: --initial-peers is required unless --local (and always with --collaborative)",
+            file=sys.stderr,
+        )
         return 2
+    collaborative = None
+    if args.collaborative:
+        from node_agent.training.collaborative import CollaborativeConfig
+
+        collaborative = CollaborativeConfig(
+            run=args.run_name,
+            target_batch_size=args.target_batch_size,
+            average_timeout=args.average_timeout,
+            wait_for_peers=args.wait_for_trainers,
+            credential=portal[0].credential if portal is not None else None,
+        )
     try:
         config = SessionConfig(
             dataset=args.dataset,
@@ -185,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
             rtc_loopback_only=args.rtc_loopback_only,
             resume_from=args.checkpoint_dir if args.resume else None,
             seed=args.seed,
+            collaborative=collaborative,
             train=TrainConfig(
                 steps=args.steps,
                 batch_size=args.batch_size,
@@ -215,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         metrics.subscribe(reporting.sink)
     caller = None
     try:
-        if portal is not None and config.mode == "remote":
+        if portal is not None and (config.mode == "remote" or config.collaborative is not None):
             caller = _portal_caller(config, *portal)
             if reporting is not None:
                 reporting.counters.peer_requests = caller.take_peer_requests
@@ -242,5 +271,7 @@ def run(args: argparse.Namespace) -> int:
         "experts_answered": result.experts_answered,
         "experts_failed": result.experts_failed,
     }
+    if args.collaborative:
+        summary.update(global_steps=result.global_steps, averaged_steps=result.averaged_steps)
     print(json.dumps(summary), flush=True)
     return 0

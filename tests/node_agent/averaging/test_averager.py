@@ -50,6 +50,8 @@ async def test_fp16_within_tolerance_and_keys_rotate():
         for peer in peers:
             for got, want in zip(peer.tensors, expected, strict=True):
                 torch.testing.assert_close(got, want, rtol=0, atol=5e-3)
+        for peer in peers[1:]:  # everyone keeps the value that travelled: identical tensors
+            assert all(torch.equal(a, b) for a, b in zip(peer.tensors, peers[0].tensors, strict=True))
         # Moshpit: each member's next key ends with its index in the group, so the four now differ
         assert len({p.averager.group_key for p in peers}) == 4
 
