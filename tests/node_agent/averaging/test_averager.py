@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import torch
 
-from node_agent.averaging import AveragingOptions
+from node_agent.averaging import AveragingError, AveragingOptions, RoundReport
+from node_agent.dht import DHTNode
+from node_agent.identity import Identity
+from node_agent.portal.gate import CredentialPolicy
+from node_agent.portal.tokens import issue_credential
 from node_agent.tensor_codec import Compression
 from tests.node_agent.averaging.swarm import averaging_peers
 
@@ -99,3 +104,39 @@ async def test_peer_sending_huge_values_is_refused_and_penalised():
             assert flat.abs().max() < 100  # nothing of the huge peer got in
             # each value is the honest mean (parts reduced by honest peers) or our own (the bad peer's part)
             assert bool(((flat - want).abs() < 1e-4).logical_or((flat - own).abs() < 1e-6).all())
+
+
+async def test_gated_project_groups_only_credentialed_peers():
+    portal = Identity.generate()
+    policy = CredentialPolicy("demo", portal.public_key_bytes)
+    outsider = 3
+
+    def options(dht: DHTNode) -> AveragingOptions:
+        token = issue_credential(
+            portal, cid=dht.node_id.hex(), project="demo", user=1,
+            node_public_key=dht.identity.public_key_bytes, now=time.time(), ttl=600,
+        )  # fmt: skip
+        index = len(made)
+        made.append(dht.node_id)
+        return AveragingOptions(
+            target_group_size=4,
+            min_group_size=2,
+            matchmaking_time=2.0,
+            compression=Compression.NONE,
+            credential=None if index == outsider else token,
+            credentials=policy,
+        )
+
+    made: list[bytes] = []
+    inputs = [_tensors(seed) for seed in range(4)]
+    expected = _mean(inputs[:3])
+    async with averaging_peers([[t.clone() for t in ts] for ts in inputs], options) as peers:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(p.averager.step(timeout=6) for p in peers), return_exceptions=True), 30
+        )
+        assert isinstance(results[outsider], AveragingError)  # nobody takes it in, nobody joins it
+        for peer, report in zip(peers[:3], results[:3], strict=True):
+            assert isinstance(report, RoundReport) and report.complete and report.group_size == 3
+            assert peers[outsider].dht.node_id not in report.members
+            for got, want in zip(peer.tensors, expected, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
