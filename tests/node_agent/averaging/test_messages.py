@@ -9,7 +9,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node_agent.averaging.records import Progress
 from node_agent.averaging.messages import (
     Declaration,
     JoinRequest,
@@ -20,6 +19,7 @@ from node_agent.averaging.messages import (
     parse_join_reply,
     parse_reduce_reply,
 )
+from node_agent.averaging.records import Progress
 from node_agent.tensor_codec import encode_tensor
 from tests.node_agent.msgpack_strategies import hostile_headers, msgpack_values
 
