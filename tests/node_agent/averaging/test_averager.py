@@ -87,9 +87,9 @@ async def test_peer_killed_mid_round_leaves_partial_average_and_no_hang():
             assert (peer.tensors[0] - survivors_mean).abs().mean() < (own - survivors_mean).abs().mean()
 
 
-async def test_peer_sending_huge_values_is_refused_and_penalised():
+async def test_peer_sending_huge_or_nan_values_is_refused_and_penalised():
     inputs = [_tensors(seed) for seed in range(4)]
-    inputs[3] = [t * 1e6 for t in inputs[3]]
+    inputs[3] = [inputs[3][0] * 1e6, torch.full_like(inputs[3][1], float("nan"))]  # huge, then NaN
     honest_mean = _mean(inputs[:3])
     options = AveragingOptions(target_group_size=4, compression=Compression.NONE)
     async with averaging_peers([[t.clone() for t in ts] for ts in inputs], options) as peers:
@@ -101,7 +101,7 @@ async def test_peer_sending_huge_values_is_refused_and_penalised():
             flat = torch.cat([t.reshape(-1) for t in peer.tensors])
             want = torch.cat([t.reshape(-1) for t in honest_mean])
             own = torch.cat([t.reshape(-1) for t in inputs[peers.index(peer)]])
-            assert flat.abs().max() < 100  # nothing of the huge peer got in
+            assert torch.isfinite(flat).all() and flat.abs().max() < 100  # nothing of the bad peer got in
             # each value is the honest mean (parts reduced by honest peers) or our own (the bad peer's part)
             assert bool(((flat - want).abs() < 1e-4).logical_or((flat - own).abs() < 1e-6).all())
 
