@@ -8,9 +8,14 @@ allocator). Measured in the same run: `local_samples_per_s` (the same block, sam
 training step, i.e. one forward, one backward, clipping and the optimiser step, default torch threads, in a
 fresh process, best of two runs), `local_same_allocator_samples_per_s` (the same, with the server's
 allocator settings) and `raw_channel_mb_per_s` (one aiortc data channel on loopback, 64 MiB in 64 KiB
-messages, both ends in one process; `raw_channel_standard_chunks_mb_per_s` with aiortc's 1.2 KB chunks).
+messages, both ends in one process, after the record-size search; `raw_channel_standard_chunks_mb_per_s`
+with aiortc's 1.2 KB chunks, what a path with a 1,280-byte MTU gets).
+
+`--record-size base` makes every connection keep aiortc's standard chunks (what a path that carries no larger
+packets gets); the default probes the largest packet the path carries (16 KiB on loopback).
 
     python benchmarks/bench_experts.py --expert-class nop
+    python benchmarks/bench_experts.py --expert-class nop --record-size base
     python benchmarks/bench_experts.py --expert-class ffn
     python benchmarks/bench_experts.py --expert-class ffn --compression none --no-reuse-forward
 
@@ -47,15 +52,12 @@ def _server_main(args: argparse.Namespace, ready: mp.Queue, start: mp.Event, sto
         from node_agent.dht import DHTNode
         from node_agent.moe.server.backend import OptimizerConfig, create_backends
         from node_agent.moe.server.server import ExpertServer, ServerOptions
-        from node_agent.rtc.config import RTCOptions
 
         dht = await DHTNode.create(listen="127.0.0.1:0")
         uids = [f"expert.{i}" for i in range(args.num_experts)]
         backends = create_backends(uids, args.expert_class, args.hidden_dim, OptimizerConfig(), seed=0)
         options = ServerOptions(max_batch_size=args.max_batch_size, max_wait=args.max_wait, stats_period=3600)
-        server = await ExpertServer.create(
-            dht, backends, options, RTCOptions.for_loopback(chunk_size=args.chunk_size)
-        )
+        server = await ExpertServer.create(dht, backends, options, _rtc_options(args))
         ready.put(dht.endpoint)
         while not start.is_set():
             await asyncio.sleep(0.005)
@@ -69,15 +71,22 @@ def _server_main(args: argparse.Namespace, ready: mp.Queue, start: mp.Event, sto
     asyncio.run(main())
 
 
+def _rtc_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from node_agent.rtc.config import RTCOptions
+
+    if args.record_size == "base":
+        return RTCOptions.for_loopback(chunk_size=args.chunk_size, record_probing=None)
+    return RTCOptions.for_loopback(chunk_size=args.chunk_size)
+
+
 def _client_main(args: argparse.Namespace, endpoint: str, start: mp.Event, results: mp.Queue) -> None:
     import torch
 
     from node_agent.moe.client import ExpertCaller, get_experts
-    from node_agent.rtc.config import RTCOptions
     from node_agent.tensor_codec import encode_tensors
 
     torch.set_num_threads(1)
-    rtc = RTCOptions.for_loopback(chunk_size=args.chunk_size)
+    rtc = _rtc_options(args)
     options = {"compression": args.compression} if args.compression else {}
     with ExpertCaller(
         [endpoint], rtc_options=rtc, reuse_forward=not args.no_reuse_forward, **options
@@ -152,11 +161,12 @@ def _local_main(args: argparse.Namespace, tuned: bool, results: mp.Queue) -> Non
 async def raw_channel_mb_per_s(
     total: int = 64 * 2**20, message: int = 64 * 2**10, large_chunks: bool = True
 ) -> float:
-    """One data channel between two connections in this process (large chunks as the pool uses them)."""
+    """One data channel between two connections in this process (record sizes probed as the pool does)."""
     from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
-    from node_agent.rtc.large_records import enable_large_chunks, selected_path_is_loopback
+    from node_agent.rtc.plpmtu import Phase
+    from node_agent.rtc.record_probing import start_record_probing
 
-    options = RTCOptions.for_loopback(large_chunks_on_loopback=large_chunks)
+    options = RTCOptions.for_loopback()
     apply_process_settings(options)
     a, b = new_peer_connection(options), new_peer_connection(options)
     channel = a.createDataChannel("raw")
@@ -179,8 +189,13 @@ async def raw_channel_mb_per_s(
     await b.setLocalDescription(await b.createAnswer())
     await a.setRemoteDescription(b.localDescription)
     await asyncio.wait_for(opened.wait(), 10)
-    if large_chunks and selected_path_is_loopback(a):
-        assert enable_large_chunks(a), "aiortc changed: large chunks unavailable"
+    probing = None
+    if large_chunks:
+        prober = start_record_probing(a, options.record_probing)
+        assert prober is not None, "aiortc changed: record probing unavailable"
+        probing = asyncio.ensure_future(prober.run())
+        while prober.search.phase is not Phase.COMPLETE:
+            await asyncio.sleep(0.01)
     writable = asyncio.Event()
     channel.bufferedAmountLowThreshold = 1 << 20
     channel.on("bufferedamountlow", writable.set)
@@ -193,6 +208,8 @@ async def raw_channel_mb_per_s(
         channel.send(chunk)
     await asyncio.wait_for(done.wait(), 120)
     elapsed = time.perf_counter() - began
+    if probing is not None:
+        probing.cancel()
     await a.close()
     await b.close()
     return total / 2**20 / elapsed
@@ -233,6 +250,12 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=4096)
     parser.add_argument("--max-wait", type=float, default=0.005)
     parser.add_argument("--chunk-size", type=int, default=64 * 1024)
+    parser.add_argument(
+        "--record-size",
+        default="probe",
+        choices=["probe", "base"],
+        help="probe: the largest SCTP packet each path carries; base: aiortc's standard ~1.2 KB chunks",
+    )
     parser.add_argument("--skip-raw", action="store_true")
     args = parser.parse_args()
 
@@ -273,6 +296,7 @@ def main() -> None:
     result = {
         "benchmark": "experts",
         "expert_class": args.expert_class,
+        "record_size": args.record_size,
         "compression": spans[0][5],
         "kept_backwards": sum(span[3] for span in spans),
         "recomputed_backwards": sum(span[4] for span in spans),

@@ -1,10 +1,13 @@
 // Colearn portal scripts, bundled by esbuild into platform/static_build/colearn.js.
 import { startCopyButtons } from "./copy-command.js";
+import { startLiveMyNodes } from "./live-my-nodes.js";
 import { startLiveProjects } from "./live-projects.js";
 
 function init() {
   const listing = document.querySelector("[data-live-projects]");
   if (listing) startLiveProjects(listing, document.querySelector("[data-live-indicator]"));
+  const myNodes = document.querySelector("[data-live-my-nodes]");
+  if (myNodes) startLiveMyNodes(myNodes, document.querySelector("[data-live-indicator]"));
   startCopyButtons();
 }
 

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import test from "node:test";
 
-import { applyMessage, displayState, emptySwarm, formatAge, heartbeatAge, isMine, uidCoords } from "../src/swarm/state.js";
+import { applyMessage, displayState, emptySwarm, formatAge, heartbeatAge, isMine, reachCounts, reachLabel, uidCoords } from "../src/swarm/state.js";
 
 const NOW = 1_700_000_000;
 
@@ -171,4 +171,17 @@ test("the viewer's own nodes, ages and expert coordinates", () => {
   assert.equal(uidCoords("ffn.3", 2), null);
   assert.equal(uidCoords("ffn.-1.2", 2), null);
   assert.equal(uidCoords("ffn.a.2", 2), null);
+});
+
+test("reach: announced, reachable and serving are told apart", () => {
+  const nodes = [
+    node("a", { announced: ["ffn.0.0"], reach: "serving" }),
+    node("b", { announced: ["ffn.0.1"], reach: "reachable", probe_reason: "connected, but ffn.0.1: malformed info reply" }),
+    node("c", { announced: ["ffn.1.0"], reach: "unreachable" }),
+    node("d", { announced: ["ffn.1.1"], reach: "" }),
+    node("e", { announced: [], reach: "serving" }), // no longer announced: counts for nothing
+  ];
+  assert.deepEqual(reachCounts(nodes), { announced: 4, reachable: 2, serving: 1 });
+  assert.deepEqual(nodes.map(reachLabel), ["serving", "reachable, not serving", "announced, unreachable", "announced, not probed yet", "not announced"]);
+  assert.equal(reachLabel(node("f", { announced: ["x"], reach: "<img>" })), "announced, not probed yet");
 });

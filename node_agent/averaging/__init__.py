@@ -1,5 +1,6 @@
 """Decentralized averaging: DHT matchmaking and butterfly all-reduce over the WebRTC pool (`averager`),
-DHT records (`records`, no torch: every project node validates them) and state download (`state_download`).
+DHT records (`records`, no torch: every project node validates them) and state download (`state_download`)
+for newcomers, replicas and exports.
 
 Names load lazily, so that importing `node_agent.averaging.records` does not import torch."""
 

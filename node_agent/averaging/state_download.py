@@ -176,6 +176,11 @@ def snapshot_entries(snapshot: StateSnapshot, compress: Callable[[str], bool]) -
     return entries
 
 
+def entries_of(tensors: Mapping[str, torch.Tensor]) -> list[TensorEntry]:
+    """Manifest entries describing tensors as they are (to check local files against a `StateSchema`)."""
+    return snapshot_entries(StateSnapshot(0, tensors), lambda _name: False)
+
+
 def encode_snapshot(snapshot: StateSnapshot, entries: Sequence[TensorEntry]) -> bytes:
     """The flat buffer the parts are cut from: each tensor's bytes, as its entry says, in order."""
     chunks = []

@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--rtc-loopback", action="store_true", help="also offer 127.0.0.1 ICE candidates")
     parser.add_argument("--rtc-loopback-only", action="store_true", help="offer only 127.0.0.1 (one machine)")
+    parser.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        help="stun:host:port or turn:user:pass@host:port (repeatable; after the portal project's own)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -69,8 +75,14 @@ def run(args: argparse.Namespace) -> int:
     from node_agent.identity import Identity
     from node_agent.portal.joining import AgentSetupError, obtain_agent_state
     from node_agent.portal.state import AGENT_STATE_FILE
+    from node_agent.rtc.config import parse_ice_server
 
     logging.getLogger("node_agent").setLevel(min(logging.INFO, logging.getLogger().level or logging.INFO))
+    try:
+        args.ice_servers = tuple(parse_ice_server(text) for text in args.ice_server)
+    except ValueError as exc:
+        say(f"error: {exc}")
+        return 2
     data_dir = Path(args.data_dir or default_data_dir())
     try:
         identity = Identity.load_or_create(data_dir / "identity.key")
@@ -126,6 +138,7 @@ async def _serve(args: argparse.Namespace, identity, state, data_dir) -> int:
         peer_refresh_period=args.peer_refresh_period,
         rebalance_after=max(0.0, args.rebalance_after),
         rebalance_rounds=3 if args.rebalance_after > 0 else 0,
+        ice_servers=args.ice_servers,
     )
     client = PortalClient(state.portal_url, timeout=args.portal_timeout)
     try:

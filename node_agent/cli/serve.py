@@ -43,6 +43,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--announce-period", type=float, default=20.0)
     parser.add_argument("--checkpoint-dir", default=None, help="save/restore experts here (safetensors)")
     parser.add_argument("--checkpoint-period", type=float, default=600.0)
+    parser.add_argument(
+        "--replica-period",
+        type=float,
+        default=5.0,
+        help="seconds between averaging rounds with other replicas of the same experts (0: never)",
+    )
+    parser.add_argument(
+        "--no-take-over",
+        action="store_true",
+        help="start from fresh weights instead of the newest state of a live replica",
+    )
+    parser.add_argument(
+        "--fallback-export",
+        default=None,
+        help="a `node-agent export` file to start cells from when no live replica holds them",
+    )
     parser.add_argument("--stats-period", type=float, default=30.0, help="seconds between throughput lines")
     parser.add_argument("--seed", type=int, default=None, help="seed the initial expert weights")
     parser.add_argument(
@@ -123,6 +139,8 @@ async def _serve(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_period=args.checkpoint_period,
         stats_period=args.stats_period,
+        replica_period=args.replica_period,
+        take_over=not args.no_take_over,
     )
     stop = asyncio.Event()
     failure: list[str] = []
@@ -131,7 +149,12 @@ async def _serve(args: argparse.Namespace) -> int:
         failure.append(reason)
         stop.set()
 
-    server = await ExpertServer.create(dht, backends, options, rtc_options, on_fatal=fail)
+    fallback = None
+    if args.fallback_export:
+        from node_agent.training.export import export_fallback
+
+        fallback = export_fallback(args.fallback_export)
+    server = await ExpertServer.create(dht, backends, options, rtc_options, on_fatal=fail, fallback=fallback)
     print(f"{dht.endpoint}/{dht.node_id.hex()}", flush=True)
     log.info("serving %d %s experts (%s) at %s", len(uids), args.expert_class, args.experts, dht.endpoint)
     loop = asyncio.get_running_loop()

@@ -2,12 +2,19 @@
 
 With `--portal` (and `--join-code` or `--credential-file`) it also reports metrics and heartbeats to the
 portal from a background thread, and takes the swarm's bootstrap peers, grid and hidden size from the
-project config unless given; the portal being down never slows or stops training.
+project config unless given; the portal being down never slows or stops training. Such a portal trainer
+(the project's Train page shows the command) waits, saying so, until the project lists a peer and its experts
+answer; it trains until stopped (SIGINT/SIGTERM: it ends the step, saves a checkpoint with
+`--checkpoint-dir`, and sends a last "going offline" heartbeat) unless `--steps` is given. Run it again
+without a code to restart from the saved credential; every start is a new run on the portal's charts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 
 from node_agent.cli import peer_list
 
@@ -38,7 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout-after-k-min", type=float, default=1.0)
     parser.add_argument("--backward-timeout", type=float, default=10.0)
     parser.add_argument("--allow-zero-outputs", action="store_true")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="stop after this many steps (default: a portal trainer trains until stopped, others 300)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of the trainer's own layers")
     parser.add_argument("--eval-every", type=int, default=100)
@@ -53,6 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--rtc-loopback-only", action="store_true", help="offer only 127.0.0.1 (one machine)")
+    parser.add_argument(
+        "--listen", default="0.0.0.0:0", help="the trainer's DHT HOST:PORT to bind (default %(default)s)"
+    )
+    parser.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        help="stun:host:port or turn:user:pass@host:port (repeatable; after the portal project's own)",
+    )
     collab = parser.add_argument_group("collaborative training (average with the project's other trainers)")
     collab.add_argument(
         "--collaborative",
@@ -69,10 +90,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     portal = parser.add_argument_group("portal reporting")
     portal.add_argument("--portal", default=None, help="portal URL to report metrics and heartbeats to")
-    portal.add_argument("--join-code", default=None, help="one-time join code from the project's Join page")
+    portal.add_argument("--join-code", default=None, help="one-time code from the project's Train page")
     portal.add_argument("--credential-file", default=None, help="agent.json saved by an earlier join")
-    portal.add_argument("--data-dir", default=None, help="identity and credential directory")
+    portal.add_argument(
+        "--data-dir",
+        default=None,
+        help="identity and credential directory (default: trainer/ in the user data directory, apart from "
+        "a node's)",
+    )
     portal.add_argument("--heartbeat-period", type=float, default=30.0)
+    portal.add_argument(
+        "--wait-period",
+        type=float,
+        default=10.0,
+        help="while the project has no peer or no expert answers, say so and try again this often (seconds)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -82,21 +114,30 @@ def _portal_state(args: argparse.Namespace):  # -> tuple[AgentState, Identity]
 
     from node_agent.cli.join import default_data_dir, say
     from node_agent.identity import Identity
-    from node_agent.portal.joining import AgentSetupError, obtain_agent_state
+    from node_agent.portal.joining import (
+        RESTART_TRAINER,
+        AgentSetupError,
+        obtain_agent_state,
+        refresh_turn_grant,
+    )
     from node_agent.portal.state import AGENT_STATE_FILE, load_agent_state
 
     if args.credential_file:
         state_path = Path(args.credential_file)
         data_dir = Path(args.data_dir) if args.data_dir else state_path.parent
-    else:
-        data_dir = Path(args.data_dir or default_data_dir())
+    else:  # a trainer of its own: a node joined on the same computer keeps its key and credential
+        data_dir = Path(args.data_dir) if args.data_dir else Path(default_data_dir()) / "trainer"
         state_path = data_dir / AGENT_STATE_FILE
     try:
         identity = Identity.load_or_create(data_dir / "identity.key")
         portal_url = args.portal or load_agent_state(state_path).portal_url
     except (OSError, ValueError) as exc:
         raise AgentSetupError(str(exc)) from exc
-    state = obtain_agent_state(portal_url, args.join_code, identity, state_path, say=say)
+    state = obtain_agent_state(
+        portal_url, args.join_code, identity, state_path, say=say, restart=RESTART_TRAINER
+    )
+    if refresh_turn_grant(state, identity, state_path):
+        say("renewed the credential for a fresh TURN credential")
     node = identity.node_id.hex()
     say(f"reporting training of project {state.project} to {state.portal_url} as node {node}")
     return state, identity
@@ -108,16 +149,49 @@ PEER_WAIT_STEP = 10.0
 PEER_WAIT_LIMIT = 3600.0
 
 
-def _portal_caller(session_config, state, identity):  # -> ExpertCaller
-    """The trainer's caller for a portal project: it speaks with its joined identity and carries its
-    credential in connection offers (busy servers admit credentialed peers first), its traffic is reported in
-    heartbeats, and in a gated project the trainer, too, drops announcements without a valid credential."""
+class Stopped(Exception):
+    """The trainer was asked to stop (SIGINT/SIGTERM) before it could start training."""
+
+
+def _wait_for_listed_peers(session_config, state, stop, period: float) -> None:
+    """A new project lists no bootstrap peer until an expert server heartbeats: ask the portal for its
+    config every `period` s, saying so, until it lists one (the peers go into `session_config`)."""
+    from node_agent.cli.join import say
+    from node_agent.portal.client import PortalClient, PortalError
+    from node_agent.portal.errors import ProtocolError
+    from node_agent.portal.project_config import parse_project_config
+
+    client = PortalClient(state.portal_url, timeout=10.0)
+    while not session_config.initial_peers:
+        say(
+            f"waiting for experts: project {state.project} lists no online expert server yet; "
+            f"asking {state.portal_url} again in {period:.0f}s"
+        )
+        if stop.wait(period):
+            raise Stopped
+        try:
+            peers = parse_project_config(client.project_config(state.project)).bootstrap_peers
+        except (PortalError, ProtocolError) as exc:
+            say(f"could not read the project config: {exc}")
+            continue
+        session_config.initial_peers = list(peers)
+
+
+def _portal_caller(session_config, state, identity, stop=None, wait_period: float = PEER_WAIT_STEP):
+    """The trainer's caller (an ExpertCaller) for a portal project: it speaks with its joined identity and
+    carries its credential in connection offers (busy servers admit credentialed peers first), its traffic is
+    reported in heartbeats, and in a gated project the trainer, too, drops announcements without a valid
+    credential. Waits for the project's first peer (raises Stopped when `stop` is set meanwhile)."""
+    import threading
+
     from node_agent.cli.join import say
     from node_agent.portal.project_config import parse_project_config
     from node_agent.portal.project_dht import ProjectScope, install_project_validators
     from node_agent.training.session import start_caller
 
+    stop = stop if stop is not None else threading.Event()
     project = parse_project_config(state.config)
+    _wait_for_listed_peers(session_config, state, stop, wait_period)
     # A restarting portal (its bootstrap node) must not end the trainer: start, then wait for a peer.
     caller = start_caller(
         session_config, identity=identity, credential=state.credential, require_initial_peer=False
@@ -125,8 +199,10 @@ def _portal_caller(session_config, state, identity):  # -> ExpertCaller
     waited = 0.0
     while not caller.wait_joined(PEER_WAIT_STEP):
         waited += PEER_WAIT_STEP
-        if waited >= PEER_WAIT_LIMIT:
+        if waited >= PEER_WAIT_LIMIT or stop.is_set():
             caller.stop()
+            if stop.is_set():
+                raise Stopped
             raise TimeoutError(f"no bootstrap peer of project {project.project} answered for {waited:.0f}s")
         say(f"waiting for the project's DHT: none of {len(session_config.initial_peers)} peer(s) answers yet")
 
@@ -142,12 +218,27 @@ def _apply_project_config(args: argparse.Namespace, config: dict) -> None:
     from node_agent.portal.project_config import parse_project_config
 
     project = parse_project_config(config)
-    if not args.initial_peers:
+    if not args.initial_peers:  # may stay empty: a new project lists peers once a server heartbeats
         args.initial_peers = list(project.bootstrap_peers)
     args.grid = args.grid or "x".join(str(n) for n in project.expert.grid)
     args.uid_prefix = args.uid_prefix or project.expert.prefix
     args.expert_class = args.expert_class or project.expert.expert_class
     args.hidden_dim = args.hidden_dim or project.expert.hidden_dim
+
+
+def _ice_servers(args: argparse.Namespace, state) -> tuple:  # -> tuple[IceServer, ...]
+    """The portal project's STUN/TURN servers (TURN with the credential's grant), then `--ice-server`."""
+    import time
+
+    from node_agent.portal.ice import ice_servers_for, parse_turn_grant
+    from node_agent.portal.project_config import parse_project_config
+    from node_agent.rtc.config import parse_ice_server
+
+    extra = tuple(parse_ice_server(text) for text in args.ice_server)
+    if state is None:
+        return extra
+    config = parse_project_config(state.config)
+    return ice_servers_for(config.ice_servers, parse_turn_grant(state.turn), now=time.time(), extra=extra)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,11 +267,13 @@ def run(args: argparse.Namespace) -> int:
     args.uid_prefix = args.uid_prefix or "ffn"
     args.expert_class = args.expert_class or "ffn"
     args.hidden_dim = args.hidden_dim or 64
-    if (not args.local or args.collaborative) and not args.initial_peers:
-        print(
-            "error: --initial-peers is required unless --local (and always with --collaborative)",
-            file=sys.stderr,
-        )
+    if args.steps is None and portal is None:
+        args.steps = 300
+    if not args.local and not args.initial_peers and portal is None:
+        print("error: --initial-peers is required unless --local or --portal", file=sys.stderr)
+        return 2
+    if args.collaborative and not args.initial_peers and portal is None:
+        print("error: --collaborative needs the DHT: --initial-peers or --portal", file=sys.stderr)
         return 2
     collaborative = None
     if args.collaborative:
@@ -211,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
             allow_zero_outputs=args.allow_zero_outputs,
             initial_peers=args.initial_peers,
             rtc_loopback_only=args.rtc_loopback_only,
+            listen=args.listen,
+            ice_servers=_ice_servers(args, portal[0] if portal is not None else None),
             resume_from=args.checkpoint_dir if args.resume else None,
             seed=args.seed,
             collaborative=collaborative,
@@ -225,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_every=args.checkpoint_every,
                 seed=args.seed,
                 progress=not args.no_progress,
+                expert_wait_period=args.wait_period if portal is not None else 0.0,
             ),
         )
     except ValueError as exc:
@@ -233,22 +329,31 @@ def run(args: argparse.Namespace) -> int:
     metrics = MetricsStream()
     if args.metrics_file:
         metrics.subscribe(JsonLinesSink(args.metrics_file))
+    from node_agent.cli.join import say
+
     reporting = None
     if portal is not None:
-        from node_agent.cli.join import say
         from node_agent.portal.trainer_reporting import start_trainer_reporting
 
         reporting = start_trainer_reporting(
             *portal, batch_size=args.batch_size, heartbeat_period=args.heartbeat_period, say=say
         )
         metrics.subscribe(reporting.sink)
+        until = f"for {args.steps} steps" if args.steps is not None else "until stopped (Ctrl-C)"
+        say(f"training run {reporting.sink.run} of project {portal[0].project} {until}")
     caller = None
+    stop = threading.Event()
     try:
-        if portal is not None and (config.mode == "remote" or config.collaborative is not None):
-            caller = _portal_caller(config, *portal)
-            if reporting is not None:
-                reporting.counters.peer_requests = caller.take_peer_requests
-        result = run_training(config, metrics, caller=caller)
+        with _stop_on_signals(stop, say):
+            if portal is not None and (config.mode == "remote" or config.collaborative is not None):
+                state, identity = portal
+                caller = _portal_caller(config, state, identity, stop=stop, wait_period=args.wait_period)
+                if reporting is not None:
+                    reporting.counters.peer_requests = caller.take_peer_requests
+            result = run_training(config, metrics, caller=caller, stop=stop, say=say)
+    except Stopped:
+        say("stopped before training started")
+        return 0
     except (TrainingError, ExpertError, ValueError, OSError) as exc:
         log.error("training failed: %s", exc)
         print(f"error: {exc}", file=sys.stderr)
@@ -258,10 +363,12 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         metrics.close()
+        if reporting is not None:  # first: its last heartbeat ("going offline") goes out at once
+            reporting.stop()
         if caller is not None:
             caller.stop()
-        if reporting is not None:
-            reporting.stop()
+    if result.stopped:
+        say(f"stopped at step {result.steps}")
     summary = {
         "steps": result.steps,
         "failed_steps": result.failed_steps,
@@ -270,8 +377,32 @@ def run(args: argparse.Namespace) -> int:
         "samples_per_s": result.samples_per_s,
         "experts_answered": result.experts_answered,
         "experts_failed": result.experts_failed,
+        "stopped": result.stopped,
     }
     if args.collaborative:
         summary.update(global_steps=result.global_steps, averaged_steps=result.averaged_steps)
     print(json.dumps(summary), flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event, say: Callable[[str], None]) -> Iterator[None]:
+    """SIGINT or SIGTERM sets `stop` (the trainer ends its step and stops cleanly); a second SIGINT
+    interrupts at once. The previous handlers come back afterwards."""
+    import signal
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        say(f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to stop at once)")
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

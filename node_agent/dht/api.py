@@ -233,3 +233,17 @@ class DHTNodeAPI(Protocol):
         valid answer came in time (an answer from another address or another node id than
         ``expected_node_id`` is ignored, so it also ends as a timeout).
         """
+
+    async def call_rpc_via_relay(
+        self, relay: str, target_id: bytes, name: str, payload: dict[str, Any], timeout: float
+    ) -> tuple[PeerInfo, dict[str, Any]]:
+        """``call_rpc`` to ``target_id`` (an unreachable node) through ``relay`` (``host:port/<id hex>``, one
+        of the relays its announcement names); signalling RPCs only. The request and the answer are sealed
+        end to end: a relay that alters or forges the answer makes this raise DHTRPCError."""
+
+    @property
+    def relays(self) -> list[str]:
+        """Our relays (``host:port/<id hex>``) while this node is unreachable from outside; else empty."""
+
+    def add_relay_listener(self, listener: Callable[[list[str]], None]) -> None:
+        """Call ``listener(relays)`` whenever the set of relays changes (announcements must follow)."""

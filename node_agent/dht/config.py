@@ -63,6 +63,26 @@ class DHTConfig:
     # A maintenance round that fails unexpectedly is retried after 1, 2, 4 ... s (at most the round's period);
     # after this many failures in a row the node stops loudly (callers then get DHTNodeStoppedError).
     max_task_failures: int = 5
+    # Reachability (node_agent.dht.nat): "auto" asks peers for dial-backs; "public" and "private" skip the
+    # check (an operator who knows, or a test). An unreachable node acts as a client and keeps relays.
+    reachability: str = "auto"
+    observed_min_votes: int = 3  # distinct responders that must agree on our address before we use it
+    dial_back_interval: float = 300.0  # between checks once an answer is known
+    dial_back_retry: float = 30.0  # between checks while the answer is unknown
+    dial_back_wait: float = 2.0  # how long a probe may take to arrive after the helpers confirmed it
+    dial_backs_per_second: float = 0.2  # per source key, at the asked peer and at the helper
+    dial_back_burst: float = 4.0
+    # Relays: an unreachable node keeps `relay_count` reservations, renewed every `relay_keepalive`
+    # seconds (more often than the 30 s a NAT keeps an unanswered UDP mapping).
+    relay_count: int = 2
+    relay_keepalive: float = 15.0
+    relay_forward_timeout: float = 8.0  # a relay waits this long for the relayed node's answer
+    relay_max_reservations: int = 16
+    relay_ttl: float = 45.0
+    relay_window: float = 60.0
+    relay_max_messages: int = 64
+    relay_max_bytes: int = 256 * 1024
+    relay_max_message: int = 24 * 1024
 
     @classmethod
     def from_options(cls, **options: Any) -> DHTConfig:
@@ -70,4 +90,7 @@ class DHTConfig:
         unknown = set(options) - known
         if unknown:
             raise TypeError(f"unknown DHT options: {sorted(unknown)}")
-        return cls(**options)
+        config = cls(**options)
+        if config.reachability not in ("auto", "public", "private"):
+            raise ValueError("reachability must be 'auto', 'public' or 'private'")
+        return config

@@ -47,6 +47,16 @@ def numeric_address(host: object, port: object, version: int, allow_scope: bool 
     return str(ip), port
 
 
+def wire_address(raw: object) -> Address:
+    """An address as carried on the wire (``[host, port]``, a unicast IP literal of either family); else
+    ValueError. Used for addresses peers report (an observed address, a relayed request's source)."""
+    if not isinstance(raw, list | tuple) or len(raw) != 2:
+        raise ValueError("address must be [host, port]")
+    host, port = raw
+    version = 6 if isinstance(host, str) and ":" in host else 4
+    return numeric_address(host, port, version)
+
+
 @functools.lru_cache(maxsize=4096)
 def source_key(host: str) -> str:
     """Who is accountable for traffic from ``host``: its /24 (IPv4) or /48 (IPv6), loopback per address.

@@ -12,10 +12,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from node_agent.dht.endpoints import Address, wire_address
 from node_agent.identity import PUBLIC_KEY_BYTES, Identity, node_id_from_public_key, verify
 from node_agent.wire import WireError, pack, pack_message, unpack, unpack_message
 
-REQUEST_KINDS = frozenset({"ping", "store", "find", "rpc"})
+# dialback/probe: reachability checks; reserve/relay/relayed: relayed signalling (node_agent.dht.nat).
+REQUEST_KINDS = frozenset(
+    {"ping", "store", "find", "rpc", "dialback", "probe", "reserve", "relay", "relayed"}
+)
 RESPONSE_KINDS = frozenset({"ok", "err"})
 RID_BYTES = 8
 
@@ -34,6 +38,8 @@ class Envelope:
     recipient: bytes  # the node id the sender meant this for; b"" when it did not know it yet
     client_mode: bool
     payload: dict[str, Any]
+    #: In a response: the address the responder saw the request come from (signed by the responder).
+    observed: Address | None = None
 
 
 def seal(
@@ -45,8 +51,10 @@ def seal(
     client_mode: bool,
     payload: dict[str, Any],
     max_size: int,
+    observed: Address | None = None,
 ) -> bytes:
-    body = {
+    """Sign one datagram; a response names in ``observed`` where the request came from (section "o")."""
+    body: dict[str, Any] = {
         "id": rid,
         "ts": now,
         "pk": identity.public_key_bytes,
@@ -54,6 +62,8 @@ def seal(
         "c": client_mode,
         "p": payload,
     }
+    if observed is not None:
+        body["o"] = [observed[0], observed[1]]
     inner = pack_message(kind, body, max_size)
     data = pack([inner, identity.sign(inner)])
     if len(data) > max_size:
@@ -104,6 +114,12 @@ def verify_sealed(sealed: Unverified) -> Envelope:
         raise WireError("bad public key")
     if not isinstance(recipient, bytes) or not isinstance(client_mode, bool):
         raise WireError("bad recipient or client flag")
+    observed = None
+    if "o" in body:
+        try:
+            observed = wire_address(body["o"])
+        except ValueError as exc:
+            raise WireError(f"bad observed address: {exc}") from None
     if not verify(public_key, sealed.inner, sealed.signature):
         raise BadSignature("signature does not match the sender key")
     return Envelope(
@@ -115,6 +131,7 @@ def verify_sealed(sealed: Unverified) -> Envelope:
         recipient,
         client_mode,
         sealed.payload,
+        observed,
     )
 
 

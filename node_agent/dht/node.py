@@ -38,7 +38,9 @@ from node_agent.dht.endpoints import (
     resolve,
 )
 from node_agent.dht.lookup import LookupState
+from node_agent.dht.nat import NatService, RelaysListener
 from node_agent.dht.protocol import MAX_RECORDS_PER_STORE, ProtocolCore, Request, Response, RoutingAction
+from node_agent.dht.reachability import Reachability
 from node_agent.dht.records import SignedRecord, key_id, sign_record
 from node_agent.dht.routing import AddResult, distance
 from node_agent.dht.transport import MemoryNetwork, UDPTransport
@@ -93,10 +95,11 @@ class DHTNode:
         self.node_id: bytes = identity.node_id
         self.config = config
         self._clock = clock  # wall time and the maintenance schedule; network timeouts use the loop's
-        self.client_mode = client_mode
         self.core = ProtocolCore(identity, config, client_mode)
+        self.nat = NatService(self)
         self._transport: UDPTransport | Any = None
         self._advertised_host = "127.0.0.1"
+        self._bound_wildcard = False
         self._waiters: dict[bytes, asyncio.Future[Response]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rpc_handlers: dict[str, RPCHandler] = {}
@@ -125,6 +128,7 @@ class DHTNode:
         network: MemoryNetwork | None = None,
         validators: Mapping[str, RecordValidator] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        behind_nat: bool = False,
         **options: Any,
     ) -> DHTNode:
         """Bind, bootstrap from ``initial_peers`` and start maintenance; ``network`` selects the simulator.
@@ -132,29 +136,69 @@ class DHTNode:
         ``identity=None`` makes a fresh ephemeral identity; pass ``Identity.load_or_create()`` to keep one.
         ``validators`` (namespace prefix -> validator) apply before the first datagram, joining included.
         ``clock`` (:mod:`node_agent.dht.clock`) is what tests move instead of sleeping.
+        ``behind_nat`` (simulator only): the endpoint receives only from addresses it has sent to.
         """
         node = cls(identity or Identity.generate(), DHTConfig.from_options(**options), client_mode, clock)
         for prefix, validator in (validators or {}).items():
             node.register_validator(prefix, validator)
         host, port, _ = parse_endpoint(listen)
         if network is not None:
-            node._transport = network.bind(node._on_datagram, host, port)
+            node._transport = network.bind(node._on_datagram, host, port, filtered=behind_nat)
         else:
             node._transport = await UDPTransport.create(
                 host, port, node._on_datagram, node._on_transport_lost
             )
         node.core.ip_version = node._transport.ip_version
+        node._bound_wildcard = host in ("0.0.0.0", "", "::")
         node._advertised_host = outward_ip() if host in ("0.0.0.0", "") else host
+        if network is None:  # a real socket: peers on this machine may answer from loopback
+            node.core.own_hosts = frozenset({outward_ip(), node._advertised_host}) - {"127.0.0.1"}
         try:
             await node._bootstrap(initial_peers)
         except BaseException:
             await node.shutdown()
             raise
         node._spawn(node._maintain(), _MAINTENANCE)
+        node.nat.start()
         return node
 
     @property
+    def client_mode(self) -> bool:
+        """True for a client by choice, and for a node that found itself unreachable (no storage duty)."""
+        return self.core.client_mode
+
+    @client_mode.setter
+    def client_mode(self, value: bool) -> None:
+        self.core.client_mode = value
+
+    @property
+    def reachability(self) -> Reachability:
+        """What the last dial-back said (or the configured ``reachability``): :mod:`node_agent.dht.nat`."""
+        return self.nat.reachability
+
+    @property
+    def relays(self) -> list[str]:
+        """Our relays as ``host:port/<node id hex>`` while unreachable (empty otherwise)."""
+        return self.nat.relay_endpoints
+
+    def add_relay_listener(self, listener: RelaysListener) -> None:
+        """Call ``listener(relays)`` whenever our set of relays changes (to refresh announcements)."""
+        self.nat.add_listener(listener)
+
+    @property
+    def observed_endpoint(self) -> str | None:
+        """``host:port`` that several distinct peers agree they see us at, if they do."""
+        address = self.core.observed.winner(self._clock.time())
+        return format_endpoint(address) if address is not None else None
+
+    @property
     def endpoint(self) -> str:
+        """Where peers reach us: for a node bound to every interface that a dial-back found reachable, the
+        address its peers agree they see (a port forwarded by a router); else the bound or outward address."""
+        if self._bound_wildcard and self.nat.reachability is Reachability.REACHABLE:
+            observed = self.observed_endpoint
+            if observed is not None:
+                return observed
         return format_endpoint((self._advertised_host, self._transport.local_address[1]))
 
     def __repr__(self) -> str:
@@ -321,17 +365,21 @@ class DHTNode:
             self._check_contact(self.core.actions.pop())
 
     def _serve(self, request: Request, now: float) -> None:
-        if request.kind == "rpc":
+        if request.kind in ("rpc", "dialback", "relay", "relayed"):
             if len(self._tasks) > MAX_CONCURRENT_RPC_HANDLERS:
                 self._reply(request, "err", {"e": "busy"}, now)
             else:
-                self._spawn(self._serve_rpc(request), f"rpc-{request.peer.endpoint}")
+                self._spawn(self._serve_async(request), f"{request.kind}-{request.peer.endpoint}")
             return
         handler = {
             "ping": self.core.handle_ping,
             "store": self.core.handle_store,
             "find": self.core.handle_find,
+            "probe": self.nat.handle_probe,
+            "reserve": self.nat.handle_reserve,
         }
+        if request.kind == "ping" and "n" in request.payload:
+            self.nat.on_ping(request)
         try:
             kind, payload = handler[request.kind](request, now)
         except Exception:  # a bug must cost one answer, never the node
@@ -347,14 +395,28 @@ class DHTNode:
             data = self.core.respond(request, "err", {"e": "answer too large"}, now)
         self._transport.sendto(data, request.address)
 
-    async def _serve_rpc(self, request: Request) -> None:
+    async def _serve_async(self, request: Request) -> None:
+        handlers = {
+            "rpc": self._run_rpc,
+            "dialback": self.nat.handle_dialback,
+            "relay": self.nat.handle_relay,
+            "relayed": self.nat.handle_relayed,
+        }
+        try:
+            kind, payload = await handlers[request.kind](request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must cost one answer, never the node
+            logger.exception("error handling %s from %s", request.kind, request.peer.endpoint)
+            kind, payload = "err", {"e": "internal error"}
+        self._reply(request, kind, payload, self._clock.time())
+
+    async def _run_rpc(self, request: Request) -> tuple[str, dict[str, Any]]:
+        """Run an app-level RPC handler (direct or relayed request); the answer's kind and payload."""
         name, args = request.payload.get("n"), request.payload.get("p")
         handler = self._rpc_handlers.get(name) if isinstance(name, str) else None
         if handler is None or not isinstance(args, dict):
-            self._reply(
-                request, "err", {"e": f"unknown rpc {name!r} or malformed payload"}, self._clock.time()
-            )
-            return
+            return "err", {"e": f"unknown rpc {name!r} or malformed payload"}
         try:
             async with asyncio.timeout(RPC_HANDLER_TIMEOUT):
                 result = await handler(request.peer, args)
@@ -364,9 +426,8 @@ class DHTNode:
             raise
         except Exception as exc:
             logger.warning("rpc %s from %s failed: %s", name, request.peer.endpoint, exc)
-            self._reply(request, "err", {"e": f"{type(exc).__name__}: {exc}"}, self._clock.time())
-            return
-        self._reply(request, "ok", {"p": result}, self._clock.time())
+            return "err", {"e": f"{type(exc).__name__}: {exc}"}
+        return "ok", {"p": result}
 
     def _check_contact(self, action: RoutingAction) -> None:
         """Ping the oldest contact of a full bucket, or a known id's new address (section 2.2)."""
@@ -443,6 +504,12 @@ class DHTNode:
         if not isinstance(result, dict):
             raise DHTRPCError("malformed rpc answer")
         return response.peer, result
+
+    async def call_rpc_via_relay(
+        self, relay: str, target_id: bytes, name: str, payload: dict[str, Any], timeout: float
+    ) -> tuple[PeerInfo, dict[str, Any]]:
+        self._ensure_running()
+        return await self.nat.call_via_relay(relay, target_id, name, payload, timeout)
 
     def register_validator(self, namespace_prefix: str, validator: RecordValidator) -> None:
         self.core.validators.register(namespace_prefix, validator)

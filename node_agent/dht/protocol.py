@@ -23,6 +23,7 @@ from node_agent.dht.messages import (
     RESPONSE_KINDS,
     RID_BYTES,
     BadSignature,
+    Envelope,
     PeerPenalties,
     ReplayGuard,
     Unverified,
@@ -31,6 +32,7 @@ from node_agent.dht.messages import (
     verify_sealed,
 )
 from node_agent.dht.ratelimit import CostBuckets
+from node_agent.dht.reachability import AddressVotes
 from node_agent.dht.records import SignedRecord, key_id
 from node_agent.dht.routing import AddResult, Contact, RoutingTable
 from node_agent.dht.storage import LOCAL_SOURCE, RecordStore, StoreLimits
@@ -74,6 +76,7 @@ class Response:
     rid: bytes
     kind: str  # "ok" or "err"
     payload: dict[str, Any]
+    observed: Address | None = None  # where the responder saw our request come from
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,12 @@ class ProtocolCore:
         self.ip_version = 4  # of the node's socket: contacts of the other family cannot be reached
         self.drops = DropCounter(logger)
         self.actions: list[RoutingAction] = []
+        #: Where responders saw our requests come from (reachability.AddressVotes).
+        self.observed = AddressVotes(config.observed_min_votes)
         self._pending: dict[bytes, tuple[Address, bytes | None]] = {}
+        #: This machine's own non-loopback addresses as the node knows them (set by the asyncio adapter);
+        #: see `_same_host_reply`.
+        self.own_hosts: frozenset[str] = frozenset()
 
     # -- outgoing ---------------------------------------------------------------------------------------
     def request(
@@ -151,6 +159,7 @@ class ProtocolCore:
             self.client_mode,
             payload,
             self.config.max_datagram,
+            observed=request.address,
         )
 
     # -- incoming ---------------------------------------------------------------------------------------
@@ -190,8 +199,12 @@ class ProtocolCore:
         if reason is not None:
             self.drops.drop(reason, source=address)
             return None
-        if not envelope.client_mode:
+        if envelope.kind == "ping" and "n" in envelope.payload:
+            pass  # a dial-back probe comes from a throwaway port: it says nothing about the sender
+        elif not envelope.client_mode:
             self._observe(envelope.node_id, address, now, address_proven=False)
+        elif self.routing.remove(envelope.node_id):
+            logger.debug("%s is a client now; dropped from the routing table", peer.endpoint)
         return Request(peer, address, envelope.rid, envelope.kind, envelope.payload, envelope.client_mode)
 
     def _worth_verifying(self, sealed: Unverified, address: Address, source: str, now: float) -> bool:
@@ -219,7 +232,7 @@ class ProtocolCore:
             self.drops.drop("unexpected or late response", source=address)
             return None
         expected_address, expected_id = pending
-        if address != expected_address:
+        if address != expected_address and not self._same_host_reply(expected_address, address):
             self.drops.drop("response from another address", f"expected {expected_address}", address)
             return None
         if expected_id is not None and envelope.node_id != expected_id:
@@ -231,7 +244,67 @@ class ProtocolCore:
         del self._pending[envelope.rid]
         if not envelope.client_mode:
             self._observe(envelope.node_id, address, now, address_proven=True)
-        return Response(peer, address, envelope.rid, envelope.kind, envelope.payload)
+        elif self.routing.remove(envelope.node_id):
+            logger.debug("%s is a client now; dropped from the routing table", peer.endpoint)
+        if envelope.observed is not None:
+            self.observed.add(self._reporter(envelope.node_id, address), envelope.observed, now)
+        return Response(peer, address, envelope.rid, envelope.kind, envelope.payload, envelope.observed)
+
+    def _reporter(self, node_id: bytes, address: Address) -> object:
+        """Who one observed-address vote belongs to: an address prefix (one operator, one voice), except on
+        loopback when it is exempt from prefix caps (a same-machine swarm), where it is the node id."""
+        if self.config.exempt_loopback and ipaddress.ip_address(address[0].partition("%")[0]).is_loopback:
+            return node_id
+        return source_key(address[0])
+
+    # -- relayed messages (node_agent.dht.nat) ----------------------------------------------------------
+    def receive_relayed(self, data: bytes, source: Address, now: float) -> Request | None:
+        """A request another node sealed for us and a relay passed on: verified end to end (signature,
+        addressed to us by id, fresh, not replayed). ``source`` is where the relay saw it come from."""
+        try:
+            envelope = verify_sealed(unseal(data, self.config.max_datagram))
+        except WireError as exc:
+            self.drops.drop("bad relayed request", exc, source)
+            return None
+        if envelope.kind != "rpc" or envelope.recipient != self.identity.node_id:
+            self.drops.drop("relayed message is not an rpc for us", source=source)
+            return None
+        reason = self.replay.check(envelope.node_id, envelope.rid, envelope.timestamp, now)
+        if reason is not None:
+            self.drops.drop(f"relayed: {reason}", source=source)
+            return None
+        peer = PeerInfo(envelope.node_id, envelope.public_key, format_endpoint(source))
+        return Request(peer, source, envelope.rid, envelope.kind, envelope.payload, envelope.client_mode)
+
+    def open_relayed_response(self, data: object, rid: bytes, expected_id: bytes, now: float) -> Envelope:
+        """The answer to our relayed request ``rid``: signed by ``expected_id``, for us, fresh; else WireError
+        (a relay that forged, altered or replayed an answer)."""
+        if not isinstance(data, bytes):
+            raise WireError("relayed answer must be a datagram")
+        envelope = verify_sealed(unseal(data, self.config.max_datagram))
+        if envelope.kind not in RESPONSE_KINDS or envelope.rid != rid:
+            raise WireError("relayed answer is not the answer to our request")
+        if envelope.node_id != expected_id or envelope.recipient != self.identity.node_id:
+            raise WireError("relayed answer comes from another node or is meant for another")
+        if abs(envelope.timestamp - now) > self.config.max_clock_skew:
+            raise WireError("relayed answer's timestamp is outside the clock skew")
+        return envelope
+
+    def _same_host_reply(self, expected: Address, actual: Address) -> bool:
+        """A reply from 127.0.0.1 (or ::1) to a request sent to one of this machine's own addresses.
+
+        A node bound to the wildcard answers a request that arrived over loopback from the loopback
+        address (the kernel picks the source by the route back), so a same-machine caller bound to
+        127.0.0.1 that sent to the node's advertised address sees the reply come "from another address".
+        Only this host can send from a loopback source (the kernel drops such packets arriving on other
+        interfaces), and the reply is still signed by the expected node id, so accepting it admits nobody
+        new; the port must match as well."""
+        if actual[1] != expected[1] or expected[0] not in self.own_hosts:
+            return False
+        try:
+            return ipaddress.ip_address(actual[0]).is_loopback
+        except ValueError:
+            return False
 
     def _observe(self, node_id: bytes, address: Address, now: float, address_proven: bool) -> None:
         result, contact = self.routing.observe(node_id, address[0], address[1], now, address_proven)

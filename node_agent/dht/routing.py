@@ -222,6 +222,16 @@ class RoutingTable:
                 return True
         return False
 
+    def remove(self, node_id: bytes) -> bool:
+        """Drop ``node_id`` (it said it is a client now: unreachable nodes hold no storage duty)."""
+        bucket = self.bucket_for(node_id)
+        bucket.replacements.pop(node_id, None)
+        contact = bucket.contacts.pop(node_id, None)
+        if contact is None:
+            return False
+        self._forget_prefix(contact.host)
+        return True
+
     def _replace(self, bucket: KBucket, old: Contact, new: Contact) -> bool:
         """Put ``new`` in ``old``'s place if the prefix caps allow it without ``old``."""
         del bucket.contacts[old.node_id]

@@ -103,6 +103,23 @@ class UDPTransport(asyncio.DatagramProtocol):
             return False
         return True
 
+    def send_once(self, data: bytes, address: Address) -> bool:
+        """Send one datagram from a fresh ephemeral port (a dial-back probe: it must come from an address
+        and port the target never sent to, or its NAT's filter would let it through). Never raises."""
+        destination = _checked_destination(address, self.ip_version)
+        if destination is None or self._transport is None:
+            return False
+        family = socket.AF_INET6 if self.ip_version == 6 else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.setblocking(False)
+                probe.bind((self.local_address[0], 0))
+                probe.sendto(data, destination)
+        except OSError as exc:
+            logger.debug("probe to %r failed: %s", destination, exc)
+            return False
+        return True
+
     def close(self) -> None:
         self._closing = True
         if self._transport is not None:
@@ -113,15 +130,20 @@ class MemoryNetwork:
     """Delivers datagrams between in-process endpoints on the next loop iteration (lossless, no latency).
 
     Used by ``bench_dht.py --simulate`` to run thousands of real protocol cores in one process. A datagram
-    to an address nobody holds is silently lost, exactly as UDP to a vanished peer.
+    to an address nobody holds is silently lost, exactly as UDP to a vanished peer. An endpoint bound with
+    ``filtered=True`` behaves as a host behind a home router (address-and-port-dependent filtering): it only
+    receives from addresses it has sent to, so reachability checks and relays can run in the simulator.
     """
 
     def __init__(self) -> None:
         self._endpoints: dict[Address, MemoryTransport] = {}
         self._next_port = 1
         self.datagrams = 0
+        self.filtered_drops = 0
 
-    def bind(self, on_datagram: DatagramHandler, host: str = "127.0.0.1", port: int = 0) -> MemoryTransport:
+    def bind(
+        self, on_datagram: DatagramHandler, host: str = "127.0.0.1", port: int = 0, filtered: bool = False
+    ) -> MemoryTransport:
         if port == 0:
             while (host, self._next_port) in self._endpoints:
                 self._next_port += 1
@@ -130,6 +152,7 @@ class MemoryNetwork:
         if address in self._endpoints:
             raise OSError(f"address {address} already bound")
         transport = MemoryTransport(self, address, on_datagram)
+        transport.filtered = filtered
         self._endpoints[address] = transport
         return transport
 
@@ -138,8 +161,10 @@ class MemoryNetwork:
 
     def deliver(self, data: bytes, source: Address, destination: Address) -> None:
         endpoint = self._endpoints.get(destination)
-        if endpoint is not None:
+        if endpoint is not None and (not endpoint.filtered or source in endpoint.contacted):
             endpoint.on_datagram(data, source)
+        elif endpoint is not None:
+            self.filtered_drops += 1
 
 
 class MemoryTransport:
@@ -149,6 +174,8 @@ class MemoryTransport:
         self.on_datagram = on_datagram
         self.ip_version = ip_version(address[0])
         self.send_errors = 0
+        self.filtered = False
+        self.contacted: set[Address] = set()  # where a filtered endpoint has sent (its NAT's mappings)
         self._loop = asyncio.get_running_loop()
 
     def sendto(self, data: bytes, address: Address) -> bool:
@@ -157,7 +184,19 @@ class MemoryTransport:
             self.send_errors += 1
             return False
         self.network.datagrams += 1
+        if self.filtered:
+            self.contacted.add(destination)
         self._loop.call_soon(self.network.deliver, data, self.local_address, destination)
+        return True
+
+    def send_once(self, data: bytes, address: Address) -> bool:
+        """``UDPTransport.send_once``: from a port nobody holds, so nothing answers."""
+        destination = _checked_destination(address, self.ip_version)
+        if destination is None:
+            return False
+        source = (self.local_address[0], 0)  # port 0: an address no endpoint can have sent to
+        self.network.datagrams += 1
+        self._loop.call_soon(self.network.deliver, data, source, destination)
         return True
 
     def close(self) -> None:

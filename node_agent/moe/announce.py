@@ -50,7 +50,9 @@ MAX_ANNOUNCE_TTL = 600.0  # seconds an announcement or withdrawal may live (serv
 MAX_ANNOUNCEMENT_SIZE = 1024
 MAX_WITHDRAWAL_SIZE = 640  # endpoint, node id, time, flag and a real credential token (~400 chars at most)
 MAX_CREDENTIAL_LENGTH = 600
-_VALUE_FIELDS = {"endpoint", "node_id", "t", "withdrawn", "cred"}
+MAX_RELAYS = 3
+MAX_RELAY_LENGTH = MAX_ENDPOINT_LENGTH + 41  # endpoint, "/", 40 hex digits of the relay's node id
+_VALUE_FIELDS = {"endpoint", "node_id", "t", "withdrawn", "cred", "relays"}
 
 
 class CredentialChecker(Protocol):
@@ -75,14 +77,22 @@ class Announcement:
     announced_at: float
     expiration: float
     withdrawn: bool = False
+    relays: tuple[str, ...] = ()
 
 
 def announcement_value(
-    endpoint: str, node_id: bytes, now: float, withdrawn: bool = False, credential: str | None = None
+    endpoint: str,
+    node_id: bytes,
+    now: float,
+    withdrawn: bool = False,
+    credential: str | None = None,
+    relays: Iterable[str] = (),
 ) -> dict[str, Any]:
     value: dict[str, Any] = {"endpoint": endpoint, "node_id": node_id, "t": now}
     if withdrawn:
         value["withdrawn"] = True
+    elif relays:
+        value["relays"] = list(relays)[:MAX_RELAYS]
     if credential is not None:
         value["cred"] = credential
     return value
@@ -96,9 +106,10 @@ def announcement_records(
     expiration: float,
     withdrawn: bool = False,
     credential: str | None = None,
+    relays: Iterable[str] = (),
 ) -> list[tuple[str, str | None, Any, float]]:
     """All `(key, subkey, value, expiration)` items announcing (or withdrawing) `uids`, deduplicated."""
-    value = announcement_value(endpoint, node_id, now, withdrawn, credential)
+    value = announcement_value(endpoint, node_id, now, withdrawn, credential, relays)
     items: dict[tuple[str, str], Any] = {}
     for uid in uids:
         for prefix, coordinate in uid_prefix_chain(uid):
@@ -115,7 +126,15 @@ def parse_announcement(entry: ValueWithExpiration) -> Announcement | None:
     endpoint, node_id, t = value.get("endpoint"), value.get("node_id"), value.get("t")
     if not isinstance(endpoint, str) or not isinstance(node_id, bytes) or not isinstance(t, int | float):
         return None
-    return Announcement(endpoint, node_id, float(t), entry.expiration, bool(value.get("withdrawn", False)))
+    relays = value.get("relays", [])
+    return Announcement(
+        endpoint,
+        node_id,
+        float(t),
+        entry.expiration,
+        bool(value.get("withdrawn", False)),
+        tuple(r for r in relays if isinstance(r, str))[:MAX_RELAYS] if isinstance(relays, list) else (),
+    )
 
 
 def live_children(entries: Mapping[str | None, ValueWithExpiration]) -> dict[int, list[Announcement]]:
@@ -150,7 +169,8 @@ def live_replicas(uid: str, entries: Mapping[str | None, ValueWithExpiration]) -
         announcement = parse_announcement(entry)
         if owner is None or announcement is None or announcement.withdrawn or announcement.node_id != owner:
             continue
-        found.append((announcement.expiration, ExpertHandle(uid, owner, announcement.endpoint)))
+        handle = ExpertHandle(uid, owner, announcement.endpoint, announcement.relays)
+        found.append((announcement.expiration, handle))
     return [handle for _, handle in sorted(found, key=lambda item: -item[0])]
 
 
@@ -209,7 +229,9 @@ def _check_value(record: RecordView, now: float) -> bool:
     """Schema of an announcement value (any honest node checks it); returns whether it is a withdrawal."""
     value = record.value
     if not isinstance(value, dict) or not set(value) <= _VALUE_FIELDS:
-        raise DHTValidationError("announcement must be a map of endpoint, node_id, t[, withdrawn, cred]")
+        raise DHTValidationError(
+            "announcement must be a map of endpoint, node_id, t[, withdrawn, cred, relays]"
+        )
     endpoint, node_id, t = value.get("endpoint"), value.get("node_id"), value.get("t")
     if not isinstance(endpoint, str) or not 0 < len(endpoint) <= MAX_ENDPOINT_LENGTH:
         raise DHTValidationError(
@@ -226,12 +248,31 @@ def _check_value(record: RecordView, now: float) -> bool:
     withdrawn = value.get("withdrawn", False)
     if not isinstance(withdrawn, bool):
         raise DHTValidationError("withdrawn must be a boolean")
+    if "relays" in value:
+        _check_relays(value["relays"], record.owner)
     cred = value.get("cred")
     if "cred" in value and (not isinstance(cred, str) or not 0 < len(cred) <= MAX_CREDENTIAL_LENGTH):
         raise DHTValidationError(
             f"cred must be a credential token of at most {MAX_CREDENTIAL_LENGTH} characters"
         )
     return withdrawn
+
+
+def _check_relays(relays: Any, owner: bytes) -> None:
+    """1..MAX_RELAYS distinct `host:port/<node id hex>` of other nodes (the owner signed the list)."""
+    if not isinstance(relays, list) or not 0 < len(relays) <= MAX_RELAYS:
+        raise DHTValidationError(f"relays must be a list of 1 to {MAX_RELAYS} relays")
+    seen = set()
+    for relay in relays:
+        if not isinstance(relay, str) or len(relay) > MAX_RELAY_LENGTH:
+            raise DHTValidationError(f"each relay is 'host:port/<node id hex>' of at most {MAX_RELAY_LENGTH}")
+        try:
+            _host, _port, relay_id = parse_endpoint(relay)
+        except ValueError as exc:
+            raise DHTValidationError(f"relay: {exc}") from None
+        if relay_id is None or relay_id == owner or relay_id in seen:
+            raise DHTValidationError("each relay must name a distinct node id other than the owner's")
+        seen.add(relay_id)
 
 
 def _announce_time(record: RecordView) -> float:
@@ -255,5 +296,7 @@ async def announce_experts(
 ) -> list[bool]:
     """Store (or withdraw) announcements for `uids`; one bool per DHT item (True: some replica took it)."""
     now = time.time() if now is None else now
-    items = announcement_records(uids, dht.node_id, dht.endpoint, now, now + ttl, withdrawn, credential)
+    items = announcement_records(
+        uids, dht.node_id, dht.endpoint, now, now + ttl, withdrawn, credential, dht.relays
+    )
     return await dht.store_many(items)

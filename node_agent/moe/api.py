@@ -24,7 +24,7 @@ Every failure of a call is an `ExpertError`; the MoE layer masks out experts tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "ExpertError",
@@ -37,11 +37,16 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ExpertHandle:
-    """One replica of one expert: uid, the hosting node's id and its DHT endpoint ("host:port")."""
+    """One replica of one expert: uid, the hosting node's id and its DHT endpoint ("host:port").
+
+    `relays` ("host:port/<relay id hex>"): where to send the connection offer when the host announced it is
+    unreachable from outside (`node_agent.dht.nat`); not part of the handle's identity.
+    """
 
     uid: str
     node_id: bytes
     endpoint: str
+    relays: tuple[str, ...] = field(default=(), compare=False)
 
 
 class ExpertError(Exception):

@@ -272,7 +272,8 @@ def dht_prefix_fetcher(dht, latest: bool = True) -> Fetch:
             if children:
                 answers[prefix] = {
                     coord: tuple(
-                        ExpertHandle(f"{prefix}{coord}", a.node_id, a.endpoint) for a in announcements
+                        ExpertHandle(f"{prefix}{coord}", a.node_id, a.endpoint, a.relays)
+                        for a in announcements
                     )
                     for coord, announcements in children.items()
                 }

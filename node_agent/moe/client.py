@@ -42,6 +42,7 @@ from node_agent.moe.api import (
     ExpertTimeoutError,
     ExpertUnavailableError,
 )
+from node_agent.moe.probe import check_info_reply
 from node_agent.portal.project_dht import project_validators
 from node_agent.rtc.config import RTCOptions
 from node_agent.rtc.pool import ConnectError, ConnectionPool
@@ -129,7 +130,7 @@ class ExpertCaller:
         *,
         rtc_options: RTCOptions | None = None,
         compression: Compression | str = DEFAULT_COMPRESSION,
-        listen: str = "127.0.0.1:0",
+        listen: str = "0.0.0.0:0",
         identity: Any = None,
         use_uvloop: bool = True,
         reuse_forward: bool = True,
@@ -142,7 +143,9 @@ class ExpertCaller:
         `credential`: our portal credential, carried in connection offers so that servers of a gated
         project admit us ahead of unknown peers when they are busy.
         `require_initial_peer=False`: start even if no initial peer answers and keep retrying them (the
-        DHT node's backoff); see `wait_joined`."""
+        DHT node's backoff); see `wait_joined`. `listen`: the client-mode DHT node's address; every interface
+        by default, so a trainer reaches peers outside its own machine (a node bound to 127.0.0.1 reaches
+        nothing else)."""
         self.credential = credential
         self.require_initial_peer = require_initial_peer
         self.initial_peers = list(initial_peers)
@@ -255,13 +258,8 @@ class ExpertCaller:
 
     async def info_async(self, handle: ExpertHandle, timeout: float) -> dict[str, Any]:
         reply = await self._call(handle, "info", {"uid": handle.uid}, timeout)
-        if not isinstance(reply, dict) or not isinstance(reply.get("outputs"), list):
-            raise ExpertProtocolError(f"{handle.uid}: malformed info reply")
-        try:
-            self._schemas[handle] = [TensorSchema.from_dict(s) for s in reply["outputs"]]
-        except TensorCodecError as exc:
-            raise ExpertProtocolError(f"{handle.uid}: malformed info schema: {exc}") from exc
-        return reply
+        self._schemas[handle] = check_info_reply(handle.uid, reply)
+        return dict(reply)
 
     async def forward_async(
         self, handle: ExpertHandle, inputs: Sequence[torch.Tensor], timeout: float, keep_graph: bool = True
@@ -349,7 +347,7 @@ class ExpertCaller:
             self._peer_requests[handle.node_id] += 1
         try:
             async with asyncio.timeout(timeout):
-                link = await self.pool.connect(handle.node_id, handle.endpoint, timeout)
+                link = await self.pool.connect(handle.node_id, handle.endpoint, timeout, handle.relays)
                 return await link.rpc.call(method, body, timeout)
         except TimeoutError:
             raise ExpertTimeoutError(f"{handle.uid} {method} timed out after {timeout:.1f} s") from None

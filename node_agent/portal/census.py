@@ -20,6 +20,7 @@ from node_agent.moe.uids import make_uid
 
 __all__ = [
     "MAX_CENSUS_KEYS",
+    "TARGET_REPLICAS",
     "cells_to_move",
     "choose_cells",
     "count_live_replicas",
@@ -27,6 +28,8 @@ __all__ = [
     "live_replica_owners",
 ]
 
+#: Live replicas per cell the agents aim for once every cell has one.
+TARGET_REPLICAS = 2
 #: Largest number of DHT keys read to count replicas (a 16x16 grid reads 16).
 MAX_CENSUS_KEYS = 1024
 
@@ -55,18 +58,33 @@ def cells_to_move(
     grid: Sequence[int],
     rng: random.Random,
 ) -> dict[str, str]:
-    """Which of my cells to give up for which hole: ``{old uid: new uid}`` (empty when nothing should move).
+    """Which of my cells to give up for which cell: ``{old uid: new uid}`` (empty when nothing should move).
 
-    A cell of mine moves only when another live replica of it exists and I am not its lowest owner (that one
-    stays), and only to a hole (a cell nobody announces, not one of mine); holes are shared out at random.
+    Holes first: a cell of mine moves to a hole (a cell nobody announces, not one of mine) when another live
+    replica of it exists and I am not its lowest owner (that one stays). Then replicas: while some cell has
+    fewer than `TARGET_REPLICAS` live replicas, a cell of mine that has more than that moves there if I am
+    not among its `TARGET_REPLICAS` lowest owners (so those stay), keeping two replicas per cell wherever
+    the swarm has enough servers (a replica's state survives its volunteer; see `moe.server.replicas`).
+    Destinations are shared out at random.
     """
     holes = [uid for uid in grid_uids(prefix, grid) if not owners.get(uid) and uid not in mine]
+    thin = [
+        uid
+        for uid in grid_uids(prefix, grid)
+        if 0 < len(owners.get(uid, ())) < TARGET_REPLICAS and uid not in mine
+    ]
     rng.shuffle(holes)
+    rng.shuffle(thin)
     moves: dict[str, str] = {}
     for uid in mine:
-        others = owners.get(uid, set()) - {me}
-        if holes and others and min(others) < me:
+        ranked = sorted(owners.get(uid, set()) | {me})
+        rank = ranked.index(me)
+        if rank == 0:
+            continue
+        if holes:
             moves[uid] = holes.pop()
+        elif thin and rank >= TARGET_REPLICAS:
+            moves[uid] = thin.pop()
     return moves
 
 

@@ -26,7 +26,15 @@ from typing import Any
 import msgspec
 
 from node_agent.identity import Identity
-from node_agent.portal.schemas import API_PREFIX, HeartbeatBody, JoinBody, MetricsBody, RenewBody
+from node_agent.portal.schemas import (
+    API_PREFIX,
+    EXPORT_HEADER,
+    ExportUploadBody,
+    HeartbeatBody,
+    JoinBody,
+    MetricsBody,
+    RenewBody,
+)
 from node_agent.portal.signed_body import sign_body
 
 __all__ = [
@@ -160,6 +168,21 @@ class PortalClient:
         """Sign ``body`` (a body struct of :mod:`node_agent.portal.schemas`) with ``ts`` from our clock."""
         raw, headers = sign_body(identity, body, self.clock())
         return self.request("POST", f"{API_PREFIX}{endpoint}", raw, headers)
+
+    def upload_export(self, identity: Identity, credential: str, data: bytes) -> PortalReply:
+        """Upload a `node-agent export` file (the project owner's agent only); the signed header names its
+        sha256 and size, so the portal keeps exactly these bytes."""
+        import hashlib
+
+        body = ExportUploadBody(
+            credential=credential,
+            node_id=identity.node_id.hex(),
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+        )
+        raw, headers = sign_body(identity, body, self.clock())
+        headers = {**headers, EXPORT_HEADER: raw.decode(), "Content-Type": "application/octet-stream"}
+        return self.request("POST", f"{API_PREFIX}agent/export", data, headers)
 
     def request(
         self, method: str, path: str, data: bytes | None = None, headers: Mapping[str, str] | None = None

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import msgspec
 
 from node_agent.portal.errors import convert
+from node_agent.portal.ice import IceServerSpec
 
 __all__ = [
     "AgentSpec",
@@ -58,6 +59,10 @@ class ProjectConfig(msgspec.Struct, frozen=True):
     approval_required: bool = False
     training: TrainingSpec = msgspec.field(default_factory=TrainingSpec)
     agent: AgentSpec = msgspec.field(default_factory=AgentSpec)
+    #: STUN/TURN servers the operator runs (URLs only; TURN credentials come with join and renew replies).
+    ice_servers: Annotated[list[IceServerSpec], msgspec.Meta(max_length=8)] = msgspec.field(
+        default_factory=list
+    )
 
     @property
     def portal_key(self) -> bytes:

@@ -1,5 +1,8 @@
 """Credential renewal: half-way through the credential's lifetime, so a portal outage of a while does no harm.
 
+The TURN credential (`node_agent.portal.ice.TurnGrant`) comes with each renewal and usually lives shorter:
+the renewer wakes at the earlier of the two half-lives and hands the new grant to ``install_turn``.
+
 Failures retry with backoff; a refusal that means a ban or a revocation stops the node (``stop``). The loop
 runs under the agent runtime's supervisor: if it dies it restarts, and if it keeps dying the runtime stops
 loudly rather than serving until the credential expires.
@@ -17,6 +20,8 @@ from collections.abc import Callable
 from node_agent.backoff import Backoff
 from node_agent.identity import Identity
 from node_agent.portal.client import PortalClient, PortalRefused, PortalUnreachable
+from node_agent.portal.errors import ProtocolError
+from node_agent.portal.ice import TurnGrant, parse_turn_grant
 from node_agent.portal.tokens import peek_credential
 
 __all__ = ["CredentialRenewer"]
@@ -39,6 +44,8 @@ class CredentialRenewer:
         stop: Callable[[str], None],
         say: Callable[[str], None],
         backoff: Backoff = RENEWAL_BACKOFF,
+        turn: Callable[[], TurnGrant | None] = lambda: None,
+        install_turn: Callable[[TurnGrant], None] = lambda grant: None,
     ) -> None:
         self.client = client
         self.identity = identity
@@ -47,6 +54,8 @@ class CredentialRenewer:
         self.stop = stop
         self.say = say
         self.backoff = backoff
+        self.turn = turn
+        self.install_turn = install_turn
         self._now = asyncio.Event()
 
     def renew_now(self) -> None:
@@ -54,9 +63,26 @@ class CredentialRenewer:
         self._now.set()
 
     def renew_at(self) -> float:
-        """Half-way through the credential's lifetime."""
+        """Half-way through the credential's lifetime, or the TURN credential's if that comes first."""
         credential = peek_credential(self.credential())
-        return credential.issued_at + (credential.expires_at - credential.issued_at) / 2
+        due = credential.issued_at + (credential.expires_at - credential.issued_at) / 2
+        grant = self.turn()
+        return min(due, grant.renew_at()) if grant is not None else due
+
+    def _adopt(self, reply_data: dict[str, object]) -> bool:
+        """Install the reply's credential (and TURN grant, if any); False if it carries no credential."""
+        token = reply_data.get("credential")
+        if not isinstance(token, str):
+            return False
+        self.install(token)
+        try:
+            grant = parse_turn_grant(reply_data.get("turn"))
+        except ProtocolError as exc:
+            logger.error("renewal reply carries a malformed TURN credential: %s", exc)
+            return True
+        if grant is not None:
+            self.install_turn(grant)
+        return True
 
     def expires_at(self) -> float:
         return peek_credential(self.credential()).expires_at
@@ -68,9 +94,7 @@ class CredentialRenewer:
         except (PortalUnreachable, PortalRefused) as exc:
             self.say(f"could not renew the expired credential: {exc}")
             return
-        token = reply.data.get("credential")
-        if isinstance(token, str):
-            self.install(token)
+        self._adopt(reply.data)
 
     async def run(self) -> None:
         """Renew forever (returns only after a fatal refusal, having called ``stop``)."""
@@ -97,10 +121,8 @@ class CredentialRenewer:
                     return
                 logger.error("credential renewal refused: %s", exc)
                 continue
-            token = reply.data.get("credential")
-            if not isinstance(token, str):
+            if not self._adopt(reply.data):
                 failures += 1
                 logger.error("renewal reply carries no credential")
                 continue
             failures = 0
-            self.install(token)

@@ -32,6 +32,7 @@ from node_agent.loop_thread import LoopThread
 from node_agent.portal.client import PortalClient, PortalRefused, PortalReply, PortalUnreachable
 from node_agent.portal.outbox import Outbox
 from node_agent.portal.schemas import MAX_METRICS_PER_BODY, HeartbeatBody, MetricPoint, MetricsBody
+from node_agent.portal.signed_body import MAX_BODY_BYTES
 from node_agent.supervisor import TaskSupervisor
 
 __all__ = ["BackgroundTelemetry", "TelemetryReporter"]
@@ -39,6 +40,8 @@ __all__ = ["BackgroundTelemetry", "TelemetryReporter"]
 logger = logging.getLogger(__name__)
 
 MIN_HEARTBEAT_PERIOD = 5.0
+#: Room left in a body for the fields signing adds (`ts`, `nonce`) and JSON spacing.
+SIGNED_FIELDS_BYTES = 512
 MAX_HEARTBEAT_PERIOD = 3600.0
 
 
@@ -205,7 +208,8 @@ class TelemetryReporter:
         batch = self.outbox.take(MAX_METRICS_PER_BODY)
         if not batch:
             return True
-        body = MetricsBody(credential=self.credential(), node_id=self.identity.node_id.hex(), metrics=batch)
+        body = self._fitting_body(batch)
+        batch = body.metrics
         reply = await self._call("metrics", lambda: self.client.metrics(self.identity, body))
         if reply is not None:
             self.metrics_sent += len(batch)
@@ -215,6 +219,19 @@ class TelemetryReporter:
         else:  # refused as invalid: resending the same batch would be refused again
             logger.error("dropping %d metrics events the portal refused", len(batch))
         return False
+
+    def _fitting_body(self, batch: list[MetricPoint]) -> MetricsBody:
+        """A metrics body of the first points of `batch` that fit the portal's body limit once signed (ts and
+        nonce added); the others go back to the front of the outbox for the next body."""
+        keep = len(batch)
+        while True:
+            body = MetricsBody(
+                credential=self.credential(), node_id=self.identity.node_id.hex(), metrics=batch[:keep]
+            )
+            if keep == 1 or len(msgspec.json.encode(body)) <= MAX_BODY_BYTES - SIGNED_FIELDS_BYTES:
+                self.outbox.put_back(batch[keep:])
+                return body
+            keep = max(1, keep * 3 // 4)
 
     # ---- shutdown ----------------------------------------------------------------------------------------
 

@@ -19,7 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from node_agent import __version__
 from node_agent.dht.api import DHTNodeAPI
@@ -28,17 +30,20 @@ from node_agent.portal.census import cells_to_move, choose_cells, count_live_rep
 from node_agent.portal.client import PortalClient, PortalError, PortalRefused
 from node_agent.portal.errors import ProtocolError
 from node_agent.portal.gate import CredentialPolicy, RevocationWatcher
+from node_agent.portal.ice import TurnGrant, ice_servers_for, parse_turn_grant
 from node_agent.portal.joining import agent_platform
 from node_agent.portal.project_config import ProjectConfig, parse_project_config
 from node_agent.portal.project_dht import ProjectScope, project_validators
 from node_agent.portal.renewal import CredentialRenewer
 from node_agent.portal.reporter import TelemetryReporter
-from node_agent.portal.schemas import HeartbeatBody, PeerActivity
+from node_agent.portal.schemas import MAX_REPLICA_STATES, HeartbeatBody, PeerActivity, ReplicaState
 from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
+from node_agent.rtc.config import IceServer
 from node_agent.supervisor import TaskSupervisor
 
 if TYPE_CHECKING:  # the expert server imports torch: loaded when the runtime starts
     from node_agent.moe.server.server import ExpertServer
+    from node_agent.rtc.config import RTCOptions
 
 __all__ = ["AgentOptions", "AgentRuntime"]
 
@@ -66,6 +71,17 @@ class AgentOptions:
     peer_refresh_period: float = 30.0  # while no DHT peer answers, re-read the bootstrap peers this often
     rebalance_after: float = 5.0  # seconds (plus up to as much jitter) before each second look at the census
     rebalance_rounds: int = 3
+    #: STUN/TURN servers from `--ice-server`, used after the project's own (`node_agent.portal.ice`).
+    ice_servers: tuple[IceServer, ...] = ()
+
+
+def only_loopback_reachable(rtc: RTCOptions) -> bool:
+    """Whether a server with these options offers peers on other machines no ICE candidate at all."""
+    if rtc.host_addresses is not None:
+        return all(address.startswith("127.") for address in rtc.host_addresses)
+    from node_agent.rtc.host_candidates import original_get_host_addresses
+
+    return not original_get_host_addresses()(use_ipv4=True, use_ipv6=True) and not rtc.ice_servers
 
 
 class AgentRuntime:
@@ -95,7 +111,14 @@ class AgentRuntime:
         self.telemetry: TelemetryReporter | None = None
         self.supervisor = TaskSupervisor("agent runtime", on_fatal=self.stop)
         self.renewer = CredentialRenewer(
-            client, identity, lambda: self.state.credential, self.install_credential, self.stop, say
+            client,
+            identity,
+            lambda: self.state.credential,
+            self.install_credential,
+            self.stop,
+            say,
+            turn=self.turn_grant,
+            install_turn=self.install_turn,
         )
         self._last_rate = (0, time.monotonic())
         self._rebalance_task: asyncio.Task[None] | None = None
@@ -148,8 +171,11 @@ class AgentRuntime:
             uids = choose_cells(
                 config.expert.prefix, config.expert.grid, live, self.options.num_experts, random.Random()
             )
-        if self.state.expires_at <= time.time() + 60:
+        grant = self.turn_grant()
+        turn_stale = grant is not None and grant.renew_at() <= time.time()  # a restart after a long stop
+        if self.state.expires_at <= time.time() + 60 or turn_stale:
             await self.renewer.renew_once()
+        self.say(self._ice_summary())
         await self._serve(uids)
         self.telemetry = await TelemetryReporter.create(
             self.client,
@@ -184,7 +210,7 @@ class AgentRuntime:
         if self.options.rtc_loopback_only:
             rtc = RTCOptions.for_loopback()
         else:
-            rtc = RTCOptions(loopback=self.options.rtc_loopback)
+            rtc = RTCOptions(ice_servers=self.ice_servers(), loopback=self.options.rtc_loopback)
         server_options = ServerOptions(
             max_batch_size=self.options.max_batch_size,
             announce_ttl=self.options.announce_ttl,
@@ -204,6 +230,11 @@ class AgentRuntime:
             f"serving {len(uids)} {config.expert.expert_class} expert(s) of project {config.project}: "
             f"{', '.join(uids)} (DHT endpoint {dht.endpoint})"
         )
+        if only_loopback_reachable(rtc):
+            self.say(
+                "this computer has no network interface besides loopback: only peers on this same machine "
+                "can reach its experts (the portal's My nodes page shows whether its probe reached them)"
+            )
 
     async def _refresh_bootstrap_peers(self) -> None:
         """While no DHT peer is live, re-read the project's bootstrap peers from the portal and rejoin
@@ -289,6 +320,9 @@ class AgentRuntime:
             uptime_s=round(now - self.started, 1),
             # Connected peers; the pool does not attribute requests to peers, so the count is 0 (unknown).
             peers=[PeerActivity(node_id=link.node_id.hex(), requests=0) for link in links][:256],
+            replica_states=replica_states(server, now),
+            averaging_rounds_completed=server.replicas.stats.rounds_completed,
+            averaging_rounds_failed=server.replicas.stats.rounds_failed,
         )
 
     def _on_refused(self, error: PortalRefused) -> None:
@@ -307,6 +341,44 @@ class AgentRuntime:
             self.server.set_credential(token)
         expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.state.expires_at))
         self.say(f"credential renewed, valid until {expires}")
+
+    # ---- STUN/TURN -----------------------------------------------------------------------------------
+
+    def turn_grant(self) -> TurnGrant | None:
+        """The TURN credential of the last join or renewal (None: no TURN at the portal, or unreadable)."""
+        try:
+            return parse_turn_grant(self.state.turn)
+        except ProtocolError as exc:
+            logger.warning("ignoring the saved TURN credential: %s", exc)
+            return None
+
+    def ice_servers(self) -> tuple[IceServer, ...]:
+        """The project's STUN/TURN servers (TURN with our current grant), then `--ice-server` ones."""
+        return ice_servers_for(
+            self.config.ice_servers, self.turn_grant(), now=time.time(), extra=self.options.ice_servers
+        )
+
+    def install_turn(self, grant: TurnGrant) -> None:
+        """Adopt a renewed TURN credential: saved, and used by the connections made from now on."""
+        self.state.turn = msgspec.to_builtins(grant)
+        save_agent_state(self.options.data_dir / AGENT_STATE_FILE, self.state)
+        if self.server is not None and self.server.pool is not None and not self.options.rtc_loopback_only:
+            self.server.pool.set_ice_servers(self.ice_servers())
+        logger.info(
+            "TURN credential renewed, valid until %s",
+            time.strftime("%H:%M:%S", time.localtime(grant.expires_at)),
+        )
+
+    def _ice_summary(self) -> str:
+        servers = self.ice_servers()
+        if not servers:
+            return "no STUN/TURN servers: peers behind other NATs may not reach this node (see --ice-server)"
+        grant = self.turn_grant()
+        text = "STUN/TURN servers: " + ", ".join(server.urls for server in servers)
+        if grant is not None and grant.expires_at > time.time():
+            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(grant.expires_at))
+            text += f" (TURN credential valid until {until})"
+        return text
 
     # ---- lifecycle -----------------------------------------------------------------------------------
 
@@ -331,3 +403,16 @@ class AgentRuntime:
             await self.server.shutdown()
         if self.dht is not None:
             await self.dht.shutdown()
+
+
+def replica_states(server: Any, now: float) -> list[ReplicaState]:
+    """Each hosted expert's step and seconds since it last averaged with another replica."""
+    averaged = server.replicas.stats.last_averaged
+    return [
+        ReplicaState(
+            uid=uid,
+            step=backend.steps,
+            averaged_age_s=round(now - averaged[uid], 1) if uid in averaged else None,
+        )
+        for uid, backend in sorted(server.backends.items())
+    ][:MAX_REPLICA_STATES]

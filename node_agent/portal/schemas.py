@@ -15,15 +15,19 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from node_agent.portal.errors import PayloadError, convert
+from node_agent.portal.ice import TurnGrant
 from node_agent.portal.project_config import ProjectConfig
 from node_agent.portal.tokens import MAX_TOKEN_LENGTH
 
 __all__ = [
     "API_PREFIX",
+    "EXPORT_HEADER",
     "MAX_COUNTER",
     "MAX_METRICS_PER_BODY",
     "MAX_SMALL_COUNT",
     "ErrorReply",
+    "ExportUpload",
+    "ExportUploadBody",
     "Heartbeat",
     "HeartbeatBody",
     "HeartbeatReply",
@@ -40,6 +44,8 @@ __all__ = [
     "RenewBody",
     "RenewReply",
     "RenewRequest",
+    "ReplicaState",
+    "validate_export_upload",
     "validate_heartbeat",
     "validate_join",
     "validate_metrics",
@@ -84,6 +90,32 @@ class PeerActivity(_Wire, frozen=True):
     requests: _Count
 
 
+#: Expert states one heartbeat reports (the body must stay under the portal's 16 KiB).
+MAX_REPLICA_STATES = 128
+
+
+class ReplicaState(_Wire, frozen=True):
+    """One hosted expert's training state: its optimiser step and how long ago it last averaged with
+    another replica (None: never; `node_agent.moe.server.replicas`)."""
+
+    uid: _ShortText
+    step: _Count
+    averaged_age_s: _Rate | None = None
+
+
+#: Header of `POST /api/v1/agent/export`: the signed `ExportUploadBody` (JSON) describing the raw body.
+EXPORT_HEADER = "X-Colearn-Export"
+
+
+class ExportUploadBody(_Wire, frozen=True):
+    """What an export upload claims about its body (a `node-agent export` safetensors file); signed."""
+
+    credential: _Token
+    node_id: _NodeIdHex
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    size: Annotated[int, msgspec.Meta(ge=1, le=2**40)]
+
+
 class HeartbeatBody(_Wire, frozen=True):
     """A heartbeat as the agent builds it; counters are totals since the agent started."""
 
@@ -110,6 +142,11 @@ class HeartbeatBody(_Wire, frozen=True):
     going_offline: Annotated[
         bool, msgspec.Meta(description="the last heartbeat of a clean stop: mark the node offline now")
     ] = False
+    replica_states: Annotated[list[ReplicaState], msgspec.Meta(max_length=MAX_REPLICA_STATES)] = (
+        msgspec.field(default_factory=list)
+    )
+    averaging_rounds_completed: _Count = 0
+    averaging_rounds_failed: _Count = 0
 
 
 class MetricPoint(_Wire, frozen=True):
@@ -123,6 +160,14 @@ class MetricPoint(_Wire, frozen=True):
     experts_failed: _SmallCount
     timestamp: float
     kind: Literal["train", "eval"] = "train"
+    run: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=32,
+            pattern="^[0-9A-Za-z_-]*\\Z",
+            description="the trainer run (one per trainer start; steps count up within a run); '' if unknown",
+        ),
+    ] = ""
 
 
 class MetricsBody(_Wire, frozen=True):
@@ -153,6 +198,13 @@ class Heartbeat(HeartbeatBody, frozen=True, kw_only=True):
     nonce: _Nonce
 
 
+class ExportUpload(ExportUploadBody, frozen=True, kw_only=True):
+    """The signed ``X-Colearn-Export`` header of ``POST /api/v1/agent/export``."""
+
+    ts: _Timestamp
+    nonce: _Nonce
+
+
 class MetricsReport(MetricsBody, frozen=True):
     """Body of ``POST /api/v1/agent/metrics``."""
 
@@ -176,6 +228,10 @@ class RenewRequest(RenewBody, frozen=True):
 
 def validate_heartbeat(body: object) -> Heartbeat:
     return convert(body, Heartbeat, "heartbeat")
+
+
+def validate_export_upload(body: object) -> ExportUpload:
+    return convert(body, ExportUpload, "export upload")
 
 
 def validate_metrics(body: object) -> MetricsReport:
@@ -221,6 +277,8 @@ class JoinReply(_Reply, frozen=True):
     expires_at: float
     node: JoinedNode
     config: ProjectConfig
+    #: A short-lived TURN credential when the operator runs TURN (`node_agent.portal.ice`).
+    turn: TurnGrant | None = None
 
 
 class PendingReply(_Reply, frozen=True):
@@ -233,6 +291,7 @@ class PendingReply(_Reply, frozen=True):
 class RenewReply(_Reply, frozen=True):
     credential: str
     expires_at: float
+    turn: TurnGrant | None = None
 
 
 class HeartbeatReply(_Reply, frozen=True):

@@ -28,6 +28,8 @@ class AgentState:
     credential: str
     config: dict[str, Any]
     node: dict[str, Any] = field(default_factory=dict)
+    #: The TURN credential of the last join or renewal (`node_agent.portal.ice.TurnGrant`), if any.
+    turn: dict[str, Any] | None = None
 
     @property
     def expires_at(self) -> float:
@@ -76,6 +78,7 @@ def load_agent_state(path: str | os.PathLike[str]) -> AgentState:
             credential=str(data["credential"]),
             config=dict(data["config"]),
             node=dict(data.get("node") or {}),
+            turn=dict(data["turn"]) if isinstance(data.get("turn"), dict) else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path} lacks a field: {exc}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,15 +30,23 @@ __all__ = [
     "TrainerCounters",
     "TrainerReporting",
     "metric_point",
+    "new_run_id",
     "start_trainer_reporting",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def metric_point(event: Any) -> MetricPoint | None:
-    """A ``MetricsEvent`` as the portal's metrics body wants it; None if it holds non-finite numbers."""
+def new_run_id() -> str:
+    """A trainer run's id: each start of a trainer is its own run (its own series on the portal's charts)."""
+    return secrets.token_hex(8)
+
+
+def metric_point(event: Any, run: str = "") -> MetricPoint | None:
+    """A ``MetricsEvent`` of ``run`` as the portal's metrics body wants it; None if it holds non-finite
+    numbers."""
     point = MetricPoint(
+        run=run,
         kind=event.kind,
         step=int(event.step),
         loss=float(event.loss),
@@ -87,15 +96,18 @@ class TrainerCounters:
 class PortalMetricsSink:
     """A ``MetricsStream`` sink: queues each event for the portal; never blocks or raises into training."""
 
-    def __init__(self, outbox: Outbox[MetricPoint], counters: TrainerCounters | None = None) -> None:
+    def __init__(
+        self, outbox: Outbox[MetricPoint], counters: TrainerCounters | None = None, run: str | None = None
+    ) -> None:
         self.outbox = outbox
         self.counters = counters
+        self.run = run if run is not None else new_run_id()
         self.skipped = 0
 
     def __call__(self, event: Any) -> None:
         if self.counters is not None:
             self.counters.observe(event)
-        point = metric_point(event)
+        point = metric_point(event, self.run)
         if point is None:
             self.skipped += 1
             logger.debug("not reporting step %s: non-finite metrics", getattr(event, "step", "?"))

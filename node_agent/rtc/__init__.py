@@ -5,7 +5,9 @@
 * `config`: ICE servers, loopback candidates, UDP buffers.
 * `host_candidates`: which host addresses one peer connection offers (per connection, not per process).
 * `library_versions`: the exact aiortc/aioice/pyOpenSSL versions the patches below were tested with.
-* `sctp_tuning`, `large_records`: patches of aiortc's SCTP/DTLS for fewer SACKs and large loopback chunks.
+* `sctp_tuning`: patches of aiortc's SCTP for fewer SACKs and no reassembly walk per fragment.
+* `plpmtu` (pure), `record_probing`, `large_records`: the largest SCTP packet each path carries, probed
+  (RFC 8899) and used; whole DTLS records read on receipt.
 * `fingerprint`: binding the DTLS certificate to the signed SDP.
 * `pool`: one peer connection per pair of peers, offers/answers carried by signed DHT RPCs.
 """

@@ -16,10 +16,16 @@ The patches of aiortc's private parts install only on the exactly tested aiortc/
 (`node_agent.rtc.library_versions`); on any other the first pool refuses to start.
 
 aiortc acknowledges every SCTP packet separately; `coalesce_sacks` makes it send one SACK per burst of
-received packets (`node_agent.rtc.sctp_tuning`, RFC 4960 section 6.2), process-wide once any pool asks.
+received packets (`node_agent.rtc.sctp_tuning`, RFC 4960 section 6.2), process-wide once any pool asks;
+`reassembly_shortcut` skips aiortc's walk of the reassembly list after a chunk that cannot complete a message.
 
-aiortc cuts messages into ~1.2 KB SCTP chunks, one DTLS record and datagram each; `large_chunks_on_loopback`
-lets a connection whose ICE path is loopback at both ends use 16 KB chunks (`node_agent.rtc.large_records`).
+aiortc cuts messages into ~1.2 KB SCTP chunks, one DTLS record and datagram each; `record_probing` lets each
+connection probe the largest packet its path carries (up to 16 KiB) and cut chunks to it, towards peers that
+announced whole-record reads (`node_agent.rtc.record_probing`, `node_agent.rtc.large_records`); None keeps
+aiortc's standard chunks.
+
+Between home routers ICE should take the direct server-reflexive pair, not TURN: relayed candidate pairs
+wait `relay_grace` seconds for a direct one to succeed (`node_agent.rtc.direct_first`, process-wide).
 
 What one peer may cost us: `admission` (which offers get a connection), unfinished incoming messages
 (`max_partial_bytes` per connection, `max_peer_partial_bytes` per peer, `max_node_partial_bytes` for the
@@ -35,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from node_agent.rtc.admission import AdmissionLimits
 from node_agent.rtc.host_candidates import LOOPBACK_V4, HostCandidates
+from node_agent.rtc.record_probing import ProbeSettings
 
 if TYPE_CHECKING:  # aiortc loads only when a connection is made
     from aiortc import RTCConfiguration, RTCPeerConnection
@@ -59,6 +66,9 @@ class RTCOptions:
     #: If set, offer exactly these host addresses instead of every interface's (e.g. ("127.0.0.1",));
     #: this pool's connections only.
     host_addresses: tuple[str, ...] | None = None
+    #: Also offer 127.0.0.1 to a peer on this same machine (its signalling address is loopback or ours),
+    #: and to no one else: a same-machine trainer reaches a node even where no other interface exists.
+    same_machine_loopback: bool = True
     udp_receive_buffer: int = 8 * 1024 * 1024
     #: Largest frame we send; the remote's SCTP max-message-size (aiortc: 256 KiB) is the hard bound.
     chunk_size: int = 64 * 1024
@@ -67,8 +77,13 @@ class RTCOptions:
     idle_timeout: float = 120.0
     #: One SCTP SACK per burst of received packets instead of one per packet (process-wide).
     coalesce_sacks: bool = True
-    #: 16 KB SCTP chunks on connections between loopback addresses (same machine) when the peer can read them.
-    large_chunks_on_loopback: bool = True
+    #: No reassembly walk after a received chunk that cannot complete a message (process-wide).
+    reassembly_shortcut: bool = True
+    #: Probe the largest SCTP packet each path carries and fill it (towards peers that read whole records);
+    #: None: aiortc's standard ~1.2 KB chunks on every path.
+    record_probing: ProbeSettings | None = field(default_factory=ProbeSettings)
+    #: Seconds relayed (TURN) candidate pairs wait for a direct pair to succeed first; 0: no waiting.
+    relay_grace: float = 1.0
     #: Which incoming offers get a peer connection (rates, counts, tiers).
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     #: Bytes of unfinished incoming messages: per connection (at least one `max_payload` message), per peer
@@ -102,11 +117,18 @@ def apply_process_settings(options: RTCOptions) -> None:
 
     require_tested_versions()
     install_host_candidate_hook()
+    from node_agent.rtc.direct_first import install_direct_first
+
+    install_direct_first(options.relay_grace)
     if options.coalesce_sacks:
         from node_agent.rtc.sctp_tuning import install_sack_coalescing
 
         install_sack_coalescing()
-    if options.large_chunks_on_loopback:
+    if options.reassembly_shortcut:
+        from node_agent.rtc.sctp_tuning import install_reassembly_shortcut
+
+        install_reassembly_shortcut()
+    if options.record_probing is not None:
         from node_agent.rtc.large_records import install_large_record_reads
 
         install_large_record_reads()
@@ -146,12 +168,19 @@ def rtc_configuration(options: RTCOptions) -> RTCConfiguration:
 
 
 def parse_ice_server(text: str) -> IceServer:
-    """CLI syntax: `stun:host:port` or `turn:user:password@host:port`."""
+    """CLI syntax: `stun:host:port` or `turn:user:password@host:port` (also `turns:`, `?transport=tcp`).
+
+    The password is what follows the *last* colon before the `@`: TURN REST usernames (`expiry:node`, what the
+    portal issues) contain a colon, their base64 passwords never do."""
     scheme, _, rest = text.partition(":")
     if scheme not in ("stun", "stuns", "turn", "turns") or not rest:
         raise ValueError(f"bad ICE server {text!r}: expected stun:host:port or turn:user:pass@host:port")
     if "@" in rest and scheme.startswith("turn"):
         creds, _, hostport = rest.rpartition("@")
-        user, _, password = creds.partition(":")
+        user, sep, password = creds.rpartition(":")
+        if not sep or not user or not hostport:
+            raise ValueError(f"bad ICE server {text!r}: expected turn:user:pass@host:port")
         return IceServer(f"{scheme}:{hostport}", username=user, credential=password)
+    if scheme.startswith("turn"):
+        raise ValueError(f"TURN server {text!r} needs credentials: turn:user:pass@host:port")
     return IceServer(text)

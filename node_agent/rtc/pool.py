@@ -4,7 +4,9 @@ Signalling (docs/architecture.md, 3.3): the caller sends its SDP offer as the ap
 to the peer's DHT endpoint, pinned to the peer's node id; the answer comes back in the signed reply. There
 is no trickle ICE in aiortc, so that one round trip carries all candidates. After the DTLS handshake both
 sides check the remote certificate against the fingerprint in the SDP the other signed
-(`node_agent.rtc.fingerprint`) and drop the connection on a mismatch.
+(`node_agent.rtc.fingerprint`) and drop the connection on a mismatch. A peer that announced relays (it is
+unreachable from outside, `node_agent.dht.nat`) gets the offer through one of them, still sealed end to end
+by the DHT (`call_rpc_via_relay`): a relay can drop an offer or answer, never forge or alter one.
 
 Concurrent callers share the connection being set up; a connection idle for `idle_timeout` is closed; a
 dropped connection is forgotten so the next call sets up a fresh one.
@@ -18,23 +20,23 @@ incoming messages share byte budgets per peer and per node (`framing.ByteBudget`
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from node_agent.dht.api import DHTError, DHTNodeAPI, PeerInfo
-from node_agent.dht.endpoints import parse_endpoint
+from node_agent.dht.endpoints import outward_ip, parse_endpoint
 from node_agent.rtc.admission import Admission, Slot, Tier
-from node_agent.rtc.config import RTCOptions, apply_process_settings, new_peer_connection
+from node_agent.rtc.config import IceServer, RTCOptions, apply_process_settings, new_peer_connection
 from node_agent.rtc.fingerprint import FingerprintMismatchError, verify_peer_connection
 from node_agent.rtc.framing import ByteBudget
-from node_agent.rtc.large_records import (
-    enable_large_chunks,
-    large_record_reads_installed,
-    selected_path_is_loopback,
-)
+from node_agent.rtc.large_records import large_record_reads_installed
+from node_agent.rtc.paths import selected_path
+from node_agent.rtc.record_probing import start_record_probing
 from node_agent.rtc.rpc import ChannelRPC, Handler, RPCHandlerError
 from node_agent.supervisor import TaskSupervisor
 
@@ -76,6 +78,9 @@ class PeerLink:
     #: Inbound links: the sender's address and what it ranked as when admitted.
     host: str = ""
     tier: Tier = Tier.UNKNOWN
+    #: Searching the largest SCTP packet the path carries (`record_probing`); None: standard chunks.
+    prober: Any = None
+    prober_task: asyncio.Future[None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -114,6 +119,9 @@ class ConnectionPool:
         self._refusals: Counter[str] = Counter()
         self._refusals_logged = 0.0
         self.refused_offers = 0
+        #: Why the last admitted inbound connection never opened ("" if none failed): the agent says so.
+        self.last_inbound_failure = ""
+        self._own_hosts: frozenset[str] | None = None
         #: Extra services on the same connections, by method prefix ("avg." -> the averager's handler).
         self._routes: dict[str, Handler] = {}
 
@@ -168,10 +176,18 @@ class ConnectionPool:
             return link
         return next((link for link in self._inbound.get(node_id, ()) if link.alive), None)
 
+    def set_ice_servers(self, servers: tuple[IceServer, ...]) -> None:
+        """STUN/TURN servers for connections made from now on (a renewed TURN credential)."""
+        self.options = replace(self.options, ice_servers=servers)
+
     # ---- outbound ------------------------------------------------------------------------------------
 
-    async def connect(self, node_id: bytes, endpoint: str, timeout: float | None = None) -> PeerLink:
-        """The live link to `node_id`, opening one if needed; concurrent callers share one set-up."""
+    async def connect(
+        self, node_id: bytes, endpoint: str, timeout: float | None = None, relays: Sequence[str] = ()
+    ) -> PeerLink:
+        """The live link to `node_id`, opening one if needed; concurrent callers share one set-up.
+
+        `relays` (from the peer's announcement): signal through them instead of `endpoint`."""
         if self._closed:
             raise ConnectError("connection pool is closed")
         link = self._outbound.get(node_id)
@@ -181,7 +197,7 @@ class ConnectionPool:
             self._forget(link)
         pending = self._connecting.get(node_id)
         if pending is None:
-            pending = asyncio.ensure_future(self._open(node_id, endpoint))
+            pending = asyncio.ensure_future(self._open(node_id, endpoint, tuple(relays)))
             self._connecting[node_id] = pending
             pending.add_done_callback(lambda _f: self._connecting.pop(node_id, None))
             pending.add_done_callback(_consume_exception)
@@ -191,26 +207,17 @@ class ConnectionPool:
         except TimeoutError:
             raise ConnectError(f"connecting to {node_id.hex()[:8]} at {endpoint} timed out") from None
 
-    async def _open(self, node_id: bytes, endpoint: str) -> PeerLink:
+    async def _open(self, node_id: bytes, endpoint: str, relays: tuple[str, ...] = ()) -> PeerLink:
         from aiortc import RTCSessionDescription
 
-        pc = new_peer_connection(self.options)
+        pc = new_peer_connection(self._options_towards(_host_of(endpoint)))
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 channel = pc.createDataChannel(CHANNEL_LABEL, ordered=True)
                 opened = asyncio.Event()
                 channel.on("open", opened.set)
                 await pc.setLocalDescription(await pc.createOffer())
-                try:
-                    _peer, reply = await self.dht.call_rpc(
-                        endpoint,
-                        OFFER_RPC,
-                        self._signalling_message(pc),
-                        timeout=self.options.connect_timeout,
-                        expected_node_id=node_id,
-                    )
-                except DHTError as exc:
-                    raise ConnectError(f"signalling to {endpoint} failed: {exc}") from exc
+                reply = await self._signal(node_id, endpoint, relays, self._signalling_message(pc))
                 if isinstance(reply, dict) and "refused" in reply:
                     reason = str(reply["refused"])[:200]
                     raise ConnectRefusedError(f"{node_id.hex()[:8]} refused the connection: {reason}")
@@ -228,11 +235,43 @@ class ConnectionPool:
         except BaseException:
             await pc.close()
             raise
-        self._tune_path(pc, reply, node_id)
         link = self._make_link(node_id, pc, channel, outbound=True)
+        self._tune_path(link, reply)
         self._outbound[node_id] = link
-        logger.info("connected to %s at %s", node_id.hex()[:8], endpoint)
+        logger.info("connected to %s at %s (%s)", node_id.hex()[:8], endpoint, _path_text(pc))
         return link
+
+    def disconnect(self, node_id: bytes) -> None:
+        """Close our outbound connection to `node_id`, if any (a prober that must not keep one per node)."""
+        link = self._outbound.get(node_id)
+        if link is not None:
+            self._forget(link)
+
+    async def _signal(
+        self, node_id: bytes, endpoint: str, relays: tuple[str, ...], offer: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Send our offer directly, or through the peer's relays in turn (a relay that fails, drops or
+        tampers with the exchange costs one attempt); the peer's answer."""
+        timeout = self.options.connect_timeout
+        if not relays:
+            try:
+                _peer, reply = await self.dht.call_rpc(
+                    endpoint, OFFER_RPC, offer, timeout=timeout, expected_node_id=node_id
+                )
+            except DHTError as exc:
+                raise ConnectError(f"signalling to {endpoint} failed: {exc}") from exc
+            return reply
+        failures = []
+        for relay in relays:
+            try:
+                _peer, reply = await self.dht.call_rpc_via_relay(  # each leaves time for the rest
+                    relay, node_id, OFFER_RPC, offer, 0.9 * timeout / len(relays)
+                )
+                return reply
+            except DHTError as exc:
+                failures.append(f"{relay}: {exc}")
+        reasons = "; ".join(failures)
+        raise ConnectError(f"signalling to {node_id.hex()[:8]} through its relays failed: {reasons}")
 
     # ---- inbound -------------------------------------------------------------------------------------
 
@@ -255,7 +294,7 @@ class ConnectionPool:
             return {"refused": decision.reason}
         for handle in decision.evict:
             self._evict(handle)
-        pc = new_peer_connection(self.options)
+        pc = new_peer_connection(self._options_towards(host))
         handshake = _Handshake(peer.node_id, host, tier, pc)
         self._handshakes[id(handshake)] = handshake
         channel_ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -296,8 +335,12 @@ class ConnectionPool:
                     await opened.wait()
             verify_peer_connection(pc, offer)
         except (TimeoutError, FingerprintMismatchError) as exc:
-            reason = str(exc) or "timeout"
-            logger.info("dropping inbound connection from %s: %s", peer.node_id.hex()[:8], reason)
+            if isinstance(exc, FingerprintMismatchError):
+                reason = f"DTLS certificate does not match the offer's fingerprint: {exc}"
+            else:
+                reason = inbound_stall_reason(pc, self.options.connect_timeout)
+            self.last_inbound_failure = reason
+            logger.warning("dropping inbound connection from %s: %s", peer.node_id.hex()[:8], reason)
             await pc.close()
             return
         except BaseException:
@@ -305,11 +348,13 @@ class ConnectionPool:
             raise
         finally:
             self._handshakes.pop(id(handshake), None)
-        self._tune_path(pc, payload, peer.node_id)
         link = self._make_link(peer.node_id, pc, channel, outbound=False)
+        self._tune_path(link, payload)
         link.host, link.tier = handshake.host, handshake.tier
         self._inbound.setdefault(peer.node_id, []).append(link)
-        logger.info("accepted connection from %s (%s)", peer.node_id.hex()[:8], peer.endpoint)
+        logger.info(
+            "accepted connection from %s (%s; %s)", peer.node_id.hex()[:8], peer.endpoint, _path_text(pc)
+        )
 
     # ---- admission -----------------------------------------------------------------------------------
 
@@ -337,6 +382,10 @@ class ConnectionPool:
             logger.info("closing connection with %s to admit another peer", handle.node_id.hex()[:8])
             self._forget(handle)
         elif self._handshakes.pop(id(handle), None) is not None:
+            logger.info(
+                "dropping inbound connection from %s: still being set up, replaced to admit another peer",
+                handle.node_id.hex()[:8],
+            )
             if handle.task is not None:
                 handle.task.cancel()
             self._track(asyncio.ensure_future(handle.pc.close()))
@@ -370,26 +419,56 @@ class ConnectionPool:
             self._refusals.clear()
             self._refusals_logged = now
 
+    def _options_towards(self, host: str) -> RTCOptions:
+        """Our options, plus a 127.0.0.1 host candidate when the peer is on this machine.
+
+        aioice never offers 127.0.0.1, so two agents on a machine without another interface could not
+        connect, whatever else they offer. A peer whose signalling comes from (or goes to) a loopback
+        address or this machine's own address is on this machine, and only such a peer is told about
+        our loopback candidate (`same_machine_loopback`)."""
+        if not self.options.same_machine_loopback or self.options.loopback:
+            return self.options
+        if self.options.host_addresses is not None or not self._is_this_machine(host):
+            return self.options
+        return replace(self.options, loopback=True)
+
+    def _is_this_machine(self, host: str) -> bool:
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return True
+        except ValueError:
+            return False
+        if self._own_hosts is None:
+            own = {outward_ip(), _host_of(self.dht.endpoint)}
+            self._own_hosts = frozenset(own - {"0.0.0.0", "::"})
+        return host in self._own_hosts
+
     # ---- signalling and path tuning ------------------------------------------------------------------
 
     def _signalling_message(self, pc: RTCPeerConnection) -> dict[str, Any]:
-        """Our offer or answer: the SDP, whether we can receive large SCTP chunks, our credential if any."""
-        message = {"sdp": pc.localDescription.sdp, "large_records": large_record_reads_installed()}
+        """Our offer or answer: the SDP, whether we can receive large SCTP chunks (so the peer may probe them;
+        not with `record_probing=None`), our credential if any."""
+        reads = large_record_reads_installed() and self.options.record_probing is not None
+        message = {"sdp": pc.localDescription.sdp, "large_records": reads}
         if self.credential is not None:
             message["cred"] = self.credential
         return message
 
-    def _tune_path(self, pc: RTCPeerConnection, remote_message: Any, node_id: bytes) -> None:
-        """Large chunks towards a peer on this machine that said it reads them (`large_records`)."""
+    def _tune_path(self, link: PeerLink, remote_message: Any) -> None:
+        """Probe the path's largest packet towards a peer that said it reads whole records (`large_records`);
+        any other peer (a browser, a plain aiortc) gets aiortc's standard chunks."""
+        settings = self.options.record_probing
         if not (
-            self.options.large_chunks_on_loopback
+            settings is not None
             and isinstance(remote_message, dict)
             and remote_message.get("large_records") is True
-            and selected_path_is_loopback(pc)
         ):
             return
-        if enable_large_chunks(pc):
-            logger.debug("large SCTP chunks towards %s (loopback path)", node_id.hex()[:8])
+        prober = start_record_probing(link.peer_connection, settings)
+        if prober is not None:
+            link.prober = prober
+            link.prober_task = asyncio.ensure_future(prober.run())
+            self._track(link.prober_task)
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
 
@@ -423,6 +502,8 @@ class ConnectionPool:
 
     def _forget(self, link: PeerLink) -> None:
         link.rpc.close()
+        if link.prober_task is not None:
+            link.prober_task.cancel()
         if link.rpc.served:
             self.admission.remember(link.node_id)
         if self._outbound.get(link.node_id) is link:
@@ -481,11 +562,60 @@ class _Handshake:
     task: asyncio.Future[Any] | None = None
 
 
+def inbound_stall_reason(pc: Any, timeout: float) -> str:
+    """Why an answered offer's data channel did not open in time, from the states the connection reached.
+
+    ICE still "new" or "checking" means no connectivity check of the caller reached one of the candidates we
+    answered with: the caller could not reach those addresses, or never received our answer (e.g. its
+    signalling reply was dropped), so the reason names what we offered."""
+    ice = getattr(pc, "iceConnectionState", "?")
+    state = getattr(pc, "connectionState", "?")
+    hosts = answered_candidate_hosts(pc)
+    offered = ", ".join(hosts) or "none"
+    if ice in ("new", "checking") and not hosts:
+        return (
+            f"no ICE connectivity check from the caller succeeded within {timeout:.0f} s (ICE {ice}): we "
+            "answered with no candidate at all (no usable interface; a same-machine caller needs "
+            "127.0.0.1, see --rtc-loopback)"
+        )
+    if ice in ("new", "checking"):
+        return (
+            f"no ICE connectivity check from the caller succeeded within {timeout:.0f} s (ICE {ice}); "
+            f"we answered with candidates {offered}: the caller cannot reach them, or never got our answer"
+        )
+    if ice in ("failed", "closed") or state in ("failed", "closed"):
+        return f"ICE or DTLS failed (ICE {ice}, connection {state}; our candidates: {offered})"
+    return f"the data channel did not open within {timeout:.0f} s (ICE {ice}, connection {state})"
+
+
+def answered_candidate_hosts(pc: Any) -> list[str]:
+    """The addresses of the ICE candidates in our local description (`a=candidate:` lines), deduplicated."""
+    description = getattr(pc, "localDescription", None)
+    sdp = getattr(description, "sdp", "") or ""
+    hosts: list[str] = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) > 5:
+                address = f"{fields[4]}:{fields[5]}" if ":" not in fields[4] else f"[{fields[4]}]:{fields[5]}"
+                if address not in hosts:
+                    hosts.append(address)
+    return hosts[:8]
+
+
 def _host_of(endpoint: str) -> str:
     try:
         return parse_endpoint(endpoint)[0]
     except ValueError:
         return endpoint
+
+
+def _path_text(pc: RTCPeerConnection) -> str:
+    """The ICE path for the log: direct or relayed, which candidates (`node_agent.rtc.paths`)."""
+    path = selected_path(pc)
+    if path is None:
+        return "path unknown"
+    return f"{'relayed' if path.relayed else 'direct'}: {path.describe()}"
 
 
 def _checked_sdp(payload: Any) -> str:

@@ -14,8 +14,8 @@ __all__ = ["ProgressBar"]
 
 
 class ProgressBar:
-    def __init__(self, total: int, stream: IO[str] | None = None, width: int = 30, every: int = 50):
-        self.total = max(1, total)
+    def __init__(self, total: int | None, stream: IO[str] | None = None, width: int = 30, every: int = 50):
+        self.total = None if total is None else max(1, total)  # None: no end (a count, no bar)
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
         self.every = every
@@ -25,14 +25,17 @@ class ProgressBar:
     def update(self, done: int, **fields: float | int | str) -> None:
         if not self._interactive and done % self.every and done != self.total:
             return
-        fraction = min(1.0, done / self.total)
-        filled = int(self.width * fraction)
         elapsed = time.monotonic() - self.started
         extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
-        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} {elapsed:5.1f}s {extra}"
+        if self.total is None:
+            line = f"step {done} {elapsed:5.1f}s {extra}"
+        else:
+            filled = int(self.width * min(1.0, done / self.total))
+            bar = f"[{'#' * filled}{'.' * (self.width - filled)}]"
+            line = f"{bar} {done}/{self.total} {elapsed:5.1f}s {extra}"
         if self._interactive:
             self.stream.write("\r" + line)
-            if done >= self.total:
+            if self.total is not None and done >= self.total:
                 self.stream.write("\n")
         else:
             self.stream.write(line + "\n")

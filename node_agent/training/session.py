@@ -8,6 +8,7 @@ loop) unless one is passed in, and stops what it started.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,6 +45,9 @@ class SessionConfig:
     allow_zero_outputs: bool = False
     initial_peers: Sequence[str] = ()
     rtc_loopback_only: bool = False
+    #: The trainer's DHT address (client mode) and STUN/TURN servers (`IceServer`s) for its connections.
+    listen: str = "0.0.0.0:0"
+    ice_servers: Sequence[Any] = ()
     resume_from: str | None = None
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -105,10 +109,14 @@ def start_caller(
     from node_agent.moe.client import ExpertCaller
     from node_agent.rtc.config import RTCOptions
 
-    rtc = RTCOptions.for_loopback() if config.rtc_loopback_only else RTCOptions(loopback=True)
+    if config.rtc_loopback_only:
+        rtc = RTCOptions.for_loopback()
+    else:
+        rtc = RTCOptions(ice_servers=tuple(config.ice_servers), loopback=True)
     return ExpertCaller.start_caller(
         list(config.initial_peers),
         rtc_options=rtc,
+        listen=config.listen,
         identity=identity,
         credential=credential,
         require_initial_peer=require_initial_peer,
@@ -120,8 +128,11 @@ def run_training(
     metrics: MetricsStream | None = None,
     on_step: Callable[[int], None] | None = None,
     caller: Any = None,
+    stop: threading.Event | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train per `config`; in remote mode uses `caller` or starts (and stops) its own."""
+    """Train per `config` until its steps are done or `stop` is set; in remote mode uses `caller` or
+    starts (and stops) its own. `say` gets the lines for the person at the terminal (waiting for experts)."""
     dataset = load_dataset(config.dataset, seed=config.seed)
     own_caller = None
     if (config.mode == "remote" or config.collaborative is not None) and caller is None:
@@ -130,7 +141,7 @@ def run_training(
     start_epoch = 0
     try:
         model = build_model(config, dataset, caller if config.mode == "remote" else None)
-        trainer = Trainer(model, dataset, config.train, metrics, on_step)
+        trainer = Trainer(model, dataset, config.train, metrics, on_step, stop=stop, say=say)
         if config.resume_from:
             path = latest_checkpoint(config.resume_from) or config.resume_from
             trainer.step = load_checkpoint(path, model, trainer.optimizer)

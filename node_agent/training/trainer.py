@@ -1,14 +1,19 @@
 """The training loop: mini-batches from a registered dataset, periodic evaluation, metrics, checkpoints.
 
 Expert failures are expected (volunteers vanish): a step whose MoE call fails (too few experts answered,
-the search timed out) is logged and skipped, and training only stops after `max_failed_steps` failures in a
-row. Remote experts update themselves on backward (Learning@home section 3.2); the trainer's optimiser
-covers only its own parameters (local layers and gating networks).
+the search timed out) is logged and skipped, and after `max_failed_steps` failures in a row training stops,
+or, with `expert_wait_period` set (a portal trainer), says that it waits for experts and tries again that
+often. With `steps=None` it trains until its `stop` event is set (the CLI sets it on SIGINT/SIGTERM); a
+stopped run skips the final evaluation but still saves its checkpoint. Remote experts update themselves on
+backward (Learning@home section 3.2); the trainer's optimiser covers only its own parameters (local layers
+and gating networks).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +40,7 @@ class TrainingError(RuntimeError):
 
 @dataclass(slots=True)
 class TrainConfig:
-    steps: int = 300
+    steps: int | None = 300  # None: until stopped
     batch_size: int = 64
     learning_rate: float = 3e-3
     eval_every: int = 100
@@ -47,6 +52,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end (when checkpoint_dir is set)
     seed: int = 0
     progress: bool = False
+    expert_wait_period: float = 0.0  # > 0: wait (and retry) instead of failing when no expert answers
 
 
 @dataclass(slots=True)
@@ -59,6 +65,7 @@ class TrainResult:
     experts_answered: int
     experts_failed: int
     history: list[MetricsEvent] = field(default_factory=list)
+    stopped: bool = False  # ended by its stop event, not by reaching its step count
     #: Collaborative training: global steps taken, and how many of them averaged with other trainers.
     global_steps: int = 0
     averaged_steps: int = 0
@@ -76,12 +83,16 @@ class Trainer:
         config: TrainConfig,
         metrics: MetricsStream | None = None,
         on_step: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+        say: Callable[[str], None] | None = None,
     ):
         self.model = model
         self.dataset = dataset
         self.config = config
         self.metrics = metrics if metrics is not None else MetricsStream()
         self.on_step = on_step
+        self.stop = stop if stop is not None else threading.Event()
+        self.say = say if say is not None else logger.warning
         own_parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(own_parameters, lr=config.learning_rate)
         #: Collaborative training (`node_agent.training.collaborative`): steps when the swarm's batch is full.
@@ -147,6 +158,17 @@ class Trainer:
         logger.info("step %d: held-out loss %.4f, accuracy %.4f", self.step, loss, accuracy)
         return event
 
+    def _wait_for_experts(self, failures: int, error: ExpertError) -> None:
+        """`failures` steps in a row failed: stop training, or (a trainer that waits) say so and pause."""
+        period = self.config.expert_wait_period
+        if period <= 0:
+            raise TrainingError(f"{failures} steps in a row failed; last: {error}") from error
+        self.say(
+            f"waiting for experts to come online: {failures} steps in a row found too few answering "
+            f"({error}); trying again in {period:.0f}s"
+        )
+        self.stop.wait(period)
+
     def train(self) -> TrainResult:
         config = self.config
         batches = iterate_batches(self.dataset.train_x, self.dataset.train_y, config.batch_size, config.seed)
@@ -156,19 +178,23 @@ class Trainer:
         window_steps = window_samples = 0
         window_started = started = time.monotonic()
         trained_samples = 0
-        while self.step < config.steps:
+        waited = False
+        while (config.steps is None or self.step < config.steps) and not self.stop.is_set():
             features, labels = next(batches)
             try:
                 loss, accuracy = self.train_step(features, labels)
             except ExpertError as error:
                 self.failed_steps += 1
                 consecutive_failures += 1
-                logger.warning("step %d failed (%s); skipping the batch", self.step + 1, error)
+                log = logger.info if waited else logger.warning  # while waiting, `say` speaks for them
+                log("step %d failed (%s); skipping the batch", self.step + 1, error)
                 if consecutive_failures >= config.max_failed_steps:
-                    raise TrainingError(
-                        f"{consecutive_failures} steps in a row failed; last: {error}"
-                    ) from error
+                    self._wait_for_experts(consecutive_failures, error)
+                    waited = True
                 continue
+            if waited:
+                self.say(f"experts answer: training (step {self.step + 1})")
+                waited = False
             consecutive_failures = 0
             self.step += 1
             trained_samples += len(labels)
@@ -180,7 +206,7 @@ class Trainer:
                 self.on_step(self.step)
             if progress is not None:
                 progress.update(self.step, loss=loss, acc=accuracy)
-            if self.step % config.log_every == 0 or self.step == config.steps:
+            if self.step % config.log_every == 0 or self.step == config.steps or self.stop.is_set():
                 now = time.monotonic()
                 answered, failed = self._take_expert_stats()
                 self.metrics.emit(
@@ -203,16 +229,25 @@ class Trainer:
             if config.checkpoint_dir and config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 save_checkpoint(config.checkpoint_dir, self.model, self.optimizer, self.step)
         elapsed = time.monotonic() - started
-        final = self._emit_eval()
-        if config.checkpoint_dir:
+        stopped = self.stop.is_set()
+        # A stopped trainer ends at once: the held-out evaluation could wait on a swarm that is gone.
+        trained = [e for e in self.metrics.history if e.kind == "train"]
+        final_loss, final_accuracy = (
+            (trained[-1].loss, trained[-1].accuracy) if trained else (math.nan, math.nan)
+        )
+        if not stopped:
+            final = self._emit_eval()
+            final_loss, final_accuracy = final.loss, final.accuracy
+        if config.checkpoint_dir and self.step:
             save_checkpoint(config.checkpoint_dir, self.model, self.optimizer, self.step)
         return TrainResult(
             steps=self.step,
             failed_steps=self.failed_steps,
-            final_loss=final.loss,
-            final_accuracy=final.accuracy,
+            final_loss=final_loss,
+            final_accuracy=final_accuracy,
             samples_per_s=trained_samples / max(elapsed, 1e-9),
             experts_answered=self._answered_total,
             experts_failed=self._failed_total,
             history=list(self.metrics.history),
+            stopped=stopped,
         )

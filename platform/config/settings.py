@@ -8,11 +8,12 @@ secure defaults below make `manage.py check --deploy` clean.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_list, env_secret, env_str, parse_database_url
+from config.env import EnvError, env_bool, env_int, env_list, env_secret, env_str, parse_database_url
 
 PLATFORM_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = PLATFORM_DIR.parent
@@ -220,7 +221,13 @@ PORTAL_SIGNING_KEY = env_secret("PORTAL_SIGNING_KEY")  # hex Ed25519 seed, or PO
 PORTAL_SIGNING_KEY_GENERATE = env_bool("PORTAL_SIGNING_KEY_GENERATE", DEBUG)  # dev: var/portal_key, 0600
 PORTAL_PUBLIC_URL = env_str("PORTAL_PUBLIC_URL")  # how agents reach the portal; default: the request's host
 AGENT_WHEEL_DIR = Path(env_str("AGENT_WHEEL_DIR", str(VAR_DIR / "agent")))
+#: Model exports uploaded by project owners' agents (`node-agent export --upload`).
+EXPORTS_DIR = Path(env_str("EXPORTS_DIR", str(VAR_DIR / "exports")))
+
 SWARM = {
+    # Largest export an owner's agent may upload, and how many per project are kept (older files deleted).
+    "EXPORT_MAX_BYTES": env_int("SWARM_EXPORT_MAX_BYTES", 512 * 2**20),
+    "EXPORTS_KEPT": env_int("SWARM_EXPORTS_KEPT", 3),
     "JOIN_CODE_TTL": env_int("SWARM_JOIN_CODE_TTL_S", 900),
     # A code checked by the Join command (before its install) stays valid this long after the check, so a slow
     # PyTorch download does not lose it; at most this long past its first expiry, and still single-use.
@@ -232,6 +239,15 @@ SWARM = {
     "ONLINE_WITHIN": env_int("SWARM_ONLINE_WITHIN_S", 30),
     "OFFLINE_AFTER": env_int("SWARM_OFFLINE_AFTER_S", 90),
     "OBSERVE_INTERVAL": env_int("SWARM_OBSERVE_INTERVAL_S", 10),
+    # The observer's `info` probes of announced nodes (swarm.probe_schedule): how often a serving node is
+    # probed again, the most a failing one waits (its wait doubles from PROBE_INTERVAL), how many probes run
+    # at once and per round, the seconds one probe may take, and how many experts of a node it asks.
+    "PROBE_INTERVAL": env_int("SWARM_PROBE_INTERVAL_S", 30),
+    "PROBE_MAX_BACKOFF": env_int("SWARM_PROBE_MAX_BACKOFF_S", 600),
+    "PROBE_CONCURRENCY": env_int("SWARM_PROBE_CONCURRENCY", 16),
+    "PROBE_PER_ROUND": env_int("SWARM_PROBE_PER_ROUND", 64),
+    "PROBE_TIMEOUT": env_int("SWARM_PROBE_TIMEOUT_S", 10),
+    "PROBE_EXPERTS": env_int("SWARM_PROBE_EXPERTS", 8),
     "RAW_RETENTION": env_int("SWARM_RAW_RETENTION_S", 2 * 86_400),
     # Rate limits (requests per window, counted per portal process; 0 disables one):
     "RATE_AGENT_PER_IP": env_int("SWARM_RATE_AGENT_PER_IP", 6000),  # per minute, all agent endpoints
@@ -240,6 +256,20 @@ SWARM = {
     "RATE_RENEW_PER_KEY": env_int("SWARM_RATE_RENEW_PER_KEY", 30),  # per 5 minutes
     "RATE_JOIN_CODES_PER_USER": env_int("SWARM_RATE_JOIN_CODES_PER_USER", 30),  # per hour
 }
+
+# --- STUN/TURN for volunteers behind NATs (README: "STUN and TURN"). No public server by default: nothing
+# leaves the volunteers' machines for a server the operator did not choose. TURN credentials are short-lived
+# (coturn's REST scheme with the shared secret coturn's static-auth-secret holds) and go only to nodes.
+ICE_STUN_URLS = env_list("COLEARN_STUN_URLS")  # e.g. stun:turn.example.org:3478
+ICE_TURN_URLS = env_list("COLEARN_TURN_URLS")  # e.g. turn:turn.example.org:3478,turns:turn.example.org:5349
+ICE_TURN_SECRET = env_secret("COLEARN_TURN_SECRET") or ""
+ICE_TURN_TTL = env_int("COLEARN_TURN_TTL_S", 6 * 3600)
+for _kind, _urls in (("stun", ICE_STUN_URLS), ("turn", ICE_TURN_URLS)):
+    for _url in _urls:  # agents refuse a project config with a malformed URL: refuse it here, at start-up
+        if not re.fullmatch(rf"{_kind}s?:[^\s@]{{1,250}}", _url):
+            raise EnvError(f"COLEARN_{_kind.upper()}_URLS: {_url!r} is not a {_kind}:host:port URL")
+if ICE_TURN_URLS and not ICE_TURN_SECRET:
+    raise EnvError("COLEARN_TURN_URLS needs COLEARN_TURN_SECRET (coturn's static-auth-secret)")
 
 # The largest expert grid a project may have (cells in all): what one swarm can serve and a page can show.
 PROJECT_MAX_GRID_CELLS = env_int("PROJECT_MAX_GRID_CELLS", 65_536)

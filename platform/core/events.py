@@ -76,12 +76,36 @@ class AlertChangedEvent(TypedDict):
     resolved_at: float | None  # unix seconds once resolved, None while open
 
 
+class OwnNode(NodeSummary):
+    """A node as its own volunteer sees it on "My nodes": the summary plus why it is in its state."""
+
+    state_reason: str
+    project: str  # slug
+
+
+class OwnNodeChangedEvent(TypedDict):
+    """One of the user's own nodes changed (group `nodes.user.<user pk>`, the "My nodes" page)."""
+
+    type: Literal["mynodes.node_changed"]
+    node: OwnNode
+
+
 def project_swarm_group(slug: str) -> str:
     return f"swarm.{slug}"
 
 
+def user_nodes_group(user_pk: int) -> str:
+    """The group of one user's "My nodes" sockets."""
+    return f"nodes.user.{user_pk}"
+
+
 PortalEvent = (
-    ProjectChangedEvent | NodeChangedEvent | CoverageChangedEvent | MetricsReceivedEvent | AlertChangedEvent
+    ProjectChangedEvent
+    | NodeChangedEvent
+    | CoverageChangedEvent
+    | MetricsReceivedEvent
+    | AlertChangedEvent
+    | OwnNodeChangedEvent
 )
 
 

@@ -25,11 +25,13 @@ from django.views.decorators.http import require_GET, require_POST
 from node_agent.portal.errors import PayloadError, SignedBodyError
 from node_agent.portal.project_config import project_config_to_dict
 from node_agent.portal.schemas import (
+    EXPORT_HEADER,
     ErrorReply,
     HeartbeatReply,
     MetricsReply,
     PendingReply,
     reply_to_builtins,
+    validate_export_upload,
     validate_heartbeat,
     validate_join,
     validate_metrics,
@@ -237,6 +239,39 @@ def agent_metrics(request: HttpRequest, public_key: bytes, body: dict[str, Any])
         public_key=public_key, report=validate_metrics(body), now=timezone.now()
     )
     return JsonResponse(reply_to_builtins(MetricsReply(status="ok", stored=stored)), status=202)
+
+
+@csrf_exempt
+@require_POST
+@never_cache
+def agent_export(request: HttpRequest) -> JsonResponse:
+    """The owner's agent uploads a model export (see `swarm.exports`); the signed part is a header."""
+    from swarm.exports import export_receive
+
+    now = timezone.now()
+    try:
+        address = str(request.META.get("REMOTE_ADDR") or "unknown")
+        ratelimit.enforce("RATE_AGENT_PER_IP", address, now=now.timestamp())
+        meta = str(request.headers.get(EXPORT_HEADER) or "").encode()
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            public_key, body = verify_body(meta, request.headers, now=now.timestamp())
+        except ValueError:
+            raise InvalidRequest("malformed", "Content-Length is not a number") from None
+        except SignedBodyError as exc:
+            raise _SIGNED_BODY_REFUSAL.get(exc.reason, InvalidRequest)(exc.reason, exc.detail) from None
+        upload = validate_export_upload(body)
+        export = export_receive(
+            public_key=public_key, upload=upload, stream=request, declared=declared, now=now
+        )
+    except PayloadError as exc:
+        return error_response(InvalidRequest("invalid", exc.detail))
+    except SwarmRefusal as exc:
+        logger.warning(
+            "refused an export from %s: %s %s", request.META.get("REMOTE_ADDR"), exc.code, exc.detail[:200]
+        )
+        return error_response(exc)
+    return JsonResponse({"status": "ok", "sha256": export.sha256, "size": export.size}, status=201)
 
 
 def _swarm_project(request: HttpRequest, slug: str) -> Project:

@@ -36,14 +36,29 @@ class NodeRow(TypedDict):
     last_heartbeat_at: str | None
     heartbeat_age_s: float | None
     last_seen_in_dht_at: str | None
+    #: The observer's last `info` probe: "" (not probed), "unreachable" (announced, no connection opened),
+    #: "reachable" (connected, but its experts did not answer properly) or "serving".
+    reach: str
+    probed_at: str | None
+    probe_reason: str
+    serving_experts: list[str]
     endpoint: NotRequired[str]
     platform: NotRequired[str]
+
+
+class NodeReach(TypedDict):
+    """Nodes announced in the DHT, of those the ones the observer could connect to, and those serving."""
+
+    announced: int
+    reachable: int
+    serving: int
 
 
 class NodesPage(TypedDict):
     nodes: list[NodeRow]
     nodes_page: Page
     node_states: dict[str, int]
+    node_reach: NodeReach
 
 
 class NodesReply(NodesPage):
@@ -54,10 +69,14 @@ class NodesReply(NodesPage):
 
 
 class CoverageSummary(TypedDict):
-    """Counts, one page of covered cells (uid -> live replicas) and one page of holes (uids)."""
+    """Counts, one page of covered cells (uid -> serving replicas) and one page of holes (uids).
+
+    A cell is covered only when a node the observer saw serving (an `info` probe answered) hosts it;
+    `announced` counts the cells some node announces, serving or not."""
 
     total: int
     covered: int
+    announced: int
     holes: int
     cells: dict[str, int]
     cells_page: Page
@@ -66,6 +85,7 @@ class CoverageSummary(TypedDict):
 
 
 class RecentMetric(TypedDict):
+    run: str
     step: int
     loss: float
     accuracy: float

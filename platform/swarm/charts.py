@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def polyline(values: Sequence[float], *, width: float = 300, height: float = 60, pad: float = 3) -> str:
@@ -19,3 +22,40 @@ def polyline(values: Sequence[float], *, width: float = 300, height: float = 60,
         for i, v in enumerate(finite)
     )
     return " ".join(points)
+
+
+def split_runs(points: Iterable[tuple[str, int, T]]) -> list[list[T]]:
+    """Points `(series key, step, item)` in time order, grouped into runs: one list per key (a trainer's
+    node and run id), and a new list wherever a key's step falls (a restart of an agent that sends no run
+    id), so that no chart draws a line across a restart."""
+    runs: list[list[T]] = []
+    current: dict[str, tuple[int, list[T]]] = {}
+    for key, step, item in points:
+        last = current.get(key)
+        if last is None or step < last[0]:
+            last = (step, [])
+            runs.append(last[1])
+        last[1].append(item)
+        current[key] = (step, last[1])
+    return runs
+
+
+def time_polylines(
+    series: Sequence[Sequence[tuple[float, float]]], *, width: float = 300, height: float = 60, pad: float = 3
+) -> list[str]:
+    """`points` of one SVG polyline per series of `(time, value)`, on shared time and value scales; series
+    with fewer than two finite values are left out."""
+    finite = [[(t, v) for t, v in s if math.isfinite(t) and math.isfinite(v)] for s in series]
+    drawn = [s for s in finite if len(s) >= 2]
+    if not drawn:
+        return []
+    times = [t for s in drawn for t, _ in s]
+    values = [v for s in drawn for _, v in s]
+    t0, t_span = min(times), (max(times) - min(times)) or 1.0
+    low, v_span = min(values), (max(values) - min(values)) or 1.0
+
+    def point(t: float, v: float) -> str:
+        x = pad + (t - t0) / t_span * (width - 2 * pad)
+        return f"{x:.1f},{height - pad - (v - low) / v_span * (height - 2 * pad):.1f}"
+
+    return [" ".join(point(t, v) for t, v in s) for s in drawn]

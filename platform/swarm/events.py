@@ -11,8 +11,11 @@ from core.events import (
     CoverageChangedEvent,
     MetricsReceivedEvent,
     NodeChangedEvent,
+    OwnNode,
+    OwnNodeChangedEvent,
     broadcast_on_commit,
     project_swarm_group,
+    user_nodes_group,
 )
 from swarm.models import Alert, Node, NodeState, TrainingMetric
 from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, TrainingPoint, finite_or
@@ -32,11 +35,20 @@ def node_summary(node: Node) -> NodeSummary:
         "last_heartbeat": unix(node.last_heartbeat_at),
         "experts": [str(uid) for uid in node.experts],
         "announced": [str(uid) for uid in node.announced_experts],
+        "reach": node.probe_state,
+        "probed_at": unix(node.probed_at),
+        "probe_reason": node.probe_reason,
+        "serving": [str(uid) for uid in node.serving_experts],
         "agent_version": node.agent_version,
         "samples": node.samples,
         "requests": node.requests,
         "samples_per_s": finite_or(node.samples_per_s, 0.0),
     }
+
+
+def own_node(node: Node, slug: str) -> OwnNode:
+    """`node` as its volunteer's "My nodes" page shows it."""
+    return {**node_summary(node), "state_reason": node.state_reason, "project": slug}
 
 
 def alert_summary(alert: Alert) -> AlertSummary:
@@ -64,12 +76,15 @@ def training_point(metric: TrainingMetric, node_id: str) -> TrainingPoint | None
         "loss": metric.loss,
         "accuracy": metric.accuracy,
         "node_id": node_id,
+        "run": metric.run,
     }
 
 
 def announce_node(node: Node, slug: str) -> None:
     event: NodeChangedEvent = {"type": "swarm.node_changed", "project": slug, "node": node_summary(node)}
     broadcast_on_commit(project_swarm_group(slug), event)
+    own: OwnNodeChangedEvent = {"type": "mynodes.node_changed", "node": own_node(node, slug)}
+    broadcast_on_commit(user_nodes_group(node.user_id), own)
 
 
 def announce_coverage(slug: str, observed_at: datetime, cells: dict[str, int]) -> None:

@@ -22,6 +22,15 @@ class NodeState(models.TextChoices):
     BANNED = "banned", "Banned"
 
 
+class ProbeState(models.TextChoices):
+    """What the observer's last `info` probe of a node's experts found (swarm.observer)."""
+
+    NOT_PROBED = "", "Not probed"
+    UNREACHABLE = "unreachable", "Announced, not reachable"
+    REACHABLE = "reachable", "Reachable, not serving"
+    SERVING = "serving", "Serving"
+
+
 class ProjectSwarm(models.Model):
     """Per-project swarm settings plus the observer's latest view of the project's DHT."""
 
@@ -36,6 +45,9 @@ class ProjectSwarm(models.Model):
     observation_error = models.CharField(max_length=300, blank=True)
     coverage = models.JSONField(default=dict, blank=True, help_text="expert uid -> live replicas (DHT).")
     announced = models.JSONField(default=dict, blank=True, help_text="node id hex -> uids it announces.")
+    announced_cells = models.PositiveIntegerField(
+        default=0, help_text="Grid cells some node announces (coverage counts only the served ones)."
+    )
 
     def __str__(self) -> str:
         return f"swarm of {self.project.slug}"
@@ -67,6 +79,11 @@ class Node(models.Model):
     experts = models.JSONField(default=list, blank=True, help_text="Experts the node says it serves.")
     announced_experts = models.JSONField(default=list, blank=True, help_text="Experts seen in the DHT.")
     peers = models.JSONField(default=list, blank=True)
+    replica_states = models.JSONField(
+        default=list, blank=True, help_text="[{uid, step, averaged_age_s}] from the last heartbeat."
+    )
+    averaging_rounds_completed = models.BigIntegerField(default=0)
+    averaging_rounds_failed = models.BigIntegerField(default=0)
     requests = models.BigIntegerField(default=0)
     samples = models.BigIntegerField(default=0)
     failures = models.BigIntegerField(default=0)
@@ -76,6 +93,10 @@ class Node(models.Model):
     uptime_s = models.FloatField(default=0.0)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     last_seen_in_dht_at = models.DateTimeField(null=True, blank=True)
+    probe_state = models.CharField(max_length=16, choices=ProbeState.choices, default="", blank=True)
+    probed_at = models.DateTimeField(null=True, blank=True)
+    probe_reason = models.CharField(max_length=200, blank=True, help_text="Why the last probe failed.")
+    serving_experts = models.JSONField(default=list, blank=True, help_text="Experts that answered the probe.")
     rate_tokens = models.FloatField(null=True, blank=True)
     rate_updated_at = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -107,10 +128,16 @@ class NodeStateChange(models.Model):
         ordering = ["-at", "-pk"]
 
 
+class CodePurpose(models.TextChoices):
+    JOIN = "join", "Join page (a volunteer's node)"
+    TRAIN = "train", "Train page (the owner's trainer)"
+
+
 class JoinCode(models.Model):
-    """A short-lived one-time code shown on the Join page; only its hash is stored."""
+    """A short-lived one-time code shown on the Join or the Train page; only its hash is stored."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="join_codes")
+    purpose = models.CharField(max_length=8, choices=CodePurpose.choices, default=CodePurpose.JOIN)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="join_codes")
     code_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -183,6 +210,9 @@ class TrainingMetric(models.Model):
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_metrics")
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="training_metrics")
+    run = models.CharField(
+        max_length=32, blank=True, default="", help_text="The trainer run ('' from agents that send none)."
+    )
     kind = models.CharField(max_length=8, default="train")
     step = models.PositiveIntegerField()
     loss = models.FloatField()
@@ -195,7 +225,11 @@ class TrainingMetric(models.Model):
 
     class Meta:
         ordering = ["project_id", "timestamp"]
-        indexes = [models.Index(fields=["project", "-received_at"])]
+        indexes = [
+            models.Index(fields=["project", "-received_at"]),
+            # A run's last step per kind, read on every metrics body (steps stay monotonic per run).
+            models.Index(fields=["node", "run", "kind", "step"], name="swarm_metric_run_step"),
+        ]
 
 
 class AlertSeverity(models.TextChoices):
@@ -225,3 +259,20 @@ class Alert(models.Model):
                 name="swarm_alert_open_once",
             )
         ]
+
+
+class ProjectExport(models.Model):
+    """A model export (`node-agent export --upload`) the project owner's agent uploaded; the file lives in
+    `settings.EXPORTS_DIR`/<project slug>/<sha256>.safetensors."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="exports")
+    node = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, related_name="exports")
+    uploaded_at = models.DateTimeField()
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["project_id", "-uploaded_at"]
+
+    def __str__(self) -> str:
+        return f"export {self.sha256[:12]} of {self.project_id}"

@@ -4,6 +4,12 @@ A thin asyncio shell around `swarm.observations.observation_record` (which holds
 expert grid by walking prefix keys (`experts:ffn.`, then `experts:ffn.<i>.`, the same keys beam search
 reads, Learning@home section 3.1) and publishes the project's revocation list, signed by the portal key.
 Run it with `manage.py observe_swarm`; it never serves experts and is never on the training path.
+
+Being announced proves nothing about being reachable, so each round it also probes the announced nodes that
+are due (`swarm.probe_schedule`: interval with jitter, backoff for nodes that keep failing, a cap per round)
+with a real `info` call per expert over WebRTC, through a connection pool of its own, exactly as a trainer
+would (`node_agent.moe.probe`), at most `concurrency` at once. The latest outcome per announced node goes to
+`observation_record`, where coverage counts only serving nodes.
 """
 
 from __future__ import annotations
@@ -11,21 +17,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.utils import timezone
 
 from node_agent.dht import DHTError
 from node_agent.dht.api import DHTNodeAPI
 from node_agent.identity import Identity
-from node_agent.moe.announce import live_children
+from node_agent.moe.announce import Announcement, live_children
+from node_agent.moe.probe import ProbeResult, probe_node
 from node_agent.portal.gate import CredentialPolicy
+from node_agent.portal.ice import ice_servers_for
 from node_agent.portal.project_dht import ProjectScope, install_project_validators
 from node_agent.portal.revocations import MAX_REVOKED, revocation_list_value, revocations_key
+from node_agent.rtc.config import RTCOptions
+from node_agent.rtc.pool import ConnectionPool
+from swarm.probe_schedule import ProbeOutcome, ProbeSchedule
+from swarm.selectors import ice_server_specs
+from swarm.services import observer_turn_grant
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +64,20 @@ class ProjectTarget:
 class _Joined:
     dht: DHTNodeAPI
     peers: tuple[str, ...]
+    pool: ConnectionPool | None = None
     failures: int = 0
     created_at: float = field(default_factory=time.time)
+    schedule: ProbeSchedule = field(default_factory=ProbeSchedule)
+    probes: dict[str, ProbeOutcome] = field(default_factory=dict)
 
 
-async def read_announcements(dht: DHTNodeAPI, prefix: str, dims: Sequence[int]) -> dict[str, set[str]]:
-    """node id hex -> expert uids it announces, walking the grid one coordinate at a time."""
+async def read_announcements(
+    dht: DHTNodeAPI, prefix: str, dims: Sequence[int], endpoints: dict[str, Announcement] | None = None
+) -> dict[str, set[str]]:
+    """node id hex -> expert uids it announces, walking the grid one coordinate at a time; fills `endpoints`
+    (node id hex -> its freshest announcement: DHT endpoint and relays) when given."""
     announced: dict[str, set[str]] = {}
+    freshest: dict[str, float] = {}
     frontier = [f"{prefix}."]
     for depth, side in enumerate(dims):
         found = await dht.get_many([f"experts:{p}" for p in frontier], latest=True)
@@ -66,7 +88,11 @@ async def read_announcements(dht: DHTNodeAPI, prefix: str, dims: Sequence[int]) 
                     continue
                 if depth == len(dims) - 1:
                     for announcement in servers:
-                        announced.setdefault(announcement.node_id.hex(), set()).add(f"{p}{coordinate}")
+                        node = announcement.node_id.hex()
+                        announced.setdefault(node, set()).add(f"{p}{coordinate}")
+                        if endpoints is not None and announcement.announced_at >= freshest.get(node, -1.0):
+                            freshest[node] = announcement.announced_at
+                            endpoints[node] = announcement
                 else:
                     next_frontier.append(f"{p}{coordinate}.")
         frontier = sorted(set(next_frontier))
@@ -104,11 +130,33 @@ def load_targets() -> list[ProjectTarget]:
 class SwarmObserver:
     """One DHT client per project swarm, re-created when its bootstrap fails or reads keep failing."""
 
-    def __init__(self, identity: Identity, *, listen: str = "0.0.0.0:0", rpc_timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        listen: str = "0.0.0.0:0",
+        rpc_timeout: float = 3.0,
+        rtc_options: RTCOptions | None = None,
+        probe: bool = True,
+    ) -> None:
         self.identity = identity
         self.listen = listen
         self.rpc_timeout = rpc_timeout
+        self.rtc_options = rtc_options or RTCOptions()
+        self.probe = probe
+        self.probe_timeout = float(settings.SWARM["PROBE_TIMEOUT"])
+        self.probe_experts = int(settings.SWARM["PROBE_EXPERTS"])
+        self._probing = asyncio.Semaphore(max(1, int(settings.SWARM["PROBE_CONCURRENCY"])))
+        self._rng = random.Random()
         self._joined: dict[str, _Joined] = {}
+        self._endpoints: dict[str, dict[str, Announcement]] = {}
+
+    def _with_operator_ice(self, options: RTCOptions) -> RTCOptions:
+        """`options` plus the operator's STUN/TURN servers, with a fresh TURN credential for the observer's
+        own node id: probes must take the path a trainer behind a NAT takes, TURN included."""
+        now = time.time()
+        operator = ice_servers_for(ice_server_specs(), observer_turn_grant(self.identity, now=now), now=now)
+        return replace(options, ice_servers=operator + options.ice_servers)
 
     async def _dht_for(self, target: ProjectTarget) -> Any:
         from node_agent.dht import DHTNode
@@ -125,7 +173,15 @@ class SwarmObserver:
             client_mode=True,
             rpc_timeout=self.rpc_timeout,
         )
-        self._joined[target.slug] = _Joined(dht, target.peers)
+        schedule = ProbeSchedule(
+            interval=float(settings.SWARM["PROBE_INTERVAL"]),
+            max_backoff=float(settings.SWARM["PROBE_MAX_BACKOFF"]),
+            per_round=int(settings.SWARM["PROBE_PER_ROUND"]),
+        )
+        joined = _Joined(dht, target.peers, schedule=schedule)
+        self._joined[target.slug] = joined
+        if self.probe:
+            joined.pool = await ConnectionPool.create(dht, None, self._with_operator_ice(self.rtc_options))
         logger.info("observer joined the DHT of %s through %d peer(s)", target.slug, len(target.peers))
         return dht
 
@@ -137,7 +193,10 @@ class SwarmObserver:
 
     async def _leave(self, slug: str) -> None:
         joined = self._joined.pop(slug, None)
+        self._endpoints.pop(slug, None)
         if joined is not None:
+            if joined.pool is not None:
+                await joined.pool.close()
             await joined.dht.shutdown()
 
     async def observe(self, target: ProjectTarget) -> tuple[dict[str, set[str]] | None, str]:
@@ -147,7 +206,9 @@ class SwarmObserver:
         try:
             dht = await self._dht_for(target)
             self._install_validators(dht, target)
-            announced = await read_announcements(dht, target.prefix, target.dims)
+            endpoints: dict[str, Announcement] = {}
+            announced = await read_announcements(dht, target.prefix, target.dims, endpoints)
+            self._endpoints[target.slug] = endpoints
             now = time.time()
             await dht.store(
                 revocations_key(target.slug),
@@ -163,6 +224,49 @@ class SwarmObserver:
         self._joined[target.slug].failures = 0
         return announced, ""
 
+    async def probe_announced(self, slug: str, announced: dict[str, set[str]]) -> dict[str, ProbeOutcome]:
+        """Probe the announced nodes that are due; returns the latest outcome of every announced node
+        (nodes never probed yet are absent)."""
+        joined = self._joined.get(slug)
+        if joined is None or joined.pool is None:
+            return {}
+        endpoints = self._endpoints.get(slug, {})
+        for node_id in set(joined.probes) - set(announced):
+            del joined.probes[node_id]
+        due = [n for n in joined.schedule.due(announced, time.time()) if n in endpoints]
+        if due:
+            joined.pool.set_ice_servers(self._with_operator_ice(self.rtc_options).ice_servers)
+            await asyncio.gather(
+                *(self._probe_one(joined, n, endpoints[n], sorted(announced[n])) for n in due)
+            )
+        return dict(joined.probes)
+
+    async def _probe_one(
+        self, joined: _Joined, node_id: str, announcement: Announcement, uids: list[str]
+    ) -> None:
+        endpoint = announcement.endpoint
+        assert joined.pool is not None
+        async with self._probing:
+            try:
+                asked = uids[: self.probe_experts]
+                result = await probe_node(
+                    joined.pool,
+                    bytes.fromhex(node_id),
+                    endpoint,
+                    asked,
+                    self.probe_timeout,
+                    relays=announcement.relays,
+                )
+            except Exception as exc:  # a probe must never stop the observer; it counts as a failure
+                logger.exception("probing %s failed", node_id[:12])
+                result = ProbeResult("unreachable", reason=f"probe failed: {type(exc).__name__}")
+        now = time.time()
+        serving = tuple(uids) if result.state == "serving" else result.serving
+        joined.probes[node_id] = ProbeOutcome(result.state, serving, result.reason, now)
+        joined.schedule.record(node_id, result.state == "serving", now, self._rng)
+        if result.state != "serving":
+            logger.info("node %s at %s is not serving: %s", node_id[:12], endpoint, result.reason)
+
     async def run_round(self) -> dict[str, list[tuple[str, str, str]]]:
         """Observe every active project once; returns the state changes applied, per project."""
         from swarm.observations import observation_record
@@ -173,8 +277,11 @@ class SwarmObserver:
         changes = {}
         for target in targets:
             announced, error = await self.observe(target)
+            probes = None
+            if announced is not None and self.probe:
+                probes = await self.probe_announced(target.slug, announced)
             changes[target.slug] = await sync_to_async(observation_record)(
-                project_id=target.pk, announced=announced, error=error, now=timezone.now()
+                project_id=target.pk, announced=announced, error=error, now=timezone.now(), probes=probes
             )
         return changes
 

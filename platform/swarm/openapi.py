@@ -16,8 +16,10 @@ import msgspec
 from node_agent import __version__
 from node_agent.portal.project_config import ProjectConfig
 from node_agent.portal.schemas import (
+    EXPORT_HEADER,
     MAX_METRICS_PER_BODY,
     ErrorReply,
+    ExportUpload,
     Heartbeat,
     HeartbeatReply,
     JoinReply,
@@ -50,6 +52,7 @@ DOCUMENTED_TYPES: tuple[Any, ...] = (
     RenewReply,
     Heartbeat,
     HeartbeatReply,
+    ExportUpload,
     MetricsReport,
     MetricsReply,
     SwarmState,
@@ -187,9 +190,12 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
             ),
             "/api/v1/projects/{slug}/swarm": _get(
                 "Swarm state",
-                "Counts of nodes per state and one page of nodes with state and freshness; coverage as "
-                "counts (total, covered, holes), one page of covered cells with their replicas and one "
-                "page of holes (from the DHT); recent metrics. Visible like the swarm page: open projects "
+                "Counts of nodes per state and one page of nodes with state and freshness; how many "
+                "nodes are announced in the DHT, reachable (the observer's probe opened a connection) and "
+                "serving (its `info` calls answered), each node's probe outcome (`reach`, `probed_at`, "
+                "`probe_reason`); coverage as counts (total, covered, announced, holes), one page of "
+                "covered cells with their serving replicas and one page of holes (a cell is covered only "
+                "by a serving node); recent metrics. Visible like the swarm page: open projects "
                 "to anyone, approval projects to members, drafts to the owner. A node's endpoint and "
                 "platform only for its volunteer and staff.",
                 SwarmState,
@@ -250,5 +256,41 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
                 MetricsReport,
                 {"202": _json("accepted", MetricsReply)},
             ),
+            "/api/v1/agent/export": {
+                "post": {
+                    "summary": "Upload a model export (the project owner's agent)",
+                    "description": "The raw body is the safetensors file `node-agent export` wrote. The "
+                    f"`{EXPORT_HEADER}` header holds the signed JSON `ExportUpload` (credential of a node "
+                    "of the project's owner, sha256 and size of the body, ts, nonce); the signature headers "
+                    "sign that header's bytes. Kept only if the body's size and sha256 match; the project "
+                    "keeps its newest few exports, which its owner downloads from the swarm page.",
+                    "security": [{"nodeSignature": []}],
+                    "parameters": [
+                        {"name": NODE_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
+                        {
+                            "name": SIGNATURE_HEADER,
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": EXPORT_HEADER,
+                            "in": "header",
+                            "required": True,
+                            "schema": _ref(ExportUpload),
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                        },
+                    },
+                    "responses": {
+                        "201": {"description": "stored"},
+                        **_errors(400, 401, 403, 409, 413, 429, 503),
+                    },
+                }
+            },
         },
     }

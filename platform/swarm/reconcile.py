@@ -6,7 +6,9 @@ out come the state changes to apply, grid coverage and the mismatches worth show
 Rules (thresholds in seconds, from settings.SWARM):
 * banned and pending nodes keep their state (only an admin or the owner changes those);
 * heartbeat within `online_within`: online, unless it is a server that claims experts but none of them is
-  in the DHT (it cannot be reached by trainers): unreachable;
+  in the DHT (it cannot be reached by trainers), or whose experts are announced but the observer's last
+  `info` probe found them not served (nobody could connect, or they did not answer): unreachable, with
+  the probe's reason;
 * heartbeat older than `online_within` but not older than `offline_after`: unreachable (missed beats);
 * no heartbeat for `offline_after`: unreachable if its experts are still announced in the DHT (announced
   but silent), otherwise offline (or still registered if it never sent a heartbeat).
@@ -26,6 +28,7 @@ PENDING, REGISTERED, ONLINE, UNREACHABLE, OFFLINE, BANNED = (
     "pending", "registered", "online", "unreachable", "offline", "banned",
 )  # fmt: skip
 _FROZEN = {PENDING, BANNED}
+_NOT_SERVING = {"unreachable", "reachable"}  # probe outcomes (swarm.models.ProbeState) short of serving
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,8 @@ class NodeFacts:
     role: str
     claimed_experts: tuple[str, ...]
     last_heartbeat: float | None  # unix time
+    probe: str = ""  # the observer's last probe: "", "unreachable", "reachable" (not serving), "serving"
+    probe_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,8 @@ def _decide(facts: NodeFacts, announced: set[str] | None, now: float, limits: Th
     if age is not None and age <= limits.online_within:
         if announced is not None and facts.role == "server" and facts.claimed_experts and not in_dht:
             return UNREACHABLE, "heartbeats, but none of its experts is announced in the DHT"
+        if announced is not None and facts.role == "server" and in_dht and facts.probe in _NOT_SERVING:
+            return UNREACHABLE, f"announced, but not serving: {facts.probe_reason or facts.probe}"[:200]
         return ONLINE, "heartbeating"
     if age is not None and age <= limits.offline_after:
         return UNREACHABLE, f"no heartbeat for {age:.0f}s"

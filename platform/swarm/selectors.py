@@ -13,11 +13,12 @@ from django.conf import settings
 from django.db.models import Count, QuerySet
 
 from accounts.models import User
+from node_agent.portal.ice import IceServerSpec
 from node_agent.portal.project_config import AgentSpec, ExpertSpec, ProjectConfig, TrainingSpec
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from projects.permissions import AnyUser
-from swarm.api_types import CoverageSummary, NodeRow, NodesPage, Page, SwarmState
+from swarm.api_types import CoverageSummary, NodeReach, NodeRow, NodesPage, Page, SwarmState
 from swarm.events import node_summary
 from swarm.keys import portal_public_key
 from swarm.models import (
@@ -26,6 +27,7 @@ from swarm.models import (
     IssuedCredential,
     Node,
     NodeState,
+    ProbeState,
     ProjectSwarm,
     TrainingMetric,
 )
@@ -104,7 +106,18 @@ def project_config(*, project: Project, portal_url: str, now: datetime) -> Proje
             wheel_url=f"{portal_url}/agent/{wheel.filename}" if wheel else "",
             sha256=wheel.sha256 if wheel else "",
         ),
+        ice_servers=ice_server_specs(),
     )
+
+
+def ice_server_specs() -> list[IceServerSpec]:
+    """The operator's STUN and TURN servers (settings.ICE_*), URLs only: credentials go to nodes alone."""
+    specs = []
+    if settings.ICE_STUN_URLS:
+        specs.append(IceServerSpec(urls=list(settings.ICE_STUN_URLS)))
+    if settings.ICE_TURN_URLS and settings.ICE_TURN_SECRET:
+        specs.append(IceServerSpec(urls=list(settings.ICE_TURN_URLS)))
+    return specs
 
 
 def project_get_joinable(*, slug: str) -> Project | None:
@@ -124,7 +137,8 @@ def nodes_of_user(*, user: User) -> QuerySet[Node]:
 
 
 def nodes_of_project(*, project: Project) -> QuerySet[Node]:
-    return Node.objects.select_related("user").filter(project=project).order_by("state", "-last_heartbeat_at")
+    nodes = Node.objects.select_related("user", "user__swarm_ban").filter(project=project)
+    return nodes.order_by("state", "-last_heartbeat_at")
 
 
 def node_credential_state(*, node: Node, now: datetime) -> dict[str, Any]:
@@ -160,6 +174,10 @@ def node_as_dict(node: Node, now: datetime, *, private: bool = False) -> NodeRow
         "last_heartbeat_at": iso_from_unix(summary["last_heartbeat"]),
         "heartbeat_age_s": age_s(node.last_heartbeat_at, now),
         "last_seen_in_dht_at": iso(node.last_seen_in_dht_at),
+        "reach": summary["reach"],
+        "probed_at": iso_from_unix(summary["probed_at"]),
+        "probe_reason": summary["probe_reason"],
+        "serving_experts": summary["serving"],
     }
     if private:
         row["endpoint"], row["platform"] = node.endpoint, node.platform
@@ -191,6 +209,7 @@ def coverage_summary(
     return {
         "total": total,
         "covered": len(cells),
+        "announced": max(len(cells), swarm_settings(project=project).announced_cells),
         "holes": max(0, total - len(cells)),
         "cells": dict(listed),
         "cells_page": _page(cells_offset, cells_limit, len(cells)),
@@ -215,6 +234,24 @@ def node_counts(*, project: Project) -> dict[str, int]:
     return {state: n for state, n in rows}
 
 
+def node_reach(*, project: Project) -> NodeReach:
+    """Of the nodes announced in the DHT at the last observation: how many the observer's last probe
+    could connect to, and how many served (one grouped query)."""
+    rows = (
+        Node.objects.filter(project=project)
+        .exclude(announced_experts=[])
+        .values_list("probe_state")
+        .annotate(n=Count("pk"))
+    )
+    by_state = {state: n for state, n in rows}
+    serving = by_state.get(ProbeState.SERVING, 0)
+    return {
+        "announced": sum(by_state.values()),
+        "reachable": serving + by_state.get(ProbeState.REACHABLE, 0),
+        "serving": serving,
+    }
+
+
 def nodes_page(
     *, project: Project, viewer: AnyUser, now: datetime, offset: int = 0, limit: int = NODES_PAGE[0]
 ) -> NodesPage:
@@ -227,6 +264,7 @@ def nodes_page(
         "nodes": [node_as_dict(n, now, private=can_see_node_private(viewer, n)) for n in nodes],
         "nodes_page": _page(offset, limit, sum(counts.values())),
         "node_states": counts,
+        "node_reach": node_reach(project=project),
     }
 
 
@@ -248,6 +286,7 @@ def swarm_state(
         "coverage": coverage_summary(project=project, **coverage_pages),
         "metrics": [
             {
+                "run": m.run,
                 "step": m.step,
                 "loss": m.loss,
                 "accuracy": m.accuracy,
@@ -296,8 +335,10 @@ def health_overview(*, now: datetime) -> list[dict[str, Any]]:
                 "holes": coverage["hole_uids"],
                 "hole_count": coverage["holes"],
                 "covered": coverage["covered"],
+                "announced_cells": coverage["announced"],
+                "reach": node_reach(project=project),
                 "cells": coverage["total"],
-                "troubled": [n for n in nodes if n.state in (NodeState.UNREACHABLE,) or n.failures > 0],
+                "troubled": [n for n in nodes if n.state == NodeState.UNREACHABLE or n.failures > 0],
                 "pending": [n for n in nodes if n.state == NodeState.PENDING],
                 "versions": sorted(
                     Counter(
@@ -311,3 +352,46 @@ def health_overview(*, now: datetime) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+#: Online nodes read for the replicas panel (newest heartbeats first): bounded whatever the swarm's size.
+REPLICA_NODES = 2000
+
+
+def replica_summary(*, project: Project, now: datetime, limit: int = 64) -> dict[str, Any]:
+    """Per cell: live replicas (DHT), the newest step a replica reports and how stale the newest state
+    is (seconds since a replica last averaged with another, as of now; None when none ever did); and the
+    averaging rounds the online nodes completed and failed. The `limit` stalest cells are listed."""
+    coverage = coverage_of(project=project)
+    nodes = (
+        Node.objects.filter(project=project, state=NodeState.ONLINE)
+        .order_by("-last_heartbeat_at")
+        .only("replica_states", "averaging_rounds_completed", "averaging_rounds_failed", "last_heartbeat_at")
+    )[:REPLICA_NODES]
+    cells: dict[str, dict[str, Any]] = {}
+    completed = failed = 0
+    for node in nodes:
+        completed += node.averaging_rounds_completed
+        failed += node.averaging_rounds_failed
+        since = age_s(node.last_heartbeat_at, now) or 0.0
+        for state in node.replica_states if isinstance(node.replica_states, list) else []:
+            uid, step, averaged = state.get("uid"), state.get("step"), state.get("averaged_age_s")
+            if not isinstance(uid, str) or not isinstance(step, int):
+                continue
+            cell = cells.setdefault(
+                uid, {"uid": uid, "replicas": coverage.get(uid, 0), "step": 0, "stale_s": None}
+            )
+            cell["step"] = max(cell["step"], step)
+            if isinstance(averaged, int | float):
+                stale = round(float(averaged) + since, 1)
+                cell["stale_s"] = stale if cell["stale_s"] is None else min(cell["stale_s"], stale)
+    listed = sorted(
+        cells.values(), key=lambda c: (c["stale_s"] is not None, -(c["stale_s"] or 0.0), c["uid"])
+    )
+    return {
+        "cells": listed[:limit],
+        "cells_count": len(cells),
+        "replicated": sum(1 for n in coverage.values() if n >= 2),
+        "rounds_completed": completed,
+        "rounds_failed": failed,
+    }

@@ -17,8 +17,9 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 
 from accounts.models import User
-from node_agent.identity import node_id_from_public_key
+from node_agent.identity import Identity, node_id_from_public_key
 from node_agent.portal.errors import CredentialError
+from node_agent.portal.ice import TurnGrant, issue_turn_grant
 from node_agent.portal.schemas import (
     JoinedNode,
     JoinReply,
@@ -36,7 +37,16 @@ from swarm.codes import code_hash, new_code
 from swarm.errors import Conflict, Expired, InvalidRequest, NotAuthenticated, NotPermitted
 from swarm.events import announce_node
 from swarm.keys import portal_identity
-from swarm.models import IssuedCredential, JoinCode, Node, NodeState, NodeStateChange, SeenNonce, UserBan
+from swarm.models import (
+    CodePurpose,
+    IssuedCredential,
+    JoinCode,
+    Node,
+    NodeState,
+    NodeStateChange,
+    SeenNonce,
+    UserBan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,19 +76,38 @@ def node_set_state(*, node: Node, state: str, reason: str, now: datetime) -> boo
 # ---- join codes and credentials -------------------------------------------------------------------------
 
 
-def join_code_create(*, project: Project, user: User, now: datetime) -> tuple[JoinCode, str]:
-    """A one-time code for `user` to join `project` with one node; returns the row and the plain code."""
+def join_code_create(
+    *, project: Project, user: User, now: datetime, purpose: str = CodePurpose.JOIN
+) -> tuple[JoinCode, str]:
+    """A one-time code for `user` to join `project` with one node (a server from the Join page, or the
+    owner's trainer from the Train page); returns the row and the plain code."""
     if project.status != ProjectStatus.ACTIVE or not can_view_project(user, project):
         raise PermissionDenied("This project is not accepting volunteers.")
+    if purpose == CodePurpose.TRAIN and not can_manage_project(user, project):
+        raise PermissionDenied("Only the project's owner trains it.")
     if UserBan.objects.filter(user=user).exists():
         raise PermissionDenied("Your account may not join swarms.")
     code = new_code()
     ttl = timedelta(seconds=settings.SWARM["JOIN_CODE_TTL"])
     row = JoinCode.objects.create(
-        project=project, user=user, code_hash=code_hash(code), created_at=now, expires_at=now + ttl
+        project=project,
+        user=user,
+        purpose=purpose,
+        code_hash=code_hash(code),
+        created_at=now,
+        expires_at=now + ttl,
     )
-    logger.info("join code for %s created for user %s", project.slug, user.pk)
+    logger.info("%s code for %s created for user %s", purpose, project.slug, user.pk)
     return row, code
+
+
+#: What a spent code's check says, per purpose: how to restart instead (the saved credential does it).
+CODE_USED_DETAIL: dict[str, str] = {
+    CodePurpose.JOIN: "this join code was already used; to restart a node that joined with it, run "
+    "`node-agent join PORTAL_URL` without a code; for another node, create a new command",
+    CodePurpose.TRAIN: "this code was already used; to restart the trainer that used it, run "
+    "`node-agent train --portal PORTAL_URL` without a code; for another trainer, create a new command",
+}
 
 
 def join_code_check(*, code: str, now: datetime) -> JoinCode:
@@ -93,11 +122,7 @@ def join_code_check(*, code: str, now: datetime) -> JoinCode:
     if row is None:
         raise InvalidRequest("invalid_code", "no such join code; copy the command again")
     if row.used_at is not None:
-        raise Conflict(
-            "code_used",
-            "this join code was already used; to restart a node that joined with it, run "
-            "`node-agent join PORTAL_URL` without a code; for another node, create a new command",
-        )
+        raise Conflict("code_used", CODE_USED_DETAIL[row.purpose])
     if row.expires_at <= now and row.node_id is None:
         raise Expired("code_expired", "this join code expired; open the Join page again")
     if row.project.status != ProjectStatus.ACTIVE:
@@ -181,7 +206,12 @@ def agent_join(
         node.save(update_fields=["agent_version", "platform"])
         if created:
             NodeStateChange.objects.create(node=node, previous="", state=node.state, reason="joined", at=now)
-        if project.join_policy == JoinPolicy.APPROVAL and node.approved_at is None:
+        needs_approval = project.join_policy == JoinPolicy.APPROVAL and node.approved_at is None
+        if needs_approval and can_manage_project(code.user, project):
+            # The owner's own trainer (or server) is not held for the owner's own approval.
+            node.approved_at = now
+            node.save(update_fields=["approved_at"])
+        elif needs_approval:
             node_set_state(
                 node=node, state=NodeState.PENDING, reason="waiting for the owner's approval", now=now
             )
@@ -200,7 +230,10 @@ def agent_join(
         config = selectors.project_config(project=project, portal_url=portal_url, now=now)
     logger.info("node %s joined %s (user %s)", node.short_id, project.slug, node.user_id)
     joined = JoinedNode(node_id=node.node_id, state=node.state, project=project.slug)
-    return JoinReply(credential=issued.token, expires_at=issued.expires_at, node=joined, config=config)
+    turn = turn_grant(node=node, now=now)
+    return JoinReply(
+        credential=issued.token, expires_at=issued.expires_at, node=joined, config=config, turn=turn
+    )
 
 
 def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> RenewReply:
@@ -222,7 +255,27 @@ def agent_renew(*, public_key: bytes, request: RenewRequest, now: datetime) -> R
         if node.project.status != ProjectStatus.ACTIVE:
             raise Conflict("project_not_active", f"project is {node.project.status}")
         issued = _credential_issue(node=node, now=now)
-    return RenewReply(credential=issued.token, expires_at=issued.expires_at)
+    return RenewReply(
+        credential=issued.token, expires_at=issued.expires_at, turn=turn_grant(node=node, now=now)
+    )
+
+
+def turn_grant(*, node: Node, now: datetime) -> TurnGrant | None:
+    """A short-lived TURN credential for `node` (coturn REST scheme), or None when no TURN is configured.
+
+    Only join and renew call this: both verified the node's signature and its code or credential first."""
+    return _turn_grant_for(node.node_id, now=now.timestamp())
+
+
+def _turn_grant_for(node_id_hex: str, *, now: float) -> TurnGrant | None:
+    if not (settings.ICE_TURN_URLS and settings.ICE_TURN_SECRET):
+        return None
+    return issue_turn_grant(settings.ICE_TURN_SECRET, node_id_hex, now=now, ttl=float(settings.ICE_TURN_TTL))
+
+
+def observer_turn_grant(identity: Identity, *, now: float) -> TurnGrant | None:
+    """The swarm observer's own TURN credential (it probes nodes behind NATs as a trainer would)."""
+    return _turn_grant_for(identity.node_id.hex(), now=now)
 
 
 def verify_credential_for(
@@ -295,14 +348,41 @@ def node_unban(*, node: Node, actor: User, now: datetime) -> Node:
     return node
 
 
+#: The state reason of a node banned because its owner was: `user_unban` lifts exactly these node bans.
+USER_BAN_REASON = "owner banned"
+
+
 def user_ban(*, user: User, actor: User, reason: str, now: datetime) -> int:
     """Ban a user from every swarm (admins only): all their nodes are banned, new codes refused."""
     if not actor.is_staff:
         raise PermissionDenied("Only admins can ban users.")
+    why = f"{USER_BAN_REASON}: {reason}" if reason else USER_BAN_REASON
     with transaction.atomic():
         UserBan.objects.update_or_create(user=user, defaults={"reason": reason, "banned_at": now})
         nodes = list(Node.objects.select_related("project").filter(user=user).exclude(state=NodeState.BANNED))
         for node in nodes:
             IssuedCredential.objects.filter(node=node, revoked_at__isnull=True).update(revoked_at=now)
-            node_set_state(node=node, state=NodeState.BANNED, reason=reason or "owner banned", now=now)
+            node_set_state(node=node, state=NodeState.BANNED, reason=why, now=now)
     return len(nodes)
+
+
+def user_unban(*, user: User, actor: User, now: datetime) -> int:
+    """Lift a user's ban from every swarm (admins only); returns how many of their nodes were unbanned.
+
+    The nodes that the user ban banned go offline (their credentials stay revoked: each agent joins again
+    with a new code); a node banned on its own before stays banned until staff unban it.
+    """
+    if not actor.is_staff:
+        raise PermissionDenied("Only admins can unban users.")
+    with transaction.atomic():
+        if not UserBan.objects.filter(user=user).delete()[0]:
+            return 0
+        nodes = Node.objects.select_related("project").filter(
+            user=user, state=NodeState.BANNED, state_reason__startswith=USER_BAN_REASON
+        )
+        unbanned = 0
+        for node in nodes:
+            reason = f"owner unbanned by {actor.display_name}"
+            unbanned += node_set_state(node=node, state=NodeState.OFFLINE, reason=reason, now=now)
+    logger.info("user %s unbanned by %s; %d node(s) unbanned", user.pk, actor.pk, unbanned)
+    return unbanned

@@ -47,6 +47,10 @@ class NodeSummary(TypedDict):
     last_heartbeat: _Time | None
     experts: _Uids  # what the node says it serves
     announced: _Uids  # what the observer saw it announce in the DHT
+    reach: _Text  # the observer's last probe (swarm.models.ProbeState): "", unreachable, reachable, serving
+    probed_at: _Time | None
+    probe_reason: Annotated[str, msgspec.Meta(max_length=200)]  # why it is not serving, "" if it is
+    serving: _Uids  # the announced experts that answered the probe's `info` call
     agent_version: _Text
     samples: _Count
     requests: _Count
@@ -70,11 +74,14 @@ class CoverageReading(TypedDict):
 
 
 class TrainingPoint(TypedDict):
+    """A trainer's loss and accuracy at a step of one run (the charts draw each run as its own series)."""
+
     t: _Time
     step: _Count
     loss: _Finite
     accuracy: _Finite
     node_id: _Text
+    run: Annotated[str, msgspec.Meta(max_length=32)]  # '' from agents that send no run id
 
 
 Summary = TypeVar("Summary")

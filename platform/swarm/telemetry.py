@@ -8,12 +8,14 @@ nonce not seen before. Only then, in the same transaction, is anything written.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 
-from node_agent.portal.schemas import Heartbeat, MetricsReport
+from node_agent.portal.schemas import Heartbeat, MetricPoint, MetricsReport
 from projects.lifecycle import ProjectStatus
 from swarm import services
 from swarm.errors import InvalidRequest, NotAuthenticated, NotPermitted, RateLimited
@@ -76,6 +78,12 @@ def heartbeat_record(*, public_key: bytes, heartbeat: Heartbeat, now: datetime) 
         node.agent_version, node.platform = heartbeat.agent_version, heartbeat.platform
         node.experts = sorted(set(heartbeat.experts))
         node.peers = [{"node_id": p.node_id, "requests": p.requests} for p in heartbeat.peers]
+        node.replica_states = [
+            {"uid": r.uid, "step": r.step, "averaged_age_s": r.averaged_age_s}
+            for r in heartbeat.replica_states
+        ]
+        node.averaging_rounds_completed = heartbeat.averaging_rounds_completed
+        node.averaging_rounds_failed = heartbeat.averaging_rounds_failed
         for name in ("requests", "samples", "failures", "bytes_in", "bytes_out", "samples_per_s", "uptime_s"):
             setattr(node, name, getattr(heartbeat, name))
         node.last_heartbeat_at = now
@@ -102,8 +110,32 @@ def heartbeat_record(*, public_key: bytes, heartbeat: Heartbeat, now: datetime) 
     return node
 
 
+def _advancing(node: Node, points: Sequence[MetricPoint]) -> list[MetricPoint]:
+    """The points whose step goes beyond what their run already stored (per kind): steps stay monotonic
+    within a run, and a batch sent twice (a retry after a lost reply) is stored once. Points of agents that
+    send no run id are all kept (their restarts show as a fall of the step on the charts)."""
+    runs = {point.run for point in points if point.run}
+    if not runs:
+        return list(points)
+    last: dict[tuple[str, str], int] = {
+        (run, kind): step
+        for run, kind, step in TrainingMetric.objects.filter(node=node, run__in=runs)
+        .values_list("run", "kind")
+        .annotate(step=Max("step"))
+    }
+    kept = []
+    for point in points:
+        key = (point.run, point.kind)
+        if point.run and point.step <= last.get(key, -1):
+            continue
+        last[key] = point.step
+        kept.append(point)
+    return kept
+
+
 def metrics_record(*, public_key: bytes, report: MetricsReport, now: datetime) -> int:
-    """Store a trainer's metrics points; returns how many were stored."""
+    """Store a trainer's metrics points; returns how many were stored (points that do not advance their
+    run's step are skipped)."""
     if not all(0 < point.timestamp < MAX_UNIX_TIME for point in report.metrics):
         raise InvalidRequest("invalid", "metrics timestamps must be unix times in seconds")
     with transaction.atomic():
@@ -118,6 +150,7 @@ def metrics_record(*, public_key: bytes, report: MetricsReport, now: datetime) -
                 TrainingMetric(
                     project=node.project,
                     node=node,
+                    run=point.run,
                     kind=point.kind,
                     step=point.step,
                     loss=point.loss,
@@ -128,7 +161,7 @@ def metrics_record(*, public_key: bytes, report: MetricsReport, now: datetime) -
                     timestamp=datetime.fromtimestamp(point.timestamp, tz=UTC),
                     received_at=now,
                 )
-                for point in report.metrics
+                for point in _advancing(node, report.metrics)
             ]
         )
         announce_metrics(node.project.slug, node, [r for r in rows if r.kind == "train"])

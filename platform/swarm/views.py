@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -22,13 +23,15 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.http import AuthenticatedHttpRequest
 from projects.lifecycle import ProjectStatus
+from projects.models import Project
 from projects.permissions import can_manage_project, can_view_project
 from projects.selectors import project_get
 from swarm import ratelimit, selectors, services
 from swarm.api import portal_url
-from swarm.charts import polyline
+from swarm.charts import polyline, split_runs, time_polylines
 from swarm.errors import Conflict, RateLimited
-from swarm.models import Node
+from swarm.exports import export_path, latest_export
+from swarm.models import CodePurpose, Node
 from swarm.openapi import openapi_schema
 from swarm.permissions import can_view_swarm
 from swarm.reconcile import grid_cells, grid_uids
@@ -49,10 +52,11 @@ CHECK_SCRIPT = (
 )
 
 
-def join_commands(*, base_url: str, wheel_name: str, code: str) -> dict[str, str]:
+def agent_commands(*, base_url: str, wheel_name: str, code: str, run: str) -> dict[str, str]:
     """The command per platform (and, on Linux, per PyTorch build) that checks `code` with this portal,
-    installs the agent from it and joins: `linux` (CPU-only PyTorch), `linux_gpu` (PyPI's CUDA build),
-    `macos` and `windows` (PyPI's builds there carry no CUDA)."""
+    installs the agent from it and runs `node-agent <run>`: `linux` (CPU-only PyTorch), `linux_gpu` (PyPI's
+    CUDA build), `macos` and `windows` (PyPI's builds there carry no CUDA). The Join and Train pages differ
+    only in `run`."""
     wheel_url = f"{base_url}/agent/{wheel_name}"
     check_url = f"{base_url}/api/v1/agent/join-check"
 
@@ -60,14 +64,14 @@ def join_commands(*, base_url: str, wheel_name: str, code: str) -> dict[str, str
         return (
             f'python3 -c "{CHECK_SCRIPT}" {check_url} {code} && '
             f"python3 -m venv colearn-agent && colearn-agent/bin/pip install {pip_options}{wheel_url} && "
-            f"colearn-agent/bin/node-agent join {base_url} {code}"
+            f"colearn-agent/bin/node-agent {run}"
         )
 
     windows = (
         f'py -c "{CHECK_SCRIPT}" {check_url} {code}; '
         "if ($?) { py -m venv colearn-agent }; "
         f"if ($?) {{ colearn-agent\\Scripts\\pip install {wheel_url} }}; "
-        f"if ($?) {{ colearn-agent\\Scripts\\node-agent join {base_url} {code} }}"
+        f"if ($?) {{ colearn-agent\\Scripts\\node-agent {run} }}"
     )
     return {
         "linux": posix(f"--extra-index-url {TORCH_CPU_INDEX} "),
@@ -77,14 +81,11 @@ def join_commands(*, base_url: str, wheel_name: str, code: str) -> dict[str, str
     }
 
 
-@login_required
-@never_cache
-@require_http_methods(["GET", "POST"])
-def join_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
-    """GET explains and offers a button; only the POST (CSRF-checked, rate-limited) creates a join code."""
-    project = project_get(slug=slug)
-    if project is None or not can_view_project(request.user, project):
-        raise Http404("No such project.")
+def _code_page(
+    request: AuthenticatedHttpRequest, project: Project, *, purpose: str, template: str
+) -> HttpResponse:
+    """The Join and Train pages: GET explains and offers a button; only the POST (CSRF-checked,
+    rate-limited) creates a one-time code and shows the command that installs the agent and uses it."""
     wheel = latest_wheel()
     context: dict[str, Any] = {
         "project": project,
@@ -100,18 +101,56 @@ def join_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         except RateLimited as exc:
             logger.warning("user %s asks for join codes too often", request.user.pk)
             context["rate_limited"] = exc.detail
-            response = render(request, "swarm/join.html", context, status=429)
+            response = render(request, template, context, status=429)
             response["Retry-After"] = str(max(1, math.ceil(exc.retry_after or 1)))
             return response
-        row, code = services.join_code_create(project=project, user=request.user, now=now)
+        row, code = services.join_code_create(project=project, user=request.user, now=now, purpose=purpose)
+        base_url = portal_url(request)
         context |= {
             "code": code,
             "expires_at": row.expires_at,
             "ttl_minutes": int((row.expires_at - now).total_seconds() // 60),
-            "commands": join_commands(base_url=portal_url(request), wheel_name=wheel.filename, code=code),
-            "portal_url": portal_url(request),
+            "commands": agent_commands(
+                base_url=base_url,
+                wheel_name=wheel.filename,
+                code=code,
+                run=AGENT_RUN[purpose](base_url, code),
+            ),
+            "portal_url": base_url,
         }
-    return render(request, "swarm/join.html", context)
+    return render(request, template, context)
+
+
+#: What the installed agent runs, per code purpose: serve the project's experts, or train its model.
+AGENT_RUN: dict[str, Callable[[str, str], str]] = {
+    CodePurpose.JOIN: lambda base_url, code: f"join {base_url} {code}",
+    CodePurpose.TRAIN: lambda base_url, code: f"train --portal {base_url} --join-code {code}",
+}
+
+
+@login_required
+@never_cache
+@require_http_methods(["GET", "POST"])
+def join_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
+    """A volunteer's command that installs the agent and serves the project's experts."""
+    project = project_get(slug=slug)
+    if project is None or not can_view_project(request.user, project):
+        raise Http404("No such project.")
+    return _code_page(request, project, purpose=CodePurpose.JOIN, template="swarm/join.html")
+
+
+@login_required
+@never_cache
+@require_http_methods(["GET", "POST"])
+def train_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
+    """The owner's command that installs the agent and trains the project's model on its swarm (no approval
+    needed: the owner's own node is approved on join)."""
+    project = project_get(slug=slug)
+    if project is None or not can_view_project(request.user, project):
+        raise Http404("No such project.")
+    if not can_manage_project(request.user, project):
+        raise PermissionDenied("Only the project's owner trains it.")
+    return _code_page(request, project, purpose=CodePurpose.TRAIN, template="swarm/train.html")
 
 
 def agent_download(request: HttpRequest) -> HttpResponse:
@@ -174,6 +213,7 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         holes_limit=50,
     )
     metrics = selectors.recent_metrics(project=project)
+    runs = split_runs((f"{m.node_id}/{m.run}", m.step, m) for m in metrics)  # a line per trainer run
     nodes = list(selectors.nodes_of_project(project=project)[: selectors.NODES_PAGE[1]])
     if small_grid:
         covered = selectors.coverage_of(project=project)
@@ -189,11 +229,20 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "node_total": state["nodes_page"]["count"],
         "cells": cells,
         "grid_columns": dims[-1] if len(dims) > 1 else min(dims[0], 16),
-        "loss_points": polyline([m.loss for m in metrics], width=520, height=140),
-        "accuracy_points": polyline([m.accuracy for m in metrics], width=520, height=140),
+        "loss_lines": time_polylines(
+            [[(m.timestamp.timestamp(), m.loss) for m in run] for run in runs], width=520, height=140
+        ),
+        "accuracy_lines": time_polylines(
+            [[(m.timestamp.timestamp(), m.accuracy) for m in run] for run in runs], width=520, height=140
+        ),
+        "run_count": len(runs),
         "last_metric": metrics[-1] if metrics else None,
         "metrics_count": len(metrics),
         "alerts": list(selectors.open_alerts(project=project)[:20]),
+        "replicas": selectors.replica_summary(project=project, now=now),
+        "latest_export": latest_export(project_id=project.pk)
+        if can_manage_project(request.user, project)
+        else None,
     }
     return render(request, "swarm/dashboard.html", context)
 
@@ -221,6 +270,11 @@ NODE_ACTION_CONFIRM = {
     "ban": ("Ban node", "Its credentials are revoked and its agent is refused; staff can unban it later."),
     "ban-user": ("Ban user", "Every node of this volunteer is banned and they can get no new join codes."),
     "unban": ("Unban node", "The node may join again: its volunteer runs the join command once more."),
+    "unban-user": (
+        "Unban user",
+        "The volunteer may join swarms again; their nodes banned with the account are unbanned and go "
+        "offline (each agent joins again with a new join command). Nodes banned on their own stay banned.",
+    ),
 }
 
 
@@ -241,12 +295,14 @@ def node_action(request: AuthenticatedHttpRequest, node_pk: int, action: str) ->
             request,
             "core/confirm.html",
             {
-                "title": f"{title} {node.short_id}?",
+                "title": f"{title} {node.user.display_name}?"
+                if action == "unban-user"
+                else f"{title} {node.short_id}?",
                 "subject": f"Node {node.short_id} of {node.user.display_name} in “{node.project.title}”",
                 "consequence": consequence,
                 "action_url": request.path,
                 "button": title,
-                "danger": action != "unban",
+                "danger": not action.startswith("unban"),
                 "reason": action == "ban",
                 "next": _next_url_from(request.GET.get("next", ""), fallback),
             },
@@ -268,6 +324,9 @@ def node_action(request: AuthenticatedHttpRequest, node_pk: int, action: str) ->
         elif action == "unban":
             services.node_unban(node=node, actor=request.user, now=now)
             messages.success(request, f"Node {node.short_id} unbanned; it may join again.")
+        elif action == "unban-user":
+            count = services.user_unban(user=node.user, actor=request.user, now=now)
+            messages.success(request, f"{node.user.display_name} unbanned; {count} node(s) unbanned.")
         else:
             raise Http404("No such action.")
     except Conflict as exc:
@@ -299,3 +358,18 @@ def api_docs(request: HttpRequest) -> HttpResponse:
         for method, op in item.items()
     ]
     return render(request, "swarm/api_docs.html", {"schema": schema, "operations": operations})
+
+
+def project_export(request: HttpRequest, slug: str) -> FileResponse:
+    """The latest model export the owner's agent uploaded: for the owner (and staff) only."""
+    project = project_get(slug=slug)
+    if project is None or not can_manage_project(request.user, project):
+        raise Http404("No such project.")
+    export = latest_export(project_id=project.pk)
+    if export is None or not export_path(export).exists():
+        raise Http404("No export uploaded yet.")
+    return FileResponse(
+        export_path(export).open("rb"),
+        as_attachment=True,
+        filename=f"{project.slug}-{export.sha256[:12]}.safetensors",
+    )

@@ -115,6 +115,49 @@ def portal_env() -> dict[str, str]:
     }
 
 
+def start_bootstrap(processes: Processes, env: dict[str, str]) -> str:
+    """A DHT bootstrap node; returns its `host:port/nodeid` once it prints it."""
+    boot = processes.start(
+        "bootstrap",
+        [sys.executable, "-m", "node_agent", "bootstrap", "--listen", "127.0.0.1:0", "--ephemeral"],
+        env,
+        REPO_DIR,
+    )
+    boot_log = processes.logs[-1]
+    announced_peer = re.compile(r"^(\S+:\d+/[0-9a-f]{40})$", re.M)
+    peer = wait_for(
+        "the bootstrap node", lambda: announced_peer.search(boot_log.read_text()), 30, processes.logs
+    )
+    assert boot.poll() is None
+    return peer.group(1)
+
+
+def start_portal(processes: Processes, env: dict[str, str]) -> str:
+    """Daphne serving the portal on a free port; returns its URL once /healthz answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    processes.start(
+        "daphne",
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        env,
+        REPO_DIR / "platform",
+    )
+
+    def portal_up() -> bool:
+        try:
+            return urllib.request.urlopen(f"{url}/healthz", timeout=2).status == 200
+        except OSError:
+            return False
+
+    wait_for("the portal", portal_up, 60, processes.logs)
+    return url
+
+
+def agent_env() -> dict[str, str]:
+    """An agent's environment: nothing of the portal's (it never imports Django)."""
+    return {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "DJANGO_SETTINGS_MODULE"}}
+
+
 def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Processes, tmp_path: Path) -> None:
     from swarm.wheel import build_agent_wheel
 
@@ -135,37 +178,9 @@ def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Proces
         "AGENT_WHEEL_DIR": str(tmp_path / "wheels"),
         "PYTHONUNBUFFERED": "1",
     }  # fmt: skip
-    boot = processes.start(
-        "bootstrap",
-        [sys.executable, "-m", "node_agent", "bootstrap", "--listen", "127.0.0.1:0", "--ephemeral"],
-        env,
-        REPO_DIR,
-    )
-    boot_log = processes.logs[-1]
-    announced_peer = re.compile(r"^(\S+:\d+/[0-9a-f]{40})$", re.M)
-    peer = wait_for(
-        "the bootstrap node", lambda: announced_peer.search(boot_log.read_text()), 30, processes.logs
-    )
-    peer = peer.group(1)
-    assert boot.poll() is None
+    peer = start_bootstrap(processes, env)
     ProjectSwarm.objects.create(project=project, bootstrap_peers=[peer])
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    processes.start(
-        "daphne",
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        env,
-        REPO_DIR / "platform",
-    )
-
-    def portal_up() -> bool:
-        try:
-            return urllib.request.urlopen(f"{url}/healthz", timeout=2).status == 200
-        except OSError:
-            return False
-
-    wait_for("the portal", portal_up, 60, processes.logs)
+    url = start_portal(processes, env)
     processes.start(
         "observer",
         [sys.executable, "manage.py", "observe_swarm", "--interval", "2", "--listen", "127.0.0.1:0"],
@@ -216,9 +231,10 @@ def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Proces
     )
     assert Path(where.strip()).is_relative_to(venv), where
 
-    agent_env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "DJANGO_SETTINGS_MODULE"}}
     agent_command = [str(venv / "bin" / "node-agent"), "-v", "join", portal_arg, code]
-    agent_command += ["--data-dir", str(tmp_path / "agent"), "--listen", "127.0.0.1:0", "--rtc-loopback-only"]
+    # No same-machine options: the observer (on 127.0.0.1) reaches the node with the command's defaults, and
+    # coverage below counts only cells whose `info` probe it answered.
+    agent_command += ["--data-dir", str(tmp_path / "agent")]
     agent_command += [
         "--experts",
         "4",
@@ -229,7 +245,7 @@ def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Proces
         "--announce-ttl",
         "20",
     ]
-    agent = processes.start("agent", agent_command, agent_env, tmp_path)
+    agent = processes.start("agent", agent_command, agent_env(), tmp_path)
 
     def node_online_and_observed() -> Node | None:
         node = Node.objects.filter(project=project).first()
@@ -243,6 +259,15 @@ def test_volunteer_joins_from_the_join_page_and_appears_online(processes: Proces
     swarm = ProjectSwarm.objects.get(project=project)
     assert sum(1 for n in swarm.coverage.values() if n) == 4 and swarm.observation_error == ""
     assert node.credentials.filter(revoked_at__isnull=True).exists()
+    # A trainer on the same machine, without any same-machine option either, is served by the node (issue 13:
+    # a node shown online that served 0 samples): its DHT node is on 127.0.0.1, the agent's on 0.0.0.0.
+    trained = subprocess.run(
+        [sys.executable, "-m", "node_agent", "train", "--initial-peers", peer, "--grid", "4x4",
+         "--hidden-dim", "32", "--steps", "3", "--batch-size", "16", "--no-progress"],
+        env=env, cwd=REPO_DIR, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    wait_for("the node's samples", lambda: Node.objects.get(pk=node.pk).samples > 0, 30, processes.logs)
     # The same command run again stops at its check, before installing, and says how to restart instead.
     again = subprocess.run(["bash", "-c", check_step], capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and f"`node-agent join {url}` without a code" in again.stdout, again

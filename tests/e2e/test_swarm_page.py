@@ -240,6 +240,11 @@ def test_swarm_page_follows_a_real_agent_live(portal_url: str, tmp_path: Path) -
                     "Number(document.querySelector('[data-part=heatmap]').dataset.covered) >= 1",
                     timeout=60_000,
                 )
+                # Covered means serving: the observer's `info` probe reached the agent over WebRTC.
+                page.wait_for_selector(
+                    f"[data-part=nodes] tr[data-node-id='{node_id}'] td.reach[data-reach=serving]",
+                    timeout=30_000,
+                )
                 shot(page, "heatmap-covered")
 
                 stop(processes[0])

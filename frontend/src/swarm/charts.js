@@ -1,10 +1,8 @@
-// Time-series charts (uPlot): the swarm's samples/s, and the trainers' loss and accuracy.
+// Time-series charts (uPlot): the swarm's samples/s, and the trainers' loss and accuracy (a series per run).
 import uPlot from "uplot";
 import { cssVar } from "./colors.js";
 
-// A pause longer than this between two points (a trainer restarted, the portal was down) breaks the line
-// instead of drawing a misleading straight segment across the gap.
-const GAP_SECONDS = 120;
+import { GAP_SECONDS } from "./runs.js";
 
 function baseOptions(width, title, series) {
   const axis = { stroke: cssVar("--muted"), grid: { stroke: cssVar("--border"), width: 1 } };
@@ -23,8 +21,22 @@ function baseOptions(width, title, series) {
 export class LiveChart {
   constructor(container, title, series) {
     this.container = container;
+    this.title = title;
+    this.labels = series.map((s) => s.label).join("\n");
     this.plot = new uPlot(baseOptions(this.width(), title, series), [[], ...series.map(() => [])], container);
     new ResizeObserver(() => this.plot.setSize({ width: this.width(), height: 170 })).observe(container);
+  }
+
+  // New data with its own series (the trainer runs come and go): the plot is rebuilt when they change.
+  setSeries(series, columns) {
+    const labels = series.map((s) => s.label).join("\n");
+    if (labels !== this.labels) {
+      this.plot.destroy();
+      this.labels = labels;
+      this.plot = new uPlot(baseOptions(this.width(), this.title, series), columns, this.container);
+    } else {
+      this.plot.setData(columns);
+    }
   }
 
   // The card's content width: clientWidth includes the card's padding, and a plot that wide spills out.

@@ -7,7 +7,8 @@ import { cssVar, withAlpha } from "./colors.js";
 import { CoverageHeatmap } from "./heatmap.js";
 import { SwarmGraph } from "./graph.js";
 import { connectSwarm } from "./socket.js";
-import { displayState, emptySwarm, formatAge } from "./state.js";
+import { displayState, emptySwarm, formatAge, reachCounts } from "./state.js";
+import { runColumns, runLabel, trainingRuns } from "./runs.js";
 import { refreshFreshness, renderTable } from "./table.js";
 
 const STATUS_TEXT = {
@@ -38,6 +39,15 @@ function tooltip(root) {
     tip.style.left = `${x - box.left + 14}px`;
     tip.style.top = `${y - box.top + 10}px`;
   };
+}
+
+// Stroke colours of the trainer runs, in turn (the stylesheet's own palette).
+const RUN_COLORS = ["--danger", "--primary", "--ok", "--warn", "--state-pending", "--state-unreachable", "--state-offline", "--state-stale"];
+
+// A series per trainer run (or one empty placeholder), coloured in turn; the newest run is drawn widest.
+function runSeries(runs, field, colors) {
+  if (!runs.length) return [{ label: field, stroke: cssVar(colors[0]), width: 2 }];
+  return runs.map((run, i) => ({ label: runLabel(run), stroke: cssVar(colors[i % colors.length]), width: i === runs.length - 1 ? 2 : 1.5 }));
 }
 
 function setStat(root, name, value, detail) {
@@ -84,19 +94,23 @@ export function startSwarmPage(root) {
     const online = nodes.filter((n) => displayState(n, swarm, now) === "online").length;
     const last = swarm.throughput[swarm.throughput.length - 1];
     const lastTraining = swarm.training[swarm.training.length - 1];
-    setStat(root, "online", `${online}`, `online of ${nodes.length} nodes`);
+    const reach = reachCounts(nodes);
+    setStat(root, "online", `${online}`, `online of ${nodes.length} nodes; ${reach.serving} serving, ${reach.reachable} reachable, ${reach.announced} announced`);
     setStat(root, "throughput", last ? last.samples_per_s.toFixed(0) : "–", "swarm samples/s");
-    setStat(root, "coverage", `${coverage.covered}/${coverage.total}`, `grid cells live${swarm.coverage.observed_at ? `, DHT read ${formatAge(now + swarm.serverSkew - swarm.coverage.observed_at)}` : ", not observed yet"}`);
+    setStat(root, "coverage", `${coverage.covered}/${coverage.total}`, `grid cells served${swarm.coverage.observed_at ? `, DHT read ${formatAge(now + swarm.serverSkew - swarm.coverage.observed_at)}` : ", not observed yet"}`);
     setStat(root, "loss", lastTraining ? lastTraining.loss.toFixed(3) : "–", lastTraining ? `loss at step ${lastTraining.step}` : "no training metrics yet");
     setStat(root, "accuracy", lastTraining ? `${(lastTraining.accuracy * 100).toFixed(1)}%` : "–", "training accuracy");
     // The page header's "DHT observed ... ago" is outside the live panel; it ages with the rest.
     const observed = document.querySelector("[data-live-observed]");
     if (observed && swarm.coverage.observed_at) observed.textContent = formatAge(now + swarm.serverSkew - swarm.coverage.observed_at);
     const caption = part(root, "heatmap-caption");
-    if (caption) caption.textContent = coverage.holes ? `${coverage.holes} hole${coverage.holes === 1 ? "" : "s"} (red): no live expert in the DHT.` : "Every cell has a live expert.";
+    if (caption) caption.textContent = coverage.holes ? `${coverage.holes} hole${coverage.holes === 1 ? "" : "s"} (red): no serving expert (announced is not enough: the portal's probe must get an answer).` : "Every cell has a serving expert.";
     charts.throughput.setData(columns(swarm.throughput, "samples_per_s"));
-    charts.loss.setData(columns(swarm.training, "loss"));
-    charts.accuracy.setData(columns(swarm.training, "accuracy"));
+    const runs = trainingRuns(swarm.training);
+    root.dataset.trainingRuns = String(runs.length);
+    const data = (field) => (runs.length ? runColumns(runs, field) : [[], []]); // [[], []]: the empty placeholder
+    charts.loss.setSeries(runSeries(runs, "loss", RUN_COLORS), data("loss"));
+    charts.accuracy.setSeries(runSeries(runs, "accuracy", [...RUN_COLORS.slice(1), RUN_COLORS[0]]), data("accuracy"));
     root.dataset.seq = String(swarm.seq);
   };
   const schedule = () => {

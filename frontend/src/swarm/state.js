@@ -147,3 +147,24 @@ export function uidCoords(uid, dims) {
   const coords = parts.slice(parts.length - dims).map(Number);
   return coords.every((c) => Number.isInteger(c) && c >= 0) ? coords : null;
 }
+
+// What the portal's probe found of a node's experts: announced in the DHT is a claim; reachable means the
+// observer opened a connection; serving means its experts answered an `info` call.
+const REACH_LABELS = { serving: "serving", reachable: "reachable, not serving", unreachable: "announced, unreachable" };
+
+export function reachLabel(node) {
+  if (!node.announced?.length) return "not announced";
+  return REACH_LABELS[node.reach] ?? "announced, not probed yet";
+}
+
+// Nodes announced in the DHT, of those reachable, and serving.
+export function reachCounts(nodes) {
+  const counts = { announced: 0, reachable: 0, serving: 0 };
+  for (const node of nodes) {
+    if (!node.announced?.length) continue;
+    counts.announced += 1;
+    if (node.reach === "serving" || node.reach === "reachable") counts.reachable += 1;
+    if (node.reach === "serving") counts.serving += 1;
+  }
+  return counts;
+}

@@ -1,6 +1,6 @@
 // The node table: state, role, owner, experts, throughput and freshness, the viewer's nodes first.
 // Built with textContent only (node data never becomes HTML). Large swarms show the first MAX_ROWS.
-import { displayState, formatAge, heartbeatAge, isMine } from "./state.js";
+import { displayState, formatAge, heartbeatAge, isMine, reachLabel } from "./state.js";
 
 export const MAX_ROWS = 200;
 const STATE_ORDER = { online: 0, stale: 1, unreachable: 2, registered: 3, pending: 4, offline: 5, banned: 6 };
@@ -50,12 +50,16 @@ export function renderTable(tbody, note, swarm) {
     dot.dataset.state = state;
     stateCell.append(dot, state === "stale" ? "stale (online, silent)" : node.state_label.toLowerCase());
     const served = node.role === "trainer" ? "–" : `${node.experts.length} / ${node.announced.length}`;
+    const reach = cell(node.role === "trainer" ? "–" : reachLabel(node), "reach");
+    reach.dataset.reach = node.reach || (node.announced.length ? "unprobed" : "none");
+    if (node.probe_reason) reach.title = node.probe_reason;
     const age = heartbeatAge(node, swarm);
     const fresh = cell(formatAge(age), "freshness");
     fresh.dataset.heartbeat = node.last_heartbeat ?? "";
     tr.append(
       id,
       stateCell,
+      reach,
       cell(node.role || "–"),
       cell(node.owner || "–"),
       cell(served, "num"),

@@ -246,6 +246,11 @@ class ExpertBackend:
             input_grads.append(torch.zeros_like(leaf) if leaf_grad is None else leaf_grad.detach())
         return input_grads, found[len(wanted) - len(kept.params) :]
 
+    def forget_snapshot(self) -> None:
+        """The parameters changed outside an optimiser step (a loaded or averaged state): the next kept
+        forward takes a fresh snapshot."""
+        self._snapshot_step = -1
+
     def _current_snapshot(self) -> list[torch.Tensor]:
         """Detached copies of the trainable parameters, taken at most once per optimiser step."""
         if self._snapshot_step == self.steps and len(self._snapshot) == len(self._params):

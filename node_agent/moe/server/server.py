@@ -14,6 +14,8 @@ Wire bodies (msgpack):
   re-sends `{"uid", "inputs": [tensor], "grads": [tensor], "reply_compression"}`, which recomputes the
   forward (Learning@home, section 3.2). Both reply `{"grads": [tensor]}` (gradients w.r.t. the inputs).
 * `info` replies with `ExpertBackend.info()`.
+* `state.open` / `state.part` / `state.close`: state downloads of a hosted expert
+  (`node_agent.averaging.state_download`), used by replicas (`replicas`), takeovers and exports.
 Errors use the RPC error codes `unknown_expert`, `unknown_method`, `unknown_forward`, `bad_request`,
 `bad_tensor`, `shutting_down`, `busy`, `internal`; every malformed body gets one of the first five
 (`requests.parse_request` checks the whole schema, an empty batch included, before any compute).
@@ -29,6 +31,7 @@ the background loops run under a `TaskSupervisor` (restarted when they die, `on_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -37,12 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node_agent.averaging.state_download import METHODS as STATE_METHODS
 from node_agent.dht.api import DHTNodeAPI, DHTValidationError
 from node_agent.moe.announce import CredentialChecker, announce_experts, register_experts_validator
 from node_agent.moe.server.backend import ExpertBackend
 from node_agent.moe.server.checkpoints import load_checkpoint, save_checkpoint
 from node_agent.moe.server.forward_cache import ForwardCache, ForwardCacheMiss
 from node_agent.moe.server.kept_groups import KeepTicket, KeptForwards
+from node_agent.moe.server.replicas import Fallback, ReplicaSync
 from node_agent.moe.server.requests import (
     FORWARD_ID_BYTES,
     BackwardRequest,
@@ -80,6 +85,12 @@ class ServerOptions:
     #: awaits its backward or `max_batch_size` samples are in, for at most this many seconds; members of a
     #: concatenated kept forward wait as long for each other. 0: no waiting, a step on every backward.
     step_delay: float = 0.05
+    #: Seconds between averaging rounds with other replicas of the same uids (0: never average).
+    replica_period: float = 5.0
+    #: Before announcing, load each expert's newest state from a live replica (or the fallback checkpoint).
+    take_over: bool = True
+    #: State downloads this server serves at once (more are answered `busy`; the downloader tries another).
+    max_donor_sessions: int = 2
 
 
 class ExpertServer:
@@ -113,6 +124,14 @@ class ExpertServer:
             on_step_failed=self._count_failure,
         )
         self.supervisor = TaskSupervisor("expert server", on_fatal=on_fatal)
+        self.replicas = ReplicaSync(
+            dht,
+            backends,
+            self.runtime,
+            period=options.replica_period,
+            max_donor_sessions=options.max_donor_sessions,
+        )
+        self._relays_changed = asyncio.Event()  # set by the DHT when our relays change
 
     @classmethod
     async def create(
@@ -125,16 +144,19 @@ class ExpertServer:
         credential: str | None = None,
         credentials: CredentialChecker | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        fallback: Fallback | None = None,
     ) -> ExpertServer:
         """Restore checkpoints, start batching, accept connections and announce the experts.
 
         `credential`: this node's portal credential, carried in announcements (gated projects);
         `credentials`: the checker that makes this node refuse uncredentialed announcements of others, and
         rank peers whose connection offers carry a valid credential above unknown ones;
-        `on_fatal(reason)`: told when a background loop (re-announcing, expiry, checkpoints) keeps dying.
+        `on_fatal(reason)`: told when a background loop (re-announcing, expiry, checkpoints) keeps dying;
+        `fallback(uid)`: the state to start from when no live replica has one (the project's last export).
         """
         server = cls(dht, backends, options or ServerOptions(), on_fatal)
         server.credential = credential
+        server.replicas.fallback = fallback
         if server.options.checkpoint_dir:
             for backend in backends.values():
                 load_checkpoint(server.options.checkpoint_dir, backend)
@@ -147,14 +169,20 @@ class ExpertServer:
         server.pool = await ConnectionPool.create(
             dht, server.handle, rtc_options, credentials=credentials, credential=credential
         )
+        server.replicas.finder.pool = server.pool
+        if announce and server.options.take_over:
+            await server.replicas.take_over()
         if announce:
             await server.announce()
+            dht.add_relay_listener(lambda _relays: server._relays_changed.set())
             server.supervisor.start("expert-reannounce", server._reannounce)
         server.supervisor.start("expert-stats", server._report)
         if server.forward_cache.enabled:
             server.supervisor.start("forward-cache-expiry", server._expire_loop)
         if server.options.checkpoint_dir:
             server.supervisor.start("expert-checkpoints", server._checkpoint_loop)
+        if server.options.replica_period > 0:
+            server.supervisor.start("expert-replicas", server.replicas.run)
         return server
 
     @staticmethod
@@ -193,6 +221,8 @@ class ExpertServer:
     async def handle(self, method: str, body: Any) -> Any:
         if not self.accepting:
             raise RPCHandlerError("shutting_down", "server is shutting down")
+        if method in STATE_METHODS:
+            return await self.replicas.donor.handle(method, body)
         try:
             request = parse_request(method, body, self.backends, self.options.max_batch_size)
         except RequestError as exc:
@@ -255,8 +285,11 @@ class ExpertServer:
     # ---- background ----------------------------------------------------------------------------------
 
     async def _reannounce(self) -> None:
+        """Every `announce_period`, and at once when our relays change (offers must find the new ones)."""
         while True:
-            await asyncio.sleep(self.options.announce_period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._relays_changed.wait(), self.options.announce_period)
+            self._relays_changed.clear()
             try:
                 await self.announce()
             except DHTValidationError as exc:  # e.g. our credential expired or was revoked

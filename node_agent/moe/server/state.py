@@ -69,6 +69,7 @@ def apply_expert_state(backend: ExpertBackend, tensors: dict[str, torch.Tensor],
         state["state"] = restored
         backend.optimizer.load_state_dict(state)
     backend.steps = step
+    backend.forget_snapshot()  # kept forwards from now on see the loaded parameters
     if backend.scheduler is not None and backend.optimizer is not None:
         backend.scheduler.last_epoch = step
         factor = backend.config.schedule()(step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
 
 from node_agent.dht import DHTRecordRefused, DHTValidationError, owner_subkey
 from node_agent.dht.api import ValueWithExpiration
@@ -20,6 +21,7 @@ from node_agent.moe.announce import (
 )
 from node_agent.portal.gate import CredentialPolicy
 from node_agent.portal.tokens import issue_credential
+from tests.node_agent.msgpack_strategies import msgpack_values
 
 PORTAL = Identity.generate()
 SERVER = Identity.generate()
@@ -115,3 +117,46 @@ def test_prefix_announcements_naming_another_node_are_not_counted_as_replicas() 
     }
     children = live_children(entries)
     assert list(children) == [3] and [a.node_id for a in children[3]] == [honest]
+
+
+RELAY = "198.51.100.9:4000/" + "ab" * 20
+
+
+def test_relays_are_signed_with_the_announcement_and_reach_the_handle() -> None:
+    value = announcement_value(ENDPOINT, SERVER.node_id, NOW, relays=[RELAY, "[2001:db8::1]:5/" + "cd" * 20])
+    view = registry().check(withdrawal(value), NOW)
+    children = live_children({view.subkey: ValueWithExpiration(view.value, view.expiration, view.owner)})
+    assert children[3][0].relays == (RELAY, "[2001:db8::1]:5/" + "cd" * 20)
+    withdrawn = announcement_value(ENDPOINT, SERVER.node_id, NOW, withdrawn=True, relays=[RELAY])
+    assert "relays" not in withdrawn  # a withdrawal needs no way in
+
+
+@pytest.mark.parametrize(
+    ("relays", "reason"),
+    [
+        ([], "1 to 3"),
+        ([RELAY] * 2, "distinct"),
+        ([f"198.51.100.{i}:1/{i:02x}" + "ab" * 19 for i in range(4)], "1 to 3"),
+        (["198.51.100.9:4000"], "distinct node id"),
+        (["198.51.100.9:4000/" + SERVER.node_id.hex()], "other than the owner"),
+        (["198.51.100.9:4000/" + "ab" * 20 + "x" * 80], "at most"),
+        ([7], "host:port"),
+        ("198.51.100.9:4000", "list"),
+    ],
+)
+def test_bad_relay_lists_are_offences(relays: object, reason: str) -> None:
+    value = {**announcement_value(ENDPOINT, SERVER.node_id, NOW), "relays": relays}
+    with pytest.raises(DHTValidationError, match=reason) as refused:
+        registry().check(withdrawal(value), NOW)
+    assert not isinstance(refused.value, DHTRecordRefused)
+
+
+@settings(max_examples=200, deadline=None)
+@given(relays=msgpack_values)
+def test_hostile_relay_lists_are_validated_without_crashing(relays: object) -> None:
+    value = {**announcement_value(ENDPOINT, SERVER.node_id, NOW), "relays": relays}
+    try:
+        view = registry().check(withdrawal(value), NOW)
+    except DHTValidationError:
+        return
+    assert isinstance(view.value["relays"], list) and 0 < len(view.value["relays"]) <= 3

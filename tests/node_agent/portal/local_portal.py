@@ -19,6 +19,7 @@ from typing import Any
 
 from node_agent.identity import Identity, node_id_from_public_key
 from node_agent.portal.errors import ProtocolError
+from node_agent.portal.ice import IceServerSpec, TurnGrant, issue_turn_grant
 from node_agent.portal.project_config import ExpertSpec, ProjectConfig, project_config_to_dict
 from node_agent.portal.schemas import (
     ErrorReply,
@@ -59,6 +60,10 @@ class PortalBehaviour:
     retry_after: float | None = None
     #: The heartbeat period the portal names; None leaves it out (the reporter keeps its own, fast period).
     next_heartbeat_s: int | None = None
+    #: STUN/TURN: the config's servers, and the secret and lifetime of the TURN grants in join/renew replies.
+    ice_servers: list[IceServerSpec] = field(default_factory=list)
+    turn_secret: str = ""
+    turn_ttl: float = 3600.0
 
 
 class LocalPortal:
@@ -90,7 +95,15 @@ class LocalPortal:
             portal_public_key=self.identity.public_key_bytes.hex(),
             gated=b.gated,
             expert=ExpertSpec(hidden_dim=b.hidden_dim, grid=list(b.grid), prefix="ffn"),
+            ice_servers=list(b.ice_servers),
         )
+
+    def turn_grant(self, public_key: bytes) -> TurnGrant | None:
+        b = self.behaviour
+        if not b.turn_secret:
+            return None
+        node_id = node_id_from_public_key(public_key).hex()
+        return issue_turn_grant(b.turn_secret, node_id, now=time.time(), ttl=b.turn_ttl)
 
     def config(self) -> dict[str, Any]:
         return project_config_to_dict(self.project_config())
@@ -156,13 +169,18 @@ class LocalPortal:
                 expires_at=time.time() + b.ttl,
                 node=node,
                 config=self.project_config(),
+                turn=self.turn_grant(public_key),
             )
             return 201, reply_to_builtins(reply), {}
         if name == "renew":
             request = validate_renew(body)
             self._check(request.credential, public_key)
             self.renewals.append(public_key.hex())
-            renewed = RenewReply(credential=self.credential_for(public_key), expires_at=time.time() + b.ttl)
+            renewed = RenewReply(
+                credential=self.credential_for(public_key),
+                expires_at=time.time() + b.ttl,
+                turn=self.turn_grant(public_key),
+            )
             return 201, reply_to_builtins(renewed), {}
         if name == "heartbeat":
             heartbeat = validate_heartbeat(body)

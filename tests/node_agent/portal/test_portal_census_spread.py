@@ -26,9 +26,16 @@ def test_only_the_higher_owners_of_a_shared_cell_move_and_only_to_holes() -> Non
     assert cells_to_move(["ffn.0.0"], owners, A, "ffn", [2, 2], rng) == {}
     moved_b = cells_to_move(["ffn.0.0", "ffn.0.1"], owners, B, "ffn", [2, 2], rng)
     assert moved_b == {"ffn.0.0": "ffn.1.1"}
-    # No hole left: nothing moves (a duplicate is better than a cell nobody serves).
+    # No hole left: the two lowest owners of a cell stay (two replicas: its state outlives a volunteer),
+    # a third moves to a cell with a single replica; a cell with two replicas keeps both.
     full = owners | {"ffn.1.1": {A}}
-    assert cells_to_move(["ffn.0.0", "ffn.1.0"], full, C, "ffn", [2, 2], rng) == {}
+    assert cells_to_move(["ffn.0.0", "ffn.1.0"], full, C, "ffn", [2, 2], rng)["ffn.0.0"] in {
+        "ffn.0.1",
+        "ffn.1.1",
+    }
+    assert cells_to_move(["ffn.0.0", "ffn.0.1"], full, B, "ffn", [2, 2], rng) == {}
+    pairs = {"ffn.0.0": {A, B}, "ffn.0.1": {A, C}, "ffn.1.0": {B, C}, "ffn.1.1": {A}}
+    assert cells_to_move(["ffn.0.0", "ffn.1.0"], pairs, B, "ffn", [2, 2], rng) == {}
     # A cell I serve alone never moves, whatever holes exist.
     assert cells_to_move(["ffn.0.1"], owners, B, "ffn", [2, 2], rng) == {}
 

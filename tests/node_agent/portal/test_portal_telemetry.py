@@ -51,6 +51,7 @@ def point(step: int) -> MetricPoint:
         experts_answered=4,
         experts_failed=0,
         timestamp=time.time(),
+        run="0123456789abcdef",  # with a run id, 100 points no longer fit one 16 KB body
     )
 
 
@@ -81,7 +82,8 @@ async def test_heartbeats_and_metrics_reach_the_portal_signed(local_portal: Loca
     finally:
         await reporter.stop()
     assert local_portal.heartbeats[0]["node_id"] == identity.node_id.hex()
-    assert [m["step"] for m in local_portal.metrics] == list(range(1, 131))  # batches of <= 100, in order
+    # Batches of at most 100 points that fit the portal's body limit, in order, none refused.
+    assert [m["step"] for m in local_portal.metrics] == list(range(1, 131))
     assert statuses == [(True, "heartbeat ok")]
     assert reporter.failures == 0
     assert local_portal.heartbeats[-1]["going_offline"] is True  # stop() sends a last "going offline" one

@@ -12,9 +12,11 @@ import ast
 import asyncio
 import inspect
 import pathlib
+import socket
 import tomllib
 import types
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import aioice
 import aioice.ice
@@ -24,7 +26,7 @@ import aiortc.rtcsctptransport as sctp_module
 import pytest
 from OpenSSL import SSL
 
-from node_agent.rtc import large_records, sctp_tuning
+from node_agent.rtc import large_records, plpmtu, record_probing, sctp_tuning
 from node_agent.rtc.config import RTCOptions, apply_process_settings
 from node_agent.rtc.fingerprint import check_fingerprint, remote_certificate_der
 from node_agent.rtc.host_candidates import original_get_host_addresses
@@ -88,31 +90,57 @@ def test_another_or_a_missing_version_is_refused_with_the_fix():
     check_versions(TESTED_VERSIONS)
 
 
-# ---- large chunks: every reader of the chunk size is rebound ---------------------------------------------
+# ---- probed record sizes: every reader of the chunk size is rebound, heartbeats are echoed -----------------
 
 
-def test_every_reader_of_the_chunk_size_is_covered_by_the_large_chunk_transport():
+def test_every_reader_of_the_chunk_size_is_covered_by_the_probed_transport():
     readers = _readers(aiortc, "USERDATA_MAX_LENGTH")
     covered = {
         f"rtcsctptransport:RTCSctpTransport.{name}"
-        for name in (*large_records.CHUNK_SIZED_METHODS, *large_records.CHUNK_SIZED_BEFORE_SWITCH)
+        for name in (*record_probing.CHUNK_SIZED_METHODS, *record_probing.CHUNK_SIZED_BEFORE_SWITCH)
     }
     assert readers == covered, f"aiortc's readers of USERDATA_MAX_LENGTH changed: {sorted(readers ^ covered)}"
+    assert sctp_module.SCTP_MAX_PACKET_LENGTH == plpmtu.BASE_PACKET
+    assert plpmtu.user_data_for(plpmtu.BASE_PACKET) == sctp_module.USERDATA_MAX_LENGTH
 
 
-def test_rebound_methods_are_aiortcs_own_code_seeing_only_the_larger_chunk_size():
-    cls = large_records.large_chunk_transport_class()
+def test_rebound_methods_are_aiortcs_own_code_seeing_the_connections_chunk_size():
+    prober = SimpleNamespace(scope={})
+    cls = record_probing.probed_transport_class(prober)  # type: ignore[arg-type]
     assert cls is not None and cls.__bases__ == (sctp_module.RTCSctpTransport,)
-    assert set(cls.__dict__) >= set(large_records.CHUNK_SIZED_METHODS)
-    for name in large_records.CHUNK_SIZED_METHODS:
-        rebound, original = cls.__dict__[name], sctp_module.RTCSctpTransport.__dict__[name]
+    wrapped = {"_t3_expired"}  # reports the loss to the prober after aiortc's own code ran
+    for name in record_probing.CHUNK_SIZED_METHODS:
+        original = sctp_module.RTCSctpTransport.__dict__[name]
+        rebound = cls.__dict__[name]
+        if name in wrapped:
+            (rebound,) = [
+                c.cell_contents
+                for c in rebound.__closure__
+                if callable(c.cell_contents)
+                and getattr(c.cell_contents, "__code__", None) is original.__code__
+            ]
         assert rebound.__code__ is original.__code__
         assert inspect.signature(rebound) == inspect.signature(original)
-        assert rebound.__globals__["USERDATA_MAX_LENGTH"] == large_records.LARGE_CHUNK_USER_DATA
+        assert rebound.__globals__ is prober.scope
         for global_name in original.__code__.co_names:
-            if global_name in vars(sctp_module) and global_name != "USERDATA_MAX_LENGTH":
+            if global_name in vars(sctp_module):
                 assert rebound.__globals__[global_name] is vars(sctp_module)[global_name], global_name
-    assert large_records.LARGE_CHUNK_USER_DATA > sctp_module.USERDATA_MAX_LENGTH
+    prober.scope["USERDATA_MAX_LENGTH"] = 4000  # what the prober does: only this connection's copy changes
+    assert plpmtu.user_data_for(plpmtu.BASE_PACKET) == sctp_module.USERDATA_MAX_LENGTH
+
+
+def test_heartbeats_are_echoed_with_their_info_and_unknown_chunks_skipped():
+    source = inspect.getsource(sctp_module.RTCSctpTransport._receive_chunk)
+    assert "heartbeat_ack.params = chunk.params" in source
+    packet = sctp_module.parse_packet  # unknown chunk types (PAD) are skipped, not refused
+    assert "CHUNK_TYPES.get(chunk_type)" in inspect.getsource(packet)
+    assert record_probing.PAD_CHUNK_TYPE not in sctp_module.CHUNK_TYPES
+    for name in ("_send_chunk", "_receive_chunk"):
+        assert _parameters(getattr(sctp_module.RTCSctpTransport, name)) == ["self", "chunk"]
+    assert _readers(aiortc, "_srtt") == {
+        "rtcsctptransport:RTCSctpTransport.__init__",
+        "rtcsctptransport:RTCSctpTransport._update_rto",
+    }
 
 
 # ---- whole-record reads ----------------------------------------------------------------------------------
@@ -169,6 +197,23 @@ def test_sack_wrapper_replaces_the_only_sender_of_sacks_with_the_same_signature(
     assert "self._sack_needed = False" in inspect.getsource(send_sack)
 
 
+def test_reassembly_wrappers_replace_the_only_add_and_walk_with_the_same_signatures():
+    apply_process_settings(RTCOptions.for_loopback())
+    add, pop = sctp_tuning.original_add_chunk, sctp_tuning.original_pop_messages
+    assert add is not None and pop is not None and inspect.isgeneratorfunction(pop)
+    assert _parameters(add) == ["self", "chunk"] and _parameters(pop) == ["self"]
+    assert sctp_module.InboundStream.pop_messages is not pop
+    # The shortcut relies on every add being followed by one walk, in `_receive_data_chunk` only, and on
+    # aiortc's walk replacing (not mutating in place) the list it delivered from.
+    assert _readers(aiortc, "add_chunk") == {"rtcsctptransport:RTCSctpTransport._receive_data_chunk"}
+    assert _readers(aiortc, "pop_messages") == {
+        "rtcsctptransport:RTCSctpTransport._receive_data_chunk",
+        "rtcsctptransport:RTCSctpTransport._receive_forward_tsn_chunk",
+    }
+    assert "self.reassembly = (" in inspect.getsource(pop)
+    assert "self.reassembly.append(chunk)" in inspect.getsource(add)
+
+
 # ---- host candidates: gathering happens only inside setLocalDescription ----------------------------------
 
 
@@ -218,10 +263,17 @@ async def test_private_attributes_the_patches_use_exist_after_a_real_handshake(l
         for pair in ice._nominated.values():
             assert isinstance(pair, aioice.ice.CandidatePair)
             assert isinstance(pair.local_addr, tuple) and isinstance(pair.remote_addr, tuple)
-        assert large_records.selected_path_is_loopback(pc)
         check_fingerprint(remote_sdp, remote_certificate_der(pc))  # the session the fingerprint check reads
-        assert large_records.enable_large_chunks(pc)
-        assert type(pc.sctp).__name__ == "LargeChunkSctpTransport"
+        for port in ("_local_port", "_remote_port", "_remote_verification_tag"):
+            assert isinstance(getattr(sctp, port), int)
+        sockets = record_probing.path_sockets(pc)
+        assert sockets and all(s.family == socket.AF_INET for s in sockets)
+        with record_probing.sending_with(sockets, dont_fragment=True):
+            assert all(s.getsockopt(socket.IPPROTO_IP, 10) == 3 for s in sockets)  # IP_PMTUDISC_PROBE
+        assert all(s.getsockopt(socket.IPPROTO_IP, 10) == 1 for s in sockets)  # the kernel's default again
+        prober = record_probing.start_record_probing(pc, record_probing.ProbeSettings())
+        assert prober is not None and type(pc.sctp).__name__ == "ProbedSctpTransport"
+        prober.scope["USERDATA_MAX_LENGTH"] = plpmtu.user_data_for(plpmtu.MAX_PACKET)
     received = asyncio.get_running_loop().create_future()
     loopback_pair.answer_channel.on("message", received.set_result)
     payload = bytes(range(256)) * 200  # several large chunks

@@ -22,3 +22,17 @@ def test_parse_ice_servers():
     )
     with pytest.raises(ValueError):
         parse_ice_server("http://x")
+
+
+def test_parse_ice_server_takes_turn_rest_usernames_with_a_colon():
+    # coturn's REST scheme: username "expiry:node", password base64 (never a colon)
+    parsed = parse_ice_server("turn:1767225600:ab12:c2VjcmV0K/8=@198.18.0.10:3478?transport=udp")
+    assert parsed == IceServer("turn:198.18.0.10:3478?transport=udp", "1767225600:ab12", "c2VjcmV0K/8=")
+
+
+@pytest.mark.parametrize(
+    "text", ["turn:198.18.0.10:3478", "turn:@host:3478", "turn:user@host:3478", "turn:u:p@", "stun:", "x:y"]
+)
+def test_parse_ice_server_refuses_what_it_cannot_use(text):
+    with pytest.raises(ValueError):
+        parse_ice_server(text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -36,6 +38,25 @@ def test_local_moe_classifier_learns_digits(tmp_path):
     assert load_checkpoint(latest_checkpoint(tmp_path), restored) == 120
     with torch.no_grad():
         assert torch.equal(restored(data.test_x[:8]), model(data.test_x[:8]))
+
+
+def test_a_trainer_without_a_step_count_trains_until_stopped(tmp_path):
+    """steps=None: it trains until its stop event; the stopped run reports its last window, skips the final
+    evaluation (the swarm may be gone) and still saves its checkpoint."""
+    torch.manual_seed(0)
+    data = load_dataset("digits")
+    model = MoEClassifier(data.num_features, data.num_classes, 32, build_local_moe(32, (2, 2), "ffn", ffn, 2))
+    events = []
+    stop = threading.Event()
+    config = TrainConfig(steps=None, log_every=5, eval_every=0, checkpoint_dir=tmp_path, progress=True)
+    trainer = Trainer(
+        model, data, config, MetricsStream(events.append), lambda step: step == 7 and stop.set(), stop
+    )
+    result = trainer.train()
+    assert result.stopped and result.steps == 7
+    assert [(e.kind, e.step) for e in events] == [("train", 5), ("train", 7)]
+    assert result.final_loss == events[-1].loss
+    assert latest_checkpoint(tmp_path).name == "step-00000007.safetensors"
 
 
 def test_local_mixture_mixes_top_k_by_softmax():

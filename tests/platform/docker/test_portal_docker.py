@@ -59,7 +59,7 @@ def assert_words_exist(words: list[str]) -> None:
 
 
 def test_compose_parses_and_has_the_production_services() -> None:
-    assert set(SERVICES) == {"postgres", "redis", "portal", "worker", "beat", "observer"}
+    assert set(SERVICES) == {"postgres", "redis", "portal", "worker", "beat", "observer", "coturn"}
     for name, service in SERVICES.items():
         assert "healthcheck" in service, f"{name} has no health check"
         for dependency in service.get("depends_on", {}):

@@ -15,6 +15,10 @@ NODE = {
     "role": "server",
     "experts": ["ffn.0.1"],
     "announced": [],
+    "reach": "",
+    "probed_at": None,
+    "probe_reason": "",
+    "serving": [],
     "agent_version": "0.1.0",
     "samples": 10,
     "requests": 2,
@@ -44,7 +48,7 @@ def test_coverage_and_metrics() -> None:
         {"type": "swarm.coverage_changed", "coverage": coverage_reading}, received_at=T0 + 6
     )
     assert coverage == {"type": "coverage.changed", "at": T0 + 5, "coverage": coverage_reading}
-    point = {"t": T0 + 1, "step": 1, "loss": 2.0, "accuracy": 0.5, "node_id": "cd" * 20}
+    point = {"t": T0 + 1, "step": 1, "loss": 2.0, "accuracy": 0.5, "node_id": "cd" * 20, "run": "r1"}
     [metrics] = to_diffs({"type": "swarm.metrics_received", "points": [point]}, received_at=T0)
     assert metrics["series"] == "training"
     assert metrics["points"] == [point]
@@ -61,6 +65,8 @@ def test_coverage_and_metrics() -> None:
         {"type": "swarm.node_changed", "node": {**NODE, "samples": "10"}},
         {"type": "swarm.node_changed", "node": {**NODE, "experts": ["x"] * 5000}},
         {"type": "swarm.node_changed", "node": {**NODE, "state_changed": 1e20}},
+        {"type": "swarm.node_changed", "node": {**NODE, "probe_reason": "x" * 201}},
+        {"type": "swarm.node_changed", "node": {**NODE, "serving": ["x"] * 5000}},
         {"type": "swarm.coverage_changed", "coverage": {"cells": [1, 2], "observed_at": None}},
         {"type": "swarm.coverage_changed", "coverage": {"cells": {"a": -1}, "observed_at": None}},
         {"type": "swarm.metrics_received", "points": [1]},

@@ -104,6 +104,18 @@ def test_approval_projects_hold_nodes_until_the_owner_approves(
     assert Node.objects.get(pk=node.pk).state == NodeState.REGISTERED
 
 
+def test_the_owners_own_node_needs_no_approval(
+    signed_post: Any, join_code: Any, make_project: Any, researcher: Any, wheel_settings: Any
+) -> None:
+    gated = make_project(title="Owner's swarm", join_policy="approval")
+    joined = signed_post(
+        "/api/v1/agent/join", Identity.generate(), {"code": join_code(gated, researcher), **AGENT}
+    )
+    assert joined.status_code == 201 and "credential" in joined.json()
+    node = Node.objects.get(project=gated)
+    assert node.state == NodeState.REGISTERED and node.approved_at is not None and node.user == researcher
+
+
 def test_renew_gives_a_fresh_credential_unless_banned(
     signed_post: Any, joined: dict[str, Any], node_key: Identity, researcher: Any
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from core.events import project_swarm_group
 from node_agent.identity import Identity
 from node_agent.portal.tokens import issue_credential
 from swarm.keys import portal_identity
@@ -183,6 +184,43 @@ def test_training_metrics_are_stored(signed_post: Any, node_key: Identity, crede
     assert_refused(signed_post("/api/v1/agent/metrics", node_key, bad), 400, "invalid", before)
     too_many = {**body, "metrics": [{**points[0], "step": s} for s in range(101)]}
     assert_refused(signed_post("/api/v1/agent/metrics", node_key, too_many), 400, "invalid", before)
+
+
+def test_each_trainer_run_keeps_its_own_monotonic_steps(
+    signed_post: Any,
+    node_key: Identity,
+    credential: str,
+    project: Any,
+    client: Any,
+    listen: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    def post(run: str, *steps: int, kind: str = "train") -> Any:
+        points = [
+            {"step": s, "loss": 1.0, "accuracy": 0.5, "samples_per_s": 10.0, "experts_answered": 1,
+             "experts_failed": 0, "timestamp": time.time(), "kind": kind, "run": run}
+            for s in steps
+        ]  # fmt: skip
+        body = {"credential": credential, "node_id": node_key.node_id.hex(), "metrics": points}
+        return signed_post("/api/v1/agent/metrics", node_key, body)
+
+    events = listen(project_swarm_group(project.slug))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post("first", 10, 20).json()["stored"] == 2
+    event = events()
+    assert event["type"] == "swarm.metrics_received" and [p["run"] for p in event["points"]] == ["first"] * 2
+    assert post("first", 20, 15).json()["stored"] == 0, "a resent or older step of the run is skipped"
+    assert post("first", 20, kind="eval").json()["stored"] == 1, "eval points count steps of their own"
+    assert post("second", 10, 20).json()["stored"] == 2, "a restarted trainer is a new run from step 10"
+    assert post("", 5).json()["stored"] == 1, "agents that send no run id keep working"
+    runs = list(TrainingMetric.objects.filter(kind="train").values_list("run", "step"))
+    assert runs == [("first", 10), ("first", 20), ("second", 10), ("second", 20), ("", 5)]
+    assert post("no/slashes", 30).status_code == 400 and post("x" * 33, 30).status_code == 400
+    state = client.get(f"/api/v1/projects/{project.slug}/swarm").json()
+    assert {m["run"] for m in state["metrics"]} == {"first", "second", ""}
+    page = client.get(f"/projects/{project.slug}/swarm/").content.decode()
+    assert page.count('class="line-loss" data-run-line') == 2, "a line per run (the lone point draws none)"
+    assert "2 trainer runs" not in page and "3 trainer runs" in page
 
 
 def test_get_is_not_allowed_on_agent_endpoints(client: Any) -> None:

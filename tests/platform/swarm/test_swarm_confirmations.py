@@ -8,11 +8,14 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from node_agent.identity import Identity
 from projects.models import Project
 from swarm import services
-from swarm.models import Node, NodeState, NodeStateChange
+from swarm.models import Node, NodeState, NodeStateChange, UserBan
 
 pytestmark = pytest.mark.django_db
+
+AGENT = {"agent_version": "0.1.0", "platform": "Linux"}
 
 
 def test_a_ban_link_shows_a_confirmation_and_changes_nothing_until_the_post(
@@ -62,6 +65,33 @@ def test_a_node_of_a_banned_user_stays_banned(logged_in: Any, staff: Any, joined
     page = logged_in(staff).post(f"/swarm/nodes/{node.pk}/unban/", follow=True)
     assert "lift that ban first" in page.content.decode()
     assert Node.objects.get().state == NodeState.BANNED
+
+
+def test_staff_unban_a_user_from_the_ui_after_a_confirmation(
+    logged_in: Any, staff: Any, researcher: Any, joined: dict[str, Any], project: Project, join_code: Any,
+    signed_post: Any,
+) -> None:  # fmt: skip
+    node = Node.objects.get()
+    other_key = Identity.generate()
+    other = signed_post("/api/v1/agent/join", other_key, {"code": join_code(project), **AGENT})
+    assert other.status_code == 201
+    banned_alone = Node.objects.get(public_key=other_key.public_key_bytes.hex())
+    services.node_ban(node=banned_alone, actor=staff, reason="spam on its own", now=timezone.now())
+    services.user_ban(user=node.user, actor=staff, reason="spam", now=timezone.now())
+    admin = logged_in(staff)
+    health = admin.get("/swarm/health/").content.decode()
+    assert f'href="/swarm/nodes/{node.pk}/unban-user/?next=' in health and "Ban user…" not in health
+    confirm = admin.get(f"/swarm/nodes/{node.pk}/unban-user/", {"next": "/swarm/health/"}).content.decode()
+    assert "data-confirm-submit" in confirm and node.user.display_name in confirm
+    assert UserBan.objects.filter(user=node.user).exists(), "the confirmation page changes nothing"
+    assert logged_in(researcher).post(f"/swarm/nodes/{node.pk}/unban-user/").status_code == 403
+    response = admin.post(f"/swarm/nodes/{node.pk}/unban-user/", {"next": "/swarm/health/"})
+    assert response.status_code == 302 and response["Location"] == "/swarm/health/"
+    assert not UserBan.objects.filter(user=node.user).exists()
+    node.refresh_from_db()
+    assert node.state == NodeState.OFFLINE and node.state_reason.startswith("owner unbanned by")
+    assert Node.objects.get(pk=banned_alone.pk).state == NodeState.BANNED, "its own ban is not lifted"
+    assert services.user_unban(user=node.user, actor=staff, now=timezone.now()) == 0  # not banned: no-op
 
 
 def test_archive_asks_first_and_only_staff_restore(

@@ -19,6 +19,7 @@ from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from swarm.models import Node, NodeState, ProjectSwarm
 from swarm.observations import observation_record
+from swarm.probe_schedule import ProbeOutcome
 from swarm.reconcile import cell_uid, grid_coverage, grid_holes, grid_uids
 
 pytestmark = pytest.mark.django_db
@@ -105,7 +106,7 @@ def test_the_swarm_and_health_pages_of_a_huge_grid_are_bounded(
     page, peak = peak_mib(lambda: client.get("/projects/huge/swarm/"))
     text = page.content.decode()
     assert page.status_code == 200 and len(text) < 256 * 1024 and peak < 16
-    assert f"2 of {HUGE_CELLS} cells live" in text and "ffn.0.0.0.0" in text
+    assert f"2 of {HUGE_CELLS} cells served" in text and "ffn.0.0.0.0" in text
     health, peak = peak_mib(lambda: logged_in(staff).get("/swarm/health/"))
     assert health.status_code == 200 and f"2/{HUGE_CELLS}" in health.content.decode() and peak < 16
 
@@ -117,10 +118,12 @@ def test_the_live_snapshot_of_a_huge_grid_lists_covered_cells_only(huge_project:
 
 def test_the_observer_records_a_huge_grid_in_bounded_memory(huge_project: Project) -> None:
     node = Node.objects.filter(project=huge_project).first()
-    announced = {node.node_id: {"ffn.5.6.7.8", "ffn.1024.0.0.0", "ffn.x.0.0.0"}}
+    uids = ("ffn.5.6.7.8", "ffn.1024.0.0.0", "ffn.x.0.0.0")
+    announced = {node.node_id: set(uids)}
+    probes = {node.node_id: ProbeOutcome("serving", uids, "", timezone.now().timestamp())}
     _, peak = peak_mib(
         lambda: observation_record(
-            project_id=huge_project.pk, announced=announced, error="", now=timezone.now()
+            project_id=huge_project.pk, announced=announced, error="", now=timezone.now(), probes=probes
         )
     )
     swarm = ProjectSwarm.objects.get(project=huge_project)

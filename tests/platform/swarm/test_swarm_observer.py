@@ -3,6 +3,7 @@ and publishes the project's revocation list under the portal's own node id."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -13,7 +14,11 @@ from django.utils import timezone
 from node_agent.dht import DHTNode
 from node_agent.identity import Identity
 from node_agent.moe.announce import announce_experts, register_experts_validator
+from node_agent.moe.server.backend import OptimizerConfig, create_backends
+from node_agent.moe.server.server import ExpertServer, ServerOptions
 from node_agent.portal.revocations import parse_revocation_list, revocations_key
+from node_agent.rtc.config import RTCOptions
+from swarm import selectors
 from swarm.keys import portal_identity
 from swarm.models import Alert, Node, NodeState, ProjectSwarm
 from swarm.observer import SwarmObserver, read_announcements
@@ -42,17 +47,42 @@ async def test_read_announcements_walks_the_grid(bootstrap: Any) -> None:
         await server.shutdown()
 
 
-async def test_observer_reconciles_the_dht_with_heartbeats(
-    bootstrap: Any, joined: dict[str, Any], node_key: Identity, project: Any, researcher: Any
+async def serving_agent(bootstrap: Any, identity: Identity, uids: list[str]) -> tuple[DHTNode, ExpertServer]:
+    """A real expert server (DHT node, WebRTC pool with the default options, batching runtime)."""
+    dht = await DHTNode.create(
+        initial_peers=[bootstrap.endpoint], listen="127.0.0.1:0", identity=identity, rpc_timeout=2.0
+    )
+    backends = create_backends(uids, "ffn", 8, OptimizerConfig(name="sgd", lr=0.01), seed=0)
+    server = await ExpertServer.create(
+        dht, backends, ServerOptions(stats_period=3600.0), RTCOptions(connect_timeout=5.0)
+    )
+    return dht, server
+
+
+async def silent_agent(bootstrap: Any, uids: list[str]) -> DHTNode:
+    """Announces experts, but its `rtc.offer`s go nowhere: it takes them and never answers."""
+    dht = await DHTNode.create(initial_peers=[bootstrap.endpoint], listen="127.0.0.1:0", rpc_timeout=2.0)
+    register_experts_validator(dht)
+    never = asyncio.Event()
+
+    async def swallow(peer: Any, payload: Any) -> Any:
+        await never.wait()
+
+    dht.register_rpc("rtc.offer", swallow)
+    await announce_experts(dht, uids, ttl=60)
+    return dht
+
+
+async def test_observer_probes_announced_nodes_and_counts_only_serving_cells(
+    bootstrap: Any, joined: dict[str, Any], node_key: Identity, project: Any, researcher: Any, settings: Any
 ) -> None:
     from swarm import services
 
+    settings.SWARM = {**settings.SWARM, "PROBE_TIMEOUT": 3}
     await sync_to_async(ProjectSwarm.objects.create)(project=project, bootstrap_peers=[bootstrap.endpoint])
-    server = await DHTNode.create(
-        initial_peers=[bootstrap.endpoint], listen="127.0.0.1:0", identity=node_key, rpc_timeout=2.0
-    )
-    register_experts_validator(server)
-    await announce_experts(server, ["ffn.0.0", "ffn.1.1"], ttl=60)
+    dht, started = await serving_agent(bootstrap, node_key, ["ffn.0.0", "ffn.1.1"])
+    server: ExpertServer | None = started
+    silent = await silent_agent(bootstrap, ["ffn.2.2", "ffn.3.3"])
     node = await sync_to_async(Node.objects.get)(public_key=node_key.public_key_bytes.hex())
     node.role, node.experts, node.last_heartbeat_at = "server", ["ffn.0.0", "ffn.1.1"], timezone.now()
     await sync_to_async(node.save)()
@@ -61,17 +91,20 @@ async def test_observer_reconciles_the_dht_with_heartbeats(
         changes = await observer.run_round()
         assert changes[project.slug] == [(node.node_id, "registered", "online")]
         swarm = await sync_to_async(ProjectSwarm.objects.get)(project=project)
-        assert (
-            swarm.coverage["ffn.0.0"] == 1
-            and swarm.coverage["ffn.1.1"] == 1
-            and "ffn.3.3" not in swarm.coverage  # holes are the cells not listed
-        )
+        # Four cells are announced, but only the two a serving node hosts are covered.
+        assert swarm.coverage == {"ffn.0.0": 1, "ffn.1.1": 1} and swarm.announced_cells == 4
         assert swarm.observed_at is not None and swarm.observation_error == ""
         node = await sync_to_async(Node.objects.get)(pk=node.pk)
         assert node.announced_experts == ["ffn.0.0", "ffn.1.1"] and node.last_seen_in_dht_at is not None
+        assert node.probe_state == "serving" and node.serving_experts == ["ffn.0.0", "ffn.1.1"]
+        assert node.probed_at is not None and node.probe_reason == ""
+        silent_probe = observer._joined[project.slug].probes[silent.node_id.hex()]
+        assert silent_probe.state == "unreachable" and "no connection" in silent_probe.reason
         assert await sync_to_async(
             Alert.objects.filter(key="coverage:holes", resolved_at__isnull=True).exists
         )()
+        reach = await sync_to_async(lambda: selectors.node_reach(project=project))()
+        assert reach == {"announced": 1, "reachable": 1, "serving": 1}
 
         # Banning revokes the credential; the next round publishes it, signed by the portal's key.
         await sync_to_async(services.node_ban)(node=node, actor=researcher, reason="test", now=timezone.now())
@@ -83,7 +116,8 @@ async def test_observer_reconciles_the_dht_with_heartbeats(
         assert cid in parse_revocation_list(record.value).revoked
 
         # The server goes away (withdraws) and stops heartbeating: offline.
-        await announce_experts(server, ["ffn.0.0", "ffn.1.1"], ttl=60, withdrawn=True)
+        stopping, server = server, None
+        await stopping.shutdown()
         await sync_to_async(Node.objects.filter(pk=node.pk).update)(state=NodeState.ONLINE)
         await sync_to_async(Node.objects.filter(pk=node.pk).update)(
             last_heartbeat_at=timezone.now() - timezone.timedelta(seconds=600)
@@ -95,7 +129,39 @@ async def test_observer_reconciles_the_dht_with_heartbeats(
         )()
     finally:
         await observer.shutdown()
-        await server.shutdown()
+        if server is not None:
+            await server.shutdown()
+        await dht.shutdown()
+        await silent.shutdown()
+
+
+async def test_a_heartbeating_node_nobody_can_reach_is_unreachable_with_the_reason(
+    bootstrap: Any, joined: dict[str, Any], node_key: Identity, project: Any, settings: Any
+) -> None:
+    """Announced and heartbeating is not online: its offers go nowhere, so it is unreachable and says why."""
+    settings.SWARM = {**settings.SWARM, "PROBE_TIMEOUT": 3}
+    await sync_to_async(ProjectSwarm.objects.create)(project=project, bootstrap_peers=[bootstrap.endpoint])
+    dht = await DHTNode.create(
+        initial_peers=[bootstrap.endpoint], listen="127.0.0.1:0", identity=node_key, rpc_timeout=2.0
+    )
+    register_experts_validator(dht)
+    dht.register_rpc("rtc.offer", lambda peer, payload: asyncio.Event().wait())
+    await announce_experts(dht, ["ffn.0.0"], ttl=60)
+    node = await sync_to_async(Node.objects.get)(public_key=node_key.public_key_bytes.hex())
+    node.role, node.experts, node.last_heartbeat_at = "server", ["ffn.0.0"], timezone.now()
+    await sync_to_async(node.save)()
+    observer = SwarmObserver(portal_identity(), listen="127.0.0.1:0", rpc_timeout=2.0)
+    try:
+        changes = await observer.run_round()
+    finally:
+        await observer.shutdown()
+        await dht.shutdown()
+    assert changes[project.slug] == [(node.node_id, "registered", "unreachable")]
+    node = await sync_to_async(Node.objects.get)(pk=node.pk)
+    assert node.probe_state == "unreachable" and node.probe_reason.startswith("no connection")
+    assert "not serving: no connection" in node.state_reason
+    swarm = await sync_to_async(ProjectSwarm.objects.get)(project=project)
+    assert swarm.coverage == {} and swarm.announced_cells == 1
 
 
 async def test_observer_reports_a_dht_it_cannot_reach(project: Any) -> None:

@@ -95,13 +95,20 @@ def test_dashboard_shows_nodes_coverage_and_metrics(
     client: Any, project: Any, joined: dict[str, Any]
 ) -> None:
     from swarm.observations import observation_record
+    from swarm.probe_schedule import ProbeOutcome
 
     node = Node.objects.get()
+    serving = {node.node_id: ProbeOutcome("serving", ("ffn.0.0",), "", timezone.now().timestamp())}
     observation_record(
-        project_id=project.pk, announced={node.node_id: {"ffn.0.0"}}, error="", now=timezone.now()
+        project_id=project.pk,
+        announced={node.node_id: {"ffn.0.0"}},
+        error="",
+        now=timezone.now(),
+        probes=serving,
     )
     text = client.get(f"/projects/{project.slug}/swarm/").content.decode()
     assert "1/16" in text and node.short_id in text and "DHT observed" in text
+    assert "1 / 1 / 1" in text and "Serving" in text  # nodes serving / reachable / announced
 
 
 def test_health_page_is_for_staff_and_can_ban_and_approve(

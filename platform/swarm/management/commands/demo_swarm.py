@@ -27,7 +27,7 @@ from django.utils import timezone
 from accounts.models import User
 from core.management.commands.seed_demo import DEMO_PROJECT_SLUG, DEMO_VOLUNTEER
 from projects.models import Project
-from swarm.models import ProjectSwarm
+from swarm.models import CodePurpose, ProjectSwarm
 from swarm.services import join_code_create
 from swarm.wheel import build_agent_wheel
 
@@ -112,7 +112,9 @@ class Command(BaseCommand):
             self._spawn(f"agent-{i}", [*command, "--heartbeat-period", "5", "--seed", str(i)])
         if not options["no_trainer"]:
             time.sleep(5)  # let the servers announce before the trainer's first beam search
-            code = join_code_create(project=project, user=volunteer, now=timezone.now())[1]
+            # The researcher's own trainer, as the project's Train page makes it (no approval needed).
+            train = CodePurpose.TRAIN
+            code = join_code_create(project=project, user=project.owner, now=timezone.now(), purpose=train)[1]
             self._spawn("trainer", [agent, "train", "--portal", url, "--join-code", code, "--data-dir",
                                     str(self.base / "trainer"), "--rtc-loopback-only", "--steps",
                                     str(options["steps"]), "--no-progress", "--heartbeat-period", "5",

@@ -11,7 +11,10 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Join each active project's DHT as a client and reconcile what is announced with heartbeats."
+    help = (
+        "Join each active project's DHT as a client, probe the announced nodes' experts with real info calls "
+        "over WebRTC, and reconcile what is announced and served with heartbeats."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--interval", type=float, default=float(settings.SWARM["OBSERVE_INTERVAL"]))
