@@ -7,7 +7,8 @@ started ``--spawn-dtime`` apart, initial group bits ``index % num_groups``, each
 full). ``--request-timeout`` is accepted for the same command line; our per-call deadlines come from measured
 throughput instead.
 
-The peers are spread over ``--processes`` OS processes (hivemind runs each averager in its own process),
+The peers are spread over ``--processes`` OS processes, one per core by default (hivemind runs each averager
+in its own process),
 each with one event loop; real DHT nodes on UDP, real aiortc connections on 127.0.0.1. Set-up is not timed:
 ``total_s`` runs from the first peer's first step to the last peer's last. ``max_abs_error`` compares every
 complete round's result with the exact (float64) mean of its group's inputs (spilled to /dev/shm, checked
@@ -25,6 +26,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -207,7 +209,12 @@ def main() -> None:
     parser.add_argument("--round-timeout", "--round_timeout", type=float, default=15.0)
     parser.add_argument("--request-timeout", "--request_timeout", type=float, default=1.0)
     parser.add_argument("--spawn-dtime", "--spawn_dtime", type=float, default=0.1)
-    parser.add_argument("--processes", type=int, default=4, help="OS processes the peers are spread over")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="OS processes the peers are spread over (default: one per core; more only add switching)",
+    )
     parser.add_argument(
         "--standard-chunks",
         action="store_true",
