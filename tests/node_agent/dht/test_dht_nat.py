@@ -53,7 +53,7 @@ async def test_observed_address_needs_several_peers_and_dial_back_finds_loopback
     try:
         await node.find_nearest(node.node_id)
         assert node.observed_endpoint == node.endpoint  # at least 3 distinct responders agreed
-        await wait_until_async(lambda: node.reachability is Reachability.REACHABLE, timeout=10)
+        await wait_until_async(lambda: node.reachability is Reachability.REACHABLE, timeout=30)
         assert not node.client_mode and node.relays == []
     finally:
         await node.shutdown()
@@ -65,7 +65,7 @@ async def test_relayed_rpc_is_sealed_end_to_end_and_only_our_relays_may_push(udp
     )
     hidden.register_rpc("rtc.offer", offer_handler)
     try:
-        await wait_until_async(lambda: len(hidden.relays) == 2, timeout=10, what="two relays")
+        await wait_until_async(lambda: len(hidden.relays) == 2, timeout=30, what="two relays")
         caller = not_a_relay(udp_swarm, hidden)
         assert hidden.client_mode  # an unreachable node takes no storage duty
         await wait_until_async(
@@ -100,7 +100,7 @@ async def test_hostile_relay_can_drop_but_never_alter_or_forge(udp_swarm):
     )
     hidden.register_rpc("rtc.offer", offer_handler)
     try:
-        await wait_until_async(lambda: len(hidden.relays) == 2, timeout=10, what="two relays")
+        await wait_until_async(lambda: len(hidden.relays) == 2, timeout=30, what="two relays")
         caller = not_a_relay(udp_swarm, hidden)
         relay_text = hidden.relays[0]
         relay = next(n for n in udp_swarm if relay_text.endswith(n.node_id.hex()))
@@ -157,8 +157,8 @@ async def test_relay_caps_bound_what_a_reservation_costs(udp_swarm):
     )
     hidden.register_rpc("rtc.offer", offer_handler)
     try:
-        await wait_until_async(lambda: len(hidden.relays) == 2, timeout=10, what="two relays")
-        await wait_until_async(lambda: len(second.relays) == 2, timeout=10, what="two relays")
+        await wait_until_async(lambda: len(hidden.relays) == 2, timeout=30, what="two relays")
+        await wait_until_async(lambda: len(second.relays) == 2, timeout=30, what="two relays")
         # One reservation per relay: the two hidden nodes hold disjoint relays.
         assert not set(hidden.relays) & set(second.relays)
         relay = hidden.relays[0]
@@ -181,7 +181,7 @@ async def test_a_vanished_relay_is_replaced_and_listeners_told(udp_swarm):
     changes: list[list[str]] = []
     hidden.add_relay_listener(changes.append)
     try:
-        await wait_until_async(lambda: len(hidden.relays) == 2, timeout=10, what="two relays")
+        await wait_until_async(lambda: len(hidden.relays) == 2, timeout=30, what="two relays")
         gone = next(n for n in udp_swarm if hidden.relays[0].endswith(n.node_id.hex()))
         await gone.shutdown()
         await wait_until_async(
@@ -203,12 +203,12 @@ async def test_behind_a_filtering_nat_a_node_finds_itself_unreachable_and_reacha
     home = await DHTNode.create([first.endpoint], network=network, behind_nat=True, **FAST)
     home.register_rpc("rtc.offer", offer_handler)
     try:
-        await wait_until_async(lambda: home.reachability is Reachability.UNREACHABLE, timeout=10)
+        await wait_until_async(lambda: home.reachability is Reachability.UNREACHABLE, timeout=30)
         await wait_until_async(
             lambda: all(n.reachability is Reachability.REACHABLE for n in public), timeout=5
         )
         assert home.client_mode and network.filtered_drops > 0
-        await wait_until_async(lambda: len(home.relays) == 2, timeout=10, what="two relays")
+        await wait_until_async(lambda: len(home.relays) == 2, timeout=30, what="two relays")
         caller = await DHTNode.create([first.endpoint], network=network, client_mode=True, **FAST)
         with pytest.raises(DHTTimeoutError):  # directly: the home router drops the stranger's request
             await caller.call_rpc(home.endpoint, "rtc.offer", {"sdp": "v=0"}, timeout=1.0)
