@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--initial-peers", action="extend", type=peer_list, default=[], help="HOST:PORT of the swarm"
     )
+    parser.add_argument(
+        "--task",
+        default="classification",
+        choices=["classification", "lm"],
+        help="lm: the byte-level Transformer language model (see the 'language model' options)",
+    )
     parser.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
     parser.add_argument("--grid", default=None, help="expert grid, e.g. 4x4 (default: project's, or 4x4)")
     parser.add_argument("--uid-prefix", default=None, help="grid name of the experts (default: ffn)")
@@ -74,6 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="stun:host:port or turn:user:pass@host:port (repeatable; after the portal project's own)",
     )
+    from node_agent.cli.train_lm import add_arguments
+
+    add_arguments(parser)
     portal = parser.add_argument_group("portal reporting")
     portal.add_argument("--portal", default=None, help="portal URL to report metrics and heartbeats to")
     portal.add_argument("--join-code", default=None, help="one-time code from the project's Train page")
@@ -239,6 +248,10 @@ def run(args: argparse.Namespace) -> int:
     from node_agent.training.trainer import TrainConfig, TrainingError
 
     log = logging.getLogger("node_agent.cli.train")
+    if args.task == "lm":
+        from node_agent.cli.train_lm import run_lm
+
+        return run_lm(args)
     portal = None
     if args.portal or args.join_code or args.credential_file:
         from node_agent.portal.joining import AgentSetupError

@@ -85,3 +85,24 @@ def test_grid_patterns_and_parameter_count():
     # The `ffn` expert is 1024 -> 4096 -> 1024 (8.4 M parameters): 4 x 16x16 of them are about 8.6 billion.
     assert per_expert == 2 * 1024 * 4096 + 4096 + 1024 + 2 * 1024
     assert total == per_expert * 4 * 256
+
+
+def test_cli_trains_resumes_and_generates_locally(tmp_path: Path, capsys):
+    from node_agent.cli import main
+
+    own = tmp_path / "own"
+    own.mkdir()
+    for i in range(40):  # about a tenth of the files (by path hash) validate
+        (own / f"f{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 30)
+    checkpoint = tmp_path / "ck"
+    common = ["train", "--task", "lm", "--local", "--text", str(own), "--hidden-dim", "16", "--grid", "2x2"]
+    common += ["--seq-len", "16", "--window", "8", "--heads", "2", "--k-best", "2", "--no-progress"]
+    common += ["--eval-every", "0", "--batch-size", "4", "--checkpoint-dir", str(checkpoint)]
+    assert main([*common, "--steps", "3"]) == 0
+    assert main([*common, "--steps", "5", "--resume"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert '"steps": 5' in summary and "val_bpb" in summary
+    assert main(["generate", "--checkpoint", str(checkpoint), "--prompt", "def ", "--length", "20"]) == 0
+    assert capsys.readouterr().out.startswith("def ")
+    assert main(["train", "--task", "lm", "--local", "--text", str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
