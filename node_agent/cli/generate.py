@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             prompt = encode("\n")
         generator = torch.Generator().manual_seed(args.seed)
         sampled = model.generate(prompt, args.length, args.temperature, generator)
-    except (ExpertError, ValueError, OSError) as exc:
+    except (ExpertError, ValueError, OSError, RuntimeError) as exc:  # RuntimeError: tensors do not fit
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

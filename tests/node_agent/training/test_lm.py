@@ -61,6 +61,12 @@ def test_text_rejects_missing_empty_and_binary(tmp_path: Path):
     latin.write_bytes("caf\xe9 ".encode("latin-1") * 10)
     with pytest.raises(TextDataError, match="not UTF-8"):
         load_text(latin)
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    (pair / "one.txt").write_text("first file\n" * 10)
+    (pair / "two.txt").write_text("second file\n" * 10)
+    two = load_text(pair)
+    assert two.train_files == two.validation_files == 1
     own = tmp_path / "own.txt"
     own.write_text("the quick brown fox jumps over the lazy dog\n" * 20)
     corpus = load_text(own)
@@ -106,3 +112,8 @@ def test_cli_trains_resumes_and_generates_locally(tmp_path: Path, capsys):
     assert capsys.readouterr().out.startswith("def ")
     assert main(["train", "--task", "lm", "--local", "--text", str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+    (checkpoint / "lm.json").write_text('{"hidden_dim": 32, "blocks": 2, "grid": [2, 2], "seq_len": 16}')
+    assert main(["generate", "--checkpoint", str(checkpoint)]) == 1  # shapes that do not fit the file
+    (checkpoint / "lm.json").write_text("not json")
+    assert main(["generate", "--checkpoint", str(checkpoint)]) == 2
+    assert "not a language-model checkpoint" in capsys.readouterr().err
