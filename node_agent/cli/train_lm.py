@@ -63,6 +63,12 @@ def run_lm(args: argparse.Namespace) -> int:
     if not args.local and not args.initial_peers:
         print("error: --initial-peers is required unless --local", file=sys.stderr)
         return 2
+    grids = (args.uid_prefix or "lm").split()
+    if len(grids) > 1:  # a local swarm's grid list (`lm.b0 lm.b1`): the model's name is what precedes `.b<k>`
+        args.uid_prefix = grids[0].rsplit(".b", 1)[0]
+        if args.blocks != len(grids):
+            print(f"error: {len(grids)} grids for --blocks {args.blocks}", file=sys.stderr)
+            return 2
     try:
         model = LMConfig(
             hidden_dim=args.hidden_dim or 256,

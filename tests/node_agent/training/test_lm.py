@@ -103,6 +103,7 @@ def test_cli_trains_resumes_and_generates_locally(tmp_path: Path, capsys):
     checkpoint = tmp_path / "ck"
     common = ["train", "--task", "lm", "--local", "--text", str(own), "--hidden-dim", "16", "--grid", "2x2"]
     common += ["--seq-len", "16", "--window", "8", "--heads", "2", "--k-best", "2", "--no-progress"]
+    common += ["--uid-prefix", "lm.b0 lm.b1"]  # as `node-agent swarm --train` passes its grids
     common += ["--eval-every", "0", "--batch-size", "4", "--checkpoint-dir", str(checkpoint)]
     assert main([*common, "--steps", "3"]) == 0
     assert main([*common, "--steps", "5", "--resume"]) == 0
