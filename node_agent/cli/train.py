@@ -57,7 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="stop after this many steps (default: a portal trainer trains until stopped, others 300)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples (lm: windows of --seq-len bytes); default 64 (lm: 16)",
+    )
     parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of the trainer's own layers")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--log-every", type=int, default=10)
@@ -252,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
         from node_agent.cli.train_lm import run_lm
 
         return run_lm(args)
+    args.batch_size = args.batch_size or 64
     portal = None
     if args.portal or args.join_code or args.credential_file:
         from node_agent.portal.joining import AgentSetupError

@@ -105,7 +105,7 @@ def run_lm(args: argparse.Namespace) -> int:
         seed=args.seed,
         train=LMTrainConfig(
             steps=args.steps if args.steps is not None else 300,
-            batch_size=args.batch_size if args.batch_size != 64 else 16,
+            batch_size=args.batch_size or 16,
             learning_rate=args.lr,
             eval_every=args.eval_every,
             log_every=args.log_every,
