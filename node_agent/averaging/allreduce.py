@@ -96,6 +96,7 @@ class ButterflyRound:
         self._contributions: list[dict[int, tuple[torch.Tensor, float]]] = [{} for _ in self.mine]
         loop = asyncio.get_running_loop()
         self._done: list[asyncio.Future[torch.Tensor]] = [loop.create_future() for _ in self.mine]
+        self._replies: list[dict[str, Any]] = [{} for _ in self.mine]
         self._others = [i for i in range(len(roster.members)) if i != index]
 
     # ---- reducer side --------------------------------------------------------------------------------
@@ -127,11 +128,12 @@ class ButterflyRound:
         except TimeoutError:
             self.finish_at_deadline()
             average = done.result()
+        del average
         if sender in self.outcome.refused:
             raise RPCHandlerError("excluded", self.outcome.refused[sender])
-        header = encode_tensor(average, self.compressions[piece.tensor])
-        self.outcome.bytes_sent += _payload_bytes(header)
-        return {"t": header}
+        reply = self._replies[request.piece]
+        self.outcome.bytes_sent += _payload_bytes(reply["t"])
+        return reply
 
     def _expected(self) -> set[int]:
         return set(self._others) - set(self.outcome.refused) - self.outcome.silent
@@ -158,6 +160,12 @@ class ButterflyRound:
         if sum(weights) <= 0:
             values, weights = [contributions[self.index][0]], [1.0]
         average = aggregate(values, weights, self.settings.clip_tau)
+        # every member, the reducer too, keeps the value that travels (compressed and decoded once), so a
+        # group ends with identical tensors; the encoded answer is shared by all senders
+        header = encode_tensor(average, self.compressions[piece.tensor])
+        if self.compressions[piece.tensor] is not Compression.NONE:
+            average = decode_piece(header, piece.size, "own average")
+        self._replies[position] = {"t": header}
         self.output[piece.start : piece.stop] = average
         self._done[position].set_result(average)
         for sender, reason in refused.items():
@@ -264,6 +272,7 @@ class ButterflyRound:
             if j not in self.outcome.failed_reducers
         }
         senders = list(sending.values())
+        self._recheck()  # pieces nobody else contributes to (a group of one, all others refused) finish now
         try:
             while time.monotonic() < self.deadline:
                 if all(s.done() for s in senders) and self.reduced:

@@ -44,12 +44,10 @@ from node_agent.averaging.messages import (
     parse_join_reply,
 )
 from node_agent.averaging.partition import traffic_bytes
+from node_agent.averaging.records import NAMESPACE, AveragingRecordsValidator
 from node_agent.dht.api import (
     DHTError,
     DHTNodeAPI,
-    DHTValidationError,
-    RecordValidator,
-    RecordView,
     owner_subkey,
     subkey_owner,
 )
@@ -59,7 +57,6 @@ from node_agent.tensor_codec import Compression
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "avg:"
 JOIN_METHOD = "join"
 #: How long a reduce call for a group we have not started yet waits for our own join reply.
 ROUND_START_GRACE = 10.0
@@ -94,6 +91,8 @@ class AveragingOptions:
     #: Gated projects: our credential (carried in declarations and joins) and the checker for others'.
     credential: str | None = None
     credentials: CredentialChecker | None = None
+    #: Install the `avg:` validator on the DHT node (project nodes already have it: `project_validators`).
+    register_validator: bool = True
 
 
 @dataclass(slots=True)
@@ -118,21 +117,6 @@ class RoundReport:
         return len(self.members)
 
 
-class DeclarationValidator(RecordValidator):
-    """`avg:` records: a well-formed declaration under the owner's own subkey, small, short-lived."""
-
-    max_value_size = 8 * 1024
-    max_expiration_ahead = 600.0
-
-    def validate(self, record: RecordView, now: float) -> None:
-        if record.subkey is None or subkey_owner(record.subkey) != record.owner:
-            raise DHTValidationError("averaging declarations live under their owner's subkey")
-        try:
-            Declaration.from_wire(record.value)
-        except MessageError as exc:
-            raise DHTValidationError(str(exc)) from None
-
-
 @dataclass(slots=True)
 class _Leading:
     key: str
@@ -152,6 +136,8 @@ class DecentralizedAverager:
         tensors: Sequence[torch.Tensor],
         options: AveragingOptions,
     ) -> None:
+        if prefix == "progress" or not prefix or ":" in prefix:
+            raise ValueError("the prefix must be non-empty, without ':' and not 'progress'")
         if not tensors or any(not t.is_floating_point() for t in tensors):
             raise ValueError("average floating-point tensors only")
         self.dht = dht
@@ -178,6 +164,7 @@ class DecentralizedAverager:
         self._rounds: dict[bytes, tuple[ButterflyRound, Roster]] = {}
         self._round_started = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._tag = ""
         self._background: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -189,8 +176,10 @@ class DecentralizedAverager:
         tensors: Sequence[torch.Tensor],
         options: AveragingOptions | None = None,
     ) -> DecentralizedAverager:
-        averager = cls(dht, pool, prefix, tensors, options or AveragingOptions())
-        dht.register_validator(NAMESPACE, DeclarationValidator())
+        options = options or AveragingOptions()
+        averager = cls(dht, pool, prefix, tensors, options)
+        if options.register_validator:
+            dht.register_validator(NAMESPACE, AveragingRecordsValidator(options.credentials))
         pool.add_route(averager._route, averager._handle)
         return averager
 
@@ -201,15 +190,21 @@ class DecentralizedAverager:
 
     @property
     def group_key(self) -> str:
-        return f"{NAMESPACE}{self.prefix}:{self.group_bits}"
+        return f"{NAMESPACE}{self.prefix}:{self._tag}.{self.group_bits}"
 
     # ---- one step ------------------------------------------------------------------------------------
 
-    async def step(self, weight: float = 1.0, timeout: float | None = None) -> RoundReport:
-        """Find a group and average with it; tensors are updated in place. AveragingError if no group."""
+    async def step(self, weight: float = 1.0, timeout: float | None = None, tag: str = "") -> RoundReport:
+        """Find a group and average with it; tensors are updated in place. AveragingError if no group.
+
+        `tag` (letters, digits, '-'): peers group only with peers stepping with the same tag, e.g. an epoch.
+        """
         if not weight >= 0:
             raise ValueError("weight must be >= 0")
+        if not all(c.isalnum() or c == "-" for c in tag) or len(tag) > 40:
+            raise ValueError("a tag holds at most 40 letters, digits or '-'")
         async with self._lock:
+            self._tag = tag
             budget = timeout if timeout is not None else 3 * self.options.matchmaking_time + 60.0
             started = time.monotonic()
             end = started + budget

@@ -1,7 +1,6 @@
 """Wire formats of the averaging protocol (one definition each); every decoder raises only MessageError.
 
-* `Declaration`: the DHT record a peer looking for a group stores under the group key (owner subkey, signed
-  by the DHT; the record's expiration is the peer's matchmaking deadline).
+* `Declaration` (`records`): the DHT record a peer looking for a group stores under the group key.
 * `JoinRequest` / join reply (`Roster` or a refusal): a follower asks the leader for a place in its group;
   the leader answers once the group is complete.
 * `ReduceRequest` / reduce reply: a member sends one piece of its values to the piece's reducer and gets the
@@ -12,85 +11,33 @@ Tensors travel as `node_agent.tensor_codec` headers, checked against the expecte
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from node_agent.averaging.records import (
+    MAX_CREDENTIAL_CHARS,
+    MAX_ENDPOINT_CHARS,
+    MAX_THROUGHPUT,
+    Declaration,
+    MessageError,
+    _bytes,
+    _credential,
+    _map,
+    _number,
+    _text,
+)
 from node_agent.dht.api import ID_BYTES
 from node_agent.tensor_codec import TensorCodecError, TensorSchema, decode_tensor
 
+__all__ = ["Declaration", "JoinRequest", "Member", "MessageError", "ReduceRequest", "Roster"]
+
 GROUP_ID_BYTES = 16
 MAX_GROUP_SIZE = 64
-MAX_ENDPOINT_CHARS = 256
-MAX_CREDENTIAL_CHARS = 4096
 MAX_GROUP_KEY_CHARS = 256
-MAX_THROUGHPUT = 1e12
 MAX_WEIGHT = 1e12
 MAX_PIECES = 2**24
-
-
-class MessageError(ValueError):
-    """A malformed averaging message (from the network: log, refuse, penalise; never crash)."""
-
-
-def _map(data: Any, what: str) -> dict[Any, Any]:
-    if not isinstance(data, dict):
-        raise MessageError(f"{what} must be a map")
-    return data
-
-
-def _text(data: dict[Any, Any], key: str, limit: int, what: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not 0 < len(value) <= limit:
-        raise MessageError(f"{what}: '{key}' must be a string of 1..{limit} characters")
-    return value
-
-
-def _credential(data: dict[Any, Any], what: str) -> str | None:
-    value = data.get("cred")
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > MAX_CREDENTIAL_CHARS:
-        raise MessageError(f"{what}: bad credential")
-    return value
-
-
-def _number(value: Any, low: float, high: float, what: str) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or not low <= value <= high:
-        raise MessageError(f"{what} must be a number in [{low}, {high}]")
-    return float(value)
-
-
-def _bytes(value: Any, size: int, what: str) -> bytes:
-    if not isinstance(value, bytes) or len(value) != size:
-        raise MessageError(f"{what} must be {size} bytes")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class Declaration:
-    endpoint: str
-    throughput: float
-    credential: str | None = None
-    taken: bool = False
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"ep": self.endpoint, "tp": self.throughput, "cred": self.credential, "taken": self.taken}
-
-    @classmethod
-    def from_wire(cls, data: Any) -> Declaration:
-        data = _map(data, "declaration")
-        taken = data.get("taken", False)
-        if not isinstance(taken, bool):
-            raise MessageError("declaration: 'taken' must be a bool")
-        return cls(
-            _text(data, "ep", MAX_ENDPOINT_CHARS, "declaration"),
-            _number(data.get("tp"), 1.0, MAX_THROUGHPUT, "declaration throughput"),
-            _credential(data, "declaration"),
-            taken,
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="join an existing swarm through these HOST:PORT (comma-separated or repeated)",
     )
+    parser.add_argument(
+        "--reachability",
+        choices=["auto", "public", "private"],
+        default="auto",
+        help="auto: ask peers for a dial-back; public/private: skip it (a forwarded port; a known NAT)",
+    )
     parser.add_argument("--identity", default=None, help="identity key file (default: user data directory)")
     parser.add_argument("--ephemeral", action="store_true", help="use a throwaway identity, save nothing")
     project = parser.add_argument_group("project (so this node checks records as the project's nodes do)")
@@ -88,7 +94,11 @@ async def _serve(args: argparse.Namespace) -> int:
         if args.any_namespace:
             validators[""] = RecordValidator()
         node = await DHTNode.create(
-            initial_peers=args.initial_peers, listen=args.listen, identity=identity, validators=validators
+            initial_peers=args.initial_peers,
+            listen=args.listen,
+            identity=identity,
+            validators=validators,
+            reachability=args.reachability,
         )
     except (DHTError, OSError, ValueError) as exc:
         print(f"error: {exc}", flush=True)

@@ -24,6 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--initial-peers", action="extend", type=peer_list, default=[], help="HOST:PORT of the swarm"
     )
     parser.add_argument("--listen", default="0.0.0.0:0", help="DHT HOST:PORT to bind (default %(default)s)")
+    parser.add_argument(
+        "--reachability",
+        choices=["auto", "public", "private"],
+        default="auto",
+        help="auto: ask peers for a dial-back; public/private: skip it (a forwarded port; a known NAT)",
+    )
     parser.add_argument("--identity", default=None, help="identity key file (default: user data directory)")
     parser.add_argument("--ephemeral", action="store_true", help="use a throwaway identity")
     parser.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
@@ -126,6 +132,7 @@ async def _serve(args: argparse.Namespace) -> int:
             listen=args.listen,
             identity=identity,
             validators=project_validators(),
+            reachability=args.reachability,
         )
     except (DHTError, OSError, ValueError) as exc:
         print(f"error: {exc}", flush=True)

@@ -88,6 +88,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from node_agent.cli.train_lm import add_arguments
 
     add_arguments(parser)
+    collab = parser.add_argument_group("collaborative training (average with the project's other trainers)")
+    collab.add_argument(
+        "--collaborative",
+        action="store_true",
+        help="average this trainer's own gradients with other trainers of the same run (needs the DHT)",
+    )
+    collab.add_argument(
+        "--target-batch-size", type=int, default=256, help="samples all trainers gather per global step"
+    )
+    collab.add_argument("--run-name", default="trainer", help="trainers with the same name train together")
+    collab.add_argument("--average-timeout", type=float, default=30.0)
+    collab.add_argument(
+        "--wait-for-trainers", type=int, default=0, help="start once this many other trainers are live"
+    )
     portal = parser.add_argument_group("portal reporting")
     portal.add_argument("--portal", default=None, help="portal URL to report metrics and heartbeats to")
     portal.add_argument("--join-code", default=None, help="one-time code from the project's Train page")
@@ -277,6 +291,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.local and not args.initial_peers and portal is None:
         print("error: --initial-peers is required unless --local or --portal", file=sys.stderr)
         return 2
+    if args.collaborative and not args.initial_peers and portal is None:
+        print("error: --collaborative needs the DHT: --initial-peers or --portal", file=sys.stderr)
+        return 2
+    collaborative = None
+    if args.collaborative:
+        from node_agent.training.collaborative import CollaborativeConfig
+
+        collaborative = CollaborativeConfig(
+            run=args.run_name,
+            target_batch_size=args.target_batch_size,
+            average_timeout=args.average_timeout,
+            wait_for_peers=args.wait_for_trainers,
+            credential=portal[0].credential if portal is not None else None,
+        )
     try:
         config = SessionConfig(
             dataset=args.dataset,
@@ -299,6 +327,7 @@ def run(args: argparse.Namespace) -> int:
             ice_servers=_ice_servers(args, portal[0] if portal is not None else None),
             resume_from=args.checkpoint_dir if args.resume else None,
             seed=args.seed,
+            collaborative=collaborative,
             train=TrainConfig(
                 steps=args.steps,
                 batch_size=args.batch_size,
@@ -335,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     try:
         with _stop_on_signals(stop, say):
-            if portal is not None and config.mode == "remote":
+            if portal is not None and (config.mode == "remote" or config.collaborative is not None):
                 state, identity = portal
                 caller = _portal_caller(config, state, identity, stop=stop, wait_period=args.wait_period)
                 if reporting is not None:
@@ -369,6 +398,8 @@ def run(args: argparse.Namespace) -> int:
         "experts_failed": result.experts_failed,
         "stopped": result.stopped,
     }
+    if args.collaborative:
+        summary.update(global_steps=result.global_steps, averaged_steps=result.averaged_steps)
     print(json.dumps(summary), flush=True)
     return 0
 

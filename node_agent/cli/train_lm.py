@@ -60,6 +60,9 @@ def run_lm(args: argparse.Namespace) -> int:
     if args.portal or args.join_code or args.credential_file:
         print("error: --task lm does not report to a portal yet; train it against the swarm", file=sys.stderr)
         return 2
+    if getattr(args, "collaborative", False):
+        print("error: --task lm trains with one trainer (no --collaborative yet)", file=sys.stderr)
+        return 2
     if not args.local and not args.initial_peers:
         print("error: --initial-peers is required unless --local", file=sys.stderr)
         return 2

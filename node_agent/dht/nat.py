@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from node_agent.dht.api import ID_BYTES, DHTError, DHTRPCError, PeerInfo
-from node_agent.dht.endpoints import format_endpoint, parse_endpoint, source_key, wire_address
+from node_agent.dht.endpoints import format_endpoint, parse_endpoint, wire_address
 from node_agent.dht.messages import RID_BYTES, seal
 from node_agent.dht.protocol import Request
 from node_agent.dht.ratelimit import CostBuckets
@@ -51,6 +51,8 @@ HELPER_CANDIDATES = 3  # helpers an asked peer tries before it gives up
 UNREACHABLE_CONFIRMATIONS = 2  # unreachable verdicts in a row before a node gives up storage duty
 UNREACHABLE_RECHECK = 3.0  # seconds before the confirming check
 FIRST_CHECK_SPREAD = 5.0  # seconds over which the first dial-backs of nodes started together spread
+EARLY_CHECKS = 5  # a node with no verdict yet (too few peers) asks again after EARLY_RETRY, this many times
+EARLY_RETRY = 5.0
 _RATE_KEYS = 65_536
 Address = tuple[str, int]
 RelaysListener = Callable[[list[str]], None]
@@ -87,6 +89,7 @@ class NatService:
         self._listeners: list[RelaysListener] = []
         self._wake = asyncio.Event()
         self._unreachable_streak = 0
+        self._checks = 0
         if self.reachability is Reachability.UNREACHABLE and not self.explicit_client:
             node.core.client_mode = True  # before the first datagram: never enter others' tables
 
@@ -136,26 +139,14 @@ class NatService:
 
     # -- the loop -----------------------------------------------------------------------------------
     async def _run(self) -> None:
-        next_check = None  # first check: a random moment soon after joining (nodes started together spread)
+        """Check reachability and keep relays, forever; an unexpected error costs one round, not the loop."""
+        next_check: float | None = None  # first check: soon after joining, spread over FIRST_CHECK_SPREAD
         while not self.node._closed:
-            now = time.monotonic()
-            if next_check is None and self.node.joined:
-                next_check = now + random.uniform(0.5, 0.5 + FIRST_CHECK_SPREAD)
-            if self.config.reachability == "auto" and next_check is not None and now >= next_check:
-                outcome = await self.check()
-                self._unreachable_streak = (
-                    self._unreachable_streak + 1 if outcome is Reachability.UNREACHABLE else 0
-                )
-                wait = self.config.dial_back_interval
-                if 0 < self._unreachable_streak < UNREACHABLE_CONFIRMATIONS:
-                    wait = UNREACHABLE_RECHECK  # one verdict may come from a loaded moment: ask again soon
-                else:
-                    self._apply(outcome)
-                    if self.reachability is Reachability.UNKNOWN:
-                        wait = self.config.dial_back_retry
-                next_check = time.monotonic() + wait
-            if self.reachability is Reachability.UNREACHABLE:
-                await self._keep_relays()
+            try:
+                next_check = await self._round(next_check)
+            except Exception:
+                logger.exception("reachability round failed")
+                next_check = time.monotonic() + self.config.dial_back_retry
             self._wake.clear()
             timeout = self.config.relay_keepalive
             if self.config.reachability == "auto":
@@ -164,6 +155,35 @@ class NatService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+
+    async def _round(self, next_check: float | None) -> float | None:
+        """A dial-back if one is due, then relay keep-alives; returns when the next check is due."""
+        now = time.monotonic()
+        if next_check is None and self.node.joined:
+            next_check = now + random.uniform(0.5, 0.5 + FIRST_CHECK_SPREAD)
+        if self.config.reachability == "auto" and next_check is not None and now >= next_check:
+            outcome = await self.check()
+            self._checks += 1
+            if outcome is Reachability.UNREACHABLE:
+                self._unreachable_streak += 1
+            elif outcome is Reachability.REACHABLE:
+                self._unreachable_streak = 0  # "unknown" is no evidence either way
+            wait = self.config.dial_back_interval
+            if 0 < self._unreachable_streak < UNREACHABLE_CONFIRMATIONS:
+                wait = UNREACHABLE_RECHECK  # one verdict may come from a loaded moment: ask again soon
+            else:
+                self._apply(outcome)
+                if self.reachability is Reachability.UNKNOWN:  # e.g. too few peers yet: soon at first
+                    early = self._checks <= EARLY_CHECKS
+                    wait = (
+                        min(EARLY_RETRY, self.config.dial_back_retry)
+                        if early
+                        else self.config.dial_back_retry
+                    )
+            next_check = time.monotonic() + wait
+        if self.reachability is Reachability.UNREACHABLE:
+            await self._keep_relays()
+        return next_check
 
     # -- dial-back: the asker -----------------------------------------------------------------------
     async def check(self) -> Reachability:
@@ -212,7 +232,7 @@ class NatService:
         nonce = request.payload.get("n")
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
             return "err", {"e": "dialback needs a 16-byte nonce"}
-        if not self._asks.take(source_key(request.address[0]), 1.0, time.monotonic()):
+        if not self._asks.take(self._rate_key(request), 1.0, time.monotonic()):
             return "err", {"e": "too many dial-back requests"}
         helpers = [
             c
@@ -232,6 +252,10 @@ class NatService:
                 return "ok", {"sent": True}
         return "ok", {"sent": False}
 
+    def _rate_key(self, request: Request) -> object:
+        """Whose budget a dial-back or probe is charged to (`ProtocolCore.accountable_key`)."""
+        return self.node.core.accountable_key(request.peer.node_id, request.address)
+
     def handle_probe(self, request: Request, now: float) -> tuple[str, dict[str, Any]]:
         nonce = request.payload.get("n")
         try:
@@ -240,9 +264,7 @@ class NatService:
             return "err", {"e": f"bad probe address: {exc}"}
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
             return "err", {"e": "probe needs a 16-byte nonce"}
-        if request.client_mode or not self._probes.take(
-            source_key(request.address[0]), 1.0, time.monotonic()
-        ):
+        if request.client_mode or not self._probes.take(self._rate_key(request), 1.0, time.monotonic()):
             return "err", {"e": "probe refused"}
         node = self.node
         data = seal(
@@ -340,30 +362,32 @@ class NatService:
         if not isinstance(target, bytes) or len(target) != ID_BYTES:
             return "err", {"e": "relay needs a 20-byte target id"}
         try:
-            relayable(data, self.book.caps.max_message)
-            assert isinstance(data, bytes)
-            reservation = self.book.admit(target, len(data), time.monotonic())
+            answer = await self._forward(target, data, request.address)
         except RelayRefused as exc:
             return "err", {"e": str(exc)}
-        source = [request.address[0], request.address[1]]
+        return "ok", {"d": answer}
+
+    async def _forward(self, target: bytes, data: object, source: Address) -> bytes:
+        """Pass ``data`` to ``target`` (which holds a reservation here) and return its sealed answer; raises
+        RelayRefused for what this relay will not pass (caps, not signalling) or when the target is silent."""
+        relayable(data, self.book.caps.max_message)
+        assert isinstance(data, bytes)
+        reservation = self.book.admit(target, len(data), time.monotonic())
         try:
             response = await self.node._call(
                 reservation.address,
                 "relayed",
-                {"d": data, "src": source},
+                {"d": data, "src": [source[0], source[1]]},
                 target,
                 self.config.relay_forward_timeout,
             )
         except DHTError as exc:
-            return "err", {"e": f"relayed node did not answer: {exc}"}
+            raise RelayRefused(f"relayed node did not answer: {exc}") from exc
         answer = response.payload.get("d")
         if not isinstance(answer, bytes):
-            return "err", {"e": "relayed node sent no answer"}
-        try:
-            self.book.charge_answer(target, len(answer), time.monotonic())
-        except RelayRefused as exc:
-            return "err", {"e": str(exc)}
-        return "ok", {"d": answer}
+            raise RelayRefused("relayed node sent no answer")
+        self.book.charge_answer(target, len(answer), time.monotonic())
+        return answer
 
     # -- relays: the caller -------------------------------------------------------------------------
     async def call_via_relay(
@@ -393,11 +417,19 @@ class NatService:
             )
         except WireError as exc:
             raise DHTRPCError(f"message too large for a relay: {exc}") from exc
-        response = await self.node._call(address, "relay", {"to": target_id, "d": inner}, relay_id, timeout)
-        try:
-            envelope = core.open_relayed_response(
-                response.payload.get("d"), rid, target_id, self.node._clock.time()
+        if relay_id == self.node.node_id:  # we are its relay ourselves: pass it on from here
+            try:
+                async with asyncio.timeout(timeout):
+                    answer: object = await self._forward(target_id, inner, address)
+            except (RelayRefused, TimeoutError) as exc:
+                raise DHTRPCError(f"relaying to {target_id.hex()[:8]} ourselves failed: {exc}") from exc
+        else:
+            response = await self.node._call(
+                address, "relay", {"to": target_id, "d": inner}, relay_id, timeout
             )
+            answer = response.payload.get("d")
+        try:
+            envelope = core.open_relayed_response(answer, rid, target_id, self.node._clock.time())
         except WireError as exc:
             logger.warning("relay %s passed on a bad answer: %s", relay, exc)
             raise DHTRPCError(f"relay {relay} passed on an answer that fails verification: {exc}") from exc

@@ -247,10 +247,10 @@ class ProtocolCore:
         elif self.routing.remove(envelope.node_id):
             logger.debug("%s is a client now; dropped from the routing table", peer.endpoint)
         if envelope.observed is not None:
-            self.observed.add(self._reporter(envelope.node_id, address), envelope.observed, now)
+            self.observed.add(self.accountable_key(envelope.node_id, address), envelope.observed, now)
         return Response(peer, address, envelope.rid, envelope.kind, envelope.payload, envelope.observed)
 
-    def _reporter(self, node_id: bytes, address: Address) -> object:
+    def accountable_key(self, node_id: bytes, address: Address) -> object:
         """Who one observed-address vote belongs to: an address prefix (one operator, one voice), except on
         loopback when it is exempt from prefix caps (a same-machine swarm), where it is the node id."""
         if self.config.exempt_loopback and ipaddress.ip_address(address[0].partition("%")[0]).is_loopback:

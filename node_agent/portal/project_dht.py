@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from node_agent.averaging.records import NAMESPACE as AVERAGING_NAMESPACE
+from node_agent.averaging.records import AveragingRecordsValidator
 from node_agent.dht.api import DHTNodeAPI, RecordValidator
 from node_agent.dht.validation import UnknownNamespaceValidator
 from node_agent.moe.announce import EXPERTS_NAMESPACE, ExpertsValidator
@@ -21,7 +23,7 @@ from node_agent.portal.project_config import ProjectConfig
 from node_agent.portal.revocations import REVOCATIONS_NAMESPACE
 
 #: The namespaces of a project's DHT (anything else is refused by project nodes).
-PROJECT_NAMESPACES = (EXPERTS_NAMESPACE, REVOCATIONS_NAMESPACE)
+PROJECT_NAMESPACES = (EXPERTS_NAMESPACE, REVOCATIONS_NAMESPACE, AVERAGING_NAMESPACE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ def project_validators(
         "": UnknownNamespaceValidator(),
         EXPERTS_NAMESPACE: ExpertsValidator(policy if gated else None),
         REVOCATIONS_NAMESPACE: RevocationListValidator(policy),
+        AVERAGING_NAMESPACE: AveragingRecordsValidator(policy if gated else None),
     }
 
 

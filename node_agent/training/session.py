@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 from node_agent.training.checkpoints import latest_checkpoint, load_checkpoint
+from node_agent.training.collaborative import CollaborativeConfig, CollaborativeOptimizer
 from node_agent.training.datasets import Dataset, load_dataset
 from node_agent.training.metrics import MetricsStream
 from node_agent.training.models import MoEClassifier, build_local_moe
@@ -50,6 +51,8 @@ class SessionConfig:
     resume_from: str | None = None
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
+    #: Average the trainer's own gradients with the project's other trainers (needs `initial_peers`).
+    collaborative: CollaborativeConfig | None = None
 
 
 def build_model(config: SessionConfig, dataset: Dataset, caller: Any = None) -> MoEClassifier:
@@ -132,16 +135,31 @@ def run_training(
     starts (and stops) its own. `say` gets the lines for the person at the terminal (waiting for experts)."""
     dataset = load_dataset(config.dataset, seed=config.seed)
     own_caller = None
-    if config.mode == "remote" and caller is None:
+    if (config.mode == "remote" or config.collaborative is not None) and caller is None:
         caller = own_caller = start_caller(config)
+    collaborative = None
+    start_epoch = 0
     try:
-        model = build_model(config, dataset, caller)
+        model = build_model(config, dataset, caller if config.mode == "remote" else None)
         trainer = Trainer(model, dataset, config.train, metrics, on_step, stop=stop, say=say)
         if config.resume_from:
             path = latest_checkpoint(config.resume_from) or config.resume_from
             trainer.step = load_checkpoint(path, model, trainer.optimizer)
             logger.info("resumed from %s at step %d", path, trainer.step)
-        return trainer.train()
+        if config.collaborative is not None:
+            own = [p for p in model.parameters() if p.requires_grad]
+            collaborative = CollaborativeOptimizer(own, trainer.optimizer, caller, config.collaborative)
+            collaborative.join()  # a newcomer loads the newest state first
+            start_epoch = collaborative.epoch
+            trainer.collaborative = collaborative
+        result = trainer.train()
+        if collaborative is not None:
+            result.global_steps = collaborative.global_steps
+            result.averaged_steps = collaborative.global_steps - collaborative.solo_steps
+            result.start_epoch = start_epoch
+        return result
     finally:
+        if collaborative is not None:
+            collaborative.close()
         if own_caller is not None:
             own_caller.stop()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,6 +66,11 @@ class TrainResult:
     experts_failed: int
     history: list[MetricsEvent] = field(default_factory=list)
     stopped: bool = False  # ended by its stop event, not by reaching its step count
+    #: Collaborative training: global steps taken, and how many of them averaged with other trainers.
+    global_steps: int = 0
+    averaged_steps: int = 0
+    #: The epoch a collaborative trainer started from (> 0: it loaded the newest state from a peer).
+    start_epoch: int = 0
 
 
 class Trainer:
@@ -89,6 +95,8 @@ class Trainer:
         self.say = say if say is not None else logger.warning
         own_parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(own_parameters, lr=config.learning_rate)
+        #: Collaborative training (`node_agent.training.collaborative`): steps when the swarm's batch is full.
+        self.collaborative: Any = None
         self.step = 0
         self.failed_steps = 0
         self._answered_total = 0
@@ -107,13 +115,17 @@ class Trainer:
     def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
         """One optimiser step; returns the batch (loss, accuracy). Raises ExpertError if the swarm failed."""
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.collaborative is None:  # collaborative: gradients accumulate until the global step
+            self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(features)
         loss = nn.functional.cross_entropy(logits, labels)
         auxiliary = getattr(self.model, "auxiliary_loss", lambda: None)()
         total = loss if auxiliary is None else loss + self.config.aux_loss_weight * auxiliary
         total.backward()
-        self.optimizer.step()
+        if self.collaborative is None:
+            self.optimizer.step()
+        else:
+            self.collaborative.step(len(labels))
         accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
         return loss.item(), accuracy
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,15 +31,19 @@ class Peer:
 
 @contextlib.asynccontextmanager
 async def averaging_peers(
-    tensors: Sequence[list[torch.Tensor]], options: AveragingOptions, prefix: str = "test"
+    tensors: Sequence[list[torch.Tensor]],
+    options: AveragingOptions | Callable[[DHTNode], AveragingOptions],
+    prefix: str = "test",
 ) -> AsyncIterator[list[Peer]]:
+    """`options`: the same for all, or built per peer from its DHT node (e.g. its own credential)."""
     root = await DHTNode.create(listen="127.0.0.1:0")
     peers: list[Peer] = []
     try:
         for own in tensors:
             dht = await DHTNode.create(initial_peers=[root.endpoint], listen="127.0.0.1:0")
             pool = await ConnectionPool.create(dht, None, RTC)
-            averager = await DecentralizedAverager.create(dht, pool, prefix, own, options)
+            own_options = options(dht) if callable(options) else options
+            averager = await DecentralizedAverager.create(dht, pool, prefix, own, own_options)
             peers.append(Peer(dht, pool, averager, own))
         yield peers
     finally:

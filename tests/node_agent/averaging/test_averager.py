@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import torch
 
-from node_agent.averaging import AveragingOptions
+from node_agent.averaging import AveragingError, AveragingOptions, RoundReport
+from node_agent.dht import DHTNode
+from node_agent.identity import Identity
+from node_agent.portal.gate import CredentialPolicy
+from node_agent.portal.tokens import issue_credential
 from node_agent.tensor_codec import Compression
 from tests.node_agent.averaging.swarm import averaging_peers
 
@@ -50,6 +55,8 @@ async def test_fp16_within_tolerance_and_keys_rotate():
         for peer in peers:
             for got, want in zip(peer.tensors, expected, strict=True):
                 torch.testing.assert_close(got, want, rtol=0, atol=5e-3)
+        for peer in peers[1:]:  # everyone keeps the value that travelled: identical tensors
+            assert all(torch.equal(a, b) for a, b in zip(peer.tensors, peers[0].tensors, strict=True))
         # Moshpit: each member's next key ends with its index in the group, so the four now differ
         assert len({p.averager.group_key for p in peers}) == 4
 
@@ -80,9 +87,9 @@ async def test_peer_killed_mid_round_leaves_partial_average_and_no_hang():
             assert (peer.tensors[0] - survivors_mean).abs().mean() < (own - survivors_mean).abs().mean()
 
 
-async def test_peer_sending_huge_values_is_refused_and_penalised():
+async def test_peer_sending_huge_or_nan_values_is_refused_and_penalised():
     inputs = [_tensors(seed) for seed in range(4)]
-    inputs[3] = [t * 1e6 for t in inputs[3]]
+    inputs[3] = [inputs[3][0] * 1e6, torch.full_like(inputs[3][1], float("nan"))]  # huge, then NaN
     honest_mean = _mean(inputs[:3])
     options = AveragingOptions(target_group_size=4, compression=Compression.NONE)
     async with averaging_peers([[t.clone() for t in ts] for ts in inputs], options) as peers:
@@ -94,6 +101,42 @@ async def test_peer_sending_huge_values_is_refused_and_penalised():
             flat = torch.cat([t.reshape(-1) for t in peer.tensors])
             want = torch.cat([t.reshape(-1) for t in honest_mean])
             own = torch.cat([t.reshape(-1) for t in inputs[peers.index(peer)]])
-            assert flat.abs().max() < 100  # nothing of the huge peer got in
+            assert torch.isfinite(flat).all() and flat.abs().max() < 100  # nothing of the bad peer got in
             # each value is the honest mean (parts reduced by honest peers) or our own (the bad peer's part)
             assert bool(((flat - want).abs() < 1e-4).logical_or((flat - own).abs() < 1e-6).all())
+
+
+async def test_gated_project_groups_only_credentialed_peers():
+    portal = Identity.generate()
+    policy = CredentialPolicy("demo", portal.public_key_bytes)
+    outsider = 3
+
+    def options(dht: DHTNode) -> AveragingOptions:
+        token = issue_credential(
+            portal, cid=dht.node_id.hex(), project="demo", user=1,
+            node_public_key=dht.identity.public_key_bytes, now=time.time(), ttl=600,
+        )  # fmt: skip
+        index = len(made)
+        made.append(dht.node_id)
+        return AveragingOptions(
+            target_group_size=4,
+            min_group_size=2,
+            matchmaking_time=2.0,
+            compression=Compression.NONE,
+            credential=None if index == outsider else token,
+            credentials=policy,
+        )
+
+    made: list[bytes] = []
+    inputs = [_tensors(seed) for seed in range(4)]
+    expected = _mean(inputs[:3])
+    async with averaging_peers([[t.clone() for t in ts] for ts in inputs], options) as peers:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(p.averager.step(timeout=6) for p in peers), return_exceptions=True), 30
+        )
+        assert isinstance(results[outsider], AveragingError)  # nobody takes it in, nobody joins it
+        for peer, report in zip(peers[:3], results[:3], strict=True):
+            assert isinstance(report, RoundReport) and report.complete and report.group_size == 3
+            assert peers[outsider].dht.node_id not in report.members
+            for got, want in zip(peer.tensors, expected, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -19,11 +19,13 @@ from node_agent.averaging.messages import (
     parse_join_reply,
     parse_reduce_reply,
 )
+from node_agent.averaging.records import Progress
 from node_agent.tensor_codec import encode_tensor
 from tests.node_agent.msgpack_strategies import hostile_headers, msgpack_values
 
 DECODERS = [
     Declaration.from_wire,
+    Progress.from_wire,
     JoinRequest.from_wire,
     Roster.from_wire,
     ReduceRequest.from_wire,
@@ -78,6 +80,8 @@ def test_reduce_reply_tensor_checked_against_piece_size(header):
 def test_valid_messages_round_trip():
     declaration = Declaration("127.0.0.1:4000", 2e6, "token")
     assert Declaration.from_wire(declaration.to_wire()) == declaration
+    progress = Progress(3, 64, 120.5, 1.7e9, "127.0.0.1:4000", None, 32)
+    assert Progress.from_wire(progress.to_wire()) == progress
     join = JoinRequest("avg:x:01", "127.0.0.1:4000", 3e6, None)
     assert JoinRequest.from_wire(join.to_wire()) == join
     roster = Roster(b"g" * 16, (Member(b"a" * 20, "h:1", 1e6, None), Member(b"b" * 20, "h:2", 2e6, "t")), 0.5)

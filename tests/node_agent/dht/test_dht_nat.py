@@ -3,6 +3,8 @@ node behind an address-and-port-dependent filter (what a home router does to uns
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +14,7 @@ from node_agent.dht import DHTNode, DHTRPCError, DHTTimeoutError, PeerInfo
 from node_agent.dht.messages import seal, unseal
 from node_agent.dht.reachability import Reachability
 from node_agent.dht.transport import MemoryNetwork
+from node_agent.identity import Identity
 from tests.processes import wait_until_async
 
 FAST = {
@@ -19,13 +22,17 @@ FAST = {
     "dial_back_retry": 1.0,
     "relay_keepalive": 0.3,
     "rpc_timeout": 1.5,
-    "relay_forward_timeout": 2.0,
+    "relay_forward_timeout": 5.0,
 }
 
 
 async def offer_handler(peer: PeerInfo, payload: dict[str, Any]) -> dict[str, Any]:
     """Stands in for the pool's `rtc.offer` handler: answers who asked and what."""
     return {"answer_to": peer.node_id, "sdp": payload.get("sdp")}
+
+
+def not_a_relay(swarm: list[DHTNode], hidden: DHTNode) -> DHTNode:
+    return next(n for n in swarm if not any(r.endswith(n.node_id.hex()) for r in hidden.relays))
 
 
 @pytest.fixture
@@ -57,9 +64,9 @@ async def test_relayed_rpc_is_sealed_end_to_end_and_only_our_relays_may_push(udp
         [udp_swarm[0].endpoint], listen="127.0.0.1:0", reachability="private", **FAST
     )
     hidden.register_rpc("rtc.offer", offer_handler)
-    caller = udp_swarm[-1]
     try:
         await wait_until_async(lambda: len(hidden.relays) == 2, timeout=10, what="two relays")
+        caller = not_a_relay(udp_swarm, hidden)
         assert hidden.client_mode  # an unreachable node takes no storage duty
         await wait_until_async(
             lambda: all(hidden.node_id not in n.core.routing for n in udp_swarm), timeout=5
@@ -69,6 +76,9 @@ async def test_relayed_rpc_is_sealed_end_to_end_and_only_our_relays_may_push(udp
         )
         assert peer.node_id == hidden.node_id
         assert reply == {"answer_to": caller.node_id, "sdp": "v=0 x"}
+        relay = next(n for n in udp_swarm if hidden.relays[0].endswith(n.node_id.hex()))
+        _, reply = await relay.call_rpc_via_relay(hidden.relays[0], hidden.node_id, "rtc.offer", {}, 10)
+        assert reply["answer_to"] == relay.node_id  # a relay reaches the node it relays for through itself
         with pytest.raises(DHTRPCError, match="signalling only"):  # a relay never carries tensors
             await caller.call_rpc_via_relay(hidden.relays[0], hidden.node_id, "expert.forward", {}, timeout=5)
         # A node that is not one of hidden's relays cannot push requests to it.
@@ -89,9 +99,9 @@ async def test_hostile_relay_can_drop_but_never_alter_or_forge(udp_swarm):
         [udp_swarm[0].endpoint], listen="127.0.0.1:0", reachability="private", **FAST
     )
     hidden.register_rpc("rtc.offer", offer_handler)
-    caller = udp_swarm[-1]
     try:
         await wait_until_async(lambda: len(hidden.relays) == 2, timeout=10, what="two relays")
+        caller = not_a_relay(udp_swarm, hidden)
         relay_text = hidden.relays[0]
         relay = next(n for n in udp_swarm if relay_text.endswith(n.node_id.hex()))
         honest = relay.nat.handle_relay
@@ -106,7 +116,7 @@ async def test_hostile_relay_can_drop_but_never_alter_or_forge(udp_swarm):
 
         relay.nat.handle_relay = altering
         with pytest.raises(DHTRPCError, match="fails verification"):
-            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10)
 
         async def forging(request):  # answers in the hidden node's place, for the right request id
             rid = unseal(request.payload["d"], 65536).rid
@@ -116,7 +126,7 @@ async def test_hostile_relay_can_drop_but_never_alter_or_forge(udp_swarm):
 
         relay.nat.handle_relay = forging
         with pytest.raises(DHTRPCError, match="fails verification"):
-            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10)
 
         async def tampering_request(request):  # alters the offer on its way: the hidden node refuses it
             data = bytearray(request.payload["d"])
@@ -126,9 +136,11 @@ async def test_hostile_relay_can_drop_but_never_alter_or_forge(udp_swarm):
 
         relay.nat.handle_relay = tampering_request
         with pytest.raises(DHTRPCError, match="refused"):
-            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+            await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10)
         relay.nat.handle_relay = honest
-        _, reply = await caller.call_rpc_via_relay(relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+        _, reply = await caller.call_rpc_via_relay(
+            relay_text, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10
+        )
         assert reply["sdp"] == "v=0"
     finally:
         await hidden.shutdown()
@@ -152,9 +164,9 @@ async def test_relay_caps_bound_what_a_reservation_costs(udp_swarm):
         relay = hidden.relays[0]
         caller = next(n for n in udp_swarm if not relay.endswith(n.node_id.hex()))
         for _ in range(2):
-            await caller.call_rpc_via_relay(relay, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+            await caller.call_rpc_via_relay(relay, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10)
         with pytest.raises(DHTRPCError, match="messages per"):
-            await caller.call_rpc_via_relay(relay, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 5)
+            await caller.call_rpc_via_relay(relay, hidden.node_id, "rtc.offer", {"sdp": "v=0"}, 10)
         with pytest.raises(DHTRPCError, match="exceeds"):
             await caller.call_rpc_via_relay(relay, hidden.node_id, "rtc.offer", {"sdp": "x" * 30_000}, 5)
     finally:
@@ -281,3 +293,45 @@ async def test_malformed_relay_requests_get_clear_errors(payload, reason):
     finally:
         await asker.shutdown()
         await relay.shutdown()
+
+
+def test_hostile_payloads_of_every_new_kind_get_an_answer_never_an_exception() -> None:
+    """Arbitrary msgpack payloads for dialback, probe, reserve, relay and relayed: each handler answers ok or
+    err (what a datagram from anyone can carry), on one node of the simulator."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from node_agent.dht.api import PeerInfo as Peer
+    from node_agent.dht.protocol import Request
+    from tests.node_agent.msgpack_strategies import msgpack_values
+
+    loop = asyncio.new_event_loop()
+    try:
+        node = loop.run_until_complete(DHTNode.create(network=MemoryNetwork(), reachability="public"))
+        handlers = {
+            "dialback": node.nat.handle_dialback,
+            "relay": node.nat.handle_relay,
+            "relayed": node.nat.handle_relayed,
+        }
+        sender = Identity.generate()
+        peer = Peer(sender.node_id, sender.public_key_bytes, "127.0.0.9:4000")
+
+        @settings(max_examples=150, deadline=None)
+        @given(
+            kind=st.sampled_from(["dialback", "probe", "reserve", "relay", "relayed"]),
+            payload=st.dictionaries(st.sampled_from(["n", "a", "to", "d", "src", "x"]), msgpack_values),
+        )
+        def check(kind: str, payload: dict) -> None:
+            request = Request(peer, ("127.0.0.9", 4000), b"r" * 8, kind, payload, False)
+            if kind in handlers:
+                answer_kind, answer = loop.run_until_complete(handlers[kind](request))
+            elif kind == "probe":
+                answer_kind, answer = node.nat.handle_probe(request, time.time())
+            else:
+                answer_kind, answer = node.nat.handle_reserve(request, time.time())
+            assert answer_kind in ("ok", "err") and isinstance(answer, dict)
+
+        check()
+        loop.run_until_complete(node.shutdown())
+    finally:
+        loop.close()
