@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from node_agent import __version__
 
 # Add a subcommand by creating node_agent/cli/<name>.py with `register(subparsers)` and listing it here.
-COMMAND_MODULES: tuple[str, ...] = ("bootstrap", "dht", "serve", "train", "swarm", "join", "export")
+COMMAND_MODULES: tuple[str, ...] = (
+    "bootstrap",
+    "dht",
+    "serve",
+    "train",
+    "swarm",
+    "join",
+    "export",
+    "generate",
+)
 
 
 def peer_list(text: str) -> list[str]:

@@ -14,7 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--servers", type=int, default=4)
     parser.add_argument("--grid", default="4x4", help="expert grid, e.g. 4x4 (default %(default)s)")
-    parser.add_argument("--uid-prefix", default="ffn")
+    parser.add_argument(
+        "--uid-prefix",
+        default="ffn",
+        help="grid name; several, space-separated, e.g. 'lm.b0 lm.b1' for an LM",
+    )
     parser.add_argument("--expert-class", default="ffn")
     parser.add_argument("--hidden-dim", type=int, default=64)
     parser.add_argument("--replicas", type=int, default=1, help="servers hosting each cell (default 1)")
@@ -71,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"bootstrap: {swarm.initial_peer}", flush=True)
         for index, (server, pattern) in enumerate(zip(swarm.servers, swarm.patterns, strict=True)):
             print(f"server-{index}: {server.address} serving {pattern}", flush=True)
+        grids = args.uid_prefix.split()
+        task = f" --task lm --blocks {len(grids)}" if len(grids) > 1 else ""  # one grid per LM block
         print(
-            f"train against it: node-agent train --initial-peers {swarm.initial_peer} "
+            f"train against it: node-agent train{task} --initial-peers {swarm.initial_peer} "
             f"--grid {args.grid} --hidden-dim {args.hidden_dim} --rtc-loopback-only",
             flush=True,
         )

@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--initial-peers", action="extend", type=peer_list, default=[], help="HOST:PORT of the swarm"
     )
+    parser.add_argument(
+        "--task",
+        default="classification",
+        choices=["classification", "lm"],
+        help="lm: the byte-level Transformer language model (see the 'language model' options)",
+    )
     parser.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
     parser.add_argument("--grid", default=None, help="expert grid, e.g. 4x4 (default: project's, or 4x4)")
     parser.add_argument("--uid-prefix", default=None, help="grid name of the experts (default: ffn)")
@@ -51,7 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="stop after this many steps (default: a portal trainer trains until stopped, others 300)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples (lm: windows of --seq-len bytes); default 64 (lm: 16)",
+    )
     parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of the trainer's own layers")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--log-every", type=int, default=10)
@@ -74,6 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="stun:host:port or turn:user:pass@host:port (repeatable; after the portal project's own)",
     )
+    from node_agent.cli.train_lm import add_arguments
+
+    add_arguments(parser)
     collab = parser.add_argument_group("collaborative training (average with the project's other trainers)")
     collab.add_argument(
         "--collaborative",
@@ -253,6 +267,11 @@ def run(args: argparse.Namespace) -> int:
     from node_agent.training.trainer import TrainConfig, TrainingError
 
     log = logging.getLogger("node_agent.cli.train")
+    if args.task == "lm":
+        from node_agent.cli.train_lm import run_lm
+
+        return run_lm(args)
+    args.batch_size = args.batch_size or 64
     portal = None
     if args.portal or args.join_code or args.credential_file:
         from node_agent.portal.joining import AgentSetupError

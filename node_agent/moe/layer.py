@@ -458,7 +458,22 @@ class LocalMixtureOfExperts(nn.Module):
         k = min(self.k_best, len(self.uids))
         top = torch.topk(cell_scores.detach(), k, dim=1).indices  # [B, k] indices into self.experts
         coords = self.cell_coords[top]  # [B, k, dims]
-        all_outputs = torch.stack([expert(flat) for expert in self.experts], dim=1)  # [B, E, out]
-        outputs = torch.gather(all_outputs, 1, top.unsqueeze(-1).expand(-1, -1, all_outputs.shape[-1]))
+        outputs = self._routed_outputs(flat, top)
         weights = masked_softmax(expert_logits(scores, coords), torch.ones_like(top, dtype=torch.bool))
         return combine_outputs(outputs, weights).reshape(*leading, outputs.shape[-1])
+
+    def _routed_outputs(self, flat: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+        """`[B, k, out]`: each expert runs only on the samples routed to it, as on a server (a language
+        model routes thousands of tokens per step; running every expert on all of them would cost E/k
+        times more)."""
+        pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for index, expert in enumerate(self.experts):
+            hit = top == index  # [B, k]; topk picks an expert at most once per sample
+            rows = hit.any(dim=1).nonzero().squeeze(1)
+            if rows.numel():
+                pieces.append((rows, hit[rows].int().argmax(dim=1), expert(flat[rows])))
+        out_features = pieces[0][2].shape[-1]
+        outputs = flat.new_zeros(flat.shape[0], top.shape[1], out_features)
+        for rows, slots, values in pieces:
+            outputs = outputs.index_put((rows, slots), values.to(outputs.dtype))
+        return outputs

@@ -3,7 +3,9 @@
 Pure string logic, no torch, no I/O. Terms used across the MoE code:
 
 * uid: `<name>.<c1>.<c2>...`, name like `ffn` (letter first, then letters/digits/`_`/`-`), at least one
-  non-negative integer coordinate, at most `MAX_GRID_DIMS` of them.
+  non-negative integer coordinate, at most `MAX_GRID_DIMS` of them. A name may have several dotted
+  segments, each starting with a letter (`lm.b3.1.2`: grid `lm.b3`, one grid per block of a language
+  model); coordinates are digits only, so the split between name and coordinates is unambiguous.
 * prefix: the name plus zero or more leading coordinates, written WITH a trailing delimiter: `ffn.`,
   `ffn.3.`. A prefix of length d is followed by coordinate d+1. The DHT keys announcing experts are built
   from prefixes (`node_agent.moe.announce`); beam search walks them one coordinate at a time.
@@ -34,13 +36,22 @@ def _parse_coordinate(text: str) -> int:
     return int(text)
 
 
+def _split_name(parts: list[str], text: str, what: str) -> tuple[str, list[str]]:
+    """Leading segments that start with a letter form the (dotted) name; the rest are coordinates."""
+    count = 0
+    while count < len(parts) and parts[count][:1].isalpha():
+        count += 1
+    name_parts = parts[:count]
+    if not name_parts or not all(_NAME_RE.fullmatch(part) for part in name_parts):
+        raise ValueError(f"bad {what} {text!r}: grid name must match {_NAME_RE.pattern} (dotted segments)")
+    return UID_DELIMITER.join(name_parts), parts[count:]
+
+
 def parse_uid(uid: str) -> tuple[str, tuple[int, ...]]:
     """Split `ffn.3.14` into `("ffn", (3, 14))`; raise ValueError with the reason if it is not a grid uid."""
     if not isinstance(uid, str) or not 0 < len(uid) <= MAX_UID_LENGTH:
         raise ValueError(f"bad expert uid {uid!r}: expected a non-empty string of at most {MAX_UID_LENGTH}")
-    name, *coords = uid.split(UID_DELIMITER)
-    if not _NAME_RE.fullmatch(name):
-        raise ValueError(f"bad expert uid {uid!r}: grid name must match {_NAME_RE.pattern}")
+    name, coords = _split_name(uid.split(UID_DELIMITER), uid, "expert uid")
     if not 1 <= len(coords) <= MAX_GRID_DIMS:
         raise ValueError(f"bad expert uid {uid!r}: expected 1..{MAX_GRID_DIMS} coordinates")
     return name, tuple(_parse_coordinate(c) for c in coords)
@@ -67,8 +78,8 @@ def parse_prefix(prefix: str) -> tuple[str, tuple[int, ...]]:
     """Split `ffn.3.` into `("ffn", (3,))`, `ffn.` into `("ffn", ())`; the trailing delimiter is required."""
     if not isinstance(prefix, str) or not prefix.endswith(UID_DELIMITER) or len(prefix) > MAX_UID_LENGTH:
         raise ValueError(f"bad uid prefix {prefix!r}: expected e.g. 'ffn.' or 'ffn.3.'")
-    name, *coords = prefix[:-1].split(UID_DELIMITER)
-    if not _NAME_RE.fullmatch(name) or len(coords) >= MAX_GRID_DIMS:
+    name, coords = _split_name(prefix[:-1].split(UID_DELIMITER), prefix, "uid prefix")
+    if len(coords) >= MAX_GRID_DIMS:
         raise ValueError(f"bad uid prefix {prefix!r}")
     return name, tuple(_parse_coordinate(c) for c in coords)
 
@@ -113,9 +124,7 @@ def _parse_pattern_part(part: str) -> list[int]:
 
 def pattern_grid(pattern: str) -> tuple[str, list[list[int]]]:
     """Parse `ffn.[0:4].[0:2]` into `("ffn", [[0, 1, 2, 3], [0, 1]])`: the name and each axis' coordinates."""
-    name, *parts = pattern.strip().split(UID_DELIMITER)
-    if not _NAME_RE.fullmatch(name):
-        raise ValueError(f"bad expert pattern {pattern!r}: grid name must match {_NAME_RE.pattern}")
+    name, parts = _split_name(pattern.strip().split(UID_DELIMITER), pattern, "expert pattern")
     if not 1 <= len(parts) <= MAX_GRID_DIMS:
         raise ValueError(f"bad expert pattern {pattern!r}: expected 1..{MAX_GRID_DIMS} coordinates")
     axes = [_parse_pattern_part(part.strip()) for part in parts]

@@ -135,7 +135,13 @@ class LocalSwarm:
         self.bootstrap: ManagedProcess | None = None
         self.servers: list[ManagedProcess] = []
         self.trainers: list[ManagedProcess] = []
-        self.patterns = split_grid(config.uid_prefix, config.grid, config.servers, config.replicas)
+        # Several space-separated prefixes (`lm.b0 lm.b1`: one grid per LM block): each server gets its
+        # share of every grid.
+        shares = [
+            split_grid(prefix, config.grid, config.servers, config.replicas)
+            for prefix in config.uid_prefix.split()
+        ]
+        self.patterns = [" ".join(parts) for parts in zip(*shares, strict=True)]
 
     # ---- processes ---------------------------------------------------------------------------------
     def _node_agent(self, *args: str) -> list[str]:

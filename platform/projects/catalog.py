@@ -72,3 +72,27 @@ def grid_size(dims: tuple[int, ...]) -> int:
     for side in dims:
         total *= side
     return total
+
+
+#: Bytes per expert parameter while training: float32 weight, gradient and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def expert_parameters(architecture: str, hidden_size: int) -> int:
+    """Parameters of one expert, exactly as the node agent builds it (`node_agent.moe.experts`):
+    `ffn` is d -> 4d -> d with a LayerNorm (8d^2 + 7d); `transformer` one encoder layer with a 4d
+    feed-forward (12d^2 + 13d)."""
+    d = hidden_size
+    if architecture == "ffn":
+        return 8 * d * d + 7 * d
+    if architecture == "transformer":
+        return 12 * d * d + 13 * d
+    raise ValueError(f"unknown expert architecture {architecture!r}")
+
+
+def format_count(n: int) -> str:
+    """2_147_000_000 -> "2.1 billion": parameter counts on pages."""
+    for size, word in ((10**9, "billion"), (10**6, "million"), (10**3, "thousand")):
+        if n >= size:
+            return f"{n / size:.1f} {word}"
+    return str(n)

@@ -13,6 +13,9 @@ from projects.catalog import (
     ARCHITECTURE_CHOICES,
     DATASET_CHOICES,
     OPTIMIZER_CHOICES,
+    TRAINING_BYTES_PER_PARAMETER,
+    expert_parameters,
+    format_count,
     format_grid_shape,
     grid_size,
     parse_grid_shape,
@@ -86,6 +89,20 @@ class Project(models.Model):
     @property
     def expert_count(self) -> int:
         return grid_size(self.grid_dims)
+
+    @property
+    def parameters_per_expert(self) -> int:
+        return expert_parameters(self.expert_architecture, self.hidden_size)
+
+    @property
+    def total_parameters_label(self) -> str:
+        """The model's scale across the whole grid, for the project page ("8.6 billion")."""
+        return format_count(self.parameters_per_expert * self.expert_count)
+
+    @property
+    def expert_memory_mib(self) -> float:
+        """What hosting one expert costs a volunteer in memory while training (weights, gradients, Adam)."""
+        return round(self.parameters_per_expert * TRAINING_BYTES_PER_PARAMETER / 2**20, 1)
 
     def normalise(self) -> None:
         """Store the grid in its canonical spelling ("16 X 16" -> "16x16")."""

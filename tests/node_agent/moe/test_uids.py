@@ -38,8 +38,17 @@ def test_prefixes():
     assert parse_prefix("ffn.3.") == ("ffn", (3,))
     assert make_prefix("ffn", (3,)) == "ffn.3."
     assert not is_valid_prefix("ffn")
-    assert not is_valid_prefix("ffn.x.")
+    assert not is_valid_prefix("ffn.3.x.")  # a name segment after a coordinate
     assert uid_prefix_chain("ffn.3.14") == [("ffn.", 3), ("ffn.3.", 14)]
+
+
+def test_dotted_grid_names_for_one_grid_per_block():
+    assert parse_uid("lm.b3.1.2") == ("lm.b3", (1, 2))
+    assert parse_prefix("lm.b3.") == ("lm.b3", ())
+    assert uid_prefix_chain("lm.b3.1.2") == [("lm.b3.", 1), ("lm.b3.1.", 2)]
+    assert expand_pattern("lm.b0.[0:2].1") == ["lm.b0.0.1", "lm.b0.1.1"]
+    for bad in ("lm.b3", "lm.3b.1", "lm..1", "lm.b3.1.x", "lm.b-3!.1"):
+        assert not is_valid_uid(bad)
 
 
 def test_expand_patterns():

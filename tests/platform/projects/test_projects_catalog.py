@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from projects.catalog import DATASETS, format_grid_shape, grid_size, parse_grid_shape
+from projects.catalog import (
+    DATASETS,
+    expert_parameters,
+    format_count,
+    format_grid_shape,
+    grid_size,
+    parse_grid_shape,
+)
 from projects.lifecycle import ProjectStatus, ProjectStatusError, check_transition, is_editable
 
 
@@ -38,6 +45,16 @@ def test_grid_size_and_dataset_names_match_the_agent_registry() -> None:
     assert grid_size((16, 16)) == 256
     assert set(DATASETS) == {"digits", "iris", "wine", "breast_cancer"}
     assert DATASETS["digits"].features == 64 and DATASETS["digits"].classes == 10
+
+
+def test_parameter_counts_match_the_agents_experts() -> None:
+    # Counted from node_agent.moe.experts' modules, kept here as numbers: the portal never imports torch.
+    assert expert_parameters("ffn", 256) == 526_080
+    assert expert_parameters("ffn", 1024) == 8_395_776
+    assert expert_parameters("transformer", 1024) == 12_596_224
+    assert format_count(expert_parameters("ffn", 1024) * 16 * 16 * 4) == "8.6 billion"
+    with pytest.raises(ValueError):
+        expert_parameters("lstm", 64)
 
 
 ALLOWED = {
