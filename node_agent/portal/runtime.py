@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from node_agent import __version__
+from node_agent.credit.receipts import receipt_from_text, receipt_to_text
 from node_agent.dht.api import DHTNodeAPI
 from node_agent.identity import Identity
 from node_agent.portal.census import cells_to_move, choose_cells, count_live_replicas, live_replica_owners
@@ -36,7 +37,13 @@ from node_agent.portal.project_config import ProjectConfig, parse_project_config
 from node_agent.portal.project_dht import ProjectScope, project_validators
 from node_agent.portal.renewal import CredentialRenewer
 from node_agent.portal.reporter import TelemetryReporter
-from node_agent.portal.schemas import MAX_REPLICA_STATES, HeartbeatBody, PeerActivity, ReplicaState
+from node_agent.portal.schemas import (
+    MAX_RECEIPTS_PER_HEARTBEAT,
+    MAX_REPLICA_STATES,
+    HeartbeatBody,
+    PeerActivity,
+    ReplicaState,
+)
 from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
 from node_agent.rtc.config import IceServer
 from node_agent.supervisor import TaskSupervisor
@@ -186,6 +193,7 @@ class AgentRuntime:
             on_status=lambda ok, message: self.say(message),
             on_refused=self._on_refused,
             supervisor=self.supervisor,
+            on_heartbeat_sent=self._heartbeat_sent,
         )
         self.supervisor.start(RENEWAL_LOOP, self.renewer.run)
         self.supervisor.start(PEERS_LOOP, self._refresh_bootstrap_peers)
@@ -323,7 +331,13 @@ class AgentRuntime:
             replica_states=replica_states(server, now),
             averaging_rounds_completed=server.replicas.stats.rounds_completed,
             averaging_rounds_failed=server.replicas.stats.rounds_failed,
+            receipts=[receipt_to_text(data) for data in server.receipts.peek(MAX_RECEIPTS_PER_HEARTBEAT)],
         )
+
+    def _heartbeat_sent(self, body: HeartbeatBody) -> None:
+        """The portal has the receipts this heartbeat carried: forget them."""
+        if self.server is not None and body.receipts:
+            self.server.receipts.acknowledge(receipt_from_text(text) for text in body.receipts)
 
     def _on_refused(self, error: PortalRefused) -> None:
         if error.fatal:
