@@ -122,9 +122,9 @@ def _grant_all(
     config = settings.CREDIT
     prices = _prices(server)
     trainer_ids = sorted({trainer.pk for _, trainer in checked})
-    progress = _rows(TrainerProgress, "node_id", trainer_ids, {})
-    pairs = _rows(PairCredit, "trainer_id", trainer_ids, {"server": server})
-    credit = _rows(NodeCredit, "node_id", [server.pk], {"recent_at": now})[server.pk]
+    progress = _rows(TrainerProgress, "node_id", trainer_ids)
+    pairs = _rows(PairCredit, "trainer_id", trainer_ids, scope={"server": server})
+    credit = _rows(NodeCredit, "node_id", [server.pk], defaults={"recent_at": now})[server.pk]
     share = config["MAX_TRAINER_SHARE"]
     rows, total_granted = [], 0.0
     for receipt, trainer in checked:
@@ -184,14 +184,22 @@ def _grant_all(
     return total_granted
 
 
-def _rows(model: Any, key: str, ids: list[int], fields: dict[str, Any]) -> dict[int, Any]:
-    """Rows of `model` for each id, created where missing, locked (in id order: no deadlocks)."""
-    query = model.objects.select_for_update().filter(**fields, **{f"{key}__in": ids}).order_by(key)
+def _rows(
+    model: Any,
+    key: str,
+    ids: list[int],
+    scope: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> dict[int, Any]:
+    """Rows of `model` (within `scope`) for each id, created where missing, locked in id order."""
+    scope = scope or {}
+    query = model.objects.select_for_update().filter(**scope, **{f"{key}__in": ids}).order_by(key)
     found = {getattr(row, key): row for row in query}
     missing = [i for i in ids if i not in found]
     if missing:
-        model.objects.bulk_create([model(**fields, **{key: i}) for i in missing], ignore_conflicts=True)
-        query = model.objects.select_for_update().filter(**fields, **{f"{key}__in": missing})
+        new = [model(**scope, **(defaults or {}), **{key: i}) for i in missing]
+        model.objects.bulk_create(new, ignore_conflicts=True)
+        query = model.objects.select_for_update().filter(**scope, **{f"{key}__in": missing})
         found |= {getattr(row, key): row for row in query}
     return found
 
