@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node_agent.moe.experts import TRANSFORMER_SAMPLE_SEQ
+#: Tokens per `transformer` sample (`node_agent.moe.experts.TRANSFORMER_SAMPLE_SEQ`; not imported from there,
+#: which imports torch: the portal prices receipts without loading torch). A test keeps the two equal.
+TRANSFORMER_SEQ = 16
 
 __all__ = ["SampleFlops", "sample_flops"]
 
@@ -30,7 +32,7 @@ def sample_flops(expert_class: str, hidden_dim: int) -> SampleFlops:
     if expert_class == "ffn":  # up d -> 4d, down 4d -> d
         forward = 2 * (2 * d * 4 * d)
     elif expert_class == "transformer":  # per sequence of S tokens: qkv, out, scores, mix, ffn
-        s = TRANSFORMER_SAMPLE_SEQ
+        s = TRANSFORMER_SEQ
         forward = 2 * s * d * 3 * d + 2 * s * d * d + 2 * (2 * s * s * d) + 2 * (2 * s * d * 4 * d)
     elif expert_class == "nop":
         forward = 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from node_agent.credit.flops import sample_flops
+from node_agent.credit.flops import TRANSFORMER_SEQ, sample_flops
 from node_agent.moe.experts import TRANSFORMER_SAMPLE_SEQ, get_expert_class
 
 
@@ -28,6 +31,17 @@ def test_model_matches_counted_matmuls(name):
         counted_forward, counted_backward = counted_forward + attention, counted_backward + 2 * attention
     model = sample_flops(name, hidden)
     assert (model.forward * batch, model.backward * batch) == (counted_forward, counted_backward)
+
+
+def test_sequence_length_matches_the_expert_registry():
+    assert TRANSFORMER_SEQ == TRANSFORMER_SAMPLE_SEQ
+
+
+def test_pricing_does_not_load_torch():
+    """The portal prices receipts on every heartbeat: importing the model must not import torch."""
+    code = "import sys, node_agent.credit.flops, node_agent.credit.receipts; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_unknown_class_is_refused():
