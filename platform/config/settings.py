@@ -215,6 +215,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "swarm.tasks.swarm_housekeeping",
         "schedule": env_int("SWARM_ROLLUP_S", 60),
     },
+    "credit-stats-export": {
+        "task": "credit.tasks.credit_stats_export",
+        "schedule": env_int("CREDIT_STATS_EXPORT_S", 86400),
+    },
 }
 
 # --- Swarm: the portal's signing key, the agent wheel, node lifecycle thresholds (seconds) --------------
@@ -225,7 +229,8 @@ AGENT_WHEEL_DIR = Path(env_str("AGENT_WHEEL_DIR", str(VAR_DIR / "agent")))
 #: Model exports uploaded by project owners' agents (`node-agent export --upload`).
 EXPORTS_DIR = Path(env_str("EXPORTS_DIR", str(VAR_DIR / "exports")))
 
-# Credit for verified work receipts (credit.services).
+# Credit for verified work receipts (credit.services); the daily stats export lands in CREDIT_STATS_DIR.
+CREDIT_STATS_DIR = Path(env_str("CREDIT_STATS_DIR", str(VAR_DIR / "stats")))
 CREDIT = {
     # A receipt's minute may lie this far ahead of the portal clock, and end at most MAX_AGE_S before it
     # (servers keep receipts while the portal is unreachable).

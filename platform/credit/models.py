@@ -82,3 +82,10 @@ class CreditRefusal(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["project", "server", "reason"], name="credit_refusal_once")
         ]
+
+
+class CreditProfile(models.Model):
+    """What a volunteer chose to show on leaderboards and in stats exports (anonymous unless they opt in)."""
+
+    user = models.OneToOneField("accounts.User", on_delete=models.CASCADE, related_name="credit_profile")
+    public_name = models.BooleanField(default=False, help_text="Show my display name; otherwise anonymous.")

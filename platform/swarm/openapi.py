@@ -244,6 +244,38 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
                 RenewRequest,
                 {"201": _json("new credential", RenewReply)},
             ),
+            "/api/v1/credit/leaderboard": {
+                "get": {
+                    "summary": "Users by credit (GFLOPs the portal priced from verified work receipts), with "
+                    "their recent average credit (one-week half-life); one project's with ?project=<slug>",
+                    "parameters": [
+                        {"name": "project", "in": "query", "required": False, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {"description": "ranked users; names only for those who opted in"},
+                        "404": {"description": "no such project"},
+                    },
+                }
+            },
+            "/api/v1/credit/stats/{name}": {
+                "get": {
+                    "summary": "The daily stats export: user.json, host.json, and BOINC-style gzipped XML "
+                    "user.gz (<users><user><id/><name/><total_credit/><expavg_credit/><expavg_time/>) and "
+                    "host.gz (<hosts><host><id/><userid/><project/><total_credit/>...)",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"enum": ["user.json", "host.json", "user.gz", "host.gz"]},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "the file of the last export"},
+                        "404": {"description": "unknown file, or no export has run yet"},
+                    },
+                }
+            },
             "/api/v1/agent/heartbeat": _signed_post(
                 "Report a heartbeat",
                 signed_note + " Stored only if every check passes.",

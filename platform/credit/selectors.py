@@ -1,0 +1,76 @@
+"""Read credit: leaderboards of users (per project or overall) and host rows, with RAC at `now`.
+
+Credit is shown in GFLOPs (10**9 floating-point operations the portal priced). A user appears under their
+display name only if their `CreditProfile` says so; otherwise as "anonymous" (the id stays, so stats sites
+can follow a volunteer without learning who they are).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from credit import rac
+from credit.models import CreditProfile, NodeCredit
+from projects.models import Project
+
+GFLOP = 1e9
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class UserCredit:
+    user_id: int
+    name: str
+    total_credit: float
+    recent_average_credit: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostCredit:
+    node_id: str
+    user_id: int
+    project: str
+    total_credit: float
+    recent_average_credit: float
+
+
+def _rows(project: Project | None):  # -> QuerySet[NodeCredit]
+    rows = NodeCredit.objects.select_related("node__project", "node__user")
+    return rows.filter(node__project=project) if project is not None else rows
+
+
+def user_leaderboard(*, project: Project | None, now: datetime, limit: int = 100) -> list[UserCredit]:
+    """Users by total credit (ties: RAC), summed over their nodes (in `project`, or everywhere)."""
+    totals: dict[int, list[float]] = {}
+    names: dict[int, str] = {}
+    for row in _rows(project):
+        entry = totals.setdefault(row.node.user_id, [0.0, 0.0])
+        entry[0] += row.total / GFLOP
+        entry[1] += rac.rac(row.recent, (now - row.recent_at).total_seconds()) / GFLOP
+        names[row.node.user_id] = row.node.user.display_name
+    public = set(
+        CreditProfile.objects.filter(user_id__in=totals, public_name=True).values_list("user_id", flat=True)
+    )
+    board = [
+        UserCredit(user_id, names[user_id] if user_id in public else ANONYMOUS, round(t, 3), round(r, 3))
+        for user_id, (t, r) in totals.items()
+    ]
+    board.sort(key=lambda u: (-u.total_credit, -u.recent_average_credit, u.user_id))
+    return board[:limit]
+
+
+def host_credit(*, now: datetime) -> list[HostCredit]:
+    """Every node with credit (BOINC's hosts), in node order."""
+    return [
+        HostCredit(
+            node_id=row.node.node_id,
+            user_id=row.node.user_id,
+            project=row.node.project.slug,
+            total_credit=round(row.total / GFLOP, 3),
+            recent_average_credit=round(
+                rac.rac(row.recent, (now - row.recent_at).total_seconds()) / GFLOP, 3
+            ),
+        )
+        for row in _rows(None).order_by("node_id")
+    ]
