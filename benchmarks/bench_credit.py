@@ -200,9 +200,7 @@ def _torch_flops_per_sample(expert_class: str) -> tuple[float, float]:
     return forward.get_total_flops() / 16, backward.get_total_flops() / 16
 
 
-async def _swarm_run(
-    steps: int, batch: int, credential: str, trainer_identity: Any
-) -> dict[str, Any]:
+async def _swarm_run(steps: int, batch: int, credential: str, trainer_identity: Any) -> dict[str, Any]:
     import torch
 
     from node_agent.dht import DHTNode
