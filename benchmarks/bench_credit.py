@@ -3,9 +3,10 @@
 Three measurements, one JSON object:
 
 * `verify`: receipts verified and credited per second by `credit.services.receipts_record` on PostgreSQL
-  (a throwaway database on the server of `--database-url`), in heartbeat-sized batches (64), each in its
-  own transaction with the server row locked, as the heartbeat endpoint does; signatures, credentials,
-  replay, limits and the inserts included.
+  (wall clock, and per CPU second of the portal process, with the machine's load average beside them: on a
+  shared machine the wall rate varies), in a throwaway database on the server of `--database-url`, in
+  heartbeat-sized batches (64), each in its own transaction with the server row locked, as the heartbeat
+  endpoint does; signatures, credentials, replay, limits and the inserts included.
 * `swarm`: a local swarm on 127.0.0.1 (a DHT bootstrap node, an expert server of `ffn` experts over real
   WebRTC, a credentialed trainer doing `--steps` forward/backward steps through 4 experts). The server's
   modules count the samples they really ran (forward and backward, recomputations included); torch's
@@ -139,11 +140,11 @@ def bench_verify(world: dict[str, Any], count: int, trainers: int) -> dict[str, 
             answers=8, first_nonce=os.urandom(16), last_nonce=os.urandom(16), chain=os.urandom(32),
         )  # fmt: skip
         texts.append(receipt_to_text(encode_receipt(sign_receipt(identity, draft))))
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     accepted = 0
     for start in range(0, count, 64):
         accepted += _record(server, texts[start : start + 64]).accepted
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     replay_started = time.perf_counter()
     replayed = sum(_record(server, texts[start : start + 64]).accepted for start in range(0, count, 64))
     replay_elapsed = time.perf_counter() - replay_started
@@ -152,6 +153,9 @@ def bench_verify(world: dict[str, Any], count: int, trainers: int) -> dict[str, 
         "trainers": trainers,
         "accepted": accepted,
         "receipts_per_s": round(count / elapsed, 1),
+        # the portal process's own CPU (PostgreSQL's is not in it): what a less loaded machine approaches
+        "receipts_per_portal_cpu_s": round(count / cpu, 1),
+        "load_average_1min": os.getloadavg()[0],
         "replays_accepted": replayed,
         "replays_refused_per_s": round(count / replay_elapsed, 1),
     }
