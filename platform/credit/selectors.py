@@ -74,3 +74,43 @@ def host_credit(*, now: datetime) -> list[HostCredit]:
         )
         for row in _rows(None).order_by("node_id")
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCreditRow:
+    node_id: str
+    project_slug: str
+    project_title: str
+    total_credit: float
+    recent_average_credit: float
+    daily: list[float]
+
+
+def user_nodes_credit(*, user_id: int, now: datetime, days: int = 30) -> list[NodeCreditRow]:
+    """A user's nodes with credit: totals, RAC and credit per day over the last `days` (oldest first)."""
+    from credit.models import WorkReceipt
+
+    rows = list(_rows(None).filter(node__user_id=user_id).order_by("node__project_id", "node_id"))
+    first_minute = int(now.timestamp() // 60) - days * 1440
+    daily: dict[int, list[float]] = {row.node_id: [0.0] * days for row in rows}
+    receipts = WorkReceipt.objects.filter(server_id__in=daily, minute__gte=first_minute)
+    for server_id, minute, flops in receipts.values_list("server_id", "minute", "flops"):
+        day = min(days - 1, (minute - first_minute) // 1440)
+        daily[server_id][day] += flops / GFLOP
+    return [
+        NodeCreditRow(
+            node_id=row.node.node_id,
+            project_slug=row.node.project.slug,
+            project_title=row.node.project.title,
+            total_credit=round(row.total / GFLOP, 3),
+            recent_average_credit=round(
+                rac.rac(row.recent, (now - row.recent_at).total_seconds()) / GFLOP, 3
+            ),
+            daily=daily[row.node_id],
+        )
+        for row in rows
+    ]
+
+
+def shows_name(user_id: int) -> bool:
+    return CreditProfile.objects.filter(user_id=user_id, public_name=True).exists()

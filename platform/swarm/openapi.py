@@ -246,8 +246,9 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
             ),
             "/api/v1/credit/leaderboard": {
                 "get": {
-                    "summary": "Users by credit (GFLOPs the portal priced from verified work receipts), with "
-                    "their recent average credit (one-week half-life); one project's with ?project=<slug>",
+                    "summary": "Credit leaderboard",
+                    "description": "Users by credit (GFLOPs the portal priced from verified work receipts), "
+                    "with their recent average credit (one-week half-life); one project's: ?project=<slug>.",
                     "parameters": [
                         {"name": "project", "in": "query", "required": False, "schema": {"type": "string"}}
                     ],
@@ -259,7 +260,8 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
             },
             "/api/v1/credit/stats/{name}": {
                 "get": {
-                    "summary": "The daily stats export: user.json, host.json, and BOINC-style gzipped XML "
+                    "summary": "Daily stats export",
+                    "description": "The daily export: user.json, host.json, and BOINC-style gzipped XML "
                     "user.gz (<users><user><id/><name/><total_credit/><expavg_credit/><expavg_time/>) and "
                     "host.gz (<hosts><host><id/><userid/><project/><total_credit/>...)",
                     "parameters": [
