@@ -8,7 +8,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from credit.exports import FILES
-from credit.selectors import user_leaderboard
+from credit.selectors import team_leaderboard, user_leaderboard
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
 
@@ -22,7 +22,9 @@ def leaderboard(request: HttpRequest) -> JsonResponse:
         project = Project.objects.filter(slug=slug[:100]).exclude(status=ProjectStatus.DRAFT).first()
         if project is None:
             return JsonResponse({"error": "not_found", "detail": "no such project"}, status=404)
-    users = user_leaderboard(project=project, now=timezone.now())
+    now = timezone.now()
+    users = user_leaderboard(project=project, now=now)
+    teams = team_leaderboard(project=project, now=now)
     return JsonResponse(
         {
             "project": slug or None,
@@ -36,6 +38,17 @@ def leaderboard(request: HttpRequest) -> JsonResponse:
                     "recent_average_credit": u.recent_average_credit,
                 }
                 for rank, u in enumerate(users, start=1)
+            ],
+            "teams": [
+                {
+                    "rank": rank,
+                    "id": t.team_id,
+                    "name": t.name,
+                    "members": t.members,
+                    "total_credit": t.total_credit,
+                    "recent_average_credit": t.recent_average_credit,
+                }
+                for rank, t in enumerate(teams, start=1)
             ],
         }
     )

@@ -84,8 +84,24 @@ class CreditRefusal(models.Model):
         ]
 
 
+class Team(models.Model):
+    """A team volunteers create and join; its credit is its members' (while they are members)."""
+
+    name = models.CharField(max_length=80, unique=True)
+    founder = models.ForeignKey("accounts.User", on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class CreditProfile(models.Model):
-    """What a volunteer chose to show on leaderboards and in stats exports (anonymous unless they opt in)."""
+    """What a volunteer chose to show on leaderboards and in stats exports (anonymous unless they opt in),
+    and the team they joined, if any."""
 
     user = models.OneToOneField("accounts.User", on_delete=models.CASCADE, related_name="credit_profile")
     public_name = models.BooleanField(default=False, help_text="Show my display name; otherwise anonymous.")
+    team = models.ForeignKey(Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="members")

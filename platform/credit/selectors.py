@@ -60,6 +60,31 @@ def user_leaderboard(*, project: Project | None, now: datetime, limit: int = 100
     return board[:limit]
 
 
+@dataclass(frozen=True, slots=True)
+class TeamCredit:
+    team_id: int
+    name: str
+    members: int
+    total_credit: float
+    recent_average_credit: float
+
+
+def team_leaderboard(*, project: Project | None, now: datetime, limit: int = 100) -> list[TeamCredit]:
+    """Teams by their current members' credit (summing the user leaderboard, so the two always agree)."""
+    users = {u.user_id: u for u in user_leaderboard(project=project, now=now, limit=10**9)}
+    from credit.models import Team
+
+    board = []
+    for team in Team.objects.all():
+        member_ids = list(CreditProfile.objects.filter(team=team).values_list("user_id", flat=True))
+        rows = [users[i] for i in member_ids if i in users]
+        total = round(sum(u.total_credit for u in rows), 3)
+        recent = round(sum(u.recent_average_credit for u in rows), 3)
+        board.append(TeamCredit(team.pk, team.name, len(member_ids), total, recent))
+    board.sort(key=lambda t: (-t.total_credit, -t.recent_average_credit, t.team_id))
+    return board[:limit]
+
+
 def host_credit(*, now: datetime) -> list[HostCredit]:
     """Every node with credit (BOINC's hosts), in node order."""
     return [

@@ -12,5 +12,6 @@ urlpatterns = [
     path("credit/", views.leaderboard, name="leaderboard"),
     path("credit/mine/", views.my_credit, name="mine"),
     path("credit/privacy/", views.privacy, name="privacy"),
+    path("credit/team/", views.team, name="team"),
     path("credit/users/<int:user_id>/", views.profile, name="profile"),
 ]

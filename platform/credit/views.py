@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 from accounts.http import AuthenticatedHttpRequest
 from accounts.models import User
 from credit import selectors
-from credit.models import CreditProfile
+from credit.models import CreditProfile, Team
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from swarm.charts import polyline
@@ -25,9 +25,12 @@ def leaderboard(request: HttpRequest) -> HttpResponse:
         if project is None:
             raise Http404("no such project")
     users = selectors.user_leaderboard(project=project, now=timezone.now())
+    teams = selectors.team_leaderboard(project=project, now=timezone.now())
     projects = Project.objects.exclude(status=ProjectStatus.DRAFT).order_by("title")
     return render(
-        request, "credit/leaderboard.html", {"users": users, "project": project, "projects": projects}
+        request,
+        "credit/leaderboard.html",
+        {"users": users, "teams": teams, "project": project, "projects": projects},
     )
 
 
@@ -35,11 +38,36 @@ def leaderboard(request: HttpRequest) -> HttpResponse:
 def my_credit(request: AuthenticatedHttpRequest) -> HttpResponse:
     rows = selectors.user_nodes_credit(user_id=request.user.pk, now=timezone.now())
     charts = [(row, polyline(row.daily, width=240, height=40)) for row in rows]
-    return render(
-        request,
-        "credit/mine.html",
-        {"charts": charts, "public_name": selectors.shows_name(request.user.pk)},
-    )
+    profile = CreditProfile.objects.filter(user=request.user).select_related("team").first()
+    context = {
+        "charts": charts,
+        "public_name": bool(profile and profile.public_name),
+        "team": profile.team if profile else None,
+        "teams": Team.objects.all()[:500],
+    }
+    return render(request, "credit/mine.html", context)
+
+
+@login_required
+@require_POST
+def team(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Create a team (and join it), join an existing one, or leave: `action` = create | join | leave."""
+    action = request.POST.get("action", "")
+    chosen: Team | None = None
+    if action == "create":
+        name = request.POST.get("name", "").strip()[:80]
+        if name:
+            chosen, _ = Team.objects.get_or_create(name=name, defaults={"founder": request.user})
+    elif action == "join":
+        chosen = Team.objects.filter(pk=_int(request.POST.get("team"))).first()
+    if action in ("create", "join") and chosen is None:
+        return redirect("credit:mine")
+    CreditProfile.objects.update_or_create(user=request.user, defaults={"team": chosen})
+    return redirect("credit:mine")
+
+
+def _int(value: str | None) -> int:
+    return int(value) if value and value.isdigit() and len(value) < 12 else 0
 
 
 @login_required

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from credit.exports import FILES as CREDIT_FILES
 from node_agent import __version__
 from node_agent.portal.project_config import ProjectConfig
 from node_agent.portal.schemas import (
@@ -247,8 +248,9 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
             "/api/v1/credit/leaderboard": {
                 "get": {
                     "summary": "Credit leaderboard",
-                    "description": "Users by credit (GFLOPs the portal priced from verified work receipts), "
-                    "with their recent average credit (one-week half-life); one project's: ?project=<slug>.",
+                    "description": "Users and teams by credit (GFLOPs priced by the portal from verified "
+                    "receipts), with their recent average credit (one-week half-life); one project's: "
+                    "?project=<slug>.",
                     "parameters": [
                         {"name": "project", "in": "query", "required": False, "schema": {"type": "string"}}
                     ],
@@ -261,15 +263,16 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
             "/api/v1/credit/stats/{name}": {
                 "get": {
                     "summary": "Daily stats export",
-                    "description": "The daily export: user.json, host.json, and BOINC-style gzipped XML "
+                    "description": "Daily export: user.json, team.json, host.json, and BOINC-style XML "
                     "user.gz (<users><user><id/><name/><total_credit/><expavg_credit/><expavg_time/>) and "
+                    "team.gz (<teams><team><id/><name/><nusers/>...) and "
                     "host.gz (<hosts><host><id/><userid/><project/><total_credit/>...)",
                     "parameters": [
                         {
                             "name": "name",
                             "in": "path",
                             "required": True,
-                            "schema": {"enum": ["user.json", "host.json", "user.gz", "host.gz"]},
+                            "schema": {"enum": list(CREDIT_FILES)},
                         }
                     ],
                     "responses": {

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from credit.exports import stats_export
-from credit.models import CreditProfile, NodeCredit
+from credit.models import CreditProfile, NodeCredit, Team
 from projects.models import Project
 from swarm.models import Node
 from tests.platform.conftest import make_user
@@ -36,7 +36,10 @@ def _node(project: Project, user: User, index: int, flops: float, recent_age: ti
 def credited(project: Project, make_project: Any, volunteer: User) -> dict[str, Any]:
     other_project = make_project(title="Other", slug="other")
     public = make_user("ada@example.com")
-    CreditProfile.objects.create(user=public, public_name=True)
+    team = Team.objects.create(name="Lovelace & co", founder=public)
+    CreditProfile.objects.create(user=public, public_name=True, team=team)
+    CreditProfile.objects.create(user=volunteer, team=team)
+    Team.objects.create(name="Empty")
     _node(project, volunteer, 1, 3e9, timedelta(0))
     _node(other_project, volunteer, 2, 4e9, timedelta(days=7))
     _node(project, public, 3, 5e9, timedelta(0))
@@ -58,7 +61,7 @@ def test_stats_export_agrees_with_the_leaderboard(credited: dict[str, Any], tmp_
                                                   settings: Any) -> None:  # fmt: skip
     settings.CREDIT_STATS_DIR = tmp_path
     assert Client().get("/api/v1/credit/stats/user.json").status_code == 404  # nothing exported yet
-    assert stats_export(directory=tmp_path, now=timezone.now()) == {"users": 2, "hosts": 3}
+    assert stats_export(directory=tmp_path, now=timezone.now()) == {"users": 2, "teams": 2, "hosts": 3}
     board = {u["id"]: u for u in Client().get("/api/v1/credit/leaderboard").json()["users"]}
     exported = json.loads(b"".join(Client().get("/api/v1/credit/stats/user.json").streaming_content))
     assert {u["id"]: (u["name"], u["total_credit"]) for u in exported["users"]} == {
@@ -69,6 +72,12 @@ def test_stats_export_agrees_with_the_leaderboard(credited: dict[str, Any], tmp_
     assert {int(u.findtext("id")): float(u.findtext("total_credit")) for u in users} == {
         i: u["total_credit"] for i, u in board.items()
     }
+    teams = ET.fromstring(gzip.decompress((tmp_path / "team.gz").read_bytes()))
+    by_name = {t.findtext("name"): float(t.findtext("total_credit")) for t in teams}
+    assert by_name == {"Lovelace & co": sum(u["total_credit"] for u in board.values()), "Empty": 0.0}
+    api_teams = Client().get("/api/v1/credit/leaderboard").json()["teams"]
+    assert {t["name"]: t["total_credit"] for t in api_teams} == by_name
+    assert json.loads((tmp_path / "team.json").read_bytes())["teams"][0]["nusers"] == 2
     hosts = ET.fromstring(gzip.decompress((tmp_path / "host.gz").read_bytes()))
     assert sum(float(h.findtext("total_credit")) for h in hosts) == pytest.approx(12.0)
     assert Client().get("/api/v1/credit/stats/passwd").status_code == 404

@@ -10,7 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import User
-from credit.models import CreditProfile, NodeCredit, WorkReceipt
+from credit.models import CreditProfile, NodeCredit, Team, WorkReceipt
 from projects.models import Project
 from swarm.models import Node
 
@@ -62,3 +62,17 @@ def test_daily_series_puts_credit_on_its_day(credited_node: Node, volunteer: Use
     (row,) = user_nodes_credit(user_id=volunteer.pk, now=timezone.now() + timedelta(days=1), days=3)
     assert row.daily == [0.0, 7.0, 0.0]
     assert row.total_credit == 7.0
+
+
+def test_volunteers_create_join_and_leave_teams(credited_node: Node, volunteer: User, logged_in: Any) -> None:
+    client = logged_in(volunteer)
+    client.post("/credit/team/", {"action": "create", "name": "Night owls"})
+    team = Team.objects.get(name="Night owls")
+    assert CreditProfile.objects.get(user=volunteer).team == team and team.founder == volunteer
+    assert "Night owls" in Client().get("/credit/").content.decode()
+    client.post("/credit/team/", {"action": "leave"})
+    assert CreditProfile.objects.get(user=volunteer).team is None
+    client.post("/credit/team/", {"action": "join", "team": str(team.pk)})
+    assert CreditProfile.objects.get(user=volunteer).team == team
+    client.post("/credit/team/", {"action": "join", "team": "99999999999999"})  # unknown: nothing changes
+    assert CreditProfile.objects.get(user=volunteer).team == team
