@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -304,19 +305,26 @@ class ReceiptBook:
 class ReceiptStore:
     """Receipts trainers returned to this server, kept until a heartbeat carried them to the portal.
 
-    Bounded (`capacity`; the oldest go first when full). A receipt is kept only if it names this server,
-    was signed by the calling trainer's key and is not a duplicate of one already kept.
+    A receipt is kept only if it names this server, was signed by the calling trainer's key, is for a recent
+    minute (`max_age_minutes`, a little ahead allowed) and is not a duplicate. Bounded in all (`capacity`,
+    oldest first out) and per trainer (`per_trainer`: a trainer sends one per minute, so a trainer making up
+    receipts for many minutes cannot push honest trainers' receipts out).
     """
 
-    def __init__(self, own_node_id: bytes, capacity: int = 2048) -> None:
+    def __init__(
+        self, own_node_id: bytes, capacity: int = 2048, per_trainer: int = 64, max_age_minutes: int = 180
+    ) -> None:
         self.own_node_id = own_node_id
         self.capacity = capacity
+        self.per_trainer = per_trainer
+        self.max_age_minutes = max_age_minutes
         self._kept: dict[bytes, tuple[bytes, int]] = {}  # encoded -> (trainer, minute)
         self._keys: set[tuple[bytes, int]] = set()
+        self._per_trainer: Counter[bytes] = Counter()
         self.refused = 0
         self.evicted = 0
 
-    def add(self, data: object, caller: bytes | None) -> Receipt:
+    def add(self, data: object, caller: bytes | None, now: float) -> Receipt:
         """Keep one receipt or raise ReceiptError (the caller gets the reason as `bad_request`)."""
         try:
             receipt = decode_receipt(data)
@@ -324,21 +332,26 @@ class ReceiptStore:
                 raise ReceiptError("wrong_server", "the receipt names another server")
             if caller is None or receipt.trainer != caller:
                 raise ReceiptError("wrong_trainer", "the receipt is not the caller's")
-            if not receipt.signature_valid():
-                raise ReceiptError("bad_signature", "not signed by the trainer's key")
+            current = int(now // 60)
+            if not current - self.max_age_minutes <= receipt.minute <= current + 2:
+                raise ReceiptError("clock", "the receipt's minute is not recent")
             key = (receipt.trainer, receipt.minute)
             if key in self._keys:
                 raise ReceiptError("duplicate", "a receipt of this trainer and minute is already kept")
+            if self._per_trainer[receipt.trainer] >= self.per_trainer:
+                raise ReceiptError("too_many", "this trainer's receipts already fill its share")
+            if not receipt.signature_valid():
+                raise ReceiptError("bad_signature", "not signed by the trainer's key")
         except ReceiptError:
             self.refused += 1
             raise
         assert isinstance(data, bytes)
         while len(self._kept) >= self.capacity:
-            oldest = next(iter(self._kept))
-            self._keys.discard(self._kept.pop(oldest))
+            self._forget(next(iter(self._kept)))
             self.evicted += 1
         self._kept[data] = key
         self._keys.add(key)
+        self._per_trainer[receipt.trainer] += 1
         return receipt
 
     def peek(self, limit: int) -> list[bytes]:
@@ -348,9 +361,15 @@ class ReceiptStore:
     def acknowledge(self, sent: Iterable[bytes]) -> None:
         """Forget receipts the portal received (it deduplicates, so a lost acknowledgement is harmless)."""
         for data in sent:
-            key = self._kept.pop(data, None)
-            if key is not None:
-                self._keys.discard(key)
+            if data in self._kept:
+                self._forget(data)
+
+    def _forget(self, data: bytes) -> None:
+        key = self._kept.pop(data)
+        self._keys.discard(key)
+        self._per_trainer[key[0]] -= 1
+        if self._per_trainer[key[0]] <= 0:
+            del self._per_trainer[key[0]]
 
     def __len__(self) -> int:
         return len(self._kept)

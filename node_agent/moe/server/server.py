@@ -300,7 +300,7 @@ class ExpertServer:
     def _keep_receipt(self, body: Any) -> dict[str, Any]:
         data = body.get("receipt") if isinstance(body, dict) else None
         try:
-            self.receipts.add(data, current_caller())
+            self.receipts.add(data, current_caller(), time.time())
         except ReceiptError as exc:
             logger.info("refused a receipt from %s: %s", _short(current_caller()), exc)
             raise RPCHandlerError("bad_request", str(exc)) from None

@@ -95,26 +95,42 @@ def test_forged_or_altered_receipts_fail_the_signature():
 def test_store_keeps_only_valid_receipts_of_the_caller_for_this_server():
     store = ReceiptStore(SERVER.node_id, capacity=2)
     receipt = _book_receipt()
+    now = 700.0
     data = encode_receipt(receipt)
     refusals = {
         "wrong_trainer": (data, Identity.generate().node_id),
         "wrong_server": (encode_receipt(dataclasses.replace(receipt, server=b"x" * 20)), TRAINER.node_id),
         "bad_signature": (encode_receipt(dataclasses.replace(receipt, backward=99)), TRAINER.node_id),
         "malformed": (b"\xc1", TRAINER.node_id),
+        "clock": (encode_receipt(_book_receipt(now + 600.0)), TRAINER.node_id),
     }
     for reason, (body, caller) in refusals.items():
         with pytest.raises(ReceiptError) as info:
-            store.add(body, caller)
+            store.add(body, caller, now)
         assert info.value.reason == reason
-    store.add(data, TRAINER.node_id)
+    store.add(data, TRAINER.node_id, now)
     with pytest.raises(ReceiptError, match="duplicate"):
-        store.add(data, TRAINER.node_id)
-    assert store.peek(10) == [data] and store.refused == 5
+        store.add(data, TRAINER.node_id, now)
+    assert store.peek(10) == [data] and store.refused == 6
     store.acknowledge([data])
     assert len(store) == 0
     for minute in (1, 2, 3):  # bounded: the oldest goes first
-        store.add(encode_receipt(_book_receipt(minute * 60.0)), TRAINER.node_id)
+        store.add(encode_receipt(_book_receipt(minute * 60.0)), TRAINER.node_id, now)
     assert len(store) == 2 and store.evicted == 1
+
+
+def test_one_trainer_cannot_push_out_the_others():
+    store = ReceiptStore(SERVER.node_id, capacity=100, per_trainer=3)
+    for minute in range(1, 5):
+        body = encode_receipt(_book_receipt(minute * 60.0))
+        if minute <= 3:
+            store.add(body, TRAINER.node_id, 400.0)
+        else:
+            with pytest.raises(ReceiptError, match="too_many"):
+                store.add(body, TRAINER.node_id, 400.0)
+    store.acknowledge(store.peek(1))
+    store.add(encode_receipt(_book_receipt(4 * 60.0)), TRAINER.node_id, 400.0)  # room again
+    assert len(store) == 3
 
 
 def test_uids_are_capped_but_counts_are_not():
