@@ -58,6 +58,12 @@ def progress_record(*, node: Node, heartbeat_samples: int) -> None:
     )
 
 
+_CREDENTIAL_FIELDS = (
+    "cid", "issued_at", "expires_at", "revoked_at",
+    "node__id", "node__public_key", "node__project_id", "node__state", "node__user_id", "node__node_id",
+)  # fmt: skip
+
+
 def receipts_record(*, server: Node, texts: Sequence[str], now: datetime) -> ReceiptOutcome:
     """Verify and credit the receipts of one heartbeat (the caller holds the server row's lock)."""
     if not texts:
@@ -81,10 +87,10 @@ def receipts_record(*, server: Node, texts: Sequence[str], now: datetime) -> Rec
             continue
         receipts.append(receipt)
 
-    credentials = {
-        row.cid: row
-        for row in IssuedCredential.objects.filter(cid__in={r.cid for r in receipts}).select_related("node")
-    }
+    rows = IssuedCredential.objects.filter(cid__in={r.cid for r in receipts}).select_related("node")
+    # Only what the checks read: a node row's JSON columns (experts, peers, ...) cost more than the rest.
+    rows = rows.only(*_CREDENTIAL_FIELDS)
+    credentials = {row.cid: row for row in rows}
     seen = set(
         WorkReceipt.objects.filter(server=server, minute__in={r.minute for r in receipts}).values_list(
             "trainer_id", "minute"
