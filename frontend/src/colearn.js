@@ -1,5 +1,6 @@
 // Colearn portal scripts, bundled by esbuild into platform/static_build/colearn.js.
 import { startCopyButtons } from "./copy-command.js";
+import { startLiveLeaderboard } from "./live-leaderboard.js";
 import { startLiveMyNodes } from "./live-my-nodes.js";
 import { startLiveProjects } from "./live-projects.js";
 
@@ -8,6 +9,8 @@ function init() {
   if (listing) startLiveProjects(listing, document.querySelector("[data-live-indicator]"));
   const myNodes = document.querySelector("[data-live-my-nodes]");
   if (myNodes) startLiveMyNodes(myNodes, document.querySelector("[data-live-indicator]"));
+  const leaderboard = document.querySelector("[data-leaderboard]");
+  if (leaderboard) startLiveLeaderboard(leaderboard);
   startCopyButtons();
 }
 

@@ -12,6 +12,13 @@ gradients only (no inputs, no recomputation on the server). If the server no lon
 answers `unknown_forward` and the caller re-sends the inputs, so callers (the MoE layer, `RemoteExpert`)
 keep passing the inputs to `backward` exactly as before and never see the difference.
 
+Credit (`node_agent.credit.receipts`): with a portal credential, every forward and backward carries a
+fresh request nonce; the server signs its answer over it and the caller checks that signature (the key must
+hash to the node id it dialled) and files it in a `ReceiptBook`. Every `receipt_period` seconds the closed
+minutes' receipts are signed and handed back to their servers (`receipt` call); `stop()` hands back the
+rest. Answers without a valid signature are used (training does not suffer) but earn no receipt
+(`unsigned_answers`).
+
 Tensors travel `blockwise8`-compressed by default (8-bit per value with a scale per block; 4x fewer bytes):
 `benchmarks/bench_training.py` trains to the same accuracy with it; pass `compression="none"` for exact
 calls.
@@ -23,6 +30,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import secrets
 import threading
 import time
 from collections import Counter, deque
@@ -32,7 +40,16 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from node_agent.credit.receipts import (
+    NONCE_BYTES,
+    Receipt,
+    ReceiptBook,
+    answer_digest,
+    encode_receipt,
+    verify_answer,
+)
 from node_agent.dht.api import DHTNodeAPI
+from node_agent.identity import node_id_from_public_key
 from node_agent.loop_thread import LoopThread
 from node_agent.moe.announce import live_replicas, uid_key
 from node_agent.moe.api import (
@@ -137,6 +154,7 @@ class ExpertCaller:
         forward_ttl: float = 30.0,
         credential: str | None = None,
         require_initial_peer: bool = True,
+        receipt_period: float = 10.0,
     ) -> None:
         """`reuse_forward`: ask servers to keep forward graphs for the backward (see the module docstring);
         `forward_ttl`: how long we remember a forward id (match the servers' `forward_cache_ttl`);
@@ -145,7 +163,7 @@ class ExpertCaller:
         `require_initial_peer=False`: start even if no initial peer answers and keep retrying them (the
         DHT node's backoff); see `wait_joined`. `listen`: the client-mode DHT node's address; every interface
         by default, so a trainer reaches peers outside its own machine (a node bound to 127.0.0.1 reaches
-        nothing else)."""
+        nothing else). `receipt_period`: how often closed minutes' receipts go back to their servers."""
         self.credential = credential
         self.require_initial_peer = require_initial_peer
         self.initial_peers = list(initial_peers)
@@ -167,6 +185,14 @@ class ExpertCaller:
         # trainer-to-expert traffic the portal draws. Written on the loop thread, read from others.
         self._peer_requests: Counter[bytes] = Counter()
         self._peer_requests_lock = threading.Lock()
+        #: Signed answers filed for receipts (credentialed callers only); see the module docstring.
+        self.receipt_period = receipt_period
+        self.receipts: ReceiptBook | None = None
+        self._receipt_handles: dict[bytes, ExpertHandle] = {}
+        self._receipt_task: asyncio.Task[None] | None = None
+        self.unsigned_answers = 0
+        self.receipts_sent = 0
+        self.receipts_failed = 0
 
     @classmethod
     def start_caller(
@@ -201,6 +227,10 @@ class ExpertCaller:
             require_initial_peer=self.require_initial_peer,
         )
         self.pool = await ConnectionPool.create(self.dht, None, self.rtc_options, credential=self.credential)
+        cid = _credential_id(self.credential)
+        if cid is not None:
+            self.receipts = ReceiptBook(self.dht.identity, cid)
+            self._receipt_task = asyncio.create_task(self._return_receipts_loop())
 
     def wait_joined(self, timeout: float) -> bool:
         """Block up to `timeout` seconds until the DHT node has a live peer; True if it has."""
@@ -219,6 +249,14 @@ class ExpertCaller:
             self._thread.stop(self._teardown(), timeout)
 
     async def _teardown(self) -> None:
+        if self._receipt_task is not None:
+            self._receipt_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._receipt_task
+        if self.receipts is not None and self.pool is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):  # a stop never waits long for the last receipts
+                    await self._return_receipts(self.receipts.take_all())
         if self.pool is not None:
             await self.pool.close()
         if self.dht is not None:
@@ -274,8 +312,10 @@ class ExpertCaller:
                 "keep": keep,
                 "reply_compression": self.compression.value,
             }
+            nonce = self._nonce(body)
             reply = await self._call(handle, "forward", body, timeout)
             outputs = self._decode(handle, reply, "outputs", self._schemas[handle])
+            self._file_answer(handle, nonce, "forward", inputs[0].shape[0], reply, "outputs")
         batch = inputs[0].shape[0]
         if any(o.dim() == 0 or o.shape[0] != batch for o in outputs):
             raise ExpertProtocolError(f"{handle.uid}: outputs do not match the batch size {batch}")
@@ -296,9 +336,10 @@ class ExpertCaller:
         compression = self.compression.value
         async with _deadline(handle, timeout):
             fid = self._ledger.pop(handle, inputs, time.monotonic())
-            reply = None
+            reply, nonce = None, None
             if fid is not None:
                 body = {"uid": handle.uid, "fid": fid, "grads": grads, "reply_compression": compression}
+                nonce = self._nonce(body)
                 try:
                     reply = await self._call(handle, "backward", body, timeout)
                     self.kept_backwards += 1
@@ -316,9 +357,64 @@ class ExpertCaller:
                     "grads": grads,
                     "reply_compression": compression,
                 }
+                nonce = self._nonce(body)
                 reply = await self._call(handle, "backward", body, timeout)
         schemas = [TensorSchema(dtype=_dtype_name(t), shape=tuple(t.shape)) for t in inputs]
-        return self._decode(handle, reply, "grads", schemas)
+        decoded = self._decode(handle, reply, "grads", schemas)
+        self._file_answer(handle, nonce, "backward", grad_outputs[0].shape[0], reply, "grads")
+        return decoded
+
+    # ---- receipts ------------------------------------------------------------------------------------
+
+    def _nonce(self, body: dict[str, Any]) -> bytes | None:
+        if self.receipts is None:
+            return None
+        nonce = body["rn"] = secrets.token_bytes(NONCE_BYTES)
+        return nonce
+
+    def _file_answer(
+        self, handle: ExpertHandle, nonce: bytes | None, kind: str, samples: int, reply: Any, field: str
+    ) -> None:
+        """Check the server's signature on a (decoded, valid) answer and file it for the minute's receipt."""
+        if self.receipts is None or nonce is None:
+            return
+        public_key, signature = reply.get("pk"), reply.get("sig")
+        if (
+            not isinstance(public_key, bytes)
+            or not isinstance(signature, bytes)
+            or node_id_from_public_key(public_key) != handle.node_id
+            or not verify_answer(
+                public_key, nonce, handle.uid, kind, samples, answer_digest(reply[field]), signature
+            )
+        ):
+            self.unsigned_answers += 1
+            logger.debug("%s: %s answer without a valid signature; no receipt", handle.uid, kind)
+            return
+        self._receipt_handles[handle.node_id] = handle
+        self.receipts.record(handle.node_id, handle.uid, kind, samples, nonce, signature, time.time())
+
+    async def _return_receipts_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.receipt_period)
+            if self.receipts is not None:
+                self.receipts.cid = _credential_id(self.credential) or self.receipts.cid  # after renewals
+                try:
+                    await self._return_receipts(self.receipts.take_closed(time.time()))
+                except Exception:
+                    logger.exception("returning receipts failed")
+
+    async def _return_receipts(self, receipts: list[Receipt]) -> None:
+        """Hand each receipt to its server (best effort: a server that is gone loses that minute)."""
+        for receipt in receipts:
+            handle = self._receipt_handles.get(receipt.server)
+            if handle is None:
+                continue
+            try:
+                await self._call(handle, "receipt", {"receipt": encode_receipt(receipt)}, 5.0)
+                self.receipts_sent += 1
+            except ExpertError as exc:
+                self.receipts_failed += 1
+                logger.info("could not return a receipt to %s: %s", receipt.server.hex()[:8], exc)
 
     def _encode(self, tensors: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
         return encode_tensors([t.detach() for t in tensors], self.compression)
@@ -364,6 +460,19 @@ class ExpertCaller:
             raise error(f"{handle.uid} {method}: {exc}") from exc
         except RPCError as exc:
             raise ExpertProtocolError(f"{handle.uid} {method}: {exc}") from exc
+
+
+def _credential_id(token: str | None) -> str | None:
+    """The credential id a receipt names (our own token: its signature is the portal's concern)."""
+    if not token:
+        return None
+    from node_agent.portal.errors import CredentialError
+    from node_agent.portal.tokens import peek_credential
+
+    try:
+        return peek_credential(token).cid
+    except CredentialError:
+        return None
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:

@@ -71,6 +71,7 @@ class TelemetryReporter:
         on_status: Callable[[bool, str], None] | None = None,
         on_refused: Callable[[PortalRefused], None] | None = None,
         supervisor: TaskSupervisor | None = None,
+        on_heartbeat_sent: Callable[[HeartbeatBody], None] | None = None,
     ) -> None:
         self.client = client
         self.identity = identity
@@ -84,6 +85,8 @@ class TelemetryReporter:
         self.rng = rng
         self.on_status = on_status
         self.on_refused = on_refused
+        #: Told each heartbeat the portal accepted (the server then forgets the receipts it carried).
+        self.on_heartbeat_sent = on_heartbeat_sent
         self.failures = 0
         self.heartbeats_sent = 0
         self.metrics_sent = 0
@@ -195,6 +198,11 @@ class TelemetryReporter:
         if reply is None:
             return
         self.heartbeats_sent += 1
+        if self.on_heartbeat_sent is not None:
+            try:
+                self.on_heartbeat_sent(body)
+            except Exception:
+                logger.exception("on_heartbeat_sent callback failed")
         period = reply.data.get("next_heartbeat_s")
         if isinstance(period, int | float) and not isinstance(period, bool) and math.isfinite(period):
             self.heartbeat_period = min(MAX_HEARTBEAT_PERIOD, max(MIN_HEARTBEAT_PERIOD, float(period)))

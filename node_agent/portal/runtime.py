@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from node_agent import __version__
+from node_agent.credit.receipts import receipt_from_text, receipt_to_text
 from node_agent.dht.api import DHTNodeAPI
 from node_agent.identity import Identity
 from node_agent.portal.census import cells_to_move, choose_cells, count_live_replicas, live_replica_owners
@@ -35,8 +36,15 @@ from node_agent.portal.joining import agent_platform
 from node_agent.portal.project_config import ProjectConfig, parse_project_config
 from node_agent.portal.project_dht import ProjectScope, project_validators
 from node_agent.portal.renewal import CredentialRenewer
-from node_agent.portal.reporter import TelemetryReporter
-from node_agent.portal.schemas import MAX_REPLICA_STATES, HeartbeatBody, PeerActivity, ReplicaState
+from node_agent.portal.reporter import SIGNED_FIELDS_BYTES, TelemetryReporter
+from node_agent.portal.schemas import (
+    MAX_RECEIPTS_PER_HEARTBEAT,
+    MAX_REPLICA_STATES,
+    HeartbeatBody,
+    PeerActivity,
+    ReplicaState,
+)
+from node_agent.portal.signed_body import MAX_BODY_BYTES
 from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
 from node_agent.rtc.config import IceServer
 from node_agent.supervisor import TaskSupervisor
@@ -186,6 +194,7 @@ class AgentRuntime:
             on_status=lambda ok, message: self.say(message),
             on_refused=self._on_refused,
             supervisor=self.supervisor,
+            on_heartbeat_sent=self._heartbeat_sent,
         )
         self.supervisor.start(RENEWAL_LOOP, self.renewer.run)
         self.supervisor.start(PEERS_LOOP, self._refresh_bootstrap_peers)
@@ -303,7 +312,7 @@ class AgentRuntime:
         rate = max(0.0, (samples - last_samples) / max(now - last_time, 1e-6))
         self._last_rate = (samples, now)
         links = server.pool.links if server.pool is not None else []
-        return HeartbeatBody(
+        body = HeartbeatBody(
             credential=credential,
             node_id=self.identity.node_id.hex(),
             endpoint=dht.endpoint,
@@ -324,6 +333,14 @@ class AgentRuntime:
             averaging_rounds_completed=server.replicas.stats.rounds_completed,
             averaging_rounds_failed=server.replicas.stats.rounds_failed,
         )
+        return with_receipts(
+            body, [receipt_to_text(d) for d in server.receipts.peek(MAX_RECEIPTS_PER_HEARTBEAT)]
+        )
+
+    def _heartbeat_sent(self, body: HeartbeatBody) -> None:
+        """The portal has the receipts this heartbeat carried: forget them."""
+        if self.server is not None and body.receipts:
+            self.server.receipts.acknowledge(receipt_from_text(text) for text in body.receipts)
 
     def _on_refused(self, error: PortalRefused) -> None:
         if error.fatal:
@@ -416,3 +433,15 @@ def replica_states(server: Any, now: float) -> list[ReplicaState]:
         )
         for uid, backend in sorted(server.backends.items())
     ][:MAX_REPLICA_STATES]
+
+
+def with_receipts(body: HeartbeatBody, receipts: list[str]) -> HeartbeatBody:
+    """`body` carrying the oldest receipts that fit in a signed body; the rest wait for the next heartbeat."""
+    room = MAX_BODY_BYTES - SIGNED_FIELDS_BYTES - len(msgspec.json.encode(body))
+    fitting = []
+    for text in receipts:
+        room -= len(text) + 3  # quotes and comma
+        if room < 0:
+            break
+        fitting.append(text)
+    return msgspec.structs.replace(body, receipts=fitting) if fitting else body

@@ -92,6 +92,14 @@ class PeerActivity(_Wire, frozen=True):
 
 #: Expert states one heartbeat reports (the body must stay under the portal's 16 KiB).
 MAX_REPLICA_STATES = 128
+#: Work receipts one heartbeat carries (`node_agent.credit.receipts`; base64url, the rest wait for the next).
+MAX_RECEIPTS_PER_HEARTBEAT = 64
+_ReceiptText = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=1400, pattern="^[A-Za-z0-9_-]+\\Z", description="a signed work receipt"
+    ),
+]
 
 
 class ReplicaState(_Wire, frozen=True):
@@ -147,6 +155,9 @@ class HeartbeatBody(_Wire, frozen=True):
     )
     averaging_rounds_completed: _Count = 0
     averaging_rounds_failed: _Count = 0
+    receipts: Annotated[list[_ReceiptText], msgspec.Meta(max_length=MAX_RECEIPTS_PER_HEARTBEAT)] = (
+        msgspec.field(default_factory=list)
+    )
 
 
 class MetricPoint(_Wire, frozen=True):

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "projects",
     "swarm",
     "live",
+    "credit",
 ]
 
 MIDDLEWARE = [
@@ -214,6 +215,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "swarm.tasks.swarm_housekeeping",
         "schedule": env_int("SWARM_ROLLUP_S", 60),
     },
+    "credit-stats-export": {
+        "task": "credit.tasks.credit_stats_export",
+        "schedule": env_int("CREDIT_STATS_EXPORT_S", 86400),
+    },
 }
 
 # --- Swarm: the portal's signing key, the agent wheel, node lifecycle thresholds (seconds) --------------
@@ -223,6 +228,22 @@ PORTAL_PUBLIC_URL = env_str("PORTAL_PUBLIC_URL")  # how agents reach the portal;
 AGENT_WHEEL_DIR = Path(env_str("AGENT_WHEEL_DIR", str(VAR_DIR / "agent")))
 #: Model exports uploaded by project owners' agents (`node-agent export --upload`).
 EXPORTS_DIR = Path(env_str("EXPORTS_DIR", str(VAR_DIR / "exports")))
+
+# Credit for verified work receipts (credit.services); the daily stats export lands in CREDIT_STATS_DIR.
+CREDIT_STATS_DIR = Path(env_str("CREDIT_STATS_DIR", str(VAR_DIR / "stats")))
+CREDIT = {
+    # A receipt's minute may lie this far ahead of the portal clock, and end at most MAX_AGE_S before it
+    # (servers keep receipts while the portal is unreachable).
+    "CLOCK_SKEW_S": env_int("CREDIT_CLOCK_SKEW_S", 120),
+    "MAX_AGE_S": env_int("CREDIT_MAX_AGE_S", 86400),
+    # Expert samples (forward + backward) a trainer may grant per sample it reported training: k_best (4)
+    # experts x forward and backward, x2 for evaluation forwards and retries.
+    "SAMPLES_PER_TRAINER_SAMPLE": env_int("CREDIT_SAMPLES_PER_TRAINER_SAMPLE", 16),
+    # No trainer (other than the project owner's) may account for more than this share of a server's
+    # credit, once that trainer granted the server SHARE_FLOOR_FLOPS.
+    "MAX_TRAINER_SHARE": env_int("CREDIT_MAX_TRAINER_SHARE_PERCENT", 50) / 100,
+    "SHARE_FLOOR_FLOPS": float(env_int("CREDIT_SHARE_FLOOR_GFLOPS", 1000)) * 1e9,
+}
 
 SWARM = {
     # Largest export an owner's agent may upload, and how many per project are kept (older files deleted).

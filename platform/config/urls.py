@@ -8,6 +8,7 @@ from django.urls import include, path
 urlpatterns = [
     path("", include("core.urls")),
     path("", include("swarm.urls")),
+    path("", include("credit.urls")),
     path("accounts/", include("accounts.urls")),
     path("projects/", include("projects.urls")),
     path("admin/", admin.site.urls),

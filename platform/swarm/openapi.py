@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from credit.exports import FILES as CREDIT_FILES
 from node_agent import __version__
 from node_agent.portal.project_config import ProjectConfig
 from node_agent.portal.schemas import (
@@ -244,6 +245,42 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
                 RenewRequest,
                 {"201": _json("new credential", RenewReply)},
             ),
+            "/api/v1/credit/leaderboard": {
+                "get": {
+                    "summary": "Credit leaderboard",
+                    "description": "Users and teams by credit (GFLOPs priced by the portal from verified "
+                    "receipts), with their recent average credit (one-week half-life); one project's: "
+                    "?project=<slug>.",
+                    "parameters": [
+                        {"name": "project", "in": "query", "required": False, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {"description": "ranked users; names only for those who opted in"},
+                        "404": {"description": "no such project"},
+                    },
+                }
+            },
+            "/api/v1/credit/stats/{name}": {
+                "get": {
+                    "summary": "Daily stats export",
+                    "description": "Daily export: user.json, team.json, host.json, and BOINC-style XML "
+                    "user.gz (<users><user><id/><name/><total_credit/><expavg_credit/><expavg_time/>) and "
+                    "team.gz (<teams><team><id/><name/><nusers/>...) and "
+                    "host.gz (<hosts><host><id/><userid/><project/><total_credit/>...)",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"enum": list(CREDIT_FILES)},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "the file of the last export"},
+                        "404": {"description": "unknown file, or no export has run yet"},
+                    },
+                }
+            },
             "/api/v1/agent/heartbeat": _signed_post(
                 "Report a heartbeat",
                 signed_note + " Stored only if every check passes.",

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 
+from credit import services as credit_services
 from node_agent.portal.schemas import Heartbeat, MetricPoint, MetricsReport
 from projects.lifecycle import ProjectStatus
 from swarm import services
@@ -88,6 +89,9 @@ def heartbeat_record(*, public_key: bytes, heartbeat: Heartbeat, now: datetime) 
             setattr(node, name, getattr(heartbeat, name))
         node.last_heartbeat_at = now
         node.save()
+        if heartbeat.role == "trainer":
+            credit_services.progress_record(node=node, heartbeat_samples=heartbeat.samples)
+        credit_services.receipts_record(server=node, texts=heartbeat.receipts, now=now)
         HeartbeatSample.objects.create(
             node=node,
             received_at=now,

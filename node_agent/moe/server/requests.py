@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from node_agent.credit.receipts import NONCE_BYTES
 from node_agent.tensor_codec import Compression, TensorCodecError, TensorSchema, decode_tensors
 
 FORWARD_ID_BYTES = 16
@@ -43,6 +44,8 @@ class ForwardRequest:
     compression: Compression
     #: Tensor bytes received (telemetry's bandwidth counter).
     payload_bytes: int
+    #: The trainer's request nonce: the answer is signed over it (`node_agent.credit.receipts`).
+    nonce: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,7 @@ class BackwardRequest:
     inputs: list[torch.Tensor] | None
     compression: Compression
     payload_bytes: int
+    nonce: bytes | None = None
 
 
 Request = InfoRequest | ForwardRequest | BackwardRequest
@@ -75,26 +79,29 @@ def parse_request(method: Any, body: Any, backends: Mapping[str, Any], max_batch
         shown = method[:64] if isinstance(method, str) else type(method).__name__
         raise RequestError("unknown_method", f"unknown method {shown!r}")
     compression = _compression(body.get("reply_compression", "none"))
+    nonce = body.get("rn")
+    if nonce is not None and (not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES):
+        raise RequestError("bad_request", f"rn must be {NONCE_BYTES} bytes")
     if method == "forward":
         keep = body.get("keep", False)
         if not isinstance(keep, bool):
             raise RequestError("bad_request", "keep must be true or false")
         inputs_raw = body.get("inputs")
         inputs = decode_batch(inputs_raw, backend.input_schema, "inputs", max_batch_size)
-        return ForwardRequest(uid, inputs, keep, compression, payload_bytes(inputs_raw))
+        return ForwardRequest(uid, inputs, keep, compression, payload_bytes(inputs_raw), nonce)
     grads_raw = body.get("grads")
     grads = decode_batch(grads_raw, backend.output_schema, "grads", max_batch_size)
     fid = body.get("fid")
     if fid is not None:
         if not isinstance(fid, bytes) or len(fid) != FORWARD_ID_BYTES:
             raise RequestError("bad_request", f"fid must be {FORWARD_ID_BYTES} bytes")
-        return BackwardRequest(uid, grads, fid, None, compression, payload_bytes(grads_raw))
+        return BackwardRequest(uid, grads, fid, None, compression, payload_bytes(grads_raw), nonce)
     inputs_raw = body.get("inputs")
     inputs = decode_batch(inputs_raw, backend.input_schema, "inputs", max_batch_size)
     if grads[0].shape[0] != inputs[0].shape[0]:
         raise RequestError("bad_tensor", "grads and inputs have different batch sizes")
     received = payload_bytes(inputs_raw) + payload_bytes(grads_raw)
-    return BackwardRequest(uid, grads, None, inputs, compression, received)
+    return BackwardRequest(uid, grads, None, inputs, compression, received, nonce)
 
 
 def decode_batch(

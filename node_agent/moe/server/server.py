@@ -14,6 +14,10 @@ Wire bodies (msgpack):
   re-sends `{"uid", "inputs": [tensor], "grads": [tensor], "reply_compression"}`, which recomputes the
   forward (Learning@home, section 3.2). Both reply `{"grads": [tensor]}` (gradients w.r.t. the inputs).
 * `info` replies with `ExpertBackend.info()`.
+* Credit (`node_agent.credit.receipts`): a forward or backward carrying a 16-byte request nonce `rn` gets
+  its answer signed: the reply adds `sig` (over nonce, uid, kind, samples and the digest of the encoded
+  tensors) and `pk` (our public key). `receipt` `{"receipt": bytes}` hands back the trainer's signed
+  receipt for a closed minute; it is kept (`ReceiptStore`) and uploaded with the heartbeats.
 * `state.open` / `state.part` / `state.close`: state downloads of a hosted expert
   (`node_agent.averaging.state_download`), used by replicas (`replicas`), takeovers and exports.
 Errors use the RPC error codes `unknown_expert`, `unknown_method`, `unknown_forward`, `bad_request`,
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.averaging.state_download import METHODS as STATE_METHODS
+from node_agent.credit.receipts import ReceiptError, ReceiptStore, answer_digest, sign_answer
 from node_agent.dht.api import DHTNodeAPI, DHTValidationError
 from node_agent.moe.announce import CredentialChecker, announce_experts, register_experts_validator
 from node_agent.moe.server.backend import ExpertBackend
@@ -132,6 +137,8 @@ class ExpertServer:
             max_donor_sessions=options.max_donor_sessions,
         )
         self._relays_changed = asyncio.Event()  # set by the DHT when our relays change
+        #: Trainers' signed receipts for our answers, until a heartbeat carried them to the portal.
+        self.receipts = ReceiptStore(dht.identity.node_id)
 
     @classmethod
     async def create(
@@ -223,6 +230,8 @@ class ExpertServer:
             raise RPCHandlerError("shutting_down", "server is shutting down")
         if method in STATE_METHODS:
             return await self.replicas.donor.handle(method, body)
+        if method == "receipt":
+            return self._keep_receipt(body)
         try:
             request = parse_request(method, body, self.backends, self.options.max_batch_size)
         except RequestError as exc:
@@ -238,8 +247,10 @@ class ExpertServer:
                 return backend.info()
             self.bytes_in += request.payload_bytes
             if isinstance(request, ForwardRequest):
-                return await self._forward(backend, request)
-            return await self._backward(backend, request)
+                reply = await self._forward(backend, request)
+                return self._signed(reply, request.nonce, request.uid, "forward", len(request.inputs[0]))
+            reply = await self._backward(backend, request)
+            return self._signed(reply, request.nonce, request.uid, "backward", len(request.grads[0]))
         except RPCHandlerError:
             self.failures += 1
             raise
@@ -274,6 +285,26 @@ class ExpertServer:
         assert request.inputs is not None  # parse_request gives inputs whenever there is no fid
         grad_inputs = await self.runtime.submit(f"{uid}/backward", [*request.inputs, *grads])
         return self._reply("grads", encode_tensors(grad_inputs, compression))
+
+    def _signed(
+        self, reply: dict[str, Any], nonce: bytes | None, uid: str, kind: str, samples: int
+    ) -> dict[str, Any]:
+        """Sign the answer for the trainer's receipt (only when it sent a nonce: older trainers send none)."""
+        if nonce is not None:
+            digest = answer_digest(reply["outputs" if kind == "forward" else "grads"])
+            identity = self.dht.identity
+            reply["sig"] = sign_answer(identity, nonce, uid, kind, samples, digest)
+            reply["pk"] = identity.public_key_bytes
+        return reply
+
+    def _keep_receipt(self, body: Any) -> dict[str, Any]:
+        data = body.get("receipt") if isinstance(body, dict) else None
+        try:
+            self.receipts.add(data, current_caller(), time.time())
+        except ReceiptError as exc:
+            logger.info("refused a receipt from %s: %s", _short(current_caller()), exc)
+            raise RPCHandlerError("bad_request", str(exc)) from None
+        return {"ok": True}
 
     def _count_failure(self) -> None:
         self.failures += 1
