@@ -30,6 +30,7 @@ from node_agent.portal.schemas import (
     PendingReply,
     RenewReply,
     reply_to_builtins,
+    validate_export_fetch,
     validate_heartbeat,
     validate_join,
     validate_metrics,
@@ -75,6 +76,7 @@ class LocalPortal:
         self.joins: list[str] = []
         self.renewals: list[str] = []
         self.requests = 0
+        self.export_fetches = 0
         self.issued: dict[str, str] = {}  # cid -> node public key hex
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -198,6 +200,12 @@ class LocalPortal:
             with self._lock:
                 self.metrics.extend(body["metrics"])
             return 202, reply_to_builtins(MetricsReply(status="ok", stored=len(report.metrics))), {}
+        if name == "latest":  # export/latest: this portal never holds an export
+            fetch = validate_export_fetch(body)
+            self._check(fetch.credential, public_key)
+            with self._lock:
+                self.export_fetches += 1
+            return _error(404, "no_export", "the project has no export yet")
         return _error(404, "not_found", name)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
