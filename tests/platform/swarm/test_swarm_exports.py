@@ -202,7 +202,7 @@ def test_the_agent_downloads_verifies_and_starts_cells_from_the_export(
         assert torch.equal(state[MODULE_PREFIX + name], value)
     assert asyncio.run(fallback("ffn.5")) is None  # a cell the export lacks starts fresh
 
-    with pytest.raises(PortalUnreachable, match="larger than|over"):
+    with pytest.raises(PortalUnreachable, match=r"larger than|over"):
         client.fetch_export(node_key, credential, project.slug, tmp_path / "small", max_bytes=100)
     stored = next((exports_dir / project.slug).iterdir())
     stored.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # tampered at rest: the sha256 no longer holds
