@@ -13,14 +13,18 @@ Endpoints (:mod:`node_agent.portal.schemas` holds the body formats): ``GET /api/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,6 +33,8 @@ from node_agent.identity import Identity
 from node_agent.portal.schemas import (
     API_PREFIX,
     EXPORT_HEADER,
+    EXPORT_SHA256_HEADER,
+    ExportFetchBody,
     ExportUploadBody,
     HeartbeatBody,
     JoinBody,
@@ -51,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 #: Largest reply read from the portal (a project config or a credential is a few KiB).
 MAX_REPLY_BYTES = 1024 * 1024
+#: The largest export a node downloads (the portal's own default cap is 512 MiB).
+MAX_EXPORT_BYTES = 2 * 2**30
+#: safetensors refuses headers over 100 MB; so do we, before parsing one.
+MAX_SAFETENSORS_HEADER = 100_000_000
 #: Portal error codes after which this node must stop (the owner or an admin banned it).
 FATAL_REFUSALS = frozenset({"banned", "node_banned", "user_banned", "revoked", "credential_revoked"})
 
@@ -172,7 +182,6 @@ class PortalClient:
     def upload_export(self, identity: Identity, credential: str, data: bytes) -> PortalReply:
         """Upload a `node-agent export` file (the project owner's agent only); the signed header names its
         sha256 and size, so the portal keeps exactly these bytes."""
-        import hashlib
 
         body = ExportUploadBody(
             credential=credential,
@@ -183,6 +192,66 @@ class PortalClient:
         raw, headers = sign_body(identity, body, self.clock())
         headers = {**headers, EXPORT_HEADER: raw.decode(), "Content-Type": "application/octet-stream"}
         return self.request("POST", f"{API_PREFIX}agent/export", data, headers)
+
+    def fetch_export(
+        self,
+        identity: Identity,
+        credential: str,
+        project: str,
+        dest: Path,
+        *,
+        max_bytes: int = MAX_EXPORT_BYTES,
+        deadline_s: float = 600.0,
+    ) -> str | None:
+        """Download the project's latest export to ``dest``; its sha256, or None when it has none (404).
+
+        The file is streamed to ``dest`` plus ``.part`` and renamed only when it is at most ``max_bytes``,
+        arrived within ``deadline_s``, matches the sha256 the portal sent and is laid out as safetensors
+        (`is_safetensors`: never a pickle). Anything else raises PortalUnreachable and leaves ``dest`` alone.
+        """
+        body = ExportFetchBody(credential=credential, node_id=identity.node_id.hex(), project=project)
+        raw, headers = sign_body(identity, body, self.clock())
+        url = f"{self.base_url}{API_PREFIX}agent/export/latest"
+        request = urllib.request.Request(url, data=raw, method="POST", headers=headers)
+        part = dest.with_name(dest.name + ".part")
+        deadline = time.monotonic() + deadline_s
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                expected = str(response.headers.get(EXPORT_SHA256_HEADER) or "").lower()
+                if not re.fullmatch("[0-9a-f]{64}", expected):
+                    raise PortalUnreachable(f"{url}: no valid {EXPORT_SHA256_HEADER} header")
+                declared = response.headers.get("Content-Length")
+                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                    raise PortalUnreachable(f"{url}: export of {declared} bytes is over {max_bytes}")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                digest, size = hashlib.sha256(), 0
+                with part.open("wb") as out:
+                    while chunk := response.read(1 << 20):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise PortalUnreachable(f"{url}: export larger than {max_bytes} bytes")
+                        if time.monotonic() > deadline:
+                            raise PortalUnreachable(f"{url}: export not received within {deadline_s:.0f}s")
+                        digest.update(chunk)
+                        out.write(chunk)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                text = exc.read(MAX_REPLY_BYTES + 1) if exc.fp is not None else b""
+            if exc.code == 404 and b"no_export" in text:
+                return None
+            self._raise_for(exc.code, text, exc.headers.get("Retry-After") if exc.headers else None, url)
+            raise  # unreachable: _raise_for always raises
+        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
+            part.unlink(missing_ok=True)
+            raise PortalUnreachable(f"POST {url}: {getattr(exc, 'reason', exc)}") from None
+        except PortalUnreachable:
+            part.unlink(missing_ok=True)
+            raise
+        if digest.hexdigest() != expected or not is_safetensors(part):
+            part.unlink(missing_ok=True)
+            raise PortalUnreachable(f"{url}: the export is not the safetensors file its sha256 names")
+        os.replace(part, dest)
+        return expected
 
     def request(
         self, method: str, path: str, data: bytes | None = None, headers: Mapping[str, str] | None = None
@@ -213,6 +282,23 @@ class PortalClient:
         code = error if isinstance(error, str) else f"http_{status}"
         detail = text if isinstance(text, str) else ""
         raise PortalRefused(status, code, detail, _parse_retry_after(retry_after))
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether the file is laid out as safetensors: an 8-byte little-endian header length, then a JSON
+    object that fits in the file. A pickle (or anything executable on load) never passes."""
+    try:
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) != 8:
+                return False
+            length = int.from_bytes(prefix, "little")
+            if not 2 <= length <= min(MAX_SAFETENSORS_HEADER, path.stat().st_size - 8):
+                return False
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(header, dict)
 
 
 def _json_object(raw: bytes, url: str) -> dict[str, Any]:

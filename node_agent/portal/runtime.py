@@ -33,6 +33,7 @@ from node_agent.portal.errors import ProtocolError
 from node_agent.portal.gate import CredentialPolicy, RevocationWatcher
 from node_agent.portal.ice import TurnGrant, ice_servers_for, parse_turn_grant
 from node_agent.portal.joining import agent_platform
+from node_agent.portal.latest_export import portal_export_fallback
 from node_agent.portal.project_config import ProjectConfig, parse_project_config
 from node_agent.portal.project_dht import ProjectScope, project_validators
 from node_agent.portal.renewal import CredentialRenewer
@@ -226,6 +227,15 @@ class AgentRuntime:
             announce_period=self.options.announce_period,
             checkpoint_dir=str(self.options.data_dir / "experts" / config.project),
         )
+        # Cells no live replica holds start from the project's last export, downloaded only if one needs it.
+        fallback = portal_export_fallback(
+            self.client,
+            self.identity,
+            lambda: self.state.credential,
+            config.project,
+            self.options.data_dir / "exports" / config.project,
+            self.say,
+        )
         self.server = await ExpertServer.create(
             dht,
             backends,
@@ -234,6 +244,7 @@ class AgentRuntime:
             credential=self.state.credential,
             credentials=self.policy,
             on_fatal=self.stop,
+            fallback=fallback,
         )
         self.say(
             f"serving {len(uids)} {config.expert.expert_class} expert(s) of project {config.project}: "

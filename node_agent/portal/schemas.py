@@ -22,10 +22,13 @@ from node_agent.portal.tokens import MAX_TOKEN_LENGTH
 __all__ = [
     "API_PREFIX",
     "EXPORT_HEADER",
+    "EXPORT_SHA256_HEADER",
     "MAX_COUNTER",
     "MAX_METRICS_PER_BODY",
     "MAX_SMALL_COUNT",
     "ErrorReply",
+    "ExportFetch",
+    "ExportFetchBody",
     "ExportUpload",
     "ExportUploadBody",
     "Heartbeat",
@@ -45,6 +48,7 @@ __all__ = [
     "RenewReply",
     "RenewRequest",
     "ReplicaState",
+    "validate_export_fetch",
     "validate_export_upload",
     "validate_heartbeat",
     "validate_join",
@@ -122,6 +126,18 @@ class ExportUploadBody(_Wire, frozen=True):
     node_id: _NodeIdHex
     sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
     size: Annotated[int, msgspec.Meta(ge=1, le=2**40)]
+
+
+#: Header of the reply to `POST /api/v1/agent/export/latest`: the sha256 (hex) of the file in the body.
+EXPORT_SHA256_HEADER = "X-Colearn-Sha256"
+
+
+class ExportFetchBody(_Wire, frozen=True):
+    """A member node asks for its project's latest export (to start a cell no live replica holds)."""
+
+    credential: _Token
+    node_id: _NodeIdHex
+    project: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern="^[-a-zA-Z0-9_]+\\Z")]
 
 
 class HeartbeatBody(_Wire, frozen=True):
@@ -216,6 +232,13 @@ class ExportUpload(ExportUploadBody, frozen=True, kw_only=True):
     nonce: _Nonce
 
 
+class ExportFetch(ExportFetchBody, frozen=True, kw_only=True):
+    """Body of ``POST /api/v1/agent/export/latest``."""
+
+    ts: _Timestamp
+    nonce: _Nonce
+
+
 class MetricsReport(MetricsBody, frozen=True):
     """Body of ``POST /api/v1/agent/metrics``."""
 
@@ -243,6 +266,10 @@ def validate_heartbeat(body: object) -> Heartbeat:
 
 def validate_export_upload(body: object) -> ExportUpload:
     return convert(body, ExportUpload, "export upload")
+
+
+def validate_export_fetch(body: object) -> ExportFetch:
+    return convert(body, ExportFetch, "export fetch")
 
 
 def validate_metrics(body: object) -> MetricsReport:

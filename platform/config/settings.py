@@ -275,6 +275,7 @@ SWARM = {
     "RATE_JOIN_PER_IP": env_int("SWARM_RATE_JOIN_PER_IP", 300),  # per 5 minutes
     "RATE_JOIN_PER_KEY": env_int("SWARM_RATE_JOIN_PER_KEY", 120),  # per 5 minutes (pending nodes poll)
     "RATE_RENEW_PER_KEY": env_int("SWARM_RATE_RENEW_PER_KEY", 30),  # per 5 minutes
+    "RATE_EXPORT_FETCH_PER_KEY": env_int("SWARM_RATE_EXPORT_FETCH_PER_KEY", 6),  # per hour (takeovers)
     "RATE_JOIN_CODES_PER_USER": env_int("SWARM_RATE_JOIN_CODES_PER_USER", 30),  # per hour
 }
 

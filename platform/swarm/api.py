@@ -16,7 +16,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DataError, OperationalError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, JsonResponse
+from django.http.response import HttpResponseBase
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
@@ -26,11 +27,13 @@ from node_agent.portal.errors import PayloadError, SignedBodyError
 from node_agent.portal.project_config import project_config_to_dict
 from node_agent.portal.schemas import (
     EXPORT_HEADER,
+    EXPORT_SHA256_HEADER,
     ErrorReply,
     HeartbeatReply,
     MetricsReply,
     PendingReply,
     reply_to_builtins,
+    validate_export_fetch,
     validate_export_upload,
     validate_heartbeat,
     validate_join,
@@ -114,12 +117,12 @@ def _signed_body(request: HttpRequest, now: float) -> tuple[bytes, dict[str, Any
         raise refusal(exc.reason, exc.detail) from None
 
 
-AgentHandler = Callable[[HttpRequest, bytes, dict[str, Any]], JsonResponse]
+AgentHandler = Callable[[HttpRequest, bytes, dict[str, Any]], HttpResponseBase]
 
 
 def agent_endpoint(
     *, ip_limit: str = "RATE_AGENT_PER_IP", key_limit: str | None = None
-) -> Callable[[AgentHandler], Callable[[HttpRequest], JsonResponse]]:
+) -> Callable[[AgentHandler], Callable[[HttpRequest], HttpResponseBase]]:
     """Signed-body POST endpoint: rate limit, verify, call `handler(request, public_key, body)`, map refusals.
 
     The per-address limit is counted before any work; the per-key one after the signature holds, so
@@ -127,12 +130,12 @@ def agent_endpoint(
     the database cannot hold are answered 400, never 500.
     """
 
-    def decorate(handler: AgentHandler) -> Callable[[HttpRequest], JsonResponse]:
+    def decorate(handler: AgentHandler) -> Callable[[HttpRequest], HttpResponseBase]:
         @functools.wraps(handler)
         @csrf_exempt
         @require_POST
         @never_cache
-        def view(request: HttpRequest) -> JsonResponse:
+        def view(request: HttpRequest) -> HttpResponseBase:
             now = timezone.now().timestamp()
             try:
                 address = str(request.META.get("REMOTE_ADDR") or "unknown")
@@ -272,6 +275,19 @@ def agent_export(request: HttpRequest) -> JsonResponse:
         )
         return error_response(exc)
     return JsonResponse({"status": "ok", "sha256": export.sha256, "size": export.size}, status=201)
+
+
+@agent_endpoint(key_limit="RATE_EXPORT_FETCH_PER_KEY")
+def agent_export_latest(request: HttpRequest, public_key: bytes, body: dict[str, Any]) -> FileResponse:
+    """A member node downloads its project's newest export (streamed; its sha256 in a header)."""
+    from swarm.exports import export_for_member
+
+    export, path = export_for_member(
+        public_key=public_key, request=validate_export_fetch(body), now=timezone.now()
+    )
+    response = FileResponse(path.open("rb"), content_type="application/octet-stream")
+    response[EXPORT_SHA256_HEADER] = export.sha256
+    return response
 
 
 def _swarm_project(request: HttpRequest, slug: str) -> Project:

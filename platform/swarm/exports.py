@@ -5,7 +5,10 @@
 Only a node whose credential belongs to the project's owner may upload (the researcher's own agent). The body
 is streamed to a temporary file while hashed; it is kept only when its size and sha256 match the signed
 claim, then the project keeps its `EXPORTS_KEPT` newest files. Nothing reads the file's content here: the
-portal stores bytes and hands them back to the owner.
+portal stores bytes and hands them back to the owner, and to member nodes.
+
+`POST /api/v1/agent/export/latest`: a node of the project (signed body `ExportFetch`) gets the newest file,
+so a volunteer taking over a cell no live replica holds starts from it rather than from random weights.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from typing import Protocol
 from django.conf import settings
 from django.db import transaction
 
-from node_agent.portal.schemas import ExportUpload
+from node_agent.portal.schemas import ExportFetch, ExportUpload
 from swarm import services
-from swarm.errors import InvalidRequest, NotPermitted, TooLarge
+from swarm.errors import InvalidRequest, NotFound, NotPermitted, TooLarge
 from swarm.models import ProjectExport
 from swarm.telemetry import _authorised_node
 
@@ -108,3 +111,22 @@ def _prune(project_id: int) -> None:
 
 def latest_export(*, project_id: int) -> ProjectExport | None:
     return ProjectExport.objects.filter(project_id=project_id).select_related("project").first()
+
+
+def export_for_member(
+    *, public_key: bytes, request: ExportFetch, now: datetime
+) -> tuple[ProjectExport, Path]:
+    """The newest export of the project a member node asks for, and its file (NotFound when none)."""
+    with transaction.atomic():
+        node = _authorised_node(
+            public_key=public_key, token=request.credential, node_id=request.node_id, now=now
+        )
+        if node.project.slug != request.project:
+            raise NotPermitted("not_member", "this node is not a member of that project")
+        services.nonce_record(public_key=public_key, nonce=request.nonce, now=now)
+    export = latest_export(project_id=node.project_id)
+    path = export_path(export) if export is not None else None
+    if export is None or path is None or not path.is_file():
+        raise NotFound("no_export", "the project has no export yet")
+    logger.info("export %s of %s sent to node %s", export.sha256[:12], request.project, node.short_id)
+    return export, path

@@ -18,8 +18,10 @@ from node_agent import __version__
 from node_agent.portal.project_config import ProjectConfig
 from node_agent.portal.schemas import (
     EXPORT_HEADER,
+    EXPORT_SHA256_HEADER,
     MAX_METRICS_PER_BODY,
     ErrorReply,
+    ExportFetch,
     ExportUpload,
     Heartbeat,
     HeartbeatReply,
@@ -54,6 +56,7 @@ DOCUMENTED_TYPES: tuple[Any, ...] = (
     Heartbeat,
     HeartbeatReply,
     ExportUpload,
+    ExportFetch,
     MetricsReport,
     MetricsReply,
     SwarmState,
@@ -293,6 +296,47 @@ def openapi_schema(*, server_url: str) -> dict[str, Any]:
                 MetricsReport,
                 {"202": _json("accepted", MetricsReply)},
             ),
+            "/api/v1/agent/export/latest": {
+                "post": {
+                    "summary": "Download the project's latest model export (a member node)",
+                    "description": signed_note + " The signed `ExportFetch` names the node's project; a "
+                    "node of another project is refused (403 `not_member`). The body of the 200 is the "
+                    "safetensors file the owner's agent uploaded last, streamed, with its sha256 (hex) in "
+                    f"the `{EXPORT_SHA256_HEADER}` header: the agent checks it, and that the file is "
+                    "safetensors, before a takeover with no live replica starts a cell from it. Limited "
+                    "per node key (RATE_EXPORT_FETCH_PER_KEY per hour).",
+                    "security": [{"nodeSignature": []}],
+                    "parameters": [
+                        {"name": NODE_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
+                        {
+                            "name": SIGNATURE_HEADER,
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref(ExportFetch)}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "the newest export",
+                            "headers": {
+                                EXPORT_SHA256_HEADER: {
+                                    "description": "sha256 of the body, hex",
+                                    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                }
+                            },
+                            "content": {
+                                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                            },
+                        },
+                        "404": _json("the project has no export yet (`no_export`)", ErrorReply),
+                        **_errors(400, 401, 403, 409, 413, 429, 503),
+                    },
+                }
+            },
             "/api/v1/agent/export": {
                 "post": {
                     "summary": "Upload a model export (the project owner's agent)",

@@ -24,6 +24,7 @@ urlpatterns = [
     path("api/v1/agent/heartbeat", api.agent_heartbeat, name="api_heartbeat"),
     path("api/v1/agent/metrics", api.agent_metrics, name="api_metrics"),
     path("api/v1/agent/export", api.agent_export, name="api_export"),
+    path("api/v1/agent/export/latest", api.agent_export_latest, name="api_export_latest"),
     path("agent/", views.agent_download, name="agent"),
     path("agent/SHA256SUMS", views.agent_checksums, name="agent_sums"),
     path("agent/<str:filename>", views.agent_wheel, name="agent_wheel"),

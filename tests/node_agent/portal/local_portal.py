@@ -30,6 +30,7 @@ from node_agent.portal.schemas import (
     PendingReply,
     RenewReply,
     reply_to_builtins,
+    validate_export_fetch,
     validate_heartbeat,
     validate_join,
     validate_metrics,
@@ -64,6 +65,8 @@ class PortalBehaviour:
     ice_servers: list[IceServerSpec] = field(default_factory=list)
     turn_secret: str = ""
     turn_ttl: float = 3600.0
+    #: The answer to `export/latest`: the body and headers sent as they are (None: 404 no_export).
+    export: tuple[bytes, dict[str, str]] | None = None
 
 
 class LocalPortal:
@@ -75,6 +78,7 @@ class LocalPortal:
         self.joins: list[str] = []
         self.renewals: list[str] = []
         self.requests = 0
+        self.export_fetches = 0
         self.issued: dict[str, str] = {}  # cid -> node public key hex
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -123,7 +127,9 @@ class LocalPortal:
 
     # ---- request handling (called from the server threads) ----------------------------------------
 
-    def handle(self, method: str, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, dict, dict]:
+    def handle(
+        self, method: str, path: str, raw: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict | bytes, dict]:
         with self._lock:
             self.requests += 1
         b = self.behaviour
@@ -150,7 +156,7 @@ class LocalPortal:
             node_public_key=public_key,
         )
 
-    def _agent_call(self, name: str, public_key: bytes, body: dict) -> tuple[int, dict, dict]:
+    def _agent_call(self, name: str, public_key: bytes, body: dict) -> tuple[int, dict | bytes, dict]:
         b = self.behaviour
         if name == "join":
             request = validate_join(body)
@@ -198,6 +204,14 @@ class LocalPortal:
             with self._lock:
                 self.metrics.extend(body["metrics"])
             return 202, reply_to_builtins(MetricsReply(status="ok", stored=len(report.metrics))), {}
+        if name == "latest":  # export/latest: this portal never holds an export
+            fetch = validate_export_fetch(body)
+            self._check(fetch.credential, public_key)
+            with self._lock:
+                self.export_fetches += 1
+            if b.export is None:
+                return _error(404, "no_export", "the project has no export yet")
+            return 200, b.export[0], b.export[1]
         return _error(404, "not_found", name)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -210,10 +224,13 @@ class LocalPortal:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 status, data, extra = portal.handle(self.command, self.path, raw, dict(self.headers.items()))
-                payload = json.dumps(data).encode()
+                if isinstance(data, bytes):  # a file, with the headers the test chose (Content-Length too)
+                    payload, kind = data, "application/octet-stream"
+                else:
+                    payload, kind = json.dumps(data).encode(), "application/json"
+                    extra = {"Content-Length": str(len(payload)), **extra}
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Content-Type", kind)
                 for key, value in extra.items():
                     self.send_header(key, value)
                 self.end_headers()

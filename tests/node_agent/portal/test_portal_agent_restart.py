@@ -57,6 +57,8 @@ async def test_agent_waits_for_a_bootstrap_that_starts_later_and_a_used_code_res
         code = await stop_agent(process, lines)
     assert code == 0, "".join(lines)
     assert "rejoined the DHT" in "".join(lines)
+    # No live replica held its cell: the agent asked the portal for the project's last export (none here).
+    assert local_portal.export_fetches == 1 and "the project has no export yet" in "".join(lines)
 
     # Re-running the Join page's command (its code is spent) restarts from the saved credential and says how.
     lines = []
