@@ -134,7 +134,9 @@ def _grant_all(
     pairs = _rows(PairCredit, "trainer_id", trainer_ids, scope={"server": server})
     credit = _rows(NodeCredit, "node_id", [server.pk], defaults={"recent_at": now})[server.pk]
     share = config["MAX_TRAINER_SHARE"]
-    rows, total_granted = [], 0.0
+    rows: list[tuple[Any, ...]] = []
+    total_granted = 0.0
+    received_at = connection.ops.adapt_datetimefield_value(now)
     for receipt, trainer in checked:
         claimed = float(prices.credit(receipt.forward, receipt.backward))
         samples = receipt.forward + receipt.backward
@@ -163,24 +165,13 @@ def _grant_all(
         pair.flops += granted
         total_granted += granted
         rows.append(
-            WorkReceipt(
-                project_id=server.project_id,
-                server=server,
-                trainer=trainer,
-                cid=receipt.cid,
-                minute=receipt.minute,
-                forward=receipt.forward,
-                backward=receipt.backward,
-                answers=receipt.answers,
-                first_nonce=receipt.first_nonce.hex(),
-                last_nonce=receipt.last_nonce.hex(),
-                chain=receipt.chain.hex(),
-                claimed_flops=claimed,
-                flops=granted,
-                received_at=now,
+            (
+                server.project_id, server.pk, trainer.pk, receipt.cid, receipt.minute, receipt.forward,
+                receipt.backward, receipt.answers, receipt.first_nonce.hex(), receipt.last_nonce.hex(),
+                receipt.chain.hex(), claimed, granted, received_at,
             )
-        )
-    WorkReceipt.objects.bulk_create(rows)
+        )  # fmt: skip
+    _insert(WorkReceipt, _RECEIPT_COLUMNS, rows)
     _set_column(TrainerProgress, "granted_samples", {p.pk: p.granted_samples for p in progress.values()})
     _set_column(PairCredit, "flops", {p.pk: p.flops for p in pairs.values()})
     if total_granted > 0:
@@ -245,6 +236,33 @@ def _trainer_node(
     if start > now + config["CLOCK_SKEW_S"] or end < now - config["MAX_AGE_S"]:
         raise _Refused("clock", "the minute is outside the portal's clock window")
     return trainer
+
+
+_RECEIPT_COLUMNS = (
+    "project_id", "server_id", "trainer_id", "cid", "minute", "forward", "backward", "answers",
+    "first_nonce", "last_nonce", "chain", "claimed_flops", "flops", "received_at",
+)  # fmt: skip
+#: Rows per INSERT statement (14 parameters each stay under SQLite's oldest 999-parameter limit).
+_INSERT_ROWS = 64
+
+
+def _insert(model: Any, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    """Insert plain tuples: `COPY` on PostgreSQL (a fifth of a multi-row INSERT's cost, which quotes every
+    value in Python), a multi-row `INSERT` elsewhere. Either beats `bulk_create`, which builds a model object
+    and prepares every field of every row (together as costly as the signature checks here)."""
+    table = connection.ops.quote_name(model._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        row_marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
+        for start in range(0, len(rows), _INSERT_ROWS):
+            chunk = rows[start : start + _INSERT_ROWS]
+            marks = ", ".join([row_marks] * len(chunk))
+            cursor.execute(f"INSERT INTO {table} ({names}) VALUES {marks}", [v for row in chunk for v in row])
 
 
 def _set_column(model: Any, column: str, values: dict[int, Any]) -> None:
