@@ -17,8 +17,10 @@ class WorkReceipt(models.Model):
     """One accepted receipt: a trainer's signed account of one server's work in one minute."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="work_receipts")
-    server = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="receipts_served")
-    trainer = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="receipts_granted")
+    # No index of their own: (server, minute) and the unique (trainer, server, minute) lead with them, and
+    # every index costs each heartbeat's insert.
+    server = models.ForeignKey(Node, models.CASCADE, related_name="receipts_served", db_index=False)
+    trainer = models.ForeignKey(Node, models.CASCADE, related_name="receipts_granted", db_index=False)
     cid = models.CharField(max_length=64)
     minute = models.BigIntegerField(help_text="unix time // 60")
     forward = models.BigIntegerField()
@@ -29,7 +31,7 @@ class WorkReceipt(models.Model):
     chain = models.CharField(max_length=64)
     claimed_flops = models.FloatField(help_text="what the samples would be worth uncapped")
     flops = models.FloatField(help_text="credit granted after the limits")
-    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    received_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
