@@ -199,7 +199,9 @@ def main() -> None:
     )
     parser.add_argument("--num-clients", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--batches-per-client", type=int, default=32)
+    # 96: long enough that the steady state, not the first seconds (SCTP's window growing, the record-size
+    # search still running), sets the shaped figures; 32 measured 0.76 uplink utilisation where 96 gave 0.82.
+    parser.add_argument("--batches-per-client", type=int, default=96)
     parser.add_argument("--nop-batches-per-client", type=int, default=16)
     parser.add_argument("--connects", type=int, default=5, help="fresh connections timed per client")
     parser.add_argument("--scenarios", default="direct,relayed,unshaped", help="which parts to run")
