@@ -22,7 +22,7 @@ from torch import nn
 
 from node_agent.moe.api import ExpertError
 from node_agent.training.checkpoints import save_checkpoint
-from node_agent.training.metrics import MetricsEvent, MetricsStream
+from node_agent.training.metrics import MetricsEvent, MetricsStream, TrainingWindow
 from node_agent.training.progress import ProgressBar
 from node_agent.training.text import TextCorpus, evaluation_windows, sample_windows
 from node_agent.training.trainer import TrainingError
@@ -148,9 +148,9 @@ class LMTrainer:
         generator = torch.Generator().manual_seed(config.seed + self.step)
         progress = ProgressBar(config.steps) if config.progress else None
         consecutive = 0
-        window_loss = window_accuracy = 0.0
-        window_steps = window_tokens = trained_tokens = 0
-        started = window_started = time.monotonic()
+        window = TrainingWindow()
+        trained_tokens = 0
+        started = time.monotonic()
         while (config.steps is None or self.step < config.steps) and not self.stop.is_set():
             inputs, targets = sample_windows(self.corpus.train, config.batch_size, self.seq_len, generator)
             try:
@@ -165,32 +165,14 @@ class LMTrainer:
             consecutive = 0
             self.step += 1
             trained_tokens += targets.numel()
-            window_loss += loss
-            window_accuracy += accuracy
-            window_steps += 1
-            window_tokens += targets.numel()
+            window.add(loss, accuracy, targets.numel())
             if self.on_step is not None:
                 self.on_step(self.step)
             if progress is not None:
                 progress.update(self.step, loss=loss, bpb=bits_per_byte(loss))
             if self.step % config.log_every == 0 or self.step == config.steps or self.stop.is_set():
-                now = time.monotonic()
                 answered, failed = self._take_expert_stats()
-                self.metrics.emit(
-                    MetricsEvent(
-                        "train",
-                        self.step,
-                        window_loss / window_steps,
-                        window_accuracy / window_steps,
-                        window_tokens / max(now - window_started, 1e-9),
-                        answered,
-                        failed,
-                        time.time(),
-                    )
-                )
-                window_loss = window_accuracy = 0.0
-                window_steps = window_tokens = 0
-                window_started = now
+                self.metrics.emit(window.close(self.step, answered, failed))
             if config.eval_every and self.step % config.eval_every == 0 and self.step != config.steps:
                 self._emit_eval()
             if config.checkpoint_dir and config.checkpoint_every and self.step % config.checkpoint_every == 0:

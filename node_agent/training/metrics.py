@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Literal
 
-__all__ = ["JsonLinesSink", "MetricsEvent", "MetricsSink", "MetricsStream"]
+__all__ = ["JsonLinesSink", "MetricsEvent", "MetricsSink", "MetricsStream", "TrainingWindow"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,42 @@ class MetricsEvent:
 
 
 MetricsSink = Callable[[MetricsEvent], None]
+
+
+class TrainingWindow:
+    """The steps since the last logged `train` event: each logged point averages over its own window, so a
+    reader sees recent loss and throughput, not the whole run's (one definition for every trainer)."""
+
+    def __init__(self) -> None:
+        self._reset(time.monotonic())
+
+    def _reset(self, now: float) -> None:
+        self.loss = self.accuracy = 0.0
+        self.steps = self.items = 0
+        self.started = now
+
+    def add(self, loss: float, accuracy: float, items: int) -> None:
+        """One successful step over `items` samples (or tokens)."""
+        self.loss += loss
+        self.accuracy += accuracy
+        self.steps += 1
+        self.items += items
+
+    def close(self, step: int, experts_answered: int, experts_failed: int) -> MetricsEvent:
+        """The window's `train` event at `step` (after at least one `add`); starts the next window."""
+        now = time.monotonic()
+        event = MetricsEvent(
+            "train",
+            step,
+            self.loss / self.steps,
+            self.accuracy / self.steps,
+            self.items / max(now - self.started, 1e-9),
+            experts_answered,
+            experts_failed,
+            time.time(),
+        )
+        self._reset(now)
+        return event
 
 
 class MetricsStream:

@@ -26,7 +26,7 @@ from torch import nn
 from node_agent.moe.api import ExpertError
 from node_agent.training.checkpoints import save_checkpoint
 from node_agent.training.datasets import Dataset, iterate_batches
-from node_agent.training.metrics import MetricsEvent, MetricsStream
+from node_agent.training.metrics import MetricsEvent, MetricsStream, TrainingWindow
 from node_agent.training.progress import ProgressBar
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingError"]
@@ -174,9 +174,8 @@ class Trainer:
         batches = iterate_batches(self.dataset.train_x, self.dataset.train_y, config.batch_size, config.seed)
         progress = ProgressBar(config.steps) if config.progress else None
         consecutive_failures = 0
-        window_loss = window_accuracy = 0.0
-        window_steps = window_samples = 0
-        window_started = started = time.monotonic()
+        window = TrainingWindow()
+        started = time.monotonic()
         trained_samples = 0
         waited = False
         while (config.steps is None or self.step < config.steps) and not self.stop.is_set():
@@ -198,32 +197,14 @@ class Trainer:
             consecutive_failures = 0
             self.step += 1
             trained_samples += len(labels)
-            window_loss += loss
-            window_accuracy += accuracy
-            window_steps += 1
-            window_samples += len(labels)
+            window.add(loss, accuracy, len(labels))
             if self.on_step is not None:
                 self.on_step(self.step)
             if progress is not None:
                 progress.update(self.step, loss=loss, acc=accuracy)
             if self.step % config.log_every == 0 or self.step == config.steps or self.stop.is_set():
-                now = time.monotonic()
                 answered, failed = self._take_expert_stats()
-                self.metrics.emit(
-                    MetricsEvent(
-                        "train",
-                        self.step,
-                        window_loss / window_steps,
-                        window_accuracy / window_steps,
-                        window_samples / max(now - window_started, 1e-9),
-                        answered,
-                        failed,
-                        time.time(),
-                    )
-                )
-                window_loss = window_accuracy = 0.0
-                window_steps = window_samples = 0
-                window_started = now
+                self.metrics.emit(window.close(self.step, answered, failed))
             if config.eval_every and self.step % config.eval_every == 0 and self.step != config.steps:
                 self._emit_eval()
             if config.checkpoint_dir and config.checkpoint_every and self.step % config.checkpoint_every == 0:
