@@ -47,7 +47,7 @@ from node_agent.rtc.pool import ConnectionPool
 from node_agent.tensor_codec import Compression
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from averaging_workload import sample_tensors
+from averaging_workload import add_workload_arguments, sample_tensors
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -200,15 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--num-peers", "--num_peers", type=int, default=16)
-    parser.add_argument("--target-group-size", "--target_group_size", type=int, default=4)
-    parser.add_argument("--num-rounds", "--num_rounds", type=int, default=5)
-    parser.add_argument("--hid-size", "--hid_size", type=int, default=256)
-    parser.add_argument("--num-layers", "--num_layers", type=int, default=3)
-    parser.add_argument("--min-matchmaking-time", "--min_matchmaking_time", type=float, default=5.0)
-    parser.add_argument("--round-timeout", "--round_timeout", type=float, default=15.0)
-    parser.add_argument("--request-timeout", "--request_timeout", type=float, default=1.0)
-    parser.add_argument("--spawn-dtime", "--spawn_dtime", type=float, default=0.1)
+    add_workload_arguments(parser)
     parser.add_argument(
         "--processes",
         type=int,

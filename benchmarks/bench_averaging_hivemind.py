@@ -20,22 +20,17 @@ import threading
 import time
 
 import torch
-from averaging_workload import sample_tensors  # type: ignore[import-not-found]
+from averaging_workload import (  # type: ignore[import-not-found]
+    add_workload_arguments,
+    sample_tensors,
+)
 from hivemind import DHT, DecentralizedAverager
 from hivemind.compression import Float16Compression
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--num-peers", "--num_peers", type=int, default=16)
-    parser.add_argument("--target-group-size", "--target_group_size", type=int, default=4)
-    parser.add_argument("--num-rounds", "--num_rounds", type=int, default=5)
-    parser.add_argument("--hid-size", "--hid_size", type=int, default=256)
-    parser.add_argument("--num-layers", "--num_layers", type=int, default=3)
-    parser.add_argument("--min-matchmaking-time", "--min_matchmaking_time", type=float, default=5.0)
-    parser.add_argument("--round-timeout", "--round_timeout", type=float, default=15.0)
-    parser.add_argument("--request-timeout", "--request_timeout", type=float, default=1.0)
-    parser.add_argument("--spawn-dtime", "--spawn_dtime", type=float, default=0.1)
+    add_workload_arguments(parser)
     args = parser.parse_args()
 
     root = DHT(start=True)
