@@ -187,6 +187,8 @@ class MetricPoint(_Wire, frozen=True):
     experts_failed: _SmallCount
     timestamp: float
     kind: Literal["train", "eval"] = "train"
+    #: A language model's bits per byte (validation bits per byte on `eval` points); None for classifiers.
+    bits_per_byte: Annotated[float, msgspec.Meta(ge=0, le=64)] | None = None
     run: Annotated[
         str,
         msgspec.Meta(
