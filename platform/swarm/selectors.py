@@ -246,8 +246,11 @@ def _page(offset: int, limit: int, count: int) -> Page:
     return {"offset": offset, "limit": limit, "count": count, "more": offset + limit < count}
 
 
-def recent_metrics(*, project: Project, limit: int = RECENT_METRICS) -> list[TrainingMetric]:
-    metrics = TrainingMetric.objects.filter(project=project, kind="train").select_related("node")
+def recent_metrics(
+    *, project: Project, limit: int = RECENT_METRICS, kinds: tuple[str, ...] = ("train",)
+) -> list[TrainingMetric]:
+    """The last `limit` points of `kinds` ("train", "eval": validation), oldest first."""
+    metrics = TrainingMetric.objects.filter(project=project, kind__in=kinds).select_related("node")
     latest = metrics.order_by("-timestamp")[:limit]
     return list(reversed(latest))
 
@@ -314,6 +317,7 @@ def swarm_state(
                 "step": m.step,
                 "loss": m.loss,
                 "accuracy": m.accuracy,
+                "bits_per_byte": m.bits_per_byte,
                 "samples_per_s": m.samples_per_s,
                 "timestamp": m.timestamp.isoformat(),
             }
