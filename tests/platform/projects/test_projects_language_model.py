@@ -176,3 +176,17 @@ def test_hostile_form_values_never_break_the_form(researcher, logged_in, lm_form
     if response.status_code == 200:
         assert response.context["form"].errors
     Project.objects.all().delete()
+
+
+def test_the_demo_seeds_a_language_model_a_laptop_can_serve(client) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    for _ in range(2):
+        call_command("seed_demo", stdout=StringIO())
+    digits, lm = Project.objects.get(slug="demo-digits"), Project.objects.get(slug="demo-lm")
+    assert (digits.task, lm.task, lm.status) == ("classification", "lm", "active")
+    assert lm.scale.total_experts == 8 and lm.scale.total_parameters < 10**6 and lm.lm_seq_len == 64
+    parsed = parse_project_config(client.get("/api/v1/projects/demo-lm/config").json())
+    assert [g.prefix for g in parsed.grids] == ["lm.b0", "lm.b1"] and parsed.lm is not None
