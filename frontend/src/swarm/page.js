@@ -129,8 +129,9 @@ export function startSwarmPage(root) {
       // Training and validation bits per byte of each run: validation lines dashed, after the training ones.
       const evalRuns = trainingRuns(split.eval.filter((p) => p.bits_per_byte != null));
       const all = [...runs, ...evalRuns];
-      const labelled = (group, prefix, extra) => (group.length ? runSeries(group, "", RUN_COLORS).map((s) => ({ ...s, ...extra, label: `${prefix} · ${s.label}` })) : []);
-      const lines = [...labelled(runs, "train", {}), ...labelled(evalRuns, "validation", { dash: [6, 4] })];
+      const labelled = (group, prefix, colors, extra) => (group.length ? runSeries(group, "", colors).map((s) => ({ ...s, ...extra, label: `${prefix} · ${s.label}` })) : []);
+      const evalColors = [...RUN_COLORS.slice(1), RUN_COLORS[0]];
+      const lines = [...labelled(runs, "train", RUN_COLORS, {}), ...labelled(evalRuns, "validation", evalColors, { dash: [6, 4] })];
       const series = lines.length ? lines : runSeries([], "bits per byte", RUN_COLORS);
       root.dataset.bpbSeries = String(all.length);
       charts.bpb.setSeries(series, all.length ? runColumns(all, "bits_per_byte") : [[], []]);
