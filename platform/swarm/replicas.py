@@ -40,7 +40,9 @@ def report_from_row(
         if not isinstance(state, dict):
             continue
         uid, step, age = state.get("uid"), state.get("step"), state.get("averaged_age_s")
-        if not isinstance(uid, str) or not 0 < len(uid) <= _MAX_UID or _count(step) != step:
+        if not isinstance(uid, str) or not 0 < len(uid) <= _MAX_UID:
+            continue
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_COUNT:
             continue
         averaged_at = None
         if heartbeat_at is not None and isinstance(age, int | float) and not isinstance(age, bool):
