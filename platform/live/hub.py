@@ -231,7 +231,7 @@ class ProjectHub:
         """A `replicas.changed` (its summary filled in at flush) if a node's report changed the panel."""
         changed, at = False, 0.0
         for diff in diffs:
-            if diff["type"] == "node.upsert":
+            if diff["type"] == "node.upsert" and report is not None:
                 node = diff["node"]
                 if self._replicas.update(node["node_id"], node["state"], report):
                     changed, at = True, max(at, diff["at"])

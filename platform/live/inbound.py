@@ -113,9 +113,14 @@ def to_diffs(event: dict[str, Any], *, received_at: float) -> list[Diff]:
     raise InboundError(f"unknown event type {kind!r}")
 
 
-def node_replicas(event: dict[str, Any]) -> ReplicaReport:
-    """The replica report a `swarm.node_changed` event carries, checked (bounded: 128 states a node)."""
-    report: ReplicaReport = _checked(event.get("replicas"), ReplicaReport)
+def node_replicas(event: dict[str, Any]) -> ReplicaReport | None:
+    """The replica report a `swarm.node_changed` event carries, checked (bounded: 128 states a node).
+
+    None when the event has none (a portal process of an older release during a rolling deploy): its
+    node update still counts, and the panel keeps what it knew of that node."""
+    if "replicas" not in event:
+        return None
+    report: ReplicaReport = _checked(event["replicas"], ReplicaReport)
     return report
 
 

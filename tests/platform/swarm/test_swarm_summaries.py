@@ -137,9 +137,10 @@ def test_a_replica_report_with_one_hostile_field_is_refused_or_stays_in_bounds(
         assert state["averaged_at"] is None or 0 <= state["averaged_at"] <= MAX_UNIX_TIME
 
 
-def test_a_node_event_without_a_replica_report_is_refused() -> None:
+def test_a_replica_report_too_large_or_missing() -> None:
+    assert node_replicas({"type": "swarm.node_changed", "node": NODE}) is None  # an older portal's event
     with pytest.raises(InboundError):
-        node_replicas({"type": "swarm.node_changed", "node": NODE})
+        node_replicas({"type": "swarm.node_changed", "node": NODE, "replicas": None})
     too_many = {**REPORT, "states": REPORT["states"] * 129}
     with pytest.raises(InboundError):
         node_replicas({"type": "swarm.node_changed", "replicas": too_many})
