@@ -23,7 +23,8 @@ compression noise dominate.
 Compression: parameters and first moments travel in `compression` (float16 by default); Adam's second
 moment (`exp_avg_sq`) travels exact, since float16 flushes values below ~6e-8 to zero and Adam would then
 divide by `eps` alone (the expert replicas make the same choice). A failed round (no group, a silent or
-refused partner, timeout) leaves the local state as it was, is logged and counted.
+refused partner, timeout, an average implausibly far from our own state) leaves the local state as it was,
+is logged and counted.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 
 import torch
 
+from node_agent.averaging.aggregation import plausible_average
 from node_agent.averaging.averager import AveragingError, AveragingOptions, DecentralizedAverager, RoundReport
 from node_agent.tensor_codec import Compression
 
@@ -198,6 +200,9 @@ class TrainingStateAverager:
         if pending.stale:
             return self._failed(pending.epoch, "the local state was replaced while the round ran")
         assert self.averager is not None
+        implausible = self._implausible(pending)
+        if implausible is not None:
+            return self._failed(pending.epoch, f"implausible average of tensor {implausible}")
         with self.lock, torch.no_grad():
             for work, base, present, (index, name) in zip(
                 self.averager.tensors, pending.snapshot, pending.present, self._layout, strict=True
@@ -216,6 +221,20 @@ class TrainingStateAverager:
             "complete" if report.complete else "partial",
         )
         return True
+
+    def _implausible(self, pending: _Pending) -> int | None:
+        """The first averaged tensor too far from what we contributed, if any. The engine checks the answers
+        of other reducers, not the part we reduced ourselves: in a group of two, a partner sending huge
+        (finite) values would pull that part halfway to them, so the whole result is checked before any of
+        it is applied."""
+        assert self.averager is not None
+        factor = self.averager.options.plausibility_factor
+        for i, (work, base, present) in enumerate(
+            zip(self.averager.tensors, pending.snapshot, pending.present, strict=True)
+        ):
+            if present and not plausible_average(work, base, factor):
+                return i
+        return None
 
     def _failed(self, epoch: int, reason: str) -> bool:
         self.rounds_failed += 1

@@ -14,8 +14,13 @@ import pytest
 import torch
 from torch import nn
 
+from node_agent.averaging.averager import AveragingOptions, DecentralizedAverager
+from node_agent.averaging.records import PROGRESS_PREFIX, Progress
 from node_agent.dht import DHTNode
+from node_agent.dht.api import owner_subkey
 from node_agent.loop_thread import LoopThread
+from node_agent.rtc.config import RTCOptions
+from node_agent.rtc.pool import ConnectionPool
 from node_agent.tensor_codec import Compression
 from node_agent.training.collaborative import CollaborativeConfig, CollaborativeOptimizer
 from node_agent.training.session import SessionConfig, start_caller
@@ -57,10 +62,14 @@ class Trainer:
                 return
 
 
+def _model(hidden: int) -> nn.Module:
+    torch.manual_seed(0)  # the same initial model: trainers of one run start alike
+    return nn.Sequential(nn.Linear(FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, CLASSES))
+
+
 def _trainer(bootstrap: str, run: str, seed: int, hidden: int, every: int) -> Trainer:
     caller = start_caller(SessionConfig(initial_peers=[bootstrap], rtc_loopback_only=True))
-    torch.manual_seed(0)  # the same initial model: trainers of one run start alike
-    model = nn.Sequential(nn.Linear(FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, CLASSES))
+    model = _model(hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     config = CollaborativeConfig(
         run=run,
@@ -193,3 +202,55 @@ def test_trainer_keeps_training_when_its_state_partner_vanishes_mid_round(bootst
     finally:
         survivor.collab.close()
         survivor.caller.stop()
+
+
+def test_state_partner_sending_huge_values_changes_nothing(bootstrap):
+    """A partner that joins the state round with values 1000 x too large (finite, so no screening refuses
+    them, and alone with us, so no outlier test applies) pulls nothing: the round fails, our state stays."""
+    torch.set_num_threads(1)
+    run = "hostile"
+    thread = LoopThread("hostile")
+    thread.start()
+    shapes = [p.shape for p in _model(32).parameters()]
+    huge = [1e3 * torch.randn(shape) for shape in shapes * 3]  # parameters, exp_avg, exp_avg_sq
+
+    async def hostile_peer() -> tuple[DHTNode, ConnectionPool, DecentralizedAverager]:
+        dht = await DHTNode.create(initial_peers=[bootstrap], listen="127.0.0.1:0")
+        pool = await ConnectionPool.create(dht, None, RTCOptions.for_loopback(connect_timeout=5.0))
+        progress = Progress(0, BATCH, 0.0, time.time(), dht.endpoint, None, BATCH)  # "a trainer at epoch 0"
+        await dht.store(
+            f"{PROGRESS_PREFIX}{run}",
+            progress.to_wire(),
+            time.time() + 30,
+            owner_subkey("trainer", dht.node_id),
+        )
+        compressions = [Compression.FLOAT16] * (2 * len(shapes)) + [Compression.NONE] * len(shapes)
+        options = AveragingOptions(target_group_size=2, matchmaking_time=3.0, compression=compressions)
+        averager = await DecentralizedAverager.create(dht, pool, f"{run}-state", huge, options)
+        return dht, pool, averager
+
+    dht, pool, averager = thread.run(hostile_peer()).result(30)
+    trainer = None
+    try:
+        trainer = _trainer(bootstrap, run, seed=0, hidden=32, every=1)
+        hostile_round = thread.run(averager.step(timeout=15.0, tag="s1"))
+        trainer.train_until(1, 30)  # a global step (alone: the peer never averages gradients), then a round
+        state = trainer.collab.state_averager
+        assert trainer.collab.epoch == 1 and state.in_progress
+        before = _state(trainer)
+        state.wait(15.0)
+        assert state.rounds_failed == 1 and state.rounds_completed == 0
+        assert all(torch.equal(x, y) for x, y in zip(_state(trainer), before, strict=True))
+        assert state.averager is not None and dht.node_id in state.averager.penalties
+        hostile_round.cancel()
+    finally:
+        if trainer is not None:
+            trainer.collab.close()
+            trainer.caller.stop()
+
+        async def stop() -> None:
+            await averager.shutdown()
+            await pool.close()
+            await dht.shutdown()
+
+        thread.stop(stop())
