@@ -24,7 +24,8 @@ Compression: parameters and first moments travel in `compression` (float16 by de
 moment (`exp_avg_sq`) travels exact, since float16 flushes values below ~6e-8 to zero and Adam would then
 divide by `eps` alone (the expert replicas make the same choice). A failed round (no group, a silent or
 refused partner, timeout, an average implausibly far from our own state) leaves the local state as it was,
-is logged and counted.
+is logged and counted. A statistic the optimiser has not created yet (no step taken on that parameter) is
+contributed as zeros, as the expert replicas do, and not applied.
 """
 
 from __future__ import annotations
