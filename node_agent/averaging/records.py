@@ -76,6 +76,7 @@ def _relays(data: dict[Any, Any], owner: bytes, what: str) -> tuple[str, ...]:
 
 
 def _with_relays(wire: dict[str, Any], relays: Sequence[str]) -> dict[str, Any]:
+    """`wire` plus our relays; a reachable peer sends none (and old decoders see what they know)."""
     if relays:
         wire["relays"] = list(relays)
     return wire
