@@ -100,6 +100,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collab.add_argument("--run-name", default="trainer", help="trainers with the same name train together")
     collab.add_argument("--average-timeout", type=float, default=30.0)
     collab.add_argument(
+        "--average-state-every",
+        type=int,
+        default=10,
+        help="every this many global steps, also average parameters and optimiser statistics with the "
+        "other trainers (0: never; default %(default)s)",
+    )
+    collab.add_argument(
         "--wait-for-trainers", type=int, default=0, help="start once this many other trainers are live"
     )
     portal = parser.add_argument_group("portal reporting")
@@ -303,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
             target_batch_size=args.target_batch_size,
             average_timeout=args.average_timeout,
             wait_for_peers=args.wait_for_trainers,
+            average_state_every=args.average_state_every,
             credential=portal[0].credential if portal is not None else None,
         )
     try:
@@ -369,7 +377,14 @@ def run(args: argparse.Namespace) -> int:
                 caller = _portal_caller(config, state, identity, stop=stop, wait_period=args.wait_period)
                 if reporting is not None:
                     reporting.counters.peer_requests = caller.take_peer_requests
-            result = run_training(config, metrics, caller=caller, stop=stop, say=say)
+            result = run_training(
+                config,
+                metrics,
+                caller=caller,
+                stop=stop,
+                say=say,
+                on_collaborative=reporting.report_averaging if reporting is not None else None,
+            )
     except Stopped:
         say("stopped before training started")
         return 0
@@ -399,7 +414,12 @@ def run(args: argparse.Namespace) -> int:
         "stopped": result.stopped,
     }
     if args.collaborative:
-        summary.update(global_steps=result.global_steps, averaged_steps=result.averaged_steps)
+        summary.update(
+            global_steps=result.global_steps,
+            averaged_steps=result.averaged_steps,
+            state_rounds_completed=result.state_rounds_completed,
+            state_rounds_failed=result.state_rounds_failed,
+        )
     print(json.dumps(summary), flush=True)
     return 0
 
