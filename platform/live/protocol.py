@@ -69,8 +69,9 @@ class ProjectInfo(TypedDict):
     slug: str
     title: str
     status: str
-    grid: list[int]
-    expert_prefix: str
+    grid: list[int]  # the shape every grid of the project shares
+    #: Every grid's name, in block order: `["ffn"]`, or a language model's `["lm.b0", "lm.b1", ...]`.
+    grid_names: list[str]
 
 
 class Limits(TypedDict):

@@ -44,12 +44,13 @@ class NodeExtras:
 
 
 def project_info(project: Project) -> ProjectInfo:
+    grids = swarm_selectors.project_grids(project)
     return {
         "slug": project.slug,
         "title": project.title,
         "status": project.status,
-        "grid": list(project.grid_dims),
-        "expert_prefix": swarm_selectors.expert_prefix(project),
+        "grid": list(grids.dims),
+        "grid_names": list(grids.prefixes),
     }
 
 

@@ -69,7 +69,8 @@ class NodesReply(NodesPage):
 
 
 class CoverageSummary(TypedDict):
-    """Counts, one page of covered cells (uid -> serving replicas) and one page of holes (uids).
+    """Counts, one page of covered cells (uid -> serving replicas) and one page of holes (uids), across
+    every grid of the project (a language model's blocks one after another: `lm.b0.*`, then `lm.b1.*`).
 
     A cell is covered only when a node the observer saw serving (an `info` probe answered) hosts it;
     `announced` counts the cells some node announces, serving or not."""

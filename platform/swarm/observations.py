@@ -19,7 +19,7 @@ from swarm import selectors
 from swarm.events import announce_alert, announce_coverage, announce_node
 from swarm.models import Alert, AlertSeverity, Node, NodeState, ProbeState, ProjectSwarm
 from swarm.probe_schedule import ProbeOutcome
-from swarm.reconcile import NodeFacts, Thresholds, grid_cells, grid_coverage, reconcile
+from swarm.reconcile import NodeFacts, Thresholds, reconcile
 from swarm.services import node_set_state
 
 logger = logging.getLogger(__name__)
@@ -146,14 +146,15 @@ def observation_record(
         if announced is not None:
             # A cell is covered only by a node the observer saw serving it (an `info` probe answered);
             # announcing it is not enough. Only covered cells are stored (a hole is a cell not listed), at
-            # most as many as a grid may have.
-            prefix, dims = selectors.expert_prefix(project), project.grid_dims
+            # most as many as a project's grids may have. Every grid counts: a language model's block 1
+            # without a server has holes however whole block 0 is.
+            grids = selectors.project_grids(project)
             serving = serving_experts(announced, probes, nodes)
-            covered = grid_coverage(prefix, dims, serving)
+            covered = grids.coverage(serving)
             cells = dict(list(covered.items())[: settings.PROJECT_MAX_GRID_CELLS])
-            total = grid_cells(dims)
+            total = grids.total
             swarm.coverage, swarm.announced = cells, {k: sorted(v) for k, v in announced.items()}
-            swarm.announced_cells = min(len(grid_coverage(prefix, dims, announced)), total)
+            swarm.announced_cells = min(len(grids.coverage(announced)), total)
             swarm.observed_at = now
             holes = total - len(cells)
             not_serving = swarm.announced_cells - len(cells)
@@ -166,7 +167,7 @@ def observation_record(
                 wanted["coverage:holes"] = WantedAlert(
                     "coverage",
                     AlertSeverity.WARNING,
-                    f"{holes} of {total} grid cells have no serving expert{unverified}.",
+                    f"{holes} of {total} grid cells have no serving expert{grids.where(cells)}{unverified}.",
                 )
             for node_id in result.announced_without_heartbeat:
                 text = f"Node {node_id[:12]} announces experts but sends no heartbeats."

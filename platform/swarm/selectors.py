@@ -20,6 +20,7 @@ from projects.models import Project
 from projects.permissions import AnyUser
 from swarm.api_types import CoverageSummary, NodeReach, NodeRow, NodesPage, Page, SwarmState
 from swarm.events import node_summary, replica_report
+from swarm.grids import Grids
 from swarm.keys import portal_public_key
 from swarm.models import (
     Alert,
@@ -31,7 +32,6 @@ from swarm.models import (
     ProjectSwarm,
     TrainingMetric,
 )
-from swarm.reconcile import grid_cells, grid_holes
 from swarm.replicas import fold_reports
 from swarm.summaries import iso_from_unix
 from swarm.wheel import latest_wheel
@@ -50,11 +50,6 @@ def swarm_settings(*, project: Project) -> ProjectSwarm:
     return found or ProjectSwarm(project=project)
 
 
-def expert_prefix(project: Project) -> str:
-    """Grid name of the project's (first) experts in uids and DHT keys (`ffn.3.14`, `lm.b0.3.14`)."""
-    return project.grid_prefixes[0]
-
-
 def expert_grids(project: Project) -> list[ExpertSpec]:
     """Every grid the project's volunteers host: a classifier's one, or one per language-model block."""
     dims = list(project.grid_dims)
@@ -64,6 +59,12 @@ def expert_grids(project: Project) -> list[ExpertSpec]:
         )
         for prefix in project.grid_prefixes
     ]
+
+
+def project_grids(project: Project) -> Grids:
+    """The project's grids for coverage, holes and heatmaps: the very grids its config hands agents."""
+    specs = expert_grids(project)
+    return Grids(prefixes=tuple(spec.prefix for spec in specs), dims=tuple(specs[0].grid))
 
 
 def lm_spec(project: Project) -> LMSpec | None:
@@ -225,12 +226,13 @@ def coverage_summary(
     *, project: Project, cells_offset: int = 0, cells_limit: int = CELLS_PAGE[0],
     holes_offset: int = 0, holes_limit: int = HOLES_PAGE[0],
 ) -> CoverageSummary:  # fmt: skip
-    """Counts, one page of covered cells and one page of holes: what any grid costs to show."""
-    dims, prefix = project.grid_dims, expert_prefix(project)
-    cells = coverage_of(project=project)
-    total = grid_cells(dims)
+    """Counts, one page of covered cells and one page of holes of every grid of the project (a language
+    model's blocks one after another): what any grid costs to show."""
+    grids = project_grids(project)
+    cells = {uid: n for uid, n in coverage_of(project=project).items() if grids.locate(uid) is not None}
+    total = grids.total
     listed = list(cells.items())[cells_offset : cells_offset + cells_limit]
-    holes = grid_holes(prefix, dims, cells, offset=holes_offset, limit=holes_limit)
+    holes = grids.holes(cells, offset=holes_offset, limit=holes_limit)
     return {
         "total": total,
         "covered": len(cells),

@@ -34,7 +34,6 @@ from swarm.exports import export_path, latest_export
 from swarm.models import CodePurpose, Node
 from swarm.openapi import openapi_schema
 from swarm.permissions import can_view_swarm
-from swarm.reconcile import grid_cells, grid_uids
 from swarm.wheel import SUMS_FILE, latest_wheel, wheel_dir, wheel_path
 
 logger = logging.getLogger(__name__)
@@ -202,8 +201,8 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     if project is None or not can_view_swarm(request.user, project):
         raise Http404("No such project.")
     now = timezone.now()
-    dims = project.grid_dims
-    small_grid = grid_cells(dims) <= MAX_RENDERED_CELLS
+    grids = selectors.project_grids(project)
+    small_grid = grids.total <= MAX_RENDERED_CELLS
     state = selectors.swarm_state(
         project=project,
         viewer=request.user,
@@ -229,11 +228,8 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         second_lines = labelled_polylines(accuracy, width=520, height=140)
         last_eval = None
     nodes = list(selectors.nodes_of_project(project=project)[: selectors.NODES_PAGE[1]])
-    if small_grid:
-        covered = selectors.coverage_of(project=project)
-        cells = [(uid, covered.get(uid, 0)) for uid in grid_uids(selectors.expert_prefix(project), dims)]
-    else:
-        cells = []
+    # One small grid per block of a language model (labelled), a classifier's one grid unlabelled.
+    blocks = grids.by_grid(selectors.coverage_of(project=project)) if small_grid else []
     context = {
         "project": project,
         "state": state,
@@ -241,8 +237,8 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "can_manage": can_manage_project(request.user, project),
         "nodes": nodes,
         "node_total": state["nodes_page"]["count"],
-        "cells": cells,
-        "grid_columns": dims[-1] if len(dims) > 1 else min(dims[0], 16),
+        "blocks": blocks,
+        "grid_columns": grids.dims[-1] if len(grids.dims) > 1 else min(grids.dims[0], 16),
         "loss_lines": time_polylines(
             [[(m.timestamp.timestamp(), m.loss) for m in run] for run in runs], width=520, height=140
         ),

@@ -1,87 +1,63 @@
-// The expert grid as a heatmap on a canvas: one cell per expert uid, shaded by how many live replicas
-// the portal's observer saw in the DHT; holes (no live replica) in red. Rows are the grid's first
-// dimension, columns the rest. The portal lists covered cells only (a missing cell is a hole); a grid
-// larger than MAX_DRAWN_CELLS (older projects, made before the portal bounded grids) is not drawn.
+// The expert grids as heatmaps on canvases: one cell per expert uid, shaded by how many serving replicas
+// the portal's observer saw; holes (no serving replica) in red. Rows are a grid's first dimension,
+// columns the rest. A classifier has one grid; a language model one per block, each drawn as its own
+// small heatmap labelled `block 0`, `block 1`, ... The portal lists covered cells only (a missing cell is
+// a hole); grids larger than MAX_DRAWN_CELLS together (older projects, made before the portal bounded
+// grids) are counted, not drawn.
 import { scaleSequential } from "d3-scale";
 import { interpolateGreens } from "d3-scale-chromatic";
 import { cssVar } from "./colors.js";
-import { uidCoords } from "./state.js";
+import { cellUid, gridLayout, gridMatrices, gridsTotal, locateCell, projectGrids } from "./grids.js";
 
 export const MAX_DRAWN_CELLS = 1 << 20;
 
-export function gridLayout(dims) {
-  const rows = dims.length > 1 ? dims[0] : 1;
-  const cols = dims.length > 1 ? dims.slice(1).reduce((a, b) => a * b, 1) : dims[0] || 1;
-  return { rows, cols };
+// Covered cells and holes of every grid, from the coverage reading alone (costs what is covered).
+export function coverageCounts(cells, grids) {
+  const total = gridsTotal(grids);
+  let covered = 0;
+  for (const [uid, replicas] of Object.entries(cells || {})) if (replicas > 0 && locateCell(uid, grids)) covered++;
+  return { covered, holes: total - covered, total };
 }
 
-// Replica counts laid out row-major; missing cells count as holes.
-export function cellMatrix(cells, dims) {
-  const { rows, cols } = gridLayout(dims);
-  const values = new Int32Array(rows * cols);
-  for (const [uid, replicas] of Object.entries(cells)) {
-    const coords = uidCoords(uid, dims.length);
-    if (!coords || coords.some((c, i) => c >= dims[i])) continue;
-    let index = 0;
-    for (let i = 0; i < dims.length; i++) index = index * dims[i] + coords[i];
-    values[index] = replicas;
-  }
-  return { rows, cols, values };
-}
-
-export class CoverageHeatmap {
-  constructor(container, { onHover } = {}) {
-    this.container = container;
+// One grid's canvas (and its label, for a language model's block).
+class GridCanvas {
+  constructor(parent, label, onHover) {
+    this.figure = document.createElement("figure");
+    this.figure.className = "swarm-heatmap-block";
+    if (label) {
+      const caption = document.createElement("figcaption");
+      caption.textContent = label;
+      this.figure.append(caption);
+    }
     this.canvas = document.createElement("canvas");
     this.canvas.className = "swarm-heatmap-canvas";
     this.canvas.setAttribute("role", "img");
-    this.canvas.setAttribute("aria-label", "Expert grid coverage heatmap");
-    container.append(this.canvas);
+    this.canvas.setAttribute("aria-label", label ? `Expert grid coverage heatmap, ${label}` : "Expert grid coverage heatmap");
+    this.figure.append(this.canvas);
+    parent.append(this.figure);
     this.onHover = onHover;
     this.canvas.addEventListener("mousemove", (e) => this.hover(e));
     this.canvas.addEventListener("mouseleave", () => this.onHover?.(null));
-    new ResizeObserver(() => this.draw()).observe(container);
   }
 
-  update(swarm) {
-    this.swarm = swarm;
-    const dims = swarm.project?.grid || [1];
-    const total = dims.reduce((a, b) => a * b, 1);
-    if (total > MAX_DRAWN_CELLS) {
-      const covered = Object.keys(swarm.coverage.cells || {}).length;
-      this.matrix = null;
-      this.canvas.width = this.canvas.height = 0;
-      Object.assign(this.container.dataset, { covered: String(covered), holes: String(total - covered), cells: String(total) });
-      return { covered, holes: total - covered, total, max: 1 };
-    }
-    this.matrix = cellMatrix(swarm.coverage.cells || {}, dims);
-    this.prefix = swarm.project?.expert_prefix || "";
-    this.dims = dims;
-    const values = this.matrix.values;
-    let holes = 0, covered = 0, max = 1;
-    for (const v of values) {
-      if (v > 0) covered++;
-      else holes++;
-      max = Math.max(max, v);
-    }
-    this.max = max;
-    Object.assign(this.container.dataset, { covered: String(covered), holes: String(holes), cells: String(values.length) });
+  show(matrix, layout, uidOf, max) {
+    Object.assign(this, { matrix, layout, uidOf, max });
+    Object.assign(this.figure.dataset, { covered: String(matrix.covered), holes: String(matrix.holes) });
     this.draw();
-    return { covered, holes, total: values.length, max };
   }
 
   draw() {
     if (!this.matrix) return;
-    const { rows, cols, values } = this.matrix;
-    const width = Math.max(200, this.container.clientWidth);
-    const gap = cols <= 64 ? 2 : 0;
+    const { rows, cols } = this.layout;
+    const values = this.matrix.values;
+    const width = Math.max(120, this.figure.clientWidth);
+    const gap = cols <= 64 ? (cols > 8 ? 1 : 2) : 0;
     const cell = Math.max(1, Math.min(cols <= 8 ? 56 : 28, Math.floor((width - gap * cols) / cols)));
-    const height = rows * (cell + gap);
     const ratio = window.devicePixelRatio || 1;
-    this.canvas.width = (cols * (cell + gap)) * ratio;
-    this.canvas.height = height * ratio;
+    this.canvas.width = cols * (cell + gap) * ratio;
+    this.canvas.height = rows * (cell + gap) * ratio;
     this.canvas.style.width = `${cols * (cell + gap)}px`;
-    this.canvas.style.height = `${height}px`;
+    this.canvas.style.height = `${rows * (cell + gap)}px`;
     this.cell = cell;
     this.gap = gap;
     const ctx = this.canvas.getContext("2d");
@@ -102,15 +78,67 @@ export class CoverageHeatmap {
     const rect = this.canvas.getBoundingClientRect();
     const c = Math.floor((event.clientX - rect.left) / (this.cell + this.gap));
     const r = Math.floor((event.clientY - rect.top) / (this.cell + this.gap));
-    const { rows, cols, values } = this.matrix;
+    const { rows, cols } = this.layout;
     if (r < 0 || c < 0 || r >= rows || c >= cols) return this.onHover?.(null);
-    let index = r * cols + c;
-    const coords = [];
-    for (let i = this.dims.length - 1; i >= 0; i--) {
-      coords.unshift(index % this.dims[i]);
-      index = Math.floor(index / this.dims[i]);
+    const index = r * cols + c;
+    this.onHover?.({ uid: this.uidOf(index), replicas: this.matrix.values[index] }, event.clientX, event.clientY);
+  }
+}
+
+export class CoverageHeatmap {
+  // `labelled`: a language model's grids are labelled by block.
+  constructor(container, { onHover, labelled = false } = {}) {
+    this.container = container;
+    this.onHover = onHover;
+    this.labelled = labelled;
+    this.canvases = [];
+    this.names = null;
+    new ResizeObserver(() => this.draw()).observe(container);
+  }
+
+  // One canvas per grid, rebuilt only when the project's grids change.
+  layoutFor(grids) {
+    const key = grids.names.join("\n");
+    if (this.names === key) return;
+    this.names = key;
+    this.container.replaceChildren();
+    const list = document.createElement("div");
+    list.className = grids.names.length > 1 ? "swarm-heatmap-blocks" : "swarm-heatmap-single";
+    this.container.append(list);
+    this.canvases = grids.names.map((name, i) => {
+      const canvas = new GridCanvas(list, this.labelled ? `block ${i}` : "", this.onHover);
+      canvas.figure.dataset.grid = name;
+      return canvas;
+    });
+  }
+
+  update(swarm) {
+    this.swarm = swarm;
+    const grids = projectGrids(swarm.project);
+    const total = gridsTotal(grids);
+    if (total > MAX_DRAWN_CELLS) {
+      const counts = coverageCounts(swarm.coverage.cells, grids);
+      this.names = null;
+      this.canvases = [];
+      this.container.replaceChildren();
+      Object.assign(this.container.dataset, { covered: String(counts.covered), holes: String(counts.holes), cells: String(total) });
+      return { ...counts, max: 1 };
     }
-    const uid = [this.prefix, ...coords].join(".");
-    this.onHover?.({ uid, replicas: values[r * cols + c] }, event.clientX, event.clientY);
+    this.layoutFor(grids);
+    const matrices = gridMatrices(swarm.coverage.cells, grids);
+    const max = Math.max(1, ...matrices.map((m) => m.max)); // one shade scale for every block
+    const layout = gridLayout(grids.dims);
+    let covered = 0;
+    matrices.forEach((matrix, i) => {
+      covered += matrix.covered;
+      this.canvases[i].show(matrix, layout, (index) => cellUid(grids, i, index), max);
+    });
+    const holes = total - covered;
+    Object.assign(this.container.dataset, { covered: String(covered), holes: String(holes), cells: String(total), grids: String(grids.names.length) });
+    return { covered, holes, total, max };
+  }
+
+  draw() {
+    for (const canvas of this.canvases) canvas.draw();
   }
 }

@@ -75,7 +75,11 @@ export function startSwarmPage(root) {
       show([`${n.label} · ${n.role || "no role yet"} · ${item.state}`, `owner ${n.owner}`, `${n.samples_per_s.toFixed(1)} samples/s`, `experts ${n.experts.join(", ") || "–"}`], x, y);
     },
   });
+  // A language model's second chart is bits per byte (training and validation), a classifier's accuracy;
+  // its heatmap is one small grid per block.
+  const language = root.dataset.task === "lm";
   const heatmap = new CoverageHeatmap(part(root, "heatmap"), {
+    labelled: language,
     onHover: (cell, x, y) => (cell ? show([`${cell.uid}`, `${cell.replicas} live replica${cell.replicas === 1 ? "" : "s"}`], x, y) : show(null)),
   });
   const online = cssVar("--state-online");
@@ -83,8 +87,6 @@ export function startSwarmPage(root) {
     throughput: new LiveChart(part(root, "chart-throughput"), "Swarm samples/s", [{ label: "samples/s", stroke: online, fill: withAlpha(online, 0.08), width: 2 }]),
     loss: new LiveChart(part(root, "chart-loss"), "Trainer loss", [{ label: "loss", stroke: cssVar("--danger"), width: 2 }]),
   };
-  // A language model's second chart is bits per byte (training and validation), a classifier's accuracy.
-  const language = root.dataset.task === "lm";
   if (language) charts.bpb = new LiveChart(part(root, "chart-bpb"), "Bits per byte", [{ label: "bits per byte", stroke: cssVar("--primary"), width: 2 }]);
   else charts.accuracy = new LiveChart(part(root, "chart-accuracy"), "Trainer accuracy", [{ label: "accuracy", stroke: cssVar("--primary"), width: 2 }]);
   const replicas = new ReplicasPanel(part(root, "replicas-panel"));

@@ -1,21 +1,20 @@
-// The replicas and averaging panel: per reported cell its live replicas (from the coverage reading), the
-// newest step a replica reports and how long ago its newest state was averaged; the averaging rounds of
+// The replicas and averaging panel: per reported cell of every grid its live replicas (from the coverage
+// reading), the newest step a replica reports and how long ago its newest state was averaged; the averaging rounds of
 // the online nodes. The server sends when a state was averaged (`averaged_at`), never an age, so ages tick
 // here every second between updates. Built with textContent only (uids never become HTML).
+import { gridsTotal, projectGrids } from "./grids.js";
 import { formatAge } from "./state.js";
 
 export const NEVER_AVERAGED = "never (no other replica)";
-
-function gridCells(grid) {
-  return (grid || []).reduce((cells, side) => cells * side, 1);
-}
 
 // What the panel shows, without the DOM: the summary line, one row per listed cell, the note under it.
 export function replicaView(swarm, nowSeconds = Date.now() / 1000) {
   const { cells, cells_count: count, rounds_completed: completed, rounds_failed: failed } = swarm.replicas;
   const covered = swarm.coverage.cells || {};
+  // Every grid counts: a language model's blocks together.
+  const grids = projectGrids(swarm.project);
   const replicated = Object.values(covered).filter((n) => n >= 2).length;
-  const total = swarm.project ? gridCells(swarm.project.grid) : 0;
+  const total = swarm.project ? gridsTotal(grids) : 0;
   const rows = cells.map((cell) => ({
     uid: cell.uid,
     replicas: covered[cell.uid] ?? 0,
