@@ -59,3 +59,11 @@ test("ages tick from the averaging time, by the server's clock", () => {
   assert.equal(replicaView(swarm, NOW).rows[0].age, "60 s ago");
   assert.equal(replicaView(swarm, NOW + 100).rows[0].age, "3 min ago");
 });
+
+test("a language model's replicated cells are counted against every block's cells", () => {
+  const swarm = emptySwarm();
+  const project = { slug: "lm", grid: [2, 2], grid_names: ["lm.b0", "lm.b1"] };
+  const coverage = { cells: { "lm.b0.0.0": 2, "lm.b1.1.1": 3, "lm.b1.0.0": 1 }, observed_at: NOW };
+  applyMessage(swarm, snapshot(1, { project, coverage }), NOW);
+  assert.match(replicaView(swarm, NOW).summary, /^2 of 8 cells have two or more live replicas/);
+});

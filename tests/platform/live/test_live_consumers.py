@@ -95,7 +95,7 @@ async def test_anyone_may_watch_a_public_project_and_gets_a_full_snapshot(
     try:
         snapshot = await communicator.receive_json_from(timeout=10)
         assert (snapshot["type"], snapshot["seq"]) == ("swarm.snapshot", 1)
-        assert snapshot["project"]["grid"] == [4, 4] and snapshot["project"]["expert_prefix"] == "ffn"
+        assert snapshot["project"]["grid"] == [4, 4] and snapshot["project"]["grid_names"] == ["ffn"]
         assert snapshot["viewer"] == {"owner_key": None, "staff": False}
         [view] = snapshot["nodes"]
         assert (view["node_id"], view["state"], view["role"]) == (node.node_id, "online", "server")
