@@ -160,6 +160,8 @@ async def test_a_language_models_servers_are_read_on_every_blocks_grid(
     assert changes[project.slug] == [(node.node_id, "registered", "online")]
     node = await sync_to_async(Node.objects.get)(pk=node.pk)
     assert node.announced_experts == ["lm.b1.0.1"] and node.serving_experts == ["lm.b1.0.1"]
+    swarm = await sync_to_async(ProjectSwarm.objects.get)(project=project)
+    assert swarm.coverage == {"lm.b1.0.1": 1} and swarm.announced_cells == 1  # block 1 counts
 
 
 async def test_a_heartbeating_node_nobody_can_reach_is_unreachable_with_the_reason(
