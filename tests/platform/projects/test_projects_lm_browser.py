@@ -49,6 +49,25 @@ def trainer_reports(project: Project, owner: User) -> None:
     TrainingMetric.objects.bulk_create(rows)
 
 
+def serve_block_1(project: Project, owner: User) -> None:
+    """The observer saw a server announce and serve every cell of block 1's 16x16 grid, and no other."""
+    from swarm.observations import observation_record
+    from swarm.probe_schedule import ProbeOutcome
+
+    node = Node.objects.create(
+        project=project, user=owner, public_key="8" * 64, node_id="9" * 40, role="server"
+    )
+    uids = tuple(f"lm.b1.{r}.{c}" for r in range(16) for c in range(16))
+    probes = {node.node_id: ProbeOutcome("serving", uids, "", time.time())}
+    observation_record(
+        project_id=project.pk,
+        announced={node.node_id: set(uids)},
+        error="",
+        now=datetime.now(UTC),
+        probes=probes,
+    )
+
+
 def test_a_language_model_is_created_with_live_figures(portal_url: str, researcher: User) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -100,10 +119,25 @@ def test_a_language_model_is_created_with_live_figures(portal_url: str, research
             expect(page.locator('[data-live-stat-detail="bpb"]')).to_have_text("training bits per byte")
             assert page.locator('[data-part="chart-accuracy"]').count() == 0
 
-            # A trainer's run: training bits per byte at every step, validation every 5 steps.
-            read_db(lambda: trainer_reports(Project.objects.get(slug="byte-lm-in-the-browser"), researcher))
+            # A trainer's run: training bits per byte at every step, validation every 5 steps; a server
+            # of block 1's every cell.
+            lm = read_db(lambda: Project.objects.get(slug="byte-lm-in-the-browser"))
+            read_db(lambda: trainer_reports(lm, researcher))
+            read_db(lambda: serve_block_1(lm, researcher))
             page.goto(swarm_page)
             page.wait_for_selector("[data-live-swarm][data-live-state=live]", timeout=15_000)
+            # One heatmap per block, each counted: block 1 whole, the other three all holes.
+            blocks = page.locator('[data-part="heatmap"] figure.swarm-heatmap-block')
+            expect(blocks).to_have_count(4)
+            assert blocks.locator("figcaption").all_text_contents() == [f"block {b}" for b in range(4)]
+            expect(page.locator('[data-part="heatmap"] [data-grid="lm.b1"]')).to_have_attribute(
+                "data-covered", "256"
+            )
+            assert [blocks.nth(b).get_attribute("data-holes") for b in range(4)] == ["256", "0", "256", "256"]
+            expect(page.locator('[data-live-stat="coverage"]')).to_have_text("256/1024")
+            widths = [blocks.nth(b).locator("canvas").bounding_box()["width"] for b in range(4)]
+            assert min(widths) >= 16 * 5, f"a 16x16 block is drawn at least 5 pixels a cell: {widths}"
+            expect(page.locator('[data-part="replicas-summary"]')).to_contain_text("0 of 1024 cells")
             legend = '[data-part="chart-bpb"] .u-legend .u-series th'
             expect(page.locator(legend)).to_have_count(3)
             assert page.locator(legend).all_text_contents()[1:] == [
