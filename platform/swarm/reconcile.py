@@ -1,7 +1,8 @@
 """Node lifecycle from two sources of evidence: what agents report (heartbeats) and what the DHT shows.
 
 Pure: the observer (and tests) pass in the nodes' facts, the announcements read from the DHT and `now`;
-out come the state changes to apply, grid coverage and the mismatches worth showing an admin.
+out come the state changes to apply and the mismatches worth showing an admin, and the cell arithmetic of one
+grid (`swarm.grids` takes a project's grids together).
 
 Rules (thresholds in seconds, from settings.SWARM):
 * banned and pending nodes keep their state (only an admin or the owner changes those);
@@ -167,38 +168,3 @@ def grid_uids(prefix: str, dims: Sequence[int]) -> list[str]:
     return [
         ".".join([prefix, *map(str, coords)]) for coords in itertools.product(*(range(side) for side in dims))
     ]
-
-
-def grid_coverage(prefix: str, dims: Sequence[int], announced: Mapping[str, set[str]]) -> dict[str, int]:
-    """Live replicas of each *covered* cell, in grid order; holes are the cells not listed.
-
-    Costs what was announced, never the grid's size: a grid may have far more cells than memory.
-    Uids outside the grid are ignored.
-    """
-    replicas: dict[int, int] = {}
-    for uids in announced.values():
-        for uid in uids:
-            index = cell_index(prefix, dims, uid)
-            if index is not None:
-                replicas[index] = replicas.get(index, 0) + 1
-    return {cell_uid(prefix, dims, index): replicas[index] for index in sorted(replicas)}
-
-
-def grid_holes(
-    prefix: str, dims: Sequence[int], covered: Iterable[str], *, offset: int, limit: int
-) -> list[str]:
-    """The uids of holes number `offset` .. `offset + limit - 1` (grid order), without walking the grid."""
-    taken = sorted({i for i in (cell_index(prefix, dims, uid) for uid in covered) if i is not None})
-    total = grid_cells(dims)
-    # Hole number `offset` sits `offset` cells in, plus one for each covered cell at or before it.
-    index, position = offset, 0
-    while position < len(taken) and taken[position] <= index:
-        position, index = position + 1, index + 1
-    holes: list[str] = []
-    while len(holes) < limit and index < total:
-        if position < len(taken) and taken[position] == index:
-            position += 1
-        else:
-            holes.append(cell_uid(prefix, dims, index))
-        index += 1
-    return holes

@@ -17,10 +17,11 @@ from live.selectors import snapshot_parts
 from projects.forms import ProjectCreateForm
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
+from swarm.grids import Grids
 from swarm.models import Node, NodeState, ProjectSwarm
 from swarm.observations import observation_record
 from swarm.probe_schedule import ProbeOutcome
-from swarm.reconcile import cell_uid, grid_coverage, grid_holes, grid_uids
+from swarm.reconcile import cell_uid, grid_uids
 
 pytestmark = pytest.mark.django_db
 HUGE = "1024x1024x1024x1024"
@@ -135,11 +136,10 @@ def test_coverage_helpers_agree_with_enumerating_a_small_grid() -> None:
     dims = (3, 5)
     every = grid_uids("ffn", dims)
     announced = {"a": {"ffn.0.1", "ffn.2.4", "ffn.3.0", "ffn.01.1"}, "b": {"ffn.2.4"}}
-    covered = grid_coverage("ffn", dims, announced)
+    grids = Grids(prefixes=("ffn",), dims=dims)
+    covered = grids.coverage(announced)
     assert covered == {"ffn.0.1": 1, "ffn.2.4": 2}
     holes = [uid for uid in every if uid not in covered]
     for offset in range(len(every) + 1):
         for limit in (0, 1, 4, 20):
-            assert (
-                grid_holes("ffn", dims, covered, offset=offset, limit=limit) == holes[offset : offset + limit]
-            )
+            assert grids.holes(covered, offset=offset, limit=limit) == holes[offset : offset + limit]

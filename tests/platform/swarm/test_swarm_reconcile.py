@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from swarm.charts import polyline
 from swarm.codes import code_hash, new_code, normalise_code
+from swarm.grids import Grids
 from swarm.ratelimit import take_token
-from swarm.reconcile import NodeFacts, Thresholds, grid_coverage, grid_uids, reconcile
+from swarm.reconcile import NodeFacts, Thresholds, grid_uids, reconcile
 
 LIMITS = Thresholds(online_within=30, offline_after=90)
 NOW = 1_000_000.0
@@ -59,7 +60,8 @@ def test_banned_and_pending_nodes_are_left_alone_and_strangers_are_reported() ->
 
 def test_grid_coverage_counts_replicas_and_ignores_cells_outside_the_grid() -> None:
     assert grid_uids("ffn", (2, 2)) == ["ffn.0.0", "ffn.0.1", "ffn.1.0", "ffn.1.1"]
-    cells = grid_coverage("ffn", (2, 2), {"a": {"ffn.0.0", "ffn.9.9"}, "b": {"ffn.0.0", "ffn.1.1"}})
+    grid = Grids(prefixes=("ffn",), dims=(2, 2))
+    cells = grid.coverage({"a": {"ffn.0.0", "ffn.9.9"}, "b": {"ffn.0.0", "ffn.1.1"}})
     assert cells == {"ffn.0.0": 2, "ffn.1.1": 1}  # covered cells only: a hole is a cell not listed
 
 
