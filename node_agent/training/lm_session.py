@@ -84,10 +84,12 @@ def run_lm_training(
     caller: Any = None,
     on_step: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> LMTrainResult:
-    """Train per `config` (resuming from its checkpoint directory if asked); `caller` for remote mode."""
+    """Train per `config` (resuming from its checkpoint directory if asked); `caller` for remote mode.
+    `say` gets the lines for the person at the terminal (waiting for experts)."""
     model = build_lm(config, caller)
-    trainer = LMTrainer(model, corpus, config.train, metrics, on_step, stop)
+    trainer = LMTrainer(model, corpus, config.train, metrics, on_step, stop, say)
     if config.resume_from:
         path = latest_checkpoint(config.resume_from) or config.resume_from
         trainer.step = load_checkpoint(path, model, trainer.optimizer)

@@ -1,7 +1,8 @@
 """The language model's training loop: random byte windows, validation bits per byte, metrics, checkpoints.
 
 Same contract as the classifier's `Trainer`: a step whose experts fail (too few answered, the search timed
-out) is skipped, `max_failed_steps` failures in a row stop training, `stop` ends it after the current step,
+out) is skipped, `max_failed_steps` failures in a row stop training (or, with `expert_wait_period`, a portal
+trainer says it waits for experts and tries again; `ExpertFailures`), `stop` ends it after the current step,
 checkpoints hold only the trainer's own parameters (remote experts keep theirs). Metrics events reuse
 `MetricsEvent`: `loss` is the mean next-byte cross-entropy in nats (bits per byte = loss / ln 2),
 `accuracy` the next-byte accuracy, `samples_per_s` tokens per second.
@@ -22,18 +23,14 @@ from torch import nn
 
 from node_agent.moe.api import ExpertError
 from node_agent.training.checkpoints import save_checkpoint
-from node_agent.training.metrics import MetricsEvent, MetricsStream, TrainingWindow
+from node_agent.training.metrics import MetricsEvent, MetricsStream, TrainingWindow, bits_per_byte
 from node_agent.training.progress import ProgressBar
 from node_agent.training.text import TextCorpus, evaluation_windows, sample_windows
-from node_agent.training.trainer import TrainingError
+from node_agent.training.trainer import ExpertFailures, TrainingError
 
 __all__ = ["LMTrainConfig", "LMTrainResult", "LMTrainer", "bits_per_byte"]
 
 logger = logging.getLogger(__name__)
-
-
-def bits_per_byte(loss_nats: float) -> float:
-    return loss_nats / math.log(2)
 
 
 @dataclass(slots=True)
@@ -50,6 +47,7 @@ class LMTrainConfig:
     checkpoint_every: int = 0
     seed: int = 0
     progress: bool = False
+    expert_wait_period: float = 0.0  # > 0: wait (and retry) instead of failing when no expert answers
 
 
 @dataclass(slots=True)
@@ -75,6 +73,7 @@ class LMTrainer:
         metrics: MetricsStream | None = None,
         on_step: Callable[[int], None] | None = None,
         stop: threading.Event | None = None,
+        say: Callable[[str], None] | None = None,
     ):
         self.model = model
         self.corpus = corpus
@@ -82,6 +81,7 @@ class LMTrainer:
         self.metrics = metrics if metrics is not None else MetricsStream()
         self.on_step = on_step
         self.stop = stop if stop is not None else threading.Event()
+        self.say = say if say is not None else logger.warning
         self.optimizer = torch.optim.Adam(
             [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
         )
@@ -147,7 +147,7 @@ class LMTrainer:
         config = self.config
         generator = torch.Generator().manual_seed(config.seed + self.step)
         progress = ProgressBar(config.steps) if config.progress else None
-        consecutive = 0
+        failures = ExpertFailures(config.max_failed_steps, config.expert_wait_period, self.stop, self.say)
         window = TrainingWindow()
         trained_tokens = 0
         started = time.monotonic()
@@ -157,12 +157,9 @@ class LMTrainer:
                 loss, accuracy = self.train_step(inputs, targets)
             except ExpertError as error:
                 self.failed_steps += 1
-                consecutive += 1
-                logger.warning("step %d failed (%s); skipping the batch", self.step + 1, error)
-                if consecutive >= config.max_failed_steps:
-                    raise TrainingError(f"{consecutive} steps in a row failed; last: {error}") from error
+                failures.failed(self.step + 1, error)
                 continue
-            consecutive = 0
+            failures.succeeded(self.step + 1)
             self.step += 1
             trained_tokens += targets.numel()
             window.add(loss, accuracy, targets.numel())
