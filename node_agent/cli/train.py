@@ -97,7 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="average this trainer's own gradients with other trainers of the same run (needs the DHT)",
     )
     collab.add_argument(
-        "--target-batch-size", type=int, default=256, help="samples all trainers gather per global step"
+        "--target-batch-size",
+        type=int,
+        default=256,
+        help="samples (lm: windows) all trainers gather per global step",
     )
     collab.add_argument("--run-name", default="trainer", help="trainers with the same name train together")
     collab.add_argument("--average-timeout", type=float, default=30.0)
@@ -320,17 +323,7 @@ def _run_classification(args: argparse.Namespace, portal) -> int:  # portal: (Ag
     if args.collaborative and not args.initial_peers and portal is None:
         print("error: --collaborative needs the DHT: --initial-peers or --portal", file=sys.stderr)
         return 2
-    collaborative = None
-    if args.collaborative:
-        from node_agent.training.collaborative import CollaborativeConfig
-
-        collaborative = CollaborativeConfig(
-            run=args.run_name,
-            target_batch_size=args.target_batch_size,
-            average_timeout=args.average_timeout,
-            wait_for_peers=args.wait_for_trainers,
-            credential=portal[0].credential if portal is not None else None,
-        )
+    collaborative = collaborative_config(args, portal)
     try:
         config = SessionConfig(
             dataset=args.dataset,
@@ -394,6 +387,21 @@ def _run_classification(args: argparse.Namespace, portal) -> int:  # portal: (Ag
         summary.update(global_steps=result.global_steps, averaged_steps=result.averaged_steps)
     print(json.dumps(summary), flush=True)
     return 0
+
+
+def collaborative_config(args: argparse.Namespace, portal):  # -> CollaborativeConfig | None
+    """`--collaborative`'s settings (a portal trainer's credential admits it to the project's averaging)."""
+    if not args.collaborative:
+        return None
+    from node_agent.training.collaborative import CollaborativeConfig
+
+    return CollaborativeConfig(
+        run=args.run_name,
+        target_batch_size=args.target_batch_size,
+        average_timeout=args.average_timeout,
+        wait_for_peers=args.wait_for_trainers,
+        credential=portal[0].credential if portal is not None else None,
+    )
 
 
 class TrainingRun(Protocol):

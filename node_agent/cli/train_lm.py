@@ -131,7 +131,7 @@ def _corpus_source(args: argparse.Namespace, project) -> str | None:
 def run_lm(args: argparse.Namespace, portal=None) -> int:  # portal: (AgentState, Identity) | None
     """Train the LM standalone (`--local` or `--initial-peers`) or for a portal project (its shape, corpus
     and swarm; metrics with bits per byte and heartbeats go to the portal, through `train.run_trainer`)."""
-    from node_agent.cli.train import _ice_servers, run_trainer
+    from node_agent.cli.train import _ice_servers, collaborative_config, run_trainer
     from node_agent.portal.project_config import parse_project_config
     from node_agent.training.lm import grid_parameters
     from node_agent.training.lm_session import LMSessionConfig, run_lm_training
@@ -139,11 +139,11 @@ def run_lm(args: argparse.Namespace, portal=None) -> int:  # portal: (AgentState
     from node_agent.training.session import SessionConfig
     from node_agent.training.text import TextDataError, load_corpus, unigram_bpb
 
-    if getattr(args, "collaborative", False):
-        print("error: --task lm trains with one trainer (no --collaborative yet)", file=sys.stderr)
-        return 2
     if not args.local and not args.initial_peers and portal is None:
         print("error: --initial-peers is required unless --local or --portal", file=sys.stderr)
+        return 2
+    if args.collaborative and not args.initial_peers and portal is None:
+        print("error: --collaborative needs the DHT: --initial-peers or --portal", file=sys.stderr)
         return 2
     try:
         if portal is not None:
@@ -180,6 +180,7 @@ def run_lm(args: argparse.Namespace, portal=None) -> int:  # portal: (AgentState
         backward_timeout=args.backward_timeout,
         resume_from=args.checkpoint_dir if args.resume else None,
         seed=args.seed,
+        collaborative=collaborative_config(args, portal),
         train=LMTrainConfig(
             steps=steps,
             batch_size=batch_size,
@@ -196,6 +197,7 @@ def run_lm(args: argparse.Namespace, portal=None) -> int:  # portal: (AgentState
     )
     swarm = SessionConfig(
         mode=config.mode,
+        collaborative=config.collaborative,
         initial_peers=args.initial_peers,
         rtc_loopback_only=args.rtc_loopback_only,
         listen=args.listen,

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,6 +61,10 @@ class LMTrainResult:
     experts_answered: int
     experts_failed: int
     stopped: bool = False
+    #: Collaborative training: global steps taken, how many averaged with other trainers, the start epoch.
+    global_steps: int = 0
+    averaged_steps: int = 0
+    start_epoch: int = 0
 
 
 class LMTrainer:
@@ -87,6 +92,11 @@ class LMTrainer:
         )
         self.seq_len = int(getattr(model, "config").seq_len)  # noqa: B009 (any LM with a config)
         self.eval_x, self.eval_y = evaluation_windows(corpus.validation, self.seq_len, config.eval_windows)
+        #: Collaborative training (`training.collaborative`): steps when the trainers' batch is full.
+        self.collaborative: Any = None
+        #: Added to the data seed: collaborators start from the same weights (`--seed`) but draw their own
+        #: windows, or they would all compute the same gradients.
+        self.data_offset = 0
         self.step = 0
         self.failed_steps = 0
         self._answered_total = 0
@@ -103,13 +113,32 @@ class LMTrainer:
         return answered, failed
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+        """One step (collaborative: one batch's clipped gradient added to the accumulated ones, and the
+        optimiser steps when the trainers' batch is full); raises ExpertError if the swarm failed."""
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(inputs)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
+        own = [p for p in self.model.parameters() if p.requires_grad]
+        held = [p.grad for p in own]  # collaborative: the gradients accumulated since the last global step
+        for parameter in own:
+            parameter.grad = None
+        try:
+            logits = self.model(inputs)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            loss.backward()
+        except BaseException:
+            if self.collaborative is not None:  # a failed batch adds nothing
+                for parameter, grad in zip(own, held, strict=True):
+                    parameter.grad = grad
+            raise
+        nn.utils.clip_grad_norm_(own, 1.0)  # each batch's own gradient, with or without collaborators
+        if self.collaborative is None:
+            self.optimizer.step()
+        else:
+            for parameter, grad in zip(own, held, strict=True):
+                if grad is not None and parameter.grad is not None:
+                    parameter.grad.add_(grad)
+                elif grad is not None:
+                    parameter.grad = grad
+            self.collaborative.step(len(inputs))
         accuracy = (logits.argmax(-1) == targets).float().mean().item()
         return loss.item(), accuracy
 
@@ -145,7 +174,7 @@ class LMTrainer:
 
     def train(self) -> LMTrainResult:
         config = self.config
-        generator = torch.Generator().manual_seed(config.seed + self.step)
+        generator = torch.Generator().manual_seed(config.seed + self.data_offset + self.step)
         progress = ProgressBar(config.steps) if config.progress else None
         failures = ExpertFailures(config.max_failed_steps, config.expert_wait_period, self.stop, self.say)
         window = TrainingWindow()
