@@ -105,6 +105,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collab.add_argument("--run-name", default="trainer", help="trainers with the same name train together")
     collab.add_argument("--average-timeout", type=float, default=30.0)
     collab.add_argument(
+        "--average-state-every",
+        type=int,
+        default=10,
+        help="every this many global steps, also average parameters and optimiser statistics with the "
+        "other trainers (0: never; default %(default)s)",
+    )
+    collab.add_argument(
         "--wait-for-trainers", type=int, default=0, help="start once this many other trainers are live"
     )
     portal = parser.add_argument_group("portal reporting")
@@ -368,7 +375,9 @@ def _run_classification(args: argparse.Namespace, portal) -> int:  # portal: (Ag
         args,
         portal,
         config,
-        lambda metrics, caller, stop, say: run_training(config, metrics, caller=caller, stop=stop, say=say),
+        lambda metrics, caller, stop, say, on_collaborative: run_training(
+            config, metrics, caller=caller, stop=stop, say=say, on_collaborative=on_collaborative
+        ),
         items_per_step=args.batch_size,
     )
     if not isinstance(result, TrainResult):
@@ -384,7 +393,12 @@ def _run_classification(args: argparse.Namespace, portal) -> int:  # portal: (Ag
         "stopped": result.stopped,
     }
     if args.collaborative:
-        summary.update(global_steps=result.global_steps, averaged_steps=result.averaged_steps)
+        summary.update(
+            global_steps=result.global_steps,
+            averaged_steps=result.averaged_steps,
+            state_rounds_completed=result.state_rounds_completed,
+            state_rounds_failed=result.state_rounds_failed,
+        )
     print(json.dumps(summary), flush=True)
     return 0
 
@@ -400,15 +414,22 @@ def collaborative_config(args: argparse.Namespace, portal):  # -> CollaborativeC
         target_batch_size=args.target_batch_size,
         average_timeout=args.average_timeout,
         wait_for_peers=args.wait_for_trainers,
+        average_state_every=args.average_state_every,
         credential=portal[0].credential if portal is not None else None,
     )
 
 
 class TrainingRun(Protocol):
-    """Trains one model with these (metrics stream, caller or None, stop event, `say`); returns its result."""
+    """Trains one model with these (metrics stream, caller or None, stop event, `say`, and what to call with
+    a collaborative optimiser once it exists: the portal's reporting reads its rounds); returns its result."""
 
     def __call__(
-        self, metrics: Any, caller: Any, stop: threading.Event, say: Callable[[str], None]
+        self,
+        metrics: Any,
+        caller: Any,
+        stop: threading.Event,
+        say: Callable[[str], None],
+        on_collaborative: Callable[[Any], None] | None,
     ) -> Any: ...
 
 
@@ -463,7 +484,8 @@ def run_trainer(
                         reporting.counters.peer_requests = caller.take_peer_requests
                 else:
                     caller = start_caller(session)
-            result = train(metrics, caller, stop, say)
+            on_collaborative = reporting.report_averaging if reporting is not None else None
+            result = train(metrics, caller, stop, say, on_collaborative)
     except Stopped:
         say("stopped before training started")
         return 0

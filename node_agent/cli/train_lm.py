@@ -209,8 +209,8 @@ def run_lm(args: argparse.Namespace, portal=None) -> int:  # portal: (AgentState
         args,
         portal,
         swarm,
-        lambda metrics, caller, stop, say: run_lm_training(
-            config, corpus, metrics, caller, stop=stop, say=say
+        lambda metrics, caller, stop, say, on_collaborative: run_lm_training(
+            config, corpus, metrics, caller, stop=stop, say=say, on_collaborative=on_collaborative
         ),
         items_per_step=batch_size * model.seq_len,
         language_model=True,

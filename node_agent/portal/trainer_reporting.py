@@ -92,6 +92,8 @@ class TrainerCounters:
         self.failed = 0
         #: Set once the trainer's ExpertCaller exists: calls per expert server since the last heartbeat.
         self.peer_requests: Callable[[], dict[bytes, int]] | None = None
+        #: Set once a collaborative trainer's optimiser exists: (completed, failed) averaging rounds so far.
+        self.averaging_rounds: Callable[[], tuple[int, int]] | None = None
 
     def take_peers(self, limit: int = 256) -> list[PeerActivity]:
         """The busiest expert servers since the last heartbeat, as the heartbeat's `peers` field."""
@@ -151,6 +153,10 @@ class TrainerReporting:
     def stop(self, flush_timeout: float = 3.0) -> None:
         self.telemetry.stop(flush_timeout)
 
+    def report_averaging(self, collaborative: Any) -> None:
+        """Heartbeats report a collaborative trainer's averaging rounds (gradients and state) from now on."""
+        self.counters.averaging_rounds = collaborative.averaging_rounds
+
 
 def start_trainer_reporting(
     state: AgentState,
@@ -170,6 +176,7 @@ def start_trainer_reporting(
     counters = TrainerCounters(batch_size)
 
     def heartbeat(credential: str) -> HeartbeatBody:
+        completed, failed = counters.averaging_rounds() if counters.averaging_rounds is not None else (0, 0)
         return HeartbeatBody(
             credential=credential,
             node_id=identity.node_id.hex(),
@@ -186,6 +193,8 @@ def start_trainer_reporting(
             samples_per_s=round(counters.samples_per_s, 3),
             uptime_s=round(time.monotonic() - counters.started, 1),
             peers=counters.take_peers(),
+            averaging_rounds_completed=completed,
+            averaging_rounds_failed=failed,
         )
 
     telemetry = BackgroundTelemetry(

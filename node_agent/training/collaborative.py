@@ -14,6 +14,11 @@ newcomer), first loads the newest state (parameters, optimiser moments, epoch) f
 highest epoch, falling back to the next (`node_agent.averaging.state_download`; every trainer is a donor
 capped at two concurrent downloads).
 
+Every `average_state_every` global steps the trainers of one epoch also average their parameters and
+optimiser statistics (`node_agent.training.state_averaging`, in the background, applied with the delta
+rule at the next `step`), so copies that drifted apart (8-bit gradients, a solo step, late moments) realign
+without waiting to fall behind.
+
 The synchronous training loop calls `step(samples)` after `loss.backward()`; DHT and averaging run on the
 `ExpertCaller`'s event loop (`caller.run`). Progress is published and read by a background task on that
 loop, so a local step never waits for the DHT.
@@ -45,6 +50,7 @@ from node_agent.averaging.state_download import (
 )
 from node_agent.dht.api import DHTError, owner_subkey, subkey_owner
 from node_agent.tensor_codec import Compression, TensorSchema
+from node_agent.training.state_averaging import StateAveragingConfig, TrainingStateAverager
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,10 @@ class CollaborativeConfig:
     #: run started on several machines begins together instead of one racing ahead alone.
     wait_for_peers: int = 0
     wait_timeout: float = 60.0
+    #: Every this many global steps, average parameters and optimiser statistics too (0: never).
+    average_state_every: int = 10
+    #: Parameters and first moments travel in this (second moments exact: `state_averaging`).
+    state_compression: Compression = Compression.FLOAT16
     credential: str | None = None
     credentials: Any = None
 
@@ -91,6 +101,9 @@ class CollaborativeOptimizer:
         self.global_steps = 0
         self.solo_steps = 0
         self.loaded_states = 0
+        #: Gradient rounds that averaged with another trainer / that expected to and did not.
+        self.grad_rounds_completed = 0
+        self.grad_rounds_failed = 0
         self.grads = [torch.zeros_like(p, dtype=torch.float32) for p in self.parameters]
         self._lock = threading.Lock()  # held while parameters or optimiser state change
         self._peers: dict[bytes, Progress] = {}
@@ -101,6 +114,21 @@ class CollaborativeOptimizer:
         self._task: asyncio.Future[Any] | None = None
         self.averager: DecentralizedAverager | None = None
         self.donor = StateDonor(self._snapshot)
+        self.state_averager = TrainingStateAverager(
+            self.parameters,
+            optimizer,
+            caller,
+            self._lock,
+            StateAveragingConfig(
+                prefix=f"{config.run}-state",
+                compression=config.state_compression,
+                max_group_size=config.max_group_size,
+                matchmaking_time=config.matchmaking_time,
+                timeout=config.average_timeout,
+                credential=config.credential,
+                credentials=config.credentials,
+            ),
+        )
         self.caller.run(self._start()).result(30)
 
     # ---- lifecycle (on the caller's loop) ------------------------------------------------------------
@@ -118,6 +146,8 @@ class CollaborativeOptimizer:
         self.averager = await DecentralizedAverager.create(
             self.caller.dht, self.caller.pool, f"{self.config.run}-grads", self.grads, options
         )
+        if self.config.average_state_every > 0:
+            await self.state_averager.start()
         self.caller.pool.add_route(STATE_ROUTE, self.donor.handle)
         self._wake = asyncio.Event()
         self._task = asyncio.ensure_future(self._progress_loop())
@@ -141,11 +171,19 @@ class CollaborativeOptimizer:
         async def stop() -> None:
             if self._task is not None:
                 self._task.cancel()
+            await self.state_averager.shutdown()
             if self.averager is not None:
                 await self.averager.shutdown()
             self.caller.pool.remove_route(STATE_ROUTE)
 
         self.caller.run(stop()).result(10)
+
+    def averaging_rounds(self) -> tuple[int, int]:
+        """(completed, failed) averaging rounds, gradients and state together (the heartbeat's counters)."""
+        return (
+            self.grad_rounds_completed + self.state_averager.rounds_completed,
+            self.grad_rounds_failed + self.state_averager.rounds_failed,
+        )
 
     @property
     def key(self) -> str:
@@ -247,6 +285,7 @@ class CollaborativeOptimizer:
     def step(self, samples: int) -> bool:
         """After `backward()` of a local batch: accumulate; on the global batch, average and step.
         Returns True if an optimiser step happened."""
+        self.state_averager.apply_finished()  # after backward(): parameters may change in place now
         self.local_samples += samples
         self.local_batches += 1
         self._measure(samples)
@@ -292,6 +331,8 @@ class CollaborativeOptimizer:
                 )
             ).result(self.config.average_timeout + 10)
             averaged = report.group_size > 1
+            self.grad_rounds_completed += 1 if averaged else 0
+            self.grad_rounds_failed += 1 if not averaged and group > 1 else 0
             logger.info(
                 "epoch %d: averaged gradients with %d trainer(s) (%s)",
                 self.epoch,
@@ -300,6 +341,7 @@ class CollaborativeOptimizer:
             )
         except (AveragingError, concurrent.futures.TimeoutError) as exc:
             averaged = False
+            self.grad_rounds_failed += 1
             logger.info("epoch %d: no group (%s); stepping on our own gradient", self.epoch, exc)
         with self._lock, torch.no_grad():
             for buffer, parameter in zip(self.grads, self.parameters, strict=True):
@@ -315,6 +357,17 @@ class CollaborativeOptimizer:
         self.local_samples = 0
         self.local_batches = 0
         self._refresh(publish=True)  # the others should see our new epoch before they decide
+        self._maybe_average_state()
+
+    def _maybe_average_state(self) -> None:
+        """Every `average_state_every` epochs, start a state round with the trainers at (or just reaching)
+        this epoch; alone, there is nobody to average with."""
+        every = self.config.average_state_every
+        if every <= 0 or self.epoch % every != 0 or self.state_averager.in_progress:
+            return
+        others = sum(1 for p in self.peers().values() if self.epoch - 1 <= p.epoch <= self.epoch)
+        if others:
+            self.state_averager.begin(self.epoch, 1 + others)
 
     # ---- state download ------------------------------------------------------------------------------
 
@@ -354,6 +407,7 @@ class CollaborativeOptimizer:
         if loaded is None:
             logger.warning("could not load the newest state from %d trainer(s) ahead of us", len(peers))
             return False
+        self.state_averager.discard()  # a running state round's delta would apply to the replaced state
         with self._lock, torch.no_grad():
             for i, p in enumerate(self.parameters):
                 p.copy_(loaded.tensors[f"param.{i}"])

@@ -88,9 +88,11 @@ def run_lm_training(
     on_step: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
     say: Callable[[str], None] | None = None,
+    on_collaborative: Callable[[CollaborativeOptimizer], None] | None = None,
 ) -> LMTrainResult:
     """Train per `config` (resuming from its checkpoint directory if asked); `caller` for remote mode and
-    for collaborative training. `say` gets the lines for the person at the terminal (waiting for experts)."""
+    for collaborative training. `say` gets the lines for the person at the terminal (waiting for experts);
+    `on_collaborative` the collaborative optimiser once it exists (the portal's reporting reads it)."""
     if config.collaborative is not None and caller is None:
         raise ValueError("collaborative training needs an ExpertCaller (the DHT)")
     model = build_lm(config, caller if config.mode == "remote" else None)
@@ -107,12 +109,16 @@ def run_lm_training(
             collaborative.join()  # a newcomer loads the newest state first
             trainer.collaborative = collaborative
             trainer.data_offset = int.from_bytes(caller.dht.node_id[:4], "big")  # its own windows
+            if on_collaborative is not None:
+                on_collaborative(collaborative)
         start_epoch = collaborative.epoch if collaborative is not None else 0
         result = trainer.train()
         if collaborative is not None:
             result.global_steps = collaborative.global_steps
             result.averaged_steps = collaborative.global_steps - collaborative.solo_steps
             result.start_epoch = start_epoch
+            result.state_rounds_completed = collaborative.state_averager.rounds_completed
+            result.state_rounds_failed = collaborative.state_averager.rounds_failed
         return result
     finally:
         if collaborative is not None:

@@ -65,6 +65,9 @@ class LMTrainResult:
     global_steps: int = 0
     averaged_steps: int = 0
     start_epoch: int = 0
+    #: Collaborative training: state averaging rounds (parameters and optimiser statistics) done / failed.
+    state_rounds_completed: int = 0
+    state_rounds_failed: int = 0
 
 
 class LMTrainer:

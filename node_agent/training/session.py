@@ -130,9 +130,11 @@ def run_training(
     caller: Any = None,
     stop: threading.Event | None = None,
     say: Callable[[str], None] | None = None,
+    on_collaborative: Callable[[CollaborativeOptimizer], None] | None = None,
 ) -> TrainResult:
     """Train per `config` until its steps are done or `stop` is set; in remote mode uses `caller` or
-    starts (and stops) its own. `say` gets the lines for the person at the terminal (waiting for experts)."""
+    starts (and stops) its own. `say` gets the lines for the person at the terminal (waiting for experts);
+    `on_collaborative` the collaborative optimiser once it exists (the portal's reporting reads it)."""
     dataset = load_dataset(config.dataset, seed=config.seed)
     own_caller = None
     if (config.mode == "remote" or config.collaborative is not None) and caller is None:
@@ -152,11 +154,15 @@ def run_training(
             collaborative.join()  # a newcomer loads the newest state first
             start_epoch = collaborative.epoch
             trainer.collaborative = collaborative
+            if on_collaborative is not None:
+                on_collaborative(collaborative)
         result = trainer.train()
         if collaborative is not None:
             result.global_steps = collaborative.global_steps
             result.averaged_steps = collaborative.global_steps - collaborative.solo_steps
             result.start_epoch = start_epoch
+            result.state_rounds_completed = collaborative.state_averager.rounds_completed
+            result.state_rounds_failed = collaborative.state_averager.rounds_failed
         return result
     finally:
         if collaborative is not None:

@@ -114,6 +114,9 @@ class TrainResult:
     averaged_steps: int = 0
     #: The epoch a collaborative trainer started from (> 0: it loaded the newest state from a peer).
     start_epoch: int = 0
+    #: Collaborative training: rounds that averaged parameters and optimiser statistics, and failed ones.
+    state_rounds_completed: int = 0
+    state_rounds_failed: int = 0
 
 
 class Trainer:

@@ -15,7 +15,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, TrainingPoint
+from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, ReplicaReport, TrainingPoint
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class NodeChangedEvent(TypedDict):
     type: Literal["swarm.node_changed"]
     project: str
     node: NodeSummary
+    replicas: ReplicaReport  # its experts' replica states and averaging rounds (the replicas panel)
 
 
 class CoverageChangedEvent(TypedDict):

@@ -2,9 +2,10 @@
 
 However fast heartbeats arrive, a viewer receives at most `1 / min_interval` messages a second. Within a
 window, later diffs replace earlier ones for the same thing (a node, an alert, a node's edges, the
-coverage), so a batch carries the latest state once rather than every intermediate step; only metric
-points accumulate (capped, newest kept). The order of the result does not matter to the browser because
-every diff is idempotent, but it is deterministic (removals first, then insertion order) for tests.
+coverage, the replicas panel), so a batch carries the latest state once rather than every intermediate
+step; only metric points accumulate (capped, newest kept). The order of the result does not matter to
+the browser because every diff is idempotent, but it is deterministic (removals first, then insertion
+order) for tests.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def _key(diff: Diff) -> tuple[str, str]:
         return ("alert", diff["alert_id"])
     if diff["type"] == "coverage.changed":
         return ("coverage", "")
+    if diff["type"] == "replicas.changed":
+        return ("replicas", "")
     if diff["type"] == "metrics.appended":
         return ("metrics", diff["series"])
     raise ValueError(f"unknown diff type {diff['type']!r}")

@@ -5,6 +5,9 @@ event once per process rather than once per viewer, the coalescer runs once, and
 once (viewers only splice in their own `seq`). The hub is created by the first viewer and closed when
 the last one leaves; its tasks are tracked and cancelled on close, and an error in one is logged.
 
+Node events also carry the node's replica report: the hub keeps the online nodes' reports (live.replicas)
+and sends `replicas.changed` when the replicas panel may have changed, its summary folded once per flush.
+
 Besides service events the hub produces three things itself: a swarm samples/s point every
 `SERIES_INTERVAL_S` (live.series); `edges.changed` for nodes whose recent peers changed, read every
 `EDGE_REFRESH_S` for the nodes that reported since the last read; and, as a safety net for alerts
@@ -33,9 +36,12 @@ from django.utils import timezone
 from core.events import project_swarm_group
 from live import selectors
 from live.coalescer import Coalescer
-from live.inbound import InboundError, to_diffs
-from live.protocol import AlertView, Diff, EdgesChanged, dumps, encode_flush
+from live.inbound import NODE_CHANGED, InboundError, node_replicas, to_diffs
+from live.protocol import AlertView, Diff, EdgesChanged, ReplicasChanged, dumps, encode_flush
+from live.replicas import ReplicaTracker
 from live.series import ThroughputTracker
+from swarm.replicas import empty_summary
+from swarm.summaries import ReplicaReport
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +74,7 @@ class ProjectHub:
         self._coalescer = Coalescer()
         self._wake = asyncio.Event()
         self._tracker = ThroughputTracker(fresh_within=float(settings.SWARM["ONLINE_WITHIN"]))
+        self._replicas = ReplicaTracker()
         self._owner_cache: dict[str, tuple[str, str]] = {}
         self._edges: dict[str, tuple[Any, ...]] = {}
         self._edges_stale: set[str] = set()  # nodes that reported since their peers were last read
@@ -152,8 +159,9 @@ class ProjectHub:
 
     async def _seed(self) -> None:
         seed = await database_sync_to_async(self._read_seed)()
-        for view, owner, key, peers in seed["nodes"]:
+        for view, owner, key, peers, report in seed["nodes"]:
             self._tracker.update(view)
+            self._replicas.update(view["node_id"], view["state"], report)
             self._owner_cache[view["node_id"]] = (owner, key)
             self._edges[view["node_id"]] = peers
         self._tracker.points.extend(seed["history"])
@@ -163,11 +171,12 @@ class ProjectHub:
         project = selectors.project_for_slug(self.slug)
         nodes = []
         if project is not None:
+            from swarm.events import replica_report
             from swarm.selectors import nodes_of_project
 
             for node in nodes_of_project(project=project):
                 view, extras = selectors.node_row_view(node)
-                nodes.append((view, extras.owner, extras.owner_key, extras.peers))
+                nodes.append((view, extras.owner, extras.owner_key, extras.peers, replica_report(node)))
         since = selectors.history_since(timezone.now())
         return {
             "nodes": nodes,
@@ -207,6 +216,7 @@ class ProjectHub:
             return
         try:
             diffs = to_diffs(event, received_at=received_at)
+            report = node_replicas(event) if event.get("type") == NODE_CHANGED else None
         except InboundError as exc:
             logger.warning("live hub %s: dropped malformed %r event: %s", self.slug, event.get("type"), exc)
             return
@@ -215,7 +225,22 @@ class ProjectHub:
                 self._alerts[diff["alert"]["id"]] = diff["alert"]
             elif diff["type"] == "alert.cleared":
                 self._alerts.pop(diff["alert_id"], None)
-        self.push(diffs)
+        self.push(diffs + self._replica_diffs(diffs, report))
+
+    def _replica_diffs(self, diffs: list[Diff], report: ReplicaReport | None) -> list[Diff]:
+        """A `replicas.changed` (its summary filled in at flush) if a node's report changed the panel."""
+        changed, at = False, 0.0
+        for diff in diffs:
+            if diff["type"] == "node.upsert" and report is not None:
+                node = diff["node"]
+                if self._replicas.update(node["node_id"], node["state"], report):
+                    changed, at = True, max(at, diff["at"])
+            elif diff["type"] == "node.remove" and self._replicas.remove(diff["node_id"]):
+                changed, at = True, max(at, diff["at"])
+        if not changed:
+            return []
+        replicas: ReplicasChanged = {"type": "replicas.changed", "at": at, "replicas": empty_summary()}
+        return [replicas]
 
     def push(self, diffs: list[Diff]) -> None:
         now = asyncio.get_running_loop().time()
@@ -264,7 +289,8 @@ class ProjectHub:
                 self._viewers.discard(viewer)
 
     async def _enrich(self, diffs: list[Diff]) -> list[Diff]:
-        """Fill in node owners (from the cache; one query for nodes never seen), track throughput."""
+        """Fill in node owners (from the cache; one query for nodes never seen) and the replicas panel's
+        summary, track throughput."""
         unknown = [
             d["node"]["node_id"]
             for d in diffs
@@ -288,6 +314,8 @@ class ProjectHub:
                 self._tracker.remove(diff["node_id"])
                 self._edges.pop(diff["node_id"], None)
                 self._edges_stale.discard(diff["node_id"])
+            elif diff["type"] == "replicas.changed":
+                diff["replicas"] = self._replicas.summary()  # every report up to now, folded once
         return diffs
 
     async def _refresh_edges(self) -> None:

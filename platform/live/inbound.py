@@ -3,9 +3,11 @@
 Services describe what changed in their own terms (`swarm.node_changed`, `swarm.coverage_changed`,
 `swarm.metrics_received`, `swarm.alert_changed`) and carry each object in its one summary shape
 (swarm.summaries), which is also the browser's shape: this module checks it (types and bounds, nothing
-coerced) and wraps it in a diff. Fields the services do not send (a node's owner and its recent peers)
-are filled in by the hub (live.hub) from its cache and its periodic edge refresh. Malformed events are
-rejected with InboundError so the hub can log and drop them without stopping.
+coerced) and wraps it in a diff. A node event also carries the node's replica report, checked here
+(`node_replicas`) for the hub's replicas panel (live.replicas). Fields the services do not send (a
+node's owner and its recent peers) are filled in by the hub (live.hub) from its cache and its periodic
+edge refresh. Malformed events are rejected with InboundError so the hub can log and drop them without
+stopping.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from swarm.summaries import (
     AlertSummary,
     CoverageReading,
     NodeSummary,
+    ReplicaReport,
     SummaryError,
     TrainingPoint,
     decode,
@@ -108,6 +111,17 @@ def to_diffs(event: dict[str, Any], *, received_at: float) -> list[Diff]:
     if kind == ALERT_CHANGED:
         return [alert_diff(event, received_at=received_at)]
     raise InboundError(f"unknown event type {kind!r}")
+
+
+def node_replicas(event: dict[str, Any]) -> ReplicaReport | None:
+    """The replica report a `swarm.node_changed` event carries, checked (bounded: 128 states a node).
+
+    None when the event has none (a portal process of an older release during a rolling deploy): its
+    node update still counts, and the panel keeps what it knew of that node."""
+    if "replicas" not in event:
+        return None
+    report: ReplicaReport = _checked(event["replicas"], ReplicaReport)
+    return report
 
 
 def alert_diff(event: dict[str, Any], *, received_at: float) -> AlertRaised | AlertCleared:

@@ -4,12 +4,13 @@ Server to browser, every message is a JSON object with `type` and `seq`; `seq` c
 message on this socket, starting at 1. A browser that sees a gap (a `seq` that is not the previous plus
 one) sends `{"type": "resync"}` and gets a fresh `swarm.snapshot` (its `seq` continues the count).
 
-* `swarm.snapshot`: everything the page shows (project, viewer, nodes, edges, coverage, throughput and
-  training series, alerts, and the freshness limits the portal uses for node states).
+* `swarm.snapshot`: everything the page shows (project, viewer, nodes, edges, coverage, replicas,
+  throughput and training series, alerts, and the freshness limits the portal uses for node states).
 * diffs, each idempotent (applying one twice changes nothing more):
   `node.upsert` (full node view), `node.remove`, `edges.changed` (all edges out of one node),
-  `coverage.changed` (replicas per grid cell), `metrics.appended` (points of one series),
-  `alert.raised`, `alert.cleared`.
+  `coverage.changed` (replicas per grid cell), `replicas.changed` (the replicas and averaging panel:
+  the stalest cells' newest step and averaging time, at most `MAX_REPLICA_CELLS` of them, and the online
+  nodes' averaging rounds), `metrics.appended` (points of one series), `alert.raised`, `alert.cleared`.
 * `swarm.batch`: several diffs flushed together by the coalescer; this is what caps a viewer at a few
   messages a second however large the swarm. A flush holding a single diff sends that diff on its own
   (with `seq`, `server_time` and `since` added, as a batch has).
@@ -27,7 +28,7 @@ import logging
 from typing import Any, Literal, NotRequired, TypedDict
 
 from node_agent.portal.signed_body import json_loads_bounded
-from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, TrainingPoint
+from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, ReplicaSummary, TrainingPoint
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ class SwarmPoint(TypedDict):
     online: int
 
 
-# Coverage, training points and alerts travel in their one summary shape (swarm.summaries) unchanged.
+# Coverage, replicas, training points and alerts travel in their one summary shape (swarm.summaries).
 CoverageView = CoverageReading
+ReplicasView = ReplicaSummary
 AlertView = AlertSummary
 
 
@@ -106,6 +108,12 @@ class CoverageChanged(TypedDict):
     coverage: CoverageView
 
 
+class ReplicasChanged(TypedDict):
+    type: Literal["replicas.changed"]
+    at: float
+    replicas: ReplicasView
+
+
 class MetricsAppended(TypedDict):
     type: Literal["metrics.appended"]
     at: float
@@ -125,13 +133,23 @@ class AlertCleared(TypedDict):
     alert_id: str
 
 
-Diff = NodeUpsert | NodeRemove | EdgesChanged | CoverageChanged | MetricsAppended | AlertRaised | AlertCleared
+Diff = (
+    NodeUpsert
+    | NodeRemove
+    | EdgesChanged
+    | CoverageChanged
+    | ReplicasChanged
+    | MetricsAppended
+    | AlertRaised
+    | AlertCleared
+)
 DIFF_TYPES = frozenset(
     {
         "node.upsert",
         "node.remove",
         "edges.changed",
         "coverage.changed",
+        "replicas.changed",
         "metrics.appended",
         "alert.raised",
         "alert.cleared",
@@ -148,6 +166,7 @@ class SwarmSnapshot(TypedDict):
     nodes: list[NodeView]
     edges: list[EdgeSet]
     coverage: CoverageView
+    replicas: ReplicasView
     throughput: list[SwarmPoint]
     training: list[TrainingPoint]
     alerts: list[AlertView]

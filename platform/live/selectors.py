@@ -23,11 +23,12 @@ from live.protocol import (
     ProjectInfo,
     SwarmPoint,
 )
+from live.replicas import ReplicaTracker
 from projects.models import Project
 from swarm import selectors as swarm_selectors
-from swarm.events import alert_summary, coverage_reading, node_summary, training_point
+from swarm.events import alert_summary, coverage_reading, node_summary, replica_report, training_point
 from swarm.models import Alert, HeartbeatSample, Node, NodeState
-from swarm.summaries import TrainingPoint
+from swarm.summaries import ReplicaSummary, TrainingPoint
 
 HISTORY_BUCKET_S = 10
 MAX_EDGES_PER_NODE = 64
@@ -110,16 +111,20 @@ def snapshot_parts(*, project: Project) -> dict[str, Any]:
     """The viewer-independent part of a `swarm.snapshot` (everything but type, seq, viewer, series.swarm)."""
     nodes: list[NodeView] = []
     edges: list[EdgeSet] = []
+    replicas = ReplicaTracker()  # counts what the hub counts, so a snapshot and the diffs after it agree
     for node in swarm_selectors.nodes_of_project(project=project):
         view, extras = node_row_view(node)
         nodes.append(view)
         if extras.peers:
             edges.append({"source": view["node_id"], "targets": list(extras.peers)})
+        replicas.update(view["node_id"], view["state"], replica_report(node))
+    summary: ReplicaSummary = replicas.summary()
     return {
         "project": project_info(project),
         "nodes": nodes,
         "edges": edges,
         "coverage": coverage_view(project),
+        "replicas": summary,
         "training": training_series(project),
         "alerts": open_alert_views(project_id=project.pk),
     }

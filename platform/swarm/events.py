@@ -18,7 +18,15 @@ from core.events import (
     user_nodes_group,
 )
 from swarm.models import Alert, Node, NodeState, TrainingMetric
-from swarm.summaries import AlertSummary, CoverageReading, NodeSummary, TrainingPoint, finite_or
+from swarm.replicas import report_from_row
+from swarm.summaries import (
+    AlertSummary,
+    CoverageReading,
+    NodeSummary,
+    ReplicaReport,
+    TrainingPoint,
+    finite_or,
+)
 
 
 def unix(moment: datetime | None) -> float | None:
@@ -44,6 +52,16 @@ def node_summary(node: Node) -> NodeSummary:
         "requests": node.requests,
         "samples_per_s": finite_or(node.samples_per_s, 0.0),
     }
+
+
+def replica_report(node: Node) -> ReplicaReport:
+    """The node's last heartbeat's replica states (ages turned into times) and averaging rounds."""
+    return report_from_row(
+        node.replica_states,
+        rounds_completed=node.averaging_rounds_completed,
+        rounds_failed=node.averaging_rounds_failed,
+        heartbeat_at=unix(node.last_heartbeat_at),
+    )
 
 
 def own_node(node: Node, slug: str) -> OwnNode:
@@ -81,7 +99,12 @@ def training_point(metric: TrainingMetric, node_id: str) -> TrainingPoint | None
 
 
 def announce_node(node: Node, slug: str) -> None:
-    event: NodeChangedEvent = {"type": "swarm.node_changed", "project": slug, "node": node_summary(node)}
+    event: NodeChangedEvent = {
+        "type": "swarm.node_changed",
+        "project": slug,
+        "node": node_summary(node),
+        "replicas": replica_report(node),
+    }
     broadcast_on_commit(project_swarm_group(slug), event)
     own: OwnNodeChangedEvent = {"type": "mynodes.node_changed", "node": own_node(node, slug)}
     broadcast_on_commit(user_nodes_group(node.user_id), own)

@@ -19,7 +19,7 @@ from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from projects.permissions import AnyUser
 from swarm.api_types import CoverageSummary, NodeReach, NodeRow, NodesPage, Page, SwarmState
-from swarm.events import node_summary
+from swarm.events import node_summary, replica_report
 from swarm.keys import portal_public_key
 from swarm.models import (
     Alert,
@@ -32,6 +32,7 @@ from swarm.models import (
     TrainingMetric,
 )
 from swarm.reconcile import grid_cells, grid_holes
+from swarm.replicas import fold_reports
 from swarm.summaries import iso_from_unix
 from swarm.wheel import latest_wheel
 
@@ -361,37 +362,28 @@ REPLICA_NODES = 2000
 def replica_summary(*, project: Project, now: datetime, limit: int = 64) -> dict[str, Any]:
     """Per cell: live replicas (DHT), the newest step a replica reports and how stale the newest state
     is (seconds since a replica last averaged with another, as of now; None when none ever did); and the
-    averaging rounds the online nodes completed and failed. The `limit` stalest cells are listed."""
+    averaging rounds the online nodes completed and failed. The `limit` stalest cells are listed. The
+    live panel folds the same reports (swarm.replicas) and lets the ages tick in the browser."""
     coverage = coverage_of(project=project)
     nodes = (
         Node.objects.filter(project=project, state=NodeState.ONLINE)
         .order_by("-last_heartbeat_at")
         .only("replica_states", "averaging_rounds_completed", "averaging_rounds_failed", "last_heartbeat_at")
     )[:REPLICA_NODES]
-    cells: dict[str, dict[str, Any]] = {}
-    completed = failed = 0
-    for node in nodes:
-        completed += node.averaging_rounds_completed
-        failed += node.averaging_rounds_failed
-        since = age_s(node.last_heartbeat_at, now) or 0.0
-        for state in node.replica_states if isinstance(node.replica_states, list) else []:
-            uid, step, averaged = state.get("uid"), state.get("step"), state.get("averaged_age_s")
-            if not isinstance(uid, str) or not isinstance(step, int):
-                continue
-            cell = cells.setdefault(
-                uid, {"uid": uid, "replicas": coverage.get(uid, 0), "step": 0, "stale_s": None}
-            )
-            cell["step"] = max(cell["step"], step)
-            if isinstance(averaged, int | float):
-                stale = round(float(averaged) + since, 1)
-                cell["stale_s"] = stale if cell["stale_s"] is None else min(cell["stale_s"], stale)
-    listed = sorted(
-        cells.values(), key=lambda c: (c["stale_s"] is not None, -(c["stale_s"] or 0.0), c["uid"])
-    )
+    summary = fold_reports((replica_report(node) for node in nodes), limit=limit)
+    moment = now.timestamp()
+    cells = [
+        {
+            **cell,
+            "replicas": coverage.get(cell["uid"], 0),
+            "stale_s": None if (at := cell["averaged_at"]) is None else round(max(0.0, moment - at), 1),
+        }
+        for cell in summary["cells"]
+    ]
     return {
-        "cells": listed[:limit],
-        "cells_count": len(cells),
+        "cells": cells,
+        "cells_count": summary["cells_count"],
         "replicated": sum(1 for n in coverage.values() if n >= 2),
-        "rounds_completed": completed,
-        "rounds_failed": failed,
+        "rounds_completed": summary["rounds_completed"],
+        "rounds_failed": summary["rounds_failed"],
     }

@@ -1,6 +1,7 @@
 """The one shape of each swarm object that travels the live path, and its one decoder. Pure: no I/O.
 
-A node, an alert, a coverage reading and a training point are summarised once from their rows
+A node, an alert, a coverage reading, a training point and the replica state of a node (and of the
+swarm) are summarised once from their rows
 (`swarm.events`), in these shapes with times as unix seconds; the same dicts ride in the channel-layer
 events (`core.events`), in the live diffs and snapshots (`live.protocol` adds only the browser's labels
 and owner fields) and under the read-only API's node rows (`swarm.selectors.node_as_dict`, which keeps
@@ -20,6 +21,8 @@ import msgspec
 MAX_UNIX_TIME = 4_102_444_800.0  # 2100-01-01
 MAX_UIDS = 4096  # experts a node claims or announces (heartbeats carry at most 1,024)
 MAX_CELLS = 1 << 20  # grid cells in one coverage reading (projects are capped far lower)
+MAX_NODE_REPLICAS = 128  # experts' states one node reports (node_agent.portal.schemas.MAX_REPLICA_STATES)
+MAX_REPLICA_CELLS = 256  # cells listed in one replica summary, the stalest first: all of a 16x16 grid
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 _Text = Annotated[str, msgspec.Meta(max_length=128)]
@@ -71,6 +74,36 @@ class CoverageReading(TypedDict):
 
     cells: Annotated[dict[_Text, _Replicas], msgspec.Meta(max_length=MAX_CELLS)]
     observed_at: _Time | None
+
+
+class ExpertState(TypedDict):
+    """One expert's training state: its optimiser step and when (unix time) it last averaged with another
+    replica, None if never. For a cell of the swarm: the newest step and newest averaging of its replicas.
+
+    A time rather than an age, so that a browser can let the age tick between updates."""
+
+    uid: _Text
+    step: _Count
+    averaged_at: _Time | None
+
+
+class ReplicaReport(TypedDict):
+    """What one online node last reported of its experts' replicas and of its averaging rounds."""
+
+    states: Annotated[list[ExpertState], msgspec.Meta(max_length=MAX_NODE_REPLICAS)]
+    rounds_completed: _Count  # since the node started
+    rounds_failed: _Count
+
+
+class ReplicaSummary(TypedDict):
+    """The swarm's replicas and averaging (swarm.replicas.fold_reports): the `MAX_REPLICA_CELLS` stalest
+    cells any online node reported, how many cells were reported, and the online nodes' rounds. How many
+    live replicas each cell has comes from the coverage reading (CoverageReading), not from here."""
+
+    cells: Annotated[list[ExpertState], msgspec.Meta(max_length=MAX_REPLICA_CELLS)]
+    cells_count: _Count
+    rounds_completed: _Count
+    rounds_failed: _Count
 
 
 class TrainingPoint(TypedDict):

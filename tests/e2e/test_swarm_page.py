@@ -267,6 +267,62 @@ def test_swarm_page_follows_a_real_agent_live(portal_url: str, tmp_path: Path) -
     assert Node.objects.get(node_id=node_id).state == "offline"
 
 
+def test_the_replicas_panel_follows_heartbeats_and_its_ages_tick_without_a_reload(portal_url: str) -> None:
+    """A server's heartbeat carrying replica states fills the panel live; the age then moves on its own."""
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(REPO_DIR / "tests" / "platform" / "live"))
+    from live_agents import SimulatedNode, http_poster
+
+    researcher = make_user("rosa@example.org", Role.RESEARCHER)
+    volunteer = make_user("vera@example.org")
+    project = make_project(researcher, "replicas-live")
+    _, code = swarm_services.join_code_create(project=project, user=volunteer, now=timezone.now())
+    server = SimulatedNode(post=http_poster(portal_url)).join(code)
+    errors = PageErrors()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors.watch(page)
+            page.goto(f"{portal_url}/projects/{project.slug}/swarm/")
+            page.wait_for_selector("[data-live-status][data-state=live]", timeout=30_000)
+            panel = page.locator("[data-part=replicas-panel]")
+            assert panel.locator("[data-part=replicas-empty]").is_visible()
+            assert "0 completed, 0 failed" in panel.locator("[data-part=replicas-summary]").inner_text()
+            page.evaluate("() => { window.notReloaded = true; }")
+
+            server.heartbeat(
+                experts=["ffn.0.0", "ffn.0.1"],
+                replica_states=[
+                    {"uid": "ffn.0.0", "step": 120, "averaged_age_s": 1.0},
+                    {"uid": "ffn.0.1", "step": 7, "averaged_age_s": None},
+                ],
+                averaging_rounds=(41, 2),
+            )
+            row = panel.locator("[data-part=replicas] tr[data-uid='ffn.0.0']")
+            row.wait_for(timeout=15_000)
+            assert "41 completed, 2 failed" in panel.locator("[data-part=replicas-summary]").inner_text()
+            cells = row.locator("td")
+            assert [cells.nth(i).inner_text() for i in range(3)] == ["ffn.0.0", "0", "120"]
+            never = panel.locator("[data-part=replicas] tr[data-uid='ffn.0.1'] td").nth(3)
+            assert never.inner_text() == "never (no other replica)"
+            assert panel.locator("[data-part=replicas] tr").first.get_attribute("data-uid") == "ffn.0.1"
+            # The age is computed in the browser from when the state was averaged: it ticks between
+            # heartbeats (none is sent meanwhile).
+            page.wait_for_function(
+                """() => /^([3-9]|[1-9][0-9]) s ago$/.test(document.querySelector(
+                    "[data-part=replicas] tr[data-uid='ffn.0.0'] td:last-child").textContent)""",
+                timeout=15_000,
+            )
+            assert page.evaluate("() => window.notReloaded") is True
+            panel.scroll_into_view_if_needed()
+            shot(page, "replicas-live")
+        finally:
+            browser.close()
+    assert errors.errors == []
+
+
 def test_a_thousand_nodes_stay_readable(portal_url: str, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 

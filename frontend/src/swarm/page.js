@@ -1,11 +1,12 @@
-// The live swarm page: wires the socket, the swarm model and the views (graph, heatmap, charts, table).
-// Rendering is batched to one animation frame however many messages arrive; the table's freshness
-// ticks every second on its own. While the socket is down the page says so and greys the figures.
+// The live swarm page: wires the socket, the swarm model and the views (graph, heatmap, charts, table,
+// replicas). Rendering is batched to one animation frame however many messages arrive; the table's
+// freshness and the replicas' ages tick every second on their own. While the socket is down the page says so and greys the figures.
 import { LiveChart, columns } from "./charts.js";
 import { renderAlerts } from "./alerts.js";
 import { cssVar, withAlpha } from "./colors.js";
 import { CoverageHeatmap } from "./heatmap.js";
 import { SwarmGraph } from "./graph.js";
+import { ReplicasPanel } from "./replicas.js";
 import { connectSwarm } from "./socket.js";
 import { displayState, emptySwarm, formatAge, reachCounts } from "./state.js";
 import { runColumns, runLabel, trainingRuns } from "./runs.js";
@@ -78,6 +79,7 @@ export function startSwarmPage(root) {
     loss: new LiveChart(part(root, "chart-loss"), "Trainer loss", [{ label: "loss", stroke: cssVar("--danger"), width: 2 }]),
     accuracy: new LiveChart(part(root, "chart-accuracy"), "Trainer accuracy", [{ label: "accuracy", stroke: cssVar("--primary"), width: 2 }]),
   };
+  const replicas = new ReplicasPanel(part(root, "replicas-panel"));
   const tbody = part(root, "nodes");
   const note = part(root, "nodes-note");
   const status = root.querySelector("[data-live-status]");
@@ -89,6 +91,7 @@ export function startSwarmPage(root) {
     graph.update(swarm);
     const coverage = heatmap.update(swarm);
     renderTable(tbody, note, swarm);
+    replicas.update(swarm, now);
     part(root, "alerts-panel").hidden = renderAlerts(part(root, "alerts"), swarm, now) === 0;
     const nodes = [...swarm.nodes.values()];
     const online = nodes.filter((n) => displayState(n, swarm, now) === "online").length;

@@ -3,6 +3,11 @@
 
 const MAX_POINTS = 720;
 
+// The replicas and averaging panel before anything is known (platform/swarm/summaries.py ReplicaSummary).
+export function emptyReplicas() {
+  return { cells: [], cells_count: 0, rounds_completed: 0, rounds_failed: 0 };
+}
+
 export function emptySwarm() {
   return {
     seq: 0,
@@ -13,6 +18,7 @@ export function emptySwarm() {
     nodes: new Map(),
     edges: new Map(), // source node id -> [{node_id, requests}]
     coverage: { cells: {}, observed_at: null },
+    replicas: emptyReplicas(),
     throughput: [],
     training: [],
     trainingKeys: new Set(),
@@ -52,6 +58,7 @@ export function applySnapshot(swarm, snapshot) {
   swarm.nodes = new Map(snapshot.nodes.map((n) => [n.node_id, n]));
   swarm.edges = new Map(snapshot.edges.map((e) => [e.source, e.targets]));
   swarm.coverage = snapshot.coverage;
+  swarm.replicas = snapshot.replicas || emptyReplicas();
   swarm.throughput = [];
   addThroughput(swarm, snapshot.throughput || []);
   swarm.training = [];
@@ -76,6 +83,9 @@ export function applyDiff(swarm, diff) {
       break;
     case "coverage.changed":
       swarm.coverage = diff.coverage;
+      break;
+    case "replicas.changed":
+      swarm.replicas = diff.replicas;
       break;
     case "metrics.appended":
       if (diff.series === "training") addTraining(swarm, diff.points);

@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,28 @@ def test_train_cli_with_no_portal_listening_trains_and_logs_backoff(tmp_path: Pa
     assert "portal unreachable; starting with the saved project config" in output
     assert "heartbeat failing: portal unreachable" in output
     assert "retrying in" in output
+
+
+def test_trainer_heartbeats_carry_its_averaging_rounds(local_portal: LocalPortal, tmp_path: Path) -> None:
+    """A collaborative trainer's averaging rounds (gradients and state together) reach the portal the way a
+    server's replica rounds do."""
+
+    class Rounds:
+        def averaging_rounds(self) -> tuple[int, int]:
+            return 7, 2
+
+    state, identity = saved_state(local_portal, tmp_path)
+    reporting = start_trainer_reporting(
+        state, identity, batch_size=32, heartbeat_period=0.1, say=lambda message: None
+    )
+    try:
+        reporting.report_averaging(Rounds())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            h.get("averaging_rounds_completed") == 7 for h in local_portal.heartbeats
+        ):
+            time.sleep(0.05)
+    finally:
+        reporting.stop(flush_timeout=0.5)
+    beat = next(h for h in local_portal.heartbeats if h.get("averaging_rounds_completed") == 7)
+    assert beat["role"] == "trainer" and beat["averaging_rounds_failed"] == 2

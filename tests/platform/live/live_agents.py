@@ -78,6 +78,8 @@ class SimulatedNode:
         experts: list[str] | None = None,
         samples_per_s: float = 100.0,
         peers: list[tuple[str, int]] | None = None,
+        replica_states: list[dict[str, Any]] | None = None,
+        averaging_rounds: tuple[int, int] = (0, 0),
     ) -> dict[str, Any]:
         self.samples += int(samples_per_s)
         self.requests += 1
@@ -97,6 +99,9 @@ class SimulatedNode:
             "samples_per_s": samples_per_s,
             "uptime_s": time.time() - self.started,
             "peers": [{"node_id": n, "requests": r} for n, r in peers or []],
+            "replica_states": replica_states or [],
+            "averaging_rounds_completed": averaging_rounds[0],
+            "averaging_rounds_failed": averaging_rounds[1],
         }
         return self._send("/api/v1/agent/heartbeat", body)
 

@@ -195,6 +195,67 @@ def has_diff(kind: str, **fields: Any):
     return check
 
 
+async def test_replica_states_in_heartbeats_reach_the_replicas_panel_as_one_bounded_diff(
+    project, volunteer, join_node
+) -> None:
+    first = await database_sync_to_async(join_node)(project, volunteer)
+    second = await database_sync_to_async(join_node)(project, volunteer)
+    await database_sync_to_async(first.heartbeat)(
+        experts=["ffn.0.0"],
+        replica_states=[{"uid": "ffn.0.0", "step": 40, "averaged_age_s": None}],
+        averaging_rounds=(3, 1),
+    )
+    communicator = await watch(project.slug)
+    try:
+        snapshot = await communicator.receive_json_from(timeout=10)
+        assert snapshot["replicas"] == {
+            "cells": [{"uid": "ffn.0.0", "step": 40, "averaged_at": None}],
+            "cells_count": 1,
+            "rounds_completed": 3,
+            "rounds_failed": 1,
+        }
+        sent = time.time()
+        await database_sync_to_async(second.heartbeat)(
+            experts=["ffn.0.0", "ffn.0.1"],
+            replica_states=[
+                {"uid": "ffn.0.0", "step": 55, "averaged_age_s": 2.0},
+                {"uid": "ffn.0.1", "step": 9, "averaged_age_s": None},
+            ],
+            averaging_rounds=(8, 0),
+        )
+        got = await receive_until(communicator, has_diff("replicas.changed"))
+        [diff] = [d for d in diffs_of(got[-1]) if d["type"] == "replicas.changed"]
+        replicas = diff["replicas"]
+        # Both online servers folded: newest step and newest averaging per cell, never-averaged first.
+        assert [(c["uid"], c["step"]) for c in replicas["cells"]] == [("ffn.0.1", 9), ("ffn.0.0", 55)]
+        assert replicas["cells"][0]["averaged_at"] is None
+        averaged_at = replicas["cells"][1]["averaged_at"]
+        assert sent - 5 < averaged_at + 2.0 < time.time() + 1  # a time (the browser ticks), not an age
+        counts = (replicas["rounds_completed"], replicas["rounds_failed"], replicas["cells_count"])
+        assert counts == (11, 1, 2)
+
+        # The same report again changes nothing on the panel: only the node's upsert is sent.
+        await database_sync_to_async(first.heartbeat)(
+            experts=["ffn.0.0"],
+            replica_states=[{"uid": "ffn.0.0", "step": 40, "averaged_age_s": None}],
+            averaging_rounds=(3, 1),
+        )
+        got = await receive_until(communicator, has_node(first.node_id))
+        assert not any(d["type"] == "replicas.changed" for m in got for d in diffs_of(m))
+
+        # A server that leaves no longer counts.
+        row = await database_sync_to_async(Node.objects.select_related("project").get)(node_id=second.node_id)
+        await database_sync_to_async(swarm_services.node_set_state)(
+            node=row, state="offline", reason="test", now=timezone.now()
+        )
+        got = await receive_until(communicator, has_diff("replicas.changed"))
+        [diff] = [d for d in diffs_of(got[-1]) if d["type"] == "replicas.changed"]
+        assert diff["replicas"]["cells"] == snapshot["replicas"]["cells"]
+        assert diff["replicas"]["rounds_completed"] == 3
+    finally:
+        await communicator.disconnect()
+
+
 async def test_a_node_appears_when_it_joins_before_any_heartbeat(project, volunteer, join_node) -> None:
     communicator = await watch(project.slug)
     try:

@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.events import project_swarm_group
-from live.inbound import InboundError, to_diffs
+from live.inbound import InboundError, node_replicas, to_diffs
 from live.selectors import node_row_view
 from node_agent.identity import Identity
 from projects.models import Project
 from swarm import api
 from swarm.errors import SwarmRefusal
-from swarm.events import node_summary
+from swarm.events import node_summary, replica_report
 from swarm.models import Node
 from swarm.selectors import node_as_dict
 from swarm.summaries import (
@@ -32,6 +32,8 @@ from swarm.summaries import (
     AlertSummary,
     CoverageReading,
     NodeSummary,
+    ReplicaReport,
+    ReplicaSummary,
     SummaryError,
     TrainingPoint,
     decode,
@@ -62,7 +64,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
     max_leaves=30,
 )
-SHAPES = [NodeSummary, AlertSummary, CoverageReading, TrainingPoint]
+SHAPES = [NodeSummary, AlertSummary, CoverageReading, TrainingPoint, ReplicaReport, ReplicaSummary]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -90,7 +92,11 @@ def test_a_node_summary_with_one_hostile_field_is_refused_or_stays_in_bounds(fie
 
 
 @settings(max_examples=200, deadline=None)
-@given(event=st.dictionaries(st.sampled_from(["type", "node", "coverage", "points", "alert"]), json_values))
+@given(
+    event=st.dictionaries(
+        st.sampled_from(["type", "node", "coverage", "points", "alert", "replicas"]), json_values
+    )
+)
 def test_hostile_events_only_ever_raise_inbound_error(event: dict[str, Any]) -> None:
     for kind in (
         "swarm.node_changed",
@@ -100,6 +106,44 @@ def test_hostile_events_only_ever_raise_inbound_error(event: dict[str, Any]) -> 
     ):
         with contextlib.suppress(InboundError):
             to_diffs({**event, "type": kind}, received_at=T0)
+    with contextlib.suppress(InboundError):
+        node_replicas(event)
+
+
+REPORT: ReplicaReport = {
+    "states": [{"uid": "ffn.0.1", "step": 12, "averaged_at": T0 + 3}],
+    "rounds_completed": 4,
+    "rounds_failed": 1,
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(["uid", "step", "averaged_at", "rounds_completed", "states"]), value=json_values)
+def test_a_replica_report_with_one_hostile_field_is_refused_or_stays_in_bounds(
+    field: str, value: Any
+) -> None:
+    if field in ("uid", "step", "averaged_at"):
+        report = {**REPORT, "states": [{**REPORT["states"][0], field: value}]}
+    else:
+        report = {**REPORT, field: value}
+    try:
+        checked = node_replicas({"type": "swarm.node_changed", "replicas": report})
+    except InboundError:
+        return
+    json.dumps(checked, allow_nan=False)
+    assert checked["rounds_completed"] >= 0 and len(checked["states"]) <= 128
+    for state in checked["states"]:
+        assert isinstance(state["uid"], str) and len(state["uid"]) <= 128 and state["step"] >= 0
+        assert state["averaged_at"] is None or 0 <= state["averaged_at"] <= MAX_UNIX_TIME
+
+
+def test_a_replica_report_too_large_or_missing() -> None:
+    assert node_replicas({"type": "swarm.node_changed", "node": NODE}) is None  # an older portal's event
+    with pytest.raises(InboundError):
+        node_replicas({"type": "swarm.node_changed", "node": NODE, "replicas": None})
+    too_many = {**REPORT, "states": REPORT["states"] * 129}
+    with pytest.raises(InboundError):
+        node_replicas({"type": "swarm.node_changed", "replicas": too_many})
 
 
 @given(
@@ -132,6 +176,7 @@ def test_the_broadcast_summary_is_the_snapshot_node_and_the_api_row(
     event = events()
     node = Node.objects.select_related("user").get(node_id=joined["node"]["node_id"])
     assert event["node"] == node_summary(node)
+    assert node_replicas(event) == replica_report(node)
 
     [upsert] = to_diffs(event, received_at=event["node"]["last_heartbeat"])
     snapshot_view, _ = node_row_view(node)
