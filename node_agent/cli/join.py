@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--experts",
         type=int,
         default=None,
-        help="how many grid cells to serve (default 4, or one per grid when the project has more grids)",
+        help="how many grid cells to serve (default 4, or one per grid when the project has more grids, "
+        "as many as fit in 2 GiB while training)",
     )
     parser.add_argument("--expert-pattern", default=None, help="serve these uids instead, e.g. 'ffn.[0:2].0'")
     parser.add_argument("--listen", default="0.0.0.0:0", help="DHT HOST:PORT to bind (default %(default)s)")

@@ -24,8 +24,10 @@ from node_agent.moe.uids import make_uid, parse_uid
 
 __all__ = [
     "DEFAULT_EXPERTS",
+    "DEFAULT_EXPERT_MEMORY",
     "MAX_CENSUS_KEYS",
     "TARGET_REPLICAS",
+    "TRAINING_BYTES_PER_PARAMETER",
     "Grid",
     "cells_to_move",
     "choose_cells",
@@ -42,15 +44,25 @@ TARGET_REPLICAS = 2
 MAX_CENSUS_KEYS = 1024
 #: Experts a node serves unless told otherwise (at least one per grid, see `default_expert_count`).
 DEFAULT_EXPERTS = 4
+#: Memory a node's experts may take while training unless `--experts` says otherwise: a laptop's share.
+DEFAULT_EXPERT_MEMORY = 2 * 1024**3
+#: Bytes per expert parameter while training: float32 weight, gradient and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 16
 
 #: A grid: its name (`ffn`, `lm.b3`) and its size per dimension.
 Grid = tuple[str, Sequence[int]]
 
 
-def default_expert_count(grids: Sequence[Grid]) -> int:
-    """`DEFAULT_EXPERTS`, or one per grid when there are more grids: a lone volunteer then makes every
-    block of a language model answer, so a new project trains as soon as one node joins."""
-    return max(DEFAULT_EXPERTS, len(grids))
+def default_expert_count(grids: Sequence[Grid], parameters_per_expert: int = 0) -> int:
+    """`DEFAULT_EXPERTS`, or one per grid when there are more grids (a lone volunteer then makes every
+    block of a language model answer, so a new project trains as soon as one node joins), but no more than
+    fit in `DEFAULT_EXPERT_MEMORY` while training (at least one): wide experts of many blocks are spread
+    over several volunteers instead (the census gives each the blocks with the fewest replicas)."""
+    wanted = max(DEFAULT_EXPERTS, len(grids))
+    if parameters_per_expert <= 0:
+        return wanted
+    affordable = DEFAULT_EXPERT_MEMORY // (parameters_per_expert * TRAINING_BYTES_PER_PARAMETER)
+    return max(1, min(wanted, affordable))
 
 
 def grid_uids(prefix: str, grid: Sequence[int]) -> list[str]:

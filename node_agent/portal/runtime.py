@@ -185,7 +185,7 @@ class AgentRuntime:
         else:
             grids = project_grids(config)
             live = await count_live_replicas(self.dht, grids)
-            count = self.options.num_experts or default_expert_count(grids)
+            count = self.options.num_experts or default_expert_count(grids, largest_expert_parameters(config))
             uids = choose_cells(grids, live, count, random.Random())
         grant = self.turn_grant()
         turn_stale = grant is not None and grant.renew_at() <= time.time()  # a restart after a long stop
@@ -447,6 +447,19 @@ class AgentRuntime:
 def project_grids(config: ProjectConfig) -> list[Grid]:
     """Every grid the project's volunteers serve, as the census reads them."""
     return [(spec.prefix, list(spec.grid)) for spec in config.expert_grids]
+
+
+def largest_expert_parameters(config: ProjectConfig) -> int:
+    """Parameters of the project's largest expert, counted on torch's `meta` device (nothing allocated)."""
+    import torch
+
+    from node_agent.moe.experts import get_expert_class
+
+    shapes = {(spec.expert_class, spec.hidden_dim) for spec in config.expert_grids}
+    with torch.device("meta"):
+        return max(
+            sum(p.numel() for p in get_expert_class(name).build(width).parameters()) for name, width in shapes
+        )
 
 
 def grid_of(config: ProjectConfig, uid: str) -> ExpertSpec:

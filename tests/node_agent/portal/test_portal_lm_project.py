@@ -23,6 +23,7 @@ from node_agent.cli.train_lm import project_lm_config
 from node_agent.dht import DHTNode
 from node_agent.portal.census import cells_to_move, choose_cells, default_expert_count, grids_uids
 from node_agent.portal.project_config import LMSpec
+from node_agent.portal.runtime import largest_expert_parameters
 from node_agent.portal.trainer_reporting import metric_point
 from node_agent.training.metrics import MetricsEvent
 from tests.processes import wait_until_async
@@ -43,6 +44,17 @@ def test_a_node_spreads_its_cells_over_every_grid() -> None:
     assert len(choose_cells(TWO_BLOCKS, {}, 100, random.Random(1))) == 8
     assert default_expert_count([("ffn", [4, 4])]) == 4
     assert default_expert_count([(f"lm.b{k}", [4, 4]) for k in range(6)]) == 6
+
+
+def test_a_node_hosts_one_expert_per_block_within_a_laptops_memory() -> None:
+    portal = LocalPortal()
+    portal.behaviour.lm = SMALL_LM
+    assert largest_expert_parameters(portal.project_config()) == 8 * 16 * 16 + 7 * 16
+    width_1024 = 8 * 1024 * 1024 + 7 * 1024  # 134 MB while training: 15 fit in 2 GiB
+    blocks = [(f"lm.b{k}", [16, 16]) for k in range(64)]
+    assert default_expert_count(blocks[:4], width_1024) == 4
+    assert default_expert_count(blocks, width_1024) == 15
+    assert default_expert_count(blocks, 8 * 8192 * 8192) == 1  # 8.6 GB each: one, whatever the budget
 
 
 def test_a_duplicated_cell_moves_to_a_hole_of_its_own_grid_first() -> None:
