@@ -134,9 +134,10 @@ def _export_local_lm(model, path: Path, spec) -> None:
     write_export(path, {k: v.contiguous() for k, v in tensors.items()}, Manifest(spec=spec, cells=cells))
 
 
-def test_a_language_model_export_rebuilds_the_same_model_and_refuses_hostile_shapes(tmp_path: Path):
+def test_a_language_model_export_rebuilds_the_same_model_and_refuses_hostile_shapes(tmp_path: Path, capsys):
     import dataclasses
 
+    from node_agent.cli import main
     from node_agent.training.export import ExportError, ExportSpec, build_exported_lm, evaluate_lm_export
     from node_agent.training.lm_session import build_lm
 
@@ -151,6 +152,9 @@ def test_a_language_model_export_rebuilds_the_same_model_and_refuses_hostile_sha
     assert len(manifest.cells) == 8 and manifest.spec.uids() == sorted(c.uid for c in manifest.cells)
     result = evaluate_lm_export(path, corpus_bytes=50_000)
     assert 7.0 < result["val_bpb"] < 9.0 and result["experts"] == 8  # untrained: about 8 bits a byte
+    capsys.readouterr()
+    assert main(["generate", "--export", str(path), "--prompt", "def ", "--length", "10"]) == 0
+    assert capsys.readouterr().out.startswith("def ")  # no swarm, no checkpoint: the file alone
     _export_local_lm(model, path, ExportSpec.for_lm(TINY, "own"))
     with pytest.raises(ExportError, match="own text: give it with --text"):
         evaluate_lm_export(path)
@@ -158,6 +162,8 @@ def test_a_language_model_export_rebuilds_the_same_model_and_refuses_hostile_sha
         _export_local_lm(model, path, dataclasses.replace(ExportSpec.for_lm(TINY), **hostile))
         with pytest.raises(ExportError, match="is not in"):
             build_exported_lm(path)
+    assert main(["generate", "--export", str(path)]) == 1
+    assert "is not in 1..65536" in capsys.readouterr().err
     _export_local_lm(model, path, dataclasses.replace(ExportSpec.for_lm(TINY), blocks=3))
     with pytest.raises(ExportError, match="no expert of block 2"):
         build_exported_lm(path)
