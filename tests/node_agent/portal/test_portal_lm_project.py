@@ -28,7 +28,7 @@ from node_agent.portal.trainer_reporting import metric_point
 from node_agent.training.metrics import MetricsEvent
 from tests.processes import wait_until_async
 
-A, B = b"\x01" * 20, b"\x02" * 20
+A, B, C = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
 TWO_BLOCKS = [("lm.b0", [2, 2]), ("lm.b1", [2, 2])]
 SMALL_LM = LMSpec(blocks=2, seq_len=16, window=8, heads=2)
 
@@ -65,6 +65,13 @@ def test_a_duplicated_cell_moves_to_a_hole_of_its_own_grid_first() -> None:
     # No hole left in its grid: another grid's hole.
     full_b0 = {uid: {A} for uid in grids_uids(TWO_BLOCKS[:1])} | {"lm.b0.0.0": {A, B}}
     assert cells_to_move(["lm.b0.0.0"], full_b0, B, TWO_BLOCKS, random.Random(1))["lm.b0.0.0"][:5] == "lm.b1"
+    # No hole anywhere: a third replica moves to a cell with a single one, of its own grid first.
+    single = {uid: {A} for uid in grids_uids(TWO_BLOCKS)}
+    crowded = single | {"lm.b0.0.0": {A, B, C}, "lm.b1.0.0": {A, B, C}}
+    for seed in range(10):
+        moves = cells_to_move(["lm.b0.0.0", "lm.b1.0.0"], crowded, C, TWO_BLOCKS, random.Random(seed))
+        assert moves["lm.b0.0.0"].startswith("lm.b0.") and moves["lm.b1.0.0"].startswith("lm.b1.")
+    assert cells_to_move(["lm.b0.0.0"], crowded, B, TWO_BLOCKS, random.Random(1)) == {}  # two stay
 
 
 def test_the_project_fixes_the_language_model() -> None:
