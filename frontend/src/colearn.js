@@ -3,6 +3,7 @@ import { startCopyButtons } from "./copy-command.js";
 import { startLiveLeaderboard } from "./live-leaderboard.js";
 import { startLiveMyNodes } from "./live-my-nodes.js";
 import { startLiveProjects } from "./live-projects.js";
+import { startModelFigures } from "./model-figures.js";
 
 function init() {
   const listing = document.querySelector("[data-live-projects]");
@@ -11,6 +12,8 @@ function init() {
   if (myNodes) startLiveMyNodes(myNodes, document.querySelector("[data-live-indicator]"));
   const leaderboard = document.querySelector("[data-leaderboard]");
   if (leaderboard) startLiveLeaderboard(leaderboard);
+  const figures = document.querySelector("[data-model-figures]");
+  if (figures) startModelFigures(figures);
   startCopyButtons();
 }
 

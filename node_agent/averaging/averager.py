@@ -10,6 +10,10 @@ the round's from the members' measured throughputs and the leader's measured con
 step never waits past `timeout`. Peers refused in a round (non-finite or outlying values, implausible
 averages, bad credentials) are penalised: ignored in matchmaking and refused as joiners for
 `penalty_rounds` of our steps.
+
+A peer behind a NAT names its relays (`dht.relays`) in its declaration, its join request and its roster
+entry: the join and every link of the round signal to it through them (ICE then finds a direct or a TURN
+path, as for experts).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -44,7 +48,7 @@ from node_agent.averaging.messages import (
     parse_join_reply,
 )
 from node_agent.averaging.partition import traffic_bytes
-from node_agent.averaging.records import NAMESPACE, AveragingRecordsValidator
+from node_agent.averaging.records import NAMESPACE, AveragingRecordsValidator, own_relays
 from node_agent.dht.api import (
     DHTError,
     DHTNodeAPI,
@@ -225,7 +229,9 @@ class DecentralizedAverager:
         key = self.group_key
         deadline = time.time() + min(self.options.matchmaking_time, max(0.1, end - time.monotonic()))
         me = self.dht.node_id
-        declaration = Declaration(self.dht.endpoint, self.throughput, self.options.credential)
+        declaration = Declaration(
+            self.dht.endpoint, self.throughput, self.options.credential, relays=own_relays(self.dht)
+        )
         leading = _Leading(key, deadline)
         self._leading = leading
         try:
@@ -258,15 +264,7 @@ class DecentralizedAverager:
                 leading.formed.set_exception(AveragingError("the leader stopped matchmaking"))
                 leading.formed.exception()
             self._leading = None
-            self._spawn(
-                self._declare(
-                    key,
-                    Declaration(
-                        declaration.endpoint, declaration.throughput, declaration.credential, taken=True
-                    ),
-                    deadline + 0.001,
-                )
-            )
+            self._spawn(self._declare(key, replace(declaration, taken=True), deadline + 0.001))
 
     async def _declare(self, key: str, declaration: Declaration, expiration: float) -> None:
         try:
@@ -288,7 +286,7 @@ class DecentralizedAverager:
             if owner is None or owner != item.owner or owner == self.dht.node_id or owner in self.penalties:
                 continue
             try:
-                declaration = Declaration.from_wire(item.value)
+                declaration = Declaration.from_wire(item.value, owner)
             except MessageError:
                 continue
             if not self._credential_ok(declaration.credential, owner):
@@ -343,9 +341,15 @@ class DecentralizedAverager:
 
     def _form(self, leading: _Leading) -> Roster:
         leading.open = False
-        me = Member(self.dht.node_id, self.dht.endpoint, self.throughput, self.options.credential)
+        me = Member(
+            self.dht.node_id,
+            self.dht.endpoint,
+            self.throughput,
+            self.options.credential,
+            own_relays(self.dht),
+        )
         members = [me] + [
-            Member(node_id, join.endpoint, join.throughput, join.credential)
+            Member(node_id, join.endpoint, join.throughput, join.credential, join.relays)
             for node_id, join in leading.followers
         ]
         roster = Roster(
@@ -356,13 +360,17 @@ class DecentralizedAverager:
         return roster
 
     async def _join(self, leader: Candidate, key: str, end: float) -> Roster | str:
-        request = JoinRequest(key, self.dht.endpoint, self.throughput, self.options.credential)
+        request = JoinRequest(
+            key, self.dht.endpoint, self.throughput, self.options.credential, own_relays(self.dht)
+        )
         timeout = max(
             0.1, min(leader.expiration - time.time() + 2 * self.connect_time + 1.0, end - time.monotonic())
         )
         try:
             started = time.monotonic()
-            link = await self.pool.connect(leader.node_id, leader.declaration.endpoint, timeout=timeout)
+            link = await self.pool.connect(
+                leader.node_id, leader.declaration.endpoint, timeout, leader.declaration.relays
+            )
             self._note_connect(time.monotonic() - started)
             reply = await link.rpc.call(self._route + JOIN_METHOD, request.to_wire(), timeout=timeout)
             answer = parse_join_reply(reply)
@@ -394,7 +402,7 @@ class DecentralizedAverager:
 
     async def _serve_join(self, caller: bytes, body: Any) -> Any:
         try:
-            request = JoinRequest.from_wire(body)
+            request = JoinRequest.from_wire(body, caller)
         except MessageError as exc:
             raise RPCHandlerError("bad_request", str(exc)) from None
         leading = self._leading
@@ -543,7 +551,7 @@ class DecentralizedAverager:
             return link.rpc
         started = time.monotonic()
         link = await self.pool.connect(
-            member.node_id, member.endpoint, timeout=max(0.1, deadline - time.monotonic())
+            member.node_id, member.endpoint, max(0.1, deadline - time.monotonic()), member.relays
         )
         self._note_connect(time.monotonic() - started)
         return link.rpc

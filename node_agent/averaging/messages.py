@@ -2,7 +2,8 @@
 
 * `Declaration` (`records`): the DHT record a peer looking for a group stores under the group key.
 * `JoinRequest` / join reply (`Roster` or a refusal): a follower asks the leader for a place in its group;
-  the leader answers once the group is complete.
+  the leader answers once the group is complete. Both carry each peer's relays when it is behind a NAT
+  (the rule of `node_agent.dht.endpoints.checked_relays`): members signal to each other through them.
 * `ReduceRequest` / reduce reply: a member sends one piece of its values to the piece's reducer and gets the
   group's average of that piece back (reduce-scatter and all-gather in one call per piece).
 
@@ -26,9 +27,12 @@ from node_agent.averaging.records import (
     _credential,
     _map,
     _number,
+    _relays,
     _text,
+    _with_relays,
 )
 from node_agent.dht.api import ID_BYTES
+from node_agent.dht.endpoints import checked_relays
 from node_agent.tensor_codec import TensorCodecError, TensorSchema, decode_tensor
 
 __all__ = ["Declaration", "JoinRequest", "Member", "MessageError", "ReduceRequest", "Roster"]
@@ -46,18 +50,27 @@ class JoinRequest:
     endpoint: str
     throughput: float
     credential: str | None = None
+    relays: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {"key": self.group_key, "ep": self.endpoint, "tp": self.throughput, "cred": self.credential}
+        wire: dict[str, Any] = {
+            "key": self.group_key,
+            "ep": self.endpoint,
+            "tp": self.throughput,
+            "cred": self.credential,
+        }
+        return _with_relays(wire, self.relays)
 
     @classmethod
-    def from_wire(cls, data: Any) -> JoinRequest:
+    def from_wire(cls, data: Any, owner: bytes) -> JoinRequest:
+        """`owner`: the verified caller (its relays must be other nodes)."""
         data = _map(data, "join request")
         return cls(
             _text(data, "key", MAX_GROUP_KEY_CHARS, "join request"),
             _text(data, "ep", MAX_ENDPOINT_CHARS, "join request"),
             _number(data.get("tp"), 1.0, MAX_THROUGHPUT, "join request throughput"),
             _credential(data, "join request"),
+            _relays(data, owner, "join request"),
         )
 
 
@@ -67,6 +80,13 @@ class Member:
     endpoint: str
     throughput: float
     credential: str | None = None
+    #: Where to send a connection offer when the member is behind a NAT (empty: to `endpoint`).
+    relays: tuple[str, ...] = ()
+
+    def to_wire(self) -> list[Any]:
+        """`[node id, endpoint, throughput, credential]`, plus the relays when it has some."""
+        wire: list[Any] = [self.node_id, self.endpoint, self.throughput, self.credential]
+        return [*wire, list(self.relays)] if self.relays else wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +101,7 @@ class Roster:
     def to_wire(self) -> dict[str, Any]:
         return {
             "id": self.group_id,
-            "members": [[m.node_id, m.endpoint, m.throughput, m.credential] for m in self.members],
+            "members": [m.to_wire() for m in self.members],
             "cc": self.connect_allowance,
         }
 
@@ -97,8 +117,10 @@ class Roster:
             raise MessageError(f"roster: 'members' must be a list of 1..{MAX_GROUP_SIZE}")
         members = []
         for item in raw:
-            if not isinstance(item, list) or len(item) != 4:
-                raise MessageError("roster: each member is [node id, endpoint, throughput, credential]")
+            if not isinstance(item, list) or len(item) not in (4, 5):
+                raise MessageError(
+                    "roster: each member is [node id, endpoint, throughput, credential(, relays)]"
+                )
             node_id = _bytes(item[0], ID_BYTES, "roster member id")
             endpoint = item[1]
             if not isinstance(endpoint, str) or not 0 < len(endpoint) <= MAX_ENDPOINT_CHARS:
@@ -109,7 +131,13 @@ class Roster:
             ):
                 raise MessageError("roster: bad member credential")
             throughput = _number(item[2], 1.0, MAX_THROUGHPUT, "roster member throughput")
-            members.append(Member(node_id, endpoint, throughput, credential))
+            relays: tuple[str, ...] = ()
+            if len(item) == 5:
+                try:
+                    relays = checked_relays(item[4], node_id)
+                except ValueError as exc:
+                    raise MessageError(f"roster: member relays: {exc}") from None
+            members.append(Member(node_id, endpoint, throughput, credential, relays))
         if len({m.node_id for m in members}) != len(members):
             raise MessageError("roster: a member is listed twice")
         allowance = _number(data.get("cc"), 0.0, 600.0, "roster connect allowance")

@@ -7,16 +7,28 @@ bootstrap included, validates these records).
   it accumulated towards the next global step (hivemind's progress tracker).
 
 In a gated project both carry the owner's portal credential; a record without a valid one is refused.
+A peer behind a NAT (unreachable from outside) also names its relays (`relays`, the rule of
+`node_agent.dht.endpoints.checked_relays`, as in expert announcements): whoever connects to it signals
+through them.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from node_agent.dht.api import DHTRecordRefused, DHTValidationError, RecordValidator, RecordView, subkey_owner
+from node_agent.dht.api import (
+    DHTNodeAPI,
+    DHTRecordRefused,
+    DHTValidationError,
+    RecordValidator,
+    RecordView,
+    subkey_owner,
+)
+from node_agent.dht.endpoints import MAX_RELAYS, checked_relays
 
 NAMESPACE = "avg:"
 PROGRESS_PREFIX = "avg:progress:"
@@ -53,6 +65,28 @@ def _credential(data: dict[Any, Any], what: str) -> str | None:
     return value
 
 
+def _relays(data: dict[Any, Any], owner: bytes, what: str) -> tuple[str, ...]:
+    """The sender's relays (`owner`: who sent or signed them); none when the key is absent."""
+    if "relays" not in data:
+        return ()
+    try:
+        return checked_relays(data["relays"], owner)
+    except ValueError as exc:
+        raise MessageError(f"{what}: {exc}") from None
+
+
+def _with_relays(wire: dict[str, Any], relays: Sequence[str]) -> dict[str, Any]:
+    """`wire` plus our relays; a reachable peer sends none (and old decoders see what they know)."""
+    if relays:
+        wire["relays"] = list(relays)
+    return wire
+
+
+def own_relays(dht: DHTNodeAPI) -> tuple[str, ...]:
+    """Our relays as peers must be told them (empty while we are reachable)."""
+    return tuple(dht.relays)[:MAX_RELAYS]
+
+
 def _number(value: Any, low: float, high: float, what: str) -> float:
     if type(value) not in (int, float) or not math.isfinite(value) or not low <= value <= high:
         raise MessageError(f"{what} must be a number in [{low}, {high}]")
@@ -71,12 +105,20 @@ class Declaration:
     throughput: float
     credential: str | None = None
     taken: bool = False
+    relays: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {"ep": self.endpoint, "tp": self.throughput, "cred": self.credential, "taken": self.taken}
+        wire: dict[str, Any] = {
+            "ep": self.endpoint,
+            "tp": self.throughput,
+            "cred": self.credential,
+            "taken": self.taken,
+        }
+        return _with_relays(wire, self.relays)
 
     @classmethod
-    def from_wire(cls, data: Any) -> Declaration:
+    def from_wire(cls, data: Any, owner: bytes) -> Declaration:
+        """`owner`: the record's signer (its relays must be other nodes)."""
         data = _map(data, "declaration")
         taken = data.get("taken", False)
         if not isinstance(taken, bool):
@@ -86,6 +128,7 @@ class Declaration:
             _number(data.get("tp"), 1.0, MAX_THROUGHPUT, "declaration throughput"),
             _credential(data, "declaration"),
             taken,
+            _relays(data, owner, "declaration"),
         )
 
 
@@ -102,9 +145,10 @@ class Progress:
     credential: str | None = None
     #: Samples of its local batches: it contributes at least one before it takes a global step.
     batch: int = 0
+    relays: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "b": self.batch,
             "epoch": self.epoch,
             "samples": self.samples,
@@ -113,9 +157,11 @@ class Progress:
             "ep": self.endpoint,
             "cred": self.credential,
         }
+        return _with_relays(wire, self.relays)
 
     @classmethod
-    def from_wire(cls, data: Any) -> Progress:
+    def from_wire(cls, data: Any, owner: bytes) -> Progress:
+        """`owner`: the record's signer (its relays must be other nodes)."""
         data = _map(data, "progress")
         epoch, samples = data.get("epoch"), data.get("samples")
         if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
@@ -133,6 +179,7 @@ class Progress:
             _text(data, "ep", MAX_ENDPOINT_CHARS, "progress"),
             _credential(data, "progress"),
             batch,
+            _relays(data, owner, "progress"),
         )
 
 
@@ -154,9 +201,9 @@ class AveragingRecordsValidator(RecordValidator):
             raise DHTValidationError("averaging records live under their owner's subkey")
         try:
             if record.key.startswith(PROGRESS_PREFIX):
-                credential = Progress.from_wire(record.value).credential
+                credential = Progress.from_wire(record.value, record.owner).credential
             else:
-                credential = Declaration.from_wire(record.value).credential
+                credential = Declaration.from_wire(record.value, record.owner).credential
         except MessageError as exc:
             raise DHTValidationError(str(exc)) from None
         if self.policy is not None:

@@ -17,6 +17,10 @@ from node_agent.dht.api import ID_BYTES
 Address = tuple[str, int]
 RESOLVE_TIMEOUT = 5.0
 _MAX_HOST_CHARS = 64  # the longest IPv6 literal is 45 characters
+#: Relays an unreachable node names (in expert announcements, averaging declarations, rosters...): each
+#: ``host:port/<relay id hex>``, the endpoint part at most 64 characters.
+MAX_RELAYS = 3
+MAX_RELAY_LENGTH = 64 + 1 + 2 * ID_BYTES
 
 
 def ip_version(host: str) -> int:
@@ -101,6 +105,26 @@ def parse_endpoint(text: str) -> tuple[str, int, bytes | None]:
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ValueError(f"endpoint {text!r} is not 'host:port'")
     return host, int(port_text), node_id
+
+
+def checked_relays(relays: object, owner: bytes) -> tuple[str, ...]:
+    """The one rule for a node's relay list, wherever a peer sends one: a list of 1..MAX_RELAYS distinct
+    ``host:port/<node id hex>`` naming nodes other than ``owner`` (who signed or sent the list); ValueError
+    otherwise. A list names relays only while its owner is unreachable, so an empty one is left out."""
+    if not isinstance(relays, list) or not 0 < len(relays) <= MAX_RELAYS:
+        raise ValueError(f"relays must be a list of 1 to {MAX_RELAYS} relays")
+    seen = set()
+    for relay in relays:
+        if not isinstance(relay, str) or len(relay) > MAX_RELAY_LENGTH:
+            raise ValueError(f"each relay is 'host:port/<node id hex>' of at most {MAX_RELAY_LENGTH}")
+        try:
+            _host, _port, relay_id = parse_endpoint(relay)
+        except ValueError as exc:
+            raise ValueError(f"relay: {exc}") from None
+        if relay_id is None or relay_id == owner or relay_id in seen:
+            raise ValueError("each relay must name a distinct node id other than the owner's")
+        seen.add(relay_id)
+    return tuple(relays)
 
 
 async def resolve(host: str, port: int, timeout: float = RESOLVE_TIMEOUT) -> Address:

@@ -40,7 +40,7 @@ from node_agent.dht.api import (
     owner_subkey,
     subkey_owner,
 )
-from node_agent.dht.endpoints import parse_endpoint
+from node_agent.dht.endpoints import MAX_RELAYS, checked_relays, parse_endpoint
 from node_agent.moe.api import ExpertHandle
 from node_agent.moe.uids import is_valid_prefix, is_valid_uid, uid_prefix_chain
 
@@ -50,8 +50,6 @@ MAX_ANNOUNCE_TTL = 600.0  # seconds an announcement or withdrawal may live (serv
 MAX_ANNOUNCEMENT_SIZE = 1024
 MAX_WITHDRAWAL_SIZE = 640  # endpoint, node id, time, flag and a real credential token (~400 chars at most)
 MAX_CREDENTIAL_LENGTH = 600
-MAX_RELAYS = 3
-MAX_RELAY_LENGTH = MAX_ENDPOINT_LENGTH + 41  # endpoint, "/", 40 hex digits of the relay's node id
 _VALUE_FIELDS = {"endpoint", "node_id", "t", "withdrawn", "cred", "relays"}
 
 
@@ -259,20 +257,11 @@ def _check_value(record: RecordView, now: float) -> bool:
 
 
 def _check_relays(relays: Any, owner: bytes) -> None:
-    """1..MAX_RELAYS distinct `host:port/<node id hex>` of other nodes (the owner signed the list)."""
-    if not isinstance(relays, list) or not 0 < len(relays) <= MAX_RELAYS:
-        raise DHTValidationError(f"relays must be a list of 1 to {MAX_RELAYS} relays")
-    seen = set()
-    for relay in relays:
-        if not isinstance(relay, str) or len(relay) > MAX_RELAY_LENGTH:
-            raise DHTValidationError(f"each relay is 'host:port/<node id hex>' of at most {MAX_RELAY_LENGTH}")
-        try:
-            _host, _port, relay_id = parse_endpoint(relay)
-        except ValueError as exc:
-            raise DHTValidationError(f"relay: {exc}") from None
-        if relay_id is None or relay_id == owner or relay_id in seen:
-            raise DHTValidationError("each relay must name a distinct node id other than the owner's")
-        seen.add(relay_id)
+    """The relay list rule every peer applies (`checked_relays`), as a schema failure."""
+    try:
+        checked_relays(relays, owner)
+    except ValueError as exc:
+        raise DHTValidationError(str(exc)) from None
 
 
 def _announce_time(record: RecordView) -> float:

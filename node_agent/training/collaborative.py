@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from node_agent.averaging.averager import AveragingError, AveragingOptions, DecentralizedAverager
-from node_agent.averaging.records import PROGRESS_PREFIX, MessageError, Progress
+from node_agent.averaging.records import PROGRESS_PREFIX, MessageError, Progress, own_relays
 from node_agent.averaging.state_download import (
     Donor,
     DownloadOptions,
@@ -200,6 +200,7 @@ class CollaborativeOptimizer:
             self.caller.dht.endpoint,
             self.config.credential,
             self._batch,
+            own_relays(self.caller.dht),
         )
 
     async def _progress_loop(self) -> None:
@@ -254,7 +255,7 @@ class CollaborativeOptimizer:
             if owner is None or owner != item.owner or owner == me:
                 continue
             try:
-                peers[owner] = Progress.from_wire(item.value)
+                peers[owner] = Progress.from_wire(item.value, owner)
             except MessageError:
                 continue
         with self._lock:
@@ -430,8 +431,8 @@ class CollaborativeOptimizer:
         donors = []
         for node_id, progress in peers.items():
 
-            async def call(method: str, body: Any, timeout: float, node=node_id, ep=progress.endpoint) -> Any:
-                link = await self.caller.pool.connect(node, ep, timeout=timeout)
+            async def call(method: str, body: Any, timeout: float, node=node_id, peer=progress) -> Any:
+                link = await self.caller.pool.connect(node, peer.endpoint, timeout, peer.relays)
                 return await link.rpc.call(method, body, timeout=timeout)
 
             donors.append(Donor(node_id.hex()[:8], progress.epoch, call))

@@ -103,7 +103,7 @@ def coverage_view(project: Project) -> CoverageView:
 
 
 def training_series(project: Project) -> list[TrainingPoint]:
-    metrics = swarm_selectors.recent_metrics(project=project)
+    metrics = swarm_selectors.recent_metrics(project=project, kinds=("train", "eval"))
     return [point for m in metrics if (point := training_point(m, m.node.node_id)) is not None]
 
 

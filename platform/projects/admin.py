@@ -25,12 +25,13 @@ class ProjectAdmin(admin.ModelAdmin):
         "slug",
         "owner",
         "status",
+        "task",
         "dataset",
         "expert_architecture",
         "grid_shape",
         "created_at",
     ]
-    list_filter = ["status", "dataset", "expert_architecture", "join_policy"]
+    list_filter = ["status", "task", "dataset", "expert_architecture", "join_policy"]
     search_fields = ["title", "slug", "description", "owner__email"]
     readonly_fields = ["status", "created_at", "updated_at", "status_changed_at"]
     raw_id_fields = ["owner"]

@@ -15,7 +15,7 @@ def project_summary(project: Project) -> ProjectSummary:
         "status_label": project.get_status_display(),
         "url": project.get_absolute_url(),
         "owner": project.owner.display_name,
-        "dataset": project.get_dataset_display(),
+        "dataset": project.data_label,
         "architecture": project.get_expert_architecture_display(),
         "grid_shape": project.grid_shape,
         "updated_at": project.updated_at.isoformat(),

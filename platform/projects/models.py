@@ -11,13 +11,21 @@ from django.utils import timezone
 
 from projects.catalog import (
     ARCHITECTURE_CHOICES,
+    CORPUS_CHOICES,
     DATASET_CHOICES,
+    LM_MAX_BLOCKS,
+    LM_MAX_HEADS,
+    LM_MAX_SEQ_LEN,
     OPTIMIZER_CHOICES,
-    TRAINING_BYTES_PER_PARAMETER,
-    expert_parameters,
+    TASK_CHOICES,
+    TASK_CLASSIFICATION,
+    TASK_LM,
+    ModelScale,
+    format_bytes,
     format_count,
     format_grid_shape,
-    grid_size,
+    lm_block_prefix,
+    model_scale,
     parse_grid_shape,
 )
 from projects.lifecycle import ProjectStatus
@@ -54,6 +62,43 @@ class Project(models.Model):
         help_text="Used in URLs and by node agents.",
     )
     description = models.TextField(blank=True)
+    task = models.CharField(
+        max_length=16,
+        choices=TASK_CHOICES,
+        default=TASK_CLASSIFICATION,
+        help_text="A language model has one expert grid per Transformer block.",
+    )
+    lm_corpus = models.CharField(
+        "text",
+        max_length=16,
+        choices=CORPUS_CHOICES,
+        default="python-stdlib",
+        help_text="Language models only.",
+    )
+    lm_blocks = models.PositiveSmallIntegerField(
+        "Transformer blocks",
+        default=2,
+        validators=[MinValueValidator(1), MaxValueValidator(LM_MAX_BLOCKS)],
+        help_text=f"1 to {LM_MAX_BLOCKS}; each block's feed-forward layer is its own expert grid.",
+    )
+    lm_seq_len = models.PositiveSmallIntegerField(
+        "sequence length",
+        default=128,
+        validators=[MinValueValidator(8), MaxValueValidator(LM_MAX_SEQ_LEN)],
+        help_text=f"Bytes per training sequence, 8 to {LM_MAX_SEQ_LEN}.",
+    )
+    lm_window = models.PositiveSmallIntegerField(
+        "attention window",
+        default=64,
+        validators=[MinValueValidator(1), MaxValueValidator(LM_MAX_SEQ_LEN)],
+        help_text="Each byte attends to this many bytes (itself included); at most the sequence length.",
+    )
+    lm_heads = models.PositiveSmallIntegerField(
+        "attention heads",
+        default=4,
+        validators=[MinValueValidator(1), MaxValueValidator(LM_MAX_HEADS)],
+        help_text="The hidden size must be a multiple of it.",
+    )
     expert_architecture = models.CharField(max_length=16, choices=ARCHITECTURE_CHOICES, default="ffn")
     hidden_size = models.PositiveIntegerField(
         default=256, validators=[MinValueValidator(8), MaxValueValidator(8192)], help_text="8 to 8192."
@@ -82,27 +127,86 @@ class Project(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("projects:detail", kwargs={"slug": self.slug})
 
+    def clean(self) -> None:
+        """Rules across fields: a language model's shape, and the cell limit over all of its grids."""
+        super().clean()
+        if self.task != TASK_LM:
+            return
+        errors: dict[str, str] = {}
+        if self.expert_architecture != "ffn":
+            errors["expert_architecture"] = "A language model's experts are feed-forward blocks."
+        heads, hidden = self.lm_heads, self.hidden_size
+        if heads and hidden and hidden % heads:
+            errors["lm_heads"] = f"The hidden size {hidden} is not a multiple of {heads} heads."
+        if self.lm_window and self.lm_seq_len and self.lm_window > self.lm_seq_len:
+            errors["lm_window"] = f"The window can be at most the sequence length ({self.lm_seq_len})."
+        try:
+            cells = self.scale.total_experts
+        except (ValueError, TypeError):
+            cells = 0  # the grid's own field error says why
+        limit = settings.PROJECT_MAX_GRID_CELLS
+        if cells > limit:
+            errors["lm_blocks"] = (
+                f"{self.lm_blocks} blocks of {self.grid_shape} make {cells:,} experts; "
+                f"the grids may have at most {limit:,} in all."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def is_language_model(self) -> bool:
+        return self.task == TASK_LM
+
+    @property
+    def data_label(self) -> str:
+        """What the model learns from, for cards: the dataset, or a language model's text."""
+        if self.is_language_model:
+            own = self.lm_corpus == "own"
+            return "Language model on " + ("the researcher's own text" if own else "Python sources")
+        return self.get_dataset_display()
+
     @property
     def grid_dims(self) -> tuple[int, ...]:
         return parse_grid_shape(self.grid_shape)
 
     @property
+    def blocks(self) -> int:
+        """Expert grids of the project: one per block of a language model, one for a classifier."""
+        return self.lm_blocks if self.is_language_model else 1
+
+    @property
+    def grid_prefixes(self) -> list[str]:
+        """The grids' names in uids and DHT keys: `ffn` (a classifier's one grid) or `lm.b0`, `lm.b1`, ..."""
+        if self.is_language_model:
+            return [lm_block_prefix(block) for block in range(self.lm_blocks)]
+        return [self.expert_architecture]
+
+    @property
+    def scale(self) -> ModelScale:
+        return model_scale(self.expert_architecture, self.hidden_size, self.grid_dims, self.blocks)
+
+    @property
     def expert_count(self) -> int:
-        return grid_size(self.grid_dims)
+        """Experts of one grid (a language model has `blocks` such grids)."""
+        return self.scale.experts_per_block
 
     @property
     def parameters_per_expert(self) -> int:
-        return expert_parameters(self.expert_architecture, self.hidden_size)
+        return self.scale.parameters_per_expert
 
     @property
     def total_parameters_label(self) -> str:
-        """The model's scale across the whole grid, for the project page ("8.6 billion")."""
-        return format_count(self.parameters_per_expert * self.expert_count)
+        """The model's scale across all of its grids, for the project page ("8.6 billion")."""
+        return format_count(self.scale.total_parameters)
 
     @property
-    def expert_memory_mib(self) -> float:
-        """What hosting one expert costs a volunteer in memory while training (weights, gradients, Adam)."""
-        return round(self.parameters_per_expert * TRAINING_BYTES_PER_PARAMETER / 2**20, 1)
+    def expert_memory_label(self) -> str:
+        """What hosting one expert costs a volunteer while training (fp32 weights, gradients, Adam)."""
+        return format_bytes(self.scale.memory_per_expert_bytes)
+
+    @property
+    def volunteer_memory_label(self) -> str:
+        return format_bytes(self.scale.volunteer_memory_bytes)
 
     def normalise(self) -> None:
         """Store the grid in its canonical spelling ("16 X 16" -> "16x16")."""

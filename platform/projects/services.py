@@ -35,12 +35,18 @@ logger = logging.getLogger(__name__)
 EDITABLE_FIELDS = (
     "title",
     "description",
+    "task",
+    "dataset",
+    "lm_corpus",
+    "lm_blocks",
+    "lm_seq_len",
+    "lm_window",
+    "lm_heads",
     "expert_architecture",
     "hidden_size",
     "grid_shape",
     "optimizer",
     "learning_rate",
-    "dataset",
     "join_policy",
 )
 
@@ -72,8 +78,14 @@ def project_create(
     dataset: str,
     join_policy: str,
     launch: bool = False,
+    **language_model: Any,
 ) -> Project:
-    """Create a project as a draft, or straight away as active when `launch` is set."""
+    """Create a project as a draft, or straight away as active when `launch` is set.
+
+    `language_model` holds the task (`task="lm"`) and the `lm_*` shape fields; a classifier needs none."""
+    unknown = set(language_model) - {"task", *(f for f in EDITABLE_FIELDS if f.startswith("lm_"))}
+    if unknown:
+        raise ValueError(f"unknown project fields: {', '.join(sorted(unknown))}")
     if not can_create_project(owner):
         raise PermissionDenied("Only researchers can create projects.")
     project = Project(
@@ -89,6 +101,7 @@ def project_create(
         dataset=dataset,
         join_policy=join_policy,
         status=ProjectStatus.ACTIVE if launch else ProjectStatus.DRAFT,
+        **language_model,
     )
     project.full_clean()
     project.normalise()

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.http import AuthenticatedHttpRequest
 from projects import selectors, services
-from projects.forms import ProjectCreateForm, ProjectFilterForm, ProjectForm
+from projects.forms import ProjectCreateForm, ProjectFilterForm, ProjectForm, figure_context
 from projects.lifecycle import ProjectStatusError, is_editable
 from projects.models import Project
 from projects.permissions import can_create_project, can_manage_project, can_view_project
@@ -95,7 +95,7 @@ def project_create(request: AuthenticatedHttpRequest) -> HttpResponse:
         project = services.project_create(owner=request.user, **form.cleaned_data)
         messages.success(request, f"Project “{project.title}” created ({project.get_status_display()}).")
         return redirect(project)
-    return render(request, "projects/form.html", {"form": form, "creating": True})
+    return render(request, "projects/form.html", {"form": form, "creating": True, **figure_context(form)})
 
 
 @login_required
@@ -109,7 +109,8 @@ def project_edit(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         services.project_update(project=project, actor=request.user, **form.cleaned_data)
         messages.success(request, "Project saved.")
         return redirect(project)
-    return render(request, "projects/form.html", {"form": form, "project": project, "creating": False})
+    context = {"form": form, "project": project, "creating": False, **figure_context(form)}
+    return render(request, "projects/form.html", context)
 
 
 @login_required

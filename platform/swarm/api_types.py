@@ -89,6 +89,7 @@ class RecentMetric(TypedDict):
     step: int
     loss: float
     accuracy: float
+    bits_per_byte: float | None  # a language model's training bits per byte; None for classifiers
     samples_per_s: float
     timestamp: str
 

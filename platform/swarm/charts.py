@@ -45,8 +45,21 @@ def time_polylines(
 ) -> list[str]:
     """`points` of one SVG polyline per series of `(time, value)`, on shared time and value scales; series
     with fewer than two finite values are left out."""
-    finite = [[(t, v) for t, v in s if math.isfinite(t) and math.isfinite(v)] for s in series]
-    drawn = [s for s in finite if len(s) >= 2]
+    lines = labelled_polylines([("", s) for s in series], width=width, height=height, pad=pad)
+    return [points for _, points in lines]
+
+
+def labelled_polylines(
+    series: Sequence[tuple[str, Sequence[tuple[float, float]]]],
+    *,
+    width: float = 300,
+    height: float = 60,
+    pad: float = 3,
+) -> list[tuple[str, str]]:
+    """`time_polylines` for `(label, series)` pairs, each drawn line with its label (a CSS class, say)."""
+    finite = [(label, [(t, v) for t, v in s if math.isfinite(t) and math.isfinite(v)]) for label, s in series]
+    labelled = [(label, s) for label, s in finite if len(s) >= 2]
+    drawn = [s for _, s in labelled]
     if not drawn:
         return []
     times = [t for s in drawn for t, _ in s]
@@ -58,4 +71,4 @@ def time_polylines(
         x = pad + (t - t0) / t_span * (width - 2 * pad)
         return f"{x:.1f},{height - pad - (v - low) / v_span * (height - 2 * pad):.1f}"
 
-    return [" ".join(point(t, v) for t, v in s) for s in drawn]
+    return [(label, " ".join(point(t, v) for t, v in s)) for label, s in labelled]

@@ -88,11 +88,14 @@ def training_point(metric: TrainingMetric, node_id: str) -> TrainingPoint | None
     """A metric as a chart point; None for a non-finite loss or accuracy (JSON cannot carry them)."""
     if not (math.isfinite(metric.loss) and math.isfinite(metric.accuracy)):
         return None
+    bpb = metric.bits_per_byte
     return {
         "t": metric.timestamp.timestamp(),
         "step": metric.step,
         "loss": metric.loss,
         "accuracy": metric.accuracy,
+        "kind": "eval" if metric.kind == "eval" else "train",
+        "bits_per_byte": bpb if bpb is not None and 0 <= bpb <= 64 else None,
         "node_id": node_id,
         "run": metric.run,
     }

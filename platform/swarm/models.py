@@ -217,6 +217,8 @@ class TrainingMetric(models.Model):
     step = models.PositiveIntegerField()
     loss = models.FloatField()
     accuracy = models.FloatField()
+    #: A language model's bits per byte (validation bits per byte on `eval` points); null for classifiers.
+    bits_per_byte = models.FloatField(null=True, blank=True)
     samples_per_s = models.FloatField()
     experts_answered = models.PositiveIntegerField()
     experts_failed = models.PositiveIntegerField()

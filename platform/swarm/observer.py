@@ -53,7 +53,8 @@ class ProjectTarget:
 
     pk: int
     slug: str
-    prefix: str
+    #: Every grid the project's servers announce (a language model has one per block), all of shape `dims`.
+    prefixes: tuple[str, ...]
     dims: tuple[int, ...]
     peers: tuple[str, ...]
     revoked: tuple[str, ...]
@@ -117,7 +118,7 @@ def load_targets() -> list[ProjectTarget]:
             ProjectTarget(
                 pk=project.pk,
                 slug=project.slug,
-                prefix=selectors.expert_prefix(project),
+                prefixes=tuple(project.grid_prefixes),
                 dims=project.grid_dims,
                 peers=tuple(selectors.bootstrap_peers(project=project, now=now)),
                 revoked=tuple(revoked.values_list("cid", flat=True)[:MAX_REVOKED]),
@@ -207,7 +208,10 @@ class SwarmObserver:
             dht = await self._dht_for(target)
             self._install_validators(dht, target)
             endpoints: dict[str, Announcement] = {}
-            announced = await read_announcements(dht, target.prefix, target.dims, endpoints)
+            announced: dict[str, set[str]] = {}
+            for prefix in target.prefixes:  # a node serving only block 1's cells is announced all the same
+                for node, uids in (await read_announcements(dht, prefix, target.dims, endpoints)).items():
+                    announced.setdefault(node, set()).update(uids)
             self._endpoints[target.slug] = endpoints
             now = time.time()
             await dht.store(

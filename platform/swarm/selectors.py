@@ -14,7 +14,7 @@ from django.db.models import Count, QuerySet
 
 from accounts.models import User
 from node_agent.portal.ice import IceServerSpec
-from node_agent.portal.project_config import AgentSpec, ExpertSpec, ProjectConfig, TrainingSpec
+from node_agent.portal.project_config import AgentSpec, ExpertSpec, LMSpec, ProjectConfig, TrainingSpec
 from projects.lifecycle import ProjectStatus
 from projects.models import Project
 from projects.permissions import AnyUser
@@ -51,8 +51,31 @@ def swarm_settings(*, project: Project) -> ProjectSwarm:
 
 
 def expert_prefix(project: Project) -> str:
-    """Grid name of the project's experts in uids and DHT keys (`ffn.3.14`)."""
-    return project.expert_architecture
+    """Grid name of the project's (first) experts in uids and DHT keys (`ffn.3.14`, `lm.b0.3.14`)."""
+    return project.grid_prefixes[0]
+
+
+def expert_grids(project: Project) -> list[ExpertSpec]:
+    """Every grid the project's volunteers host: a classifier's one, or one per language-model block."""
+    dims = list(project.grid_dims)
+    return [
+        ExpertSpec(
+            expert_class=project.expert_architecture, hidden_dim=project.hidden_size, grid=dims, prefix=prefix
+        )
+        for prefix in project.grid_prefixes
+    ]
+
+
+def lm_spec(project: Project) -> LMSpec | None:
+    if not project.is_language_model:
+        return None
+    return LMSpec(
+        blocks=project.lm_blocks,
+        seq_len=project.lm_seq_len,
+        window=project.lm_window,
+        heads=project.lm_heads,
+        corpus="own" if project.lm_corpus == "own" else "python-stdlib",
+    )
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -84,6 +107,9 @@ def project_config(*, project: Project, portal_url: str, now: datetime) -> Proje
     """What `GET /api/v1/projects/<slug>/config` returns (and a join's reply carries)."""
     wheel = latest_wheel()
     swarm = swarm_settings(project=project)
+    grids = expert_grids(project)
+    # A language model's data is its corpus (`lm.corpus`); a classifier's its dataset.
+    dataset = project.lm_corpus if project.is_language_model else project.dataset
     return ProjectConfig(
         project=project.slug,
         title=project.title,
@@ -93,14 +119,12 @@ def project_config(*, project: Project, portal_url: str, now: datetime) -> Proje
         portal_public_key=portal_public_key().hex(),
         gated=swarm.gated,
         approval_required=project.join_policy == "approval",
-        expert=ExpertSpec(
-            expert_class=project.expert_architecture,
-            hidden_dim=project.hidden_size,
-            grid=list(project.grid_dims),
-            prefix=expert_prefix(project),
-        ),
+        expert=grids[0],
+        task="lm" if project.is_language_model else "classification",
+        lm=lm_spec(project),
+        grids=grids,
         training=TrainingSpec(
-            dataset=project.dataset, optimizer=project.optimizer, learning_rate=project.learning_rate
+            dataset=dataset, optimizer=project.optimizer, learning_rate=project.learning_rate
         ),
         agent=AgentSpec(
             version=wheel.version if wheel else "",
@@ -223,8 +247,11 @@ def _page(offset: int, limit: int, count: int) -> Page:
     return {"offset": offset, "limit": limit, "count": count, "more": offset + limit < count}
 
 
-def recent_metrics(*, project: Project, limit: int = RECENT_METRICS) -> list[TrainingMetric]:
-    metrics = TrainingMetric.objects.filter(project=project, kind="train").select_related("node")
+def recent_metrics(
+    *, project: Project, limit: int = RECENT_METRICS, kinds: tuple[str, ...] = ("train",)
+) -> list[TrainingMetric]:
+    """The last `limit` points of `kinds` ("train", "eval": validation), oldest first."""
+    metrics = TrainingMetric.objects.filter(project=project, kind__in=kinds).select_related("node")
     latest = metrics.order_by("-timestamp")[:limit]
     return list(reversed(latest))
 
@@ -291,6 +318,7 @@ def swarm_state(
                 "step": m.step,
                 "loss": m.loss,
                 "accuracy": m.accuracy,
+                "bits_per_byte": m.bits_per_byte,
                 "samples_per_s": m.samples_per_s,
                 "timestamp": m.timestamp.isoformat(),
             }

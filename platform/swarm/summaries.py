@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypedDict, TypeVar
+from typing import Annotated, Any, Literal, NotRequired, TypedDict, TypeVar
 
 import msgspec
 
@@ -107,12 +107,16 @@ class ReplicaSummary(TypedDict):
 
 
 class TrainingPoint(TypedDict):
-    """A trainer's loss and accuracy at a step of one run (the charts draw each run as its own series)."""
+    """A trainer's loss and accuracy at a step of one run (the charts draw each run as its own series);
+    `kind` "eval" for a validation point, `bits_per_byte` a language model's (None for classifiers)."""
 
     t: _Time
     step: _Count
     loss: _Finite
     accuracy: _Finite
+    # Absent from the events of portals before language models (a rolling restart): "train", None.
+    kind: NotRequired[Literal["train", "eval"]]
+    bits_per_byte: NotRequired[Annotated[float, msgspec.Meta(ge=0, le=64)] | None]
     node_id: _Text
     run: Annotated[str, msgspec.Meta(max_length=32)]  # '' from agents that send no run id
 

@@ -159,6 +159,7 @@ def metrics_record(*, public_key: bytes, report: MetricsReport, now: datetime) -
                     step=point.step,
                     loss=point.loss,
                     accuracy=point.accuracy,
+                    bits_per_byte=point.bits_per_byte,
                     samples_per_s=point.samples_per_s,
                     experts_answered=point.experts_answered,
                     experts_failed=point.experts_failed,
@@ -168,5 +169,5 @@ def metrics_record(*, public_key: bytes, report: MetricsReport, now: datetime) -
                 for point in _advancing(node, report.metrics)
             ]
         )
-        announce_metrics(node.project.slug, node, [r for r in rows if r.kind == "train"])
+        announce_metrics(node.project.slug, node, rows)  # train and eval points: charts draw both
     return len(rows)

@@ -28,7 +28,7 @@ from projects.permissions import can_manage_project, can_view_project
 from projects.selectors import project_get
 from swarm import ratelimit, selectors, services
 from swarm.api import portal_url
-from swarm.charts import polyline, split_runs, time_polylines
+from swarm.charts import labelled_polylines, polyline, split_runs, time_polylines
 from swarm.errors import Conflict, RateLimited
 from swarm.exports import export_path, latest_export
 from swarm.models import CodePurpose, Node
@@ -214,6 +214,20 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     )
     metrics = selectors.recent_metrics(project=project)
     runs = split_runs((f"{m.node_id}/{m.run}", m.step, m) for m in metrics)  # a line per trainer run
+    if project.is_language_model:  # bits per byte instead of accuracy: training and validation lines
+        evals = selectors.recent_metrics(project=project, kinds=("eval",))
+        eval_runs = split_runs((f"{m.node_id}/{m.run}", m.step, m) for m in evals)
+        bpb = [
+            (f"line-bpb-{kind}", [(m.timestamp.timestamp(), m.bits_per_byte) for m in run if m.bits_per_byte])
+            for kind, group in (("train", runs), ("eval", eval_runs))
+            for run in group
+        ]
+        second_lines = labelled_polylines(bpb, width=520, height=140)
+        last_eval = evals[-1] if evals else None
+    else:
+        accuracy = [("line-accuracy", [(m.timestamp.timestamp(), m.accuracy) for m in run]) for run in runs]
+        second_lines = labelled_polylines(accuracy, width=520, height=140)
+        last_eval = None
     nodes = list(selectors.nodes_of_project(project=project)[: selectors.NODES_PAGE[1]])
     if small_grid:
         covered = selectors.coverage_of(project=project)
@@ -232,9 +246,8 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "loss_lines": time_polylines(
             [[(m.timestamp.timestamp(), m.loss) for m in run] for run in runs], width=520, height=140
         ),
-        "accuracy_lines": time_polylines(
-            [[(m.timestamp.timestamp(), m.accuracy) for m in run] for run in runs], width=520, height=140
-        ),
+        "second_lines": second_lines,
+        "last_eval": last_eval,
         "run_count": len(runs),
         "last_metric": metrics[-1] if metrics else None,
         "metrics_count": len(metrics),

@@ -51,6 +51,11 @@ function runSeries(runs, field, colors) {
   return runs.map((run, i) => ({ label: runLabel(run), stroke: cssVar(colors[i % colors.length]), width: i === runs.length - 1 ? 2 : 1.5 }));
 }
 
+// Training points (older portals sent no kind) and validation points, each in time order.
+export function splitKinds(points) {
+  return { train: points.filter((p) => p.kind !== "eval"), eval: points.filter((p) => p.kind === "eval") };
+}
+
 function setStat(root, name, value, detail) {
   const node = root.querySelector(`[data-live-stat="${name}"]`);
   if (node) node.textContent = value;
@@ -77,8 +82,11 @@ export function startSwarmPage(root) {
   const charts = {
     throughput: new LiveChart(part(root, "chart-throughput"), "Swarm samples/s", [{ label: "samples/s", stroke: online, fill: withAlpha(online, 0.08), width: 2 }]),
     loss: new LiveChart(part(root, "chart-loss"), "Trainer loss", [{ label: "loss", stroke: cssVar("--danger"), width: 2 }]),
-    accuracy: new LiveChart(part(root, "chart-accuracy"), "Trainer accuracy", [{ label: "accuracy", stroke: cssVar("--primary"), width: 2 }]),
   };
+  // A language model's second chart is bits per byte (training and validation), a classifier's accuracy.
+  const language = root.dataset.task === "lm";
+  if (language) charts.bpb = new LiveChart(part(root, "chart-bpb"), "Bits per byte", [{ label: "bits per byte", stroke: cssVar("--primary"), width: 2 }]);
+  else charts.accuracy = new LiveChart(part(root, "chart-accuracy"), "Trainer accuracy", [{ label: "accuracy", stroke: cssVar("--primary"), width: 2 }]);
   const replicas = new ReplicasPanel(part(root, "replicas-panel"));
   const tbody = part(root, "nodes");
   const note = part(root, "nodes-note");
@@ -96,24 +104,43 @@ export function startSwarmPage(root) {
     const nodes = [...swarm.nodes.values()];
     const online = nodes.filter((n) => displayState(n, swarm, now) === "online").length;
     const last = swarm.throughput[swarm.throughput.length - 1];
-    const lastTraining = swarm.training[swarm.training.length - 1];
+    const split = splitKinds(swarm.training);
+    const lastTraining = split.train[split.train.length - 1];
     const reach = reachCounts(nodes);
     setStat(root, "online", `${online}`, `online of ${nodes.length} nodes; ${reach.serving} serving, ${reach.reachable} reachable, ${reach.announced} announced`);
     setStat(root, "throughput", last ? last.samples_per_s.toFixed(0) : "–", "swarm samples/s");
     setStat(root, "coverage", `${coverage.covered}/${coverage.total}`, `grid cells served${swarm.coverage.observed_at ? `, DHT read ${formatAge(now + swarm.serverSkew - swarm.coverage.observed_at)}` : ", not observed yet"}`);
     setStat(root, "loss", lastTraining ? lastTraining.loss.toFixed(3) : "–", lastTraining ? `loss at step ${lastTraining.step}` : "no training metrics yet");
-    setStat(root, "accuracy", lastTraining ? `${(lastTraining.accuracy * 100).toFixed(1)}%` : "–", "training accuracy");
+    if (language) {
+      const lastEval = split.eval.filter((p) => p.bits_per_byte != null).pop();
+      const bpb = lastTraining && lastTraining.bits_per_byte != null ? lastTraining.bits_per_byte.toFixed(3) : "–";
+      setStat(root, "bpb", bpb, lastEval ? `training bits per byte; validation ${lastEval.bits_per_byte.toFixed(3)} at step ${lastEval.step}` : "training bits per byte");
+    } else {
+      setStat(root, "accuracy", lastTraining ? `${(lastTraining.accuracy * 100).toFixed(1)}%` : "–", "training accuracy");
+    }
     // The page header's "DHT observed ... ago" is outside the live panel; it ages with the rest.
     const observed = document.querySelector("[data-live-observed]");
     if (observed && swarm.coverage.observed_at) observed.textContent = formatAge(now + swarm.serverSkew - swarm.coverage.observed_at);
     const caption = part(root, "heatmap-caption");
     if (caption) caption.textContent = coverage.holes ? `${coverage.holes} hole${coverage.holes === 1 ? "" : "s"} (red): no serving expert (announced is not enough: the portal's probe must get an answer).` : "Every cell has a serving expert.";
     charts.throughput.setData(columns(swarm.throughput, "samples_per_s"));
-    const runs = trainingRuns(swarm.training);
+    const runs = trainingRuns(split.train);
     root.dataset.trainingRuns = String(runs.length);
     const data = (field) => (runs.length ? runColumns(runs, field) : [[], []]); // [[], []]: the empty placeholder
     charts.loss.setSeries(runSeries(runs, "loss", RUN_COLORS), data("loss"));
-    charts.accuracy.setSeries(runSeries(runs, "accuracy", [...RUN_COLORS.slice(1), RUN_COLORS[0]]), data("accuracy"));
+    if (language) {
+      // Training and validation bits per byte of each run: validation lines dashed, after the training ones.
+      const evalRuns = trainingRuns(split.eval.filter((p) => p.bits_per_byte != null));
+      const all = [...runs, ...evalRuns];
+      const labelled = (group, prefix, colors, extra) => (group.length ? runSeries(group, "", colors).map((s) => ({ ...s, ...extra, label: `${prefix} · ${s.label}` })) : []);
+      const evalColors = [...RUN_COLORS.slice(1), RUN_COLORS[0]];
+      const lines = [...labelled(runs, "train", RUN_COLORS, {}), ...labelled(evalRuns, "validation", evalColors, { dash: [6, 4] })];
+      const series = lines.length ? lines : runSeries([], "bits per byte", RUN_COLORS);
+      root.dataset.bpbSeries = String(all.length);
+      charts.bpb.setSeries(series, all.length ? runColumns(all, "bits_per_byte") : [[], []]);
+    } else {
+      charts.accuracy.setSeries(runSeries(runs, "accuracy", [...RUN_COLORS.slice(1), RUN_COLORS[0]]), data("accuracy"));
+    }
     root.dataset.seq = String(swarm.seq);
   };
   const schedule = () => {

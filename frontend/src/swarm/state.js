@@ -34,7 +34,7 @@ function appendCapped(list, points) {
 }
 
 function trainingKey(point) {
-  return `${point.node_id}:${point.step}:${point.t}`;
+  return `${point.node_id}:${point.kind || "train"}:${point.step}:${point.t}`;
 }
 
 function addTraining(swarm, points) {

@@ -90,7 +90,7 @@ class ReplicaFinder:
         async def call(method: str, body: Any, timeout: float) -> Any:
             assert self.pool is not None
             async with asyncio.timeout(timeout):
-                link = await self.pool.connect(handle.node_id, handle.endpoint, timeout)
+                link = await self.pool.connect(handle.node_id, handle.endpoint, timeout, handle.relays)
                 return await link.rpc.call(method, body, timeout)
 
         return call

@@ -38,7 +38,7 @@ def bootstrap(swarm: tuple[LoopThread, DHTNode]) -> str:
 def _highest_epoch(swarm: tuple[LoopThread, DHTNode], run: str) -> int:
     thread, node = swarm
     found = thread.run(node.get(f"{PROGRESS_PREFIX}{run}", latest=True)).result(10)
-    return max((Progress.from_wire(item.value).epoch for item in found.values()), default=0)
+    return max((Progress.from_wire(item.value, item.owner).epoch for item in found.values()), default=0)
 
 
 def _config(

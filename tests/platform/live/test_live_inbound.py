@@ -53,6 +53,13 @@ def test_coverage_and_metrics() -> None:
     assert metrics["series"] == "training"
     assert metrics["points"] == [point]
     assert to_diffs({"type": "swarm.metrics_received", "points": []}, received_at=T0) == []
+    lm_point = {**point, "kind": "eval", "bits_per_byte": 3.25}  # a language model's validation point
+    [lm] = to_diffs({"type": "swarm.metrics_received", "points": [lm_point]}, received_at=T0)
+    assert lm["points"] == [lm_point]
+
+
+GOOD_POINT = {"t": T0, "step": 1, "loss": 1.0, "accuracy": 0.5, "node_id": "cd" * 20, "run": ""}
+BAD_LM_FIELDS = [{"bits_per_byte": 65.0}, {"bits_per_byte": -1.0}, {"bits_per_byte": "4"}, {"kind": "test"}]
 
 
 @pytest.mark.parametrize(
@@ -72,6 +79,7 @@ def test_coverage_and_metrics() -> None:
         {"type": "swarm.metrics_received", "points": [1]},
         {"type": "swarm.metrics_received", "points": [{"t": T0, "step": 1, "loss": float("inf")}]},
         {"type": "swarm.metrics_received", "points": [{}] * 1001},
+        *({"type": "swarm.metrics_received", "points": [{**GOOD_POINT, **bad}]} for bad in BAD_LM_FIELDS),
         {"type": "swarm.unheard_of"},
     ],
 )

@@ -135,6 +135,33 @@ async def test_observer_probes_announced_nodes_and_counts_only_serving_cells(
         await silent.shutdown()
 
 
+async def test_a_language_models_servers_are_read_on_every_blocks_grid(
+    bootstrap: Any, joined: dict[str, Any], node_key: Identity, project: Any, settings: Any
+) -> None:
+    """A node serving only block 1's experts is announced, probed and online, not "announces nothing"."""
+    from projects.models import Project
+
+    settings.SWARM = {**settings.SWARM, "PROBE_TIMEOUT": 3}
+    await sync_to_async(Project.objects.filter(pk=project.pk).update)(
+        task="lm", lm_blocks=2, grid_shape="2x2"
+    )
+    await sync_to_async(ProjectSwarm.objects.create)(project=project, bootstrap_peers=[bootstrap.endpoint])
+    dht, server = await serving_agent(bootstrap, node_key, ["lm.b1.0.1"])
+    node = await sync_to_async(Node.objects.get)(public_key=node_key.public_key_bytes.hex())
+    node.role, node.experts, node.last_heartbeat_at = "server", ["lm.b1.0.1"], timezone.now()
+    await sync_to_async(node.save)()
+    observer = SwarmObserver(portal_identity(), listen="127.0.0.1:0", rpc_timeout=2.0)
+    try:
+        changes = await observer.run_round()
+    finally:
+        await observer.shutdown()
+        await server.shutdown()
+        await dht.shutdown()
+    assert changes[project.slug] == [(node.node_id, "registered", "online")]
+    node = await sync_to_async(Node.objects.get)(pk=node.pk)
+    assert node.announced_experts == ["lm.b1.0.1"] and node.serving_experts == ["lm.b1.0.1"]
+
+
 async def test_a_heartbeating_node_nobody_can_reach_is_unreachable_with_the_reason(
     bootstrap: Any, joined: dict[str, Any], node_key: Identity, project: Any, settings: Any
 ) -> None:
