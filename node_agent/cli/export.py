@@ -41,10 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
         help="evaluate an exported model locally on its project's dataset",
-        description="Rebuild the exported model with in-process experts and print its held-out accuracy.",
+        description="Rebuild the exported model with in-process experts and print its held-out accuracy "
+        "(a language model: its validation bits per byte).",
     )
     evaluate.add_argument("path", help="a file written by `node-agent export`")
     evaluate.add_argument("--seed", type=int, default=0, help="dataset split seed (the trainer's --seed)")
+    evaluate.add_argument(
+        "--text", default=None, help="a language model's validation text: its own data (default: built-in)"
+    )
+    evaluate.add_argument(
+        "--corpus-bytes", type=int, default=4_000_000, help="training bytes of the built-in corpus to read"
+    )
     evaluate.set_defaults(handler=run_evaluate)
 
 
@@ -60,6 +67,12 @@ def _spec(args: argparse.Namespace):  # -> ExportSpec
             raise ValueError("--portal needs --project")
         project = parse_project_config(PortalClient(args.portal).project_config(args.project))
         args.initial_peers = args.initial_peers or list(project.bootstrap_peers)
+        if project.task == "lm" and project.lm is not None:  # every block's grid, the project's shape
+            from node_agent.cli.train_lm import project_lm_config
+
+            if not args.initial_peers:
+                raise ValueError("the project lists no peer: give --initial-peers")
+            return ExportSpec.for_lm(project_lm_config(project, args.k_best), project.lm.corpus)
         args.grid = args.grid or "x".join(str(n) for n in project.expert.grid)
         args.uid_prefix = args.uid_prefix or project.expert.prefix
         args.expert_class = args.expert_class or project.expert.expert_class
@@ -67,6 +80,9 @@ def _spec(args: argparse.Namespace):  # -> ExportSpec
         args.dataset = args.dataset or project.training.dataset
     if not args.initial_peers:
         raise ValueError("give --initial-peers or --portal URL --project SLUG")
+    lm_shape = _trainer_lm_shape(args.trainer_checkpoint)
+    if lm_shape is not None:  # a language model's trainer (`train --task lm --checkpoint-dir`)
+        return ExportSpec.for_lm(lm_shape)
     return ExportSpec(
         grid=parse_grid(args.grid or "4x4"),
         uid_prefix=args.uid_prefix or "ffn",
@@ -77,12 +93,29 @@ def _spec(args: argparse.Namespace):  # -> ExportSpec
     )
 
 
+def _trainer_lm_shape(checkpoint: str | None):  # -> LMConfig | None
+    """The language model a trainer checkpoint directory describes (its `lm.json`), if any."""
+    from pathlib import Path
+
+    from node_agent.cli.train_lm import LM_CONFIG_FILE, load_lm_config
+
+    if not checkpoint:
+        return None
+    path = Path(checkpoint)
+    directory = path if path.is_dir() else path.parent
+    if not (directory / LM_CONFIG_FILE).is_file():
+        return None
+    try:
+        return load_lm_config(directory)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{directory / LM_CONFIG_FILE} is not a language model's shape: {exc}") from exc
+
+
 def run_export(args: argparse.Namespace) -> int:
     import json
 
     from node_agent.moe.client import ExpertCaller
     from node_agent.moe.server.replicas import ReplicaFinder
-    from node_agent.portal.census import grid_uids
     from node_agent.portal.client import PortalError
     from node_agent.portal.errors import ProtocolError
     from node_agent.rtc.config import RTCOptions
@@ -106,7 +139,7 @@ def run_export(args: argparse.Namespace) -> int:
         async def gather():  # on the caller's loop, which owns its DHT node and connection pool
             assert caller.dht is not None and caller.pool is not None
             finder = ReplicaFinder(caller.dht, caller.pool)
-            return await gather_experts(finder, spec, grid_uids(spec.uid_prefix, spec.grid))
+            return await gather_experts(finder, spec, spec.uids())
 
         tensors, cells, missing = caller.run(gather()).result(args.timeout)
     finally:
@@ -163,11 +196,15 @@ def _upload(args: argparse.Namespace, path) -> str | None:  # path: Path
 def run_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from node_agent.training.export import ExportError, evaluate_export
+    from node_agent.training.export import ExportError, evaluate_export, evaluate_lm_export, read_manifest
+    from node_agent.training.text import TextDataError
 
     try:
-        result = evaluate_export(args.path, seed=args.seed)
-    except ExportError as exc:
+        if read_manifest(args.path).spec.task == "lm":
+            result = evaluate_lm_export(args.path, args.text, args.corpus_bytes)
+        else:
+            result = evaluate_export(args.path, seed=args.seed)
+    except (ExportError, TextDataError) as exc:
         print(f"error: {exc}", flush=True)
         return 1
     print(json.dumps(result), flush=True)

@@ -21,7 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("portal_url", metavar="PORTAL_URL", help="e.g. https://colearn.example.org")
     parser.add_argument("code", metavar="CODE", nargs="?", default=None, help="one-time join code")
     parser.add_argument("--data-dir", default=None, help="identity, credential, checkpoints")
-    parser.add_argument("--experts", type=int, default=4, help="how many grid cells to serve (default 4)")
+    parser.add_argument(
+        "--experts",
+        type=int,
+        default=None,
+        help="how many grid cells to serve (default 4, or one per grid when the project has more grids, "
+        "as many as fit in 2 GiB while training)",
+    )
     parser.add_argument("--expert-pattern", default=None, help="serve these uids instead, e.g. 'ffn.[0:2].0'")
     parser.add_argument("--listen", default="0.0.0.0:0", help="DHT HOST:PORT to bind (default %(default)s)")
     parser.add_argument("--heartbeat-period", type=float, default=30.0, help="seconds (portal may change it)")

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from node_agent.cli import peer_list
 
@@ -33,9 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--task",
-        default="classification",
+        default=None,
         choices=["classification", "lm"],
-        help="lm: the byte-level Transformer language model (see the 'language model' options)",
+        help="lm: the byte-level Transformer language model (see the 'language model' options); default: "
+        "the portal project's task, or classification",
     )
     parser.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
     parser.add_argument("--grid", default=None, help="expert grid, e.g. 4x4 (default: project's, or 4x4)")
@@ -95,7 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="average this trainer's own gradients with other trainers of the same run (needs the DHT)",
     )
     collab.add_argument(
-        "--target-batch-size", type=int, default=256, help="samples all trainers gather per global step"
+        "--target-batch-size",
+        type=int,
+        default=256,
+        help="samples (lm: windows) all trainers gather per global step",
     )
     collab.add_argument("--run-name", default="trainer", help="trainers with the same name train together")
     collab.add_argument("--average-timeout", type=float, default=30.0)
@@ -263,30 +268,54 @@ def _ice_servers(args: argparse.Namespace, state) -> tuple:  # -> tuple[IceServe
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import logging
+    """Join the portal project if asked (its task decides what trains); train the classifier or the LM."""
     import sys
 
-    from node_agent.moe.api import ExpertError
-    from node_agent.training.metrics import JsonLinesSink, MetricsStream
-    from node_agent.training.models import parse_grid
-    from node_agent.training.session import SessionConfig, run_training
-    from node_agent.training.trainer import TrainConfig, TrainingError
-
-    log = logging.getLogger("node_agent.cli.train")
-    if args.task == "lm":
-        from node_agent.cli.train_lm import run_lm
-
-        return run_lm(args)
-    args.batch_size = args.batch_size or 64
     portal = None
     if args.portal or args.join_code or args.credential_file:
         from node_agent.portal.joining import AgentSetupError
 
         try:
             portal = _portal_state(args)
-            _apply_project_config(args, portal[0].config)
+            args.task = _project_task(args.task, portal[0].config)
         except (AgentSetupError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if args.task == "lm":
+        from node_agent.cli.train_lm import run_lm
+
+        return run_lm(args, portal)
+    return _run_classification(args, portal)
+
+
+def _project_task(asked: str | None, config: dict) -> str:
+    """The portal project's task (`--task` may only repeat it): its volunteers host experts for that model."""
+    from node_agent.portal.project_config import parse_project_config
+
+    project = parse_project_config(config)
+    if asked is not None and asked != project.task:
+        raise ValueError(
+            f"project {project.project} trains a {TASK_NAMES[project.task]}: drop --task {asked}"
+        )
+    return project.task
+
+
+TASK_NAMES = {"classification": "classifier", "lm": "language model"}
+
+
+def _run_classification(args: argparse.Namespace, portal) -> int:  # portal: (AgentState, Identity) | None
+    import json
+    import sys
+
+    from node_agent.training.models import parse_grid
+    from node_agent.training.session import SessionConfig, run_training
+    from node_agent.training.trainer import TrainConfig, TrainResult
+
+    args.batch_size = args.batch_size or 64
+    if portal is not None:
+        try:
+            _apply_project_config(args, portal[0].config)
+        except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     args.grid = args.grid or "4x4"
@@ -301,18 +330,7 @@ def run(args: argparse.Namespace) -> int:
     if args.collaborative and not args.initial_peers and portal is None:
         print("error: --collaborative needs the DHT: --initial-peers or --portal", file=sys.stderr)
         return 2
-    collaborative = None
-    if args.collaborative:
-        from node_agent.training.collaborative import CollaborativeConfig
-
-        collaborative = CollaborativeConfig(
-            run=args.run_name,
-            target_batch_size=args.target_batch_size,
-            average_timeout=args.average_timeout,
-            wait_for_peers=args.wait_for_trainers,
-            average_state_every=args.average_state_every,
-            credential=portal[0].credential if portal is not None else None,
-        )
+    collaborative = collaborative_config(args, portal)
     try:
         config = SessionConfig(
             dataset=args.dataset,
@@ -353,56 +371,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    metrics = MetricsStream()
-    if args.metrics_file:
-        metrics.subscribe(JsonLinesSink(args.metrics_file))
-    from node_agent.cli.join import say
-
-    reporting = None
-    if portal is not None:
-        from node_agent.portal.trainer_reporting import start_trainer_reporting
-
-        reporting = start_trainer_reporting(
-            *portal, batch_size=args.batch_size, heartbeat_period=args.heartbeat_period, say=say
-        )
-        metrics.subscribe(reporting.sink)
-        until = f"for {args.steps} steps" if args.steps is not None else "until stopped (Ctrl-C)"
-        say(f"training run {reporting.sink.run} of project {portal[0].project} {until}")
-    caller = None
-    stop = threading.Event()
-    try:
-        with _stop_on_signals(stop, say):
-            if portal is not None and (config.mode == "remote" or config.collaborative is not None):
-                state, identity = portal
-                caller = _portal_caller(config, state, identity, stop=stop, wait_period=args.wait_period)
-                if reporting is not None:
-                    reporting.counters.peer_requests = caller.take_peer_requests
-            result = run_training(
-                config,
-                metrics,
-                caller=caller,
-                stop=stop,
-                say=say,
-                on_collaborative=reporting.report_averaging if reporting is not None else None,
-            )
-    except Stopped:
-        say("stopped before training started")
-        return 0
-    except (TrainingError, ExpertError, ValueError, OSError) as exc:
-        log.error("training failed: %s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        metrics.close()
-        if reporting is not None:  # first: its last heartbeat ("going offline") goes out at once
-            reporting.stop()
-        if caller is not None:
-            caller.stop()
-    if result.stopped:
-        say(f"stopped at step {result.steps}")
+    result = run_trainer(
+        args,
+        portal,
+        config,
+        lambda metrics, caller, stop, say, on_collaborative: run_training(
+            config, metrics, caller=caller, stop=stop, say=say, on_collaborative=on_collaborative
+        ),
+        items_per_step=args.batch_size,
+    )
+    if not isinstance(result, TrainResult):
+        return result
     summary = {
         "steps": result.steps,
         "failed_steps": result.failed_steps,
@@ -422,6 +401,110 @@ def run(args: argparse.Namespace) -> int:
         )
     print(json.dumps(summary), flush=True)
     return 0
+
+
+def collaborative_config(args: argparse.Namespace, portal):  # -> CollaborativeConfig | None
+    """`--collaborative`'s settings (a portal trainer's credential admits it to the project's averaging)."""
+    if not args.collaborative:
+        return None
+    from node_agent.training.collaborative import CollaborativeConfig
+
+    return CollaborativeConfig(
+        run=args.run_name,
+        target_batch_size=args.target_batch_size,
+        average_timeout=args.average_timeout,
+        wait_for_peers=args.wait_for_trainers,
+        average_state_every=args.average_state_every,
+        credential=portal[0].credential if portal is not None else None,
+    )
+
+
+class TrainingRun(Protocol):
+    """Trains one model with these (metrics stream, caller or None, stop event, `say`, and what to call with
+    a collaborative optimiser once it exists: the portal's reporting reads its rounds); returns its result."""
+
+    def __call__(
+        self,
+        metrics: Any,
+        caller: Any,
+        stop: threading.Event,
+        say: Callable[[str], None],
+        on_collaborative: Callable[[Any], None] | None,
+    ) -> Any: ...
+
+
+def run_trainer(
+    args: argparse.Namespace,
+    portal,  # (AgentState, Identity) | None
+    session,  # SessionConfig: the swarm's peers, ICE and mode
+    train: TrainingRun,
+    *,
+    items_per_step: int,
+    language_model: bool = False,
+) -> Any:
+    """What every task's trainer shares around `train`: the metrics file, the portal's reporting (a new
+    run id; metrics and heartbeats, the last one "going offline"), the caller (for a portal project, it waits
+    for a listed peer, saying so), SIGINT/SIGTERM, errors and cleanup. Returns `train`'s result (it has
+    `steps` and `stopped`), or the exit code when training could not run or failed."""
+    import logging
+    import sys
+
+    from node_agent.cli.join import say
+    from node_agent.moe.api import ExpertError
+    from node_agent.training.metrics import JsonLinesSink, MetricsStream
+    from node_agent.training.session import start_caller
+    from node_agent.training.trainer import TrainingError
+
+    metrics = MetricsStream()
+    if args.metrics_file:
+        metrics.subscribe(JsonLinesSink(args.metrics_file))
+    reporting = None
+    if portal is not None:
+        from node_agent.portal.trainer_reporting import start_trainer_reporting
+
+        reporting = start_trainer_reporting(
+            *portal,
+            batch_size=items_per_step,
+            language_model=language_model,
+            heartbeat_period=args.heartbeat_period,
+            say=say,
+        )
+        metrics.subscribe(reporting.sink)
+        until = f"for {args.steps} steps" if args.steps is not None else "until stopped (Ctrl-C)"
+        say(f"training run {reporting.sink.run} of project {portal[0].project} {until}")
+    caller = None
+    stop = threading.Event()
+    try:
+        with _stop_on_signals(stop, say):
+            if session.mode == "remote" or session.collaborative is not None:
+                if portal is not None:
+                    state, identity = portal
+                    caller = _portal_caller(session, state, identity, stop=stop, wait_period=args.wait_period)
+                    if reporting is not None:
+                        reporting.counters.peer_requests = caller.take_peer_requests
+                else:
+                    caller = start_caller(session)
+            on_collaborative = reporting.report_averaging if reporting is not None else None
+            result = train(metrics, caller, stop, say, on_collaborative)
+    except Stopped:
+        say("stopped before training started")
+        return 0
+    except (TrainingError, ExpertError, ValueError, OSError) as exc:
+        logging.getLogger("node_agent.cli.train").error("training failed: %s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        metrics.close()
+        if reporting is not None:  # first: its last heartbeat ("going offline") goes out at once
+            reporting.stop()
+        if caller is not None:
+            caller.stop()
+    if result.stopped:
+        say(f"stopped at step {result.steps}")
+    return result
 
 
 @contextlib.contextmanager

@@ -3,6 +3,11 @@
 The built-in corpus (the Python standard library's sources) or `--text PATH`; prints progress and the
 validation bits per byte, ends with a JSON summary. With `--checkpoint-dir` it also writes `lm.json` (the
 model's shape) there, which `node-agent generate` reads.
+
+For a portal project whose task is `lm` (`node-agent train --portal URL --join-code CODE`, no `--task`
+needed) the project fixes the model's shape (`ProjectConfig.lm` and its grids) and the corpus (`own`: the
+researcher's `--text`, which never leaves this computer); reporting, waiting for peers and experts, training
+until stopped and the "going offline" heartbeat are the classifier's (`train.run_trainer`).
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--corpus-bytes", type=int, default=4_000_000, help="training bytes of the built-in corpus to use"
     )
-    group.add_argument("--blocks", type=int, default=2, help="Transformer blocks, one expert grid each")
-    group.add_argument("--seq-len", type=int, default=128)
-    group.add_argument("--window", type=int, default=64, help="local attention window (bytes)")
-    group.add_argument("--heads", type=int, default=4)
+    group.add_argument(
+        "--blocks", type=int, default=None, help="Transformer blocks, one expert grid each (default 2)"
+    )
+    group.add_argument("--seq-len", type=int, default=None, help="bytes per training window (default 128)")
+    group.add_argument(
+        "--window", type=int, default=None, help="local attention window in bytes (default 64)"
+    )
+    group.add_argument("--heads", type=int, default=None, help="attention heads (default 4)")
 
 
 def save_lm_config(directory: str | Path, config) -> None:  # config: LMConfig
@@ -46,45 +55,108 @@ def load_lm_config(checkpoint: str | Path):  # -> LMConfig
     return LMConfig(**data)
 
 
-def run_lm(args: argparse.Namespace) -> int:
-    from node_agent.moe.api import ExpertError
-    from node_agent.training.lm import LMConfig, grid_parameters
-    from node_agent.training.lm_session import LMSessionConfig, run_lm_training
-    from node_agent.training.lm_trainer import LMTrainConfig
-    from node_agent.training.metrics import JsonLinesSink, MetricsStream
-    from node_agent.training.models import parse_grid
-    from node_agent.training.session import SessionConfig, start_caller
-    from node_agent.training.text import TextDataError, load_corpus, unigram_bpb
-    from node_agent.training.trainer import TrainingError
+#: The model's shape options and their defaults when no portal project fixes them.
+SHAPE_DEFAULTS = {"blocks": 2, "seq_len": 128, "window": 64, "heads": 4, "hidden_dim": 256, "grid": "4x4"}
 
-    if args.portal or args.join_code or args.credential_file:
-        print("error: --task lm does not report to a portal yet; train it against the swarm", file=sys.stderr)
-        return 2
-    if getattr(args, "collaborative", False):
-        print("error: --task lm trains with one trainer (no --collaborative yet)", file=sys.stderr)
-        return 2
-    if not args.local and not args.initial_peers:
-        print("error: --initial-peers is required unless --local", file=sys.stderr)
-        return 2
-    grids = (args.uid_prefix or "lm").split()
-    if len(grids) > 1:  # a local swarm's grid list (`lm.b0 lm.b1`): the model's name is what precedes `.b<k>`
-        args.uid_prefix = grids[0].rsplit(".b", 1)[0]
-        if args.blocks != len(grids):
-            print(f"error: {len(grids)} grids for --blocks {args.blocks}", file=sys.stderr)
-            return 2
-    try:
-        model = LMConfig(
-            hidden_dim=args.hidden_dim or 256,
-            blocks=args.blocks,
-            grid=parse_grid(args.grid or "4x4"),
-            seq_len=args.seq_len,
-            window=args.window,
-            heads=args.heads,
-            uid_prefix=args.uid_prefix or "lm",
-            expert_class=args.expert_class or "ffn",
-            k_best=args.k_best,
+
+def project_lm_config(project, k_best: int):  # (ProjectConfig, int) -> LMConfig
+    """The language model a portal project trains: `lm` (blocks, sequence, attention) and its grids, one per
+    block named `<model>.b<k>` (`training.lm.block_prefix`), all of the same size, width and expert class."""
+    from node_agent.training.lm import LMConfig, block_prefix
+
+    spec = project.lm
+    if project.task != "lm" or spec is None:
+        raise ValueError(f"project {project.project} does not train a language model")
+    grids = project.expert_grids
+    first = grids[0]
+    name = first.prefix.rsplit(".b", 1)[0]
+    if len(grids) != spec.blocks:
+        raise ValueError(f"project {project.project} has {spec.blocks} blocks but {len(grids)} expert grids")
+    for block, grid in enumerate(grids):
+        shape = (grid.grid, grid.hidden_dim, grid.expert_class)
+        same = shape == (first.grid, first.hidden_dim, first.expert_class)
+        if grid.prefix != block_prefix(name, block) or not same:
+            raise ValueError(
+                f"project {project.project}: grid {block} ({grid.prefix}, {grid.grid}, width "
+                f"{grid.hidden_dim}, {grid.expert_class}) is not block {block} of model {name} like grid 0"
+            )
+    return LMConfig(
+        hidden_dim=first.hidden_dim,
+        blocks=spec.blocks,
+        grid=tuple(first.grid),
+        seq_len=spec.seq_len,
+        window=spec.window,
+        heads=spec.heads,
+        uid_prefix=name,
+        expert_class=first.expert_class,
+        k_best=k_best,
+    )
+
+
+def _check_project_shape(args: argparse.Namespace, model) -> None:  # model: LMConfig
+    """The project fixes the model's shape (volunteers host its experts): options may only repeat it."""
+    fixed = {
+        "blocks": model.blocks,
+        "seq_len": model.seq_len,
+        "window": model.window,
+        "heads": model.heads,
+        "hidden_dim": model.hidden_dim,
+        "grid": "x".join(map(str, model.grid)),
+        "uid_prefix": model.uid_prefix,
+        "expert_class": model.expert_class,
+    }
+    for name, value in fixed.items():
+        given = getattr(args, name)
+        if given is not None and str(given) != str(value):
+            option = "--" + name.replace("_", "-")
+            raise ValueError(f"the project's model has {option} {value}: drop {option} {given}")
+
+
+def _corpus_source(args: argparse.Namespace, project) -> str | None:
+    """The text a portal project trains on: the built-in corpus (None) or, for `own`, `--text`."""
+    corpus = project.lm.corpus
+    if corpus == "own" and not args.text:
+        raise ValueError(
+            f"project {project.project} trains on its researcher's own text: give it with --text PATH "
+            "(a UTF-8 file or folder; it stays on this computer, volunteers see only hidden states)"
         )
-        corpus = load_corpus(args.text, args.corpus_bytes)
+    if corpus == "python-stdlib" and args.text:
+        raise ValueError(
+            f"project {project.project} trains on the built-in corpus (the Python standard library's "
+            "sources), like its other trainers: drop --text"
+        )
+    return args.text
+
+
+def run_lm(args: argparse.Namespace, portal=None) -> int:  # portal: (AgentState, Identity) | None
+    """Train the LM standalone (`--local` or `--initial-peers`) or for a portal project (its shape, corpus
+    and swarm; metrics with bits per byte and heartbeats go to the portal, through `train.run_trainer`)."""
+    from node_agent.cli.train import _ice_servers, collaborative_config, run_trainer
+    from node_agent.portal.project_config import parse_project_config
+    from node_agent.training.lm import grid_parameters
+    from node_agent.training.lm_session import LMSessionConfig, run_lm_training
+    from node_agent.training.lm_trainer import LMTrainConfig, LMTrainResult
+    from node_agent.training.session import SessionConfig
+    from node_agent.training.text import TextDataError, load_corpus, unigram_bpb
+
+    if not args.local and not args.initial_peers and portal is None:
+        print("error: --initial-peers is required unless --local or --portal", file=sys.stderr)
+        return 2
+    if args.collaborative and not args.initial_peers and portal is None:
+        print("error: --collaborative needs the DHT: --initial-peers or --portal", file=sys.stderr)
+        return 2
+    try:
+        if portal is not None:
+            project = parse_project_config(portal[0].config)
+            model = project_lm_config(project, args.k_best)
+            _check_project_shape(args, model)
+            text = _corpus_source(args, project)
+            if not args.initial_peers:  # may stay empty: a new project lists peers once a server heartbeats
+                args.initial_peers = list(project.bootstrap_peers)
+        else:
+            model = _standalone_lm_config(args)
+            text = args.text
+        corpus = load_corpus(text, args.corpus_bytes)
     except (TextDataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -96,6 +168,8 @@ def run_lm(args: argparse.Namespace) -> int:
         f"model: {model.blocks} blocks x {grid} experts of {per_expert:,} parameters = {total:,} in all",
         flush=True,
     )
+    batch_size = args.batch_size or 16
+    steps = args.steps if args.steps is not None or portal is not None else 300
     config = LMSessionConfig(
         model=model,
         mode="local" if args.local else "remote",
@@ -106,9 +180,10 @@ def run_lm(args: argparse.Namespace) -> int:
         backward_timeout=args.backward_timeout,
         resume_from=args.checkpoint_dir if args.resume else None,
         seed=args.seed,
+        collaborative=collaborative_config(args, portal),
         train=LMTrainConfig(
-            steps=args.steps if args.steps is not None else 300,
-            batch_size=args.batch_size or 16,
+            steps=steps,
+            batch_size=batch_size,
             learning_rate=args.lr,
             eval_every=args.eval_every,
             log_every=args.log_every,
@@ -117,26 +192,56 @@ def run_lm(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
             progress=not args.no_progress,
+            expert_wait_period=args.wait_period if portal is not None else 0.0,
         ),
+    )
+    swarm = SessionConfig(
+        mode=config.mode,
+        collaborative=config.collaborative,
+        initial_peers=args.initial_peers,
+        rtc_loopback_only=args.rtc_loopback_only,
+        listen=args.listen,
+        ice_servers=_ice_servers(args, portal[0] if portal is not None else None),
     )
     if args.checkpoint_dir:
         save_lm_config(args.checkpoint_dir, model)
-    metrics = MetricsStream()
-    if args.metrics_file:
-        metrics.subscribe(JsonLinesSink(args.metrics_file))
-    caller = None
-    try:
-        if not args.local:
-            caller = start_caller(
-                SessionConfig(initial_peers=args.initial_peers, rtc_loopback_only=args.rtc_loopback_only)
-            )
-        result = run_lm_training(config, corpus, metrics, caller)
-    except (TrainingError, ExpertError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        metrics.close()
-        if caller is not None:
-            caller.stop()
+    result = run_trainer(
+        args,
+        portal,
+        swarm,
+        lambda metrics, caller, stop, say, on_collaborative: run_lm_training(
+            config, corpus, metrics, caller, stop=stop, say=say, on_collaborative=on_collaborative
+        ),
+        items_per_step=batch_size * model.seq_len,
+        language_model=True,
+    )
+    if not isinstance(result, LMTrainResult):
+        return int(result)
     print(json.dumps({**asdict(result), "expert_parameters": total}), flush=True)
     return 0
+
+
+def _standalone_lm_config(args: argparse.Namespace):  # -> LMConfig
+    """The LM of the command line (a local swarm's grid list `lm.b0 lm.b1` names the model `lm`)."""
+    from node_agent.training.lm import LMConfig
+    from node_agent.training.models import parse_grid
+
+    for name, default in SHAPE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    grids = (args.uid_prefix or "lm").split()
+    if len(grids) > 1:  # a local swarm's grid list (`lm.b0 lm.b1`): the model's name is what precedes `.b<k>`
+        args.uid_prefix = grids[0].rsplit(".b", 1)[0]
+        if args.blocks != len(grids):
+            raise ValueError(f"{len(grids)} grids for --blocks {args.blocks}")
+    return LMConfig(
+        hidden_dim=args.hidden_dim,
+        blocks=args.blocks,
+        grid=parse_grid(args.grid),
+        seq_len=args.seq_len,
+        window=args.window,
+        heads=args.heads,
+        uid_prefix=args.uid_prefix or "lm",
+        expert_class=args.expert_class or "ffn",
+        k_best=args.k_best,
+    )

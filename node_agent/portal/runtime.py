@@ -27,14 +27,21 @@ from node_agent import __version__
 from node_agent.credit.receipts import receipt_from_text, receipt_to_text
 from node_agent.dht.api import DHTNodeAPI
 from node_agent.identity import Identity
-from node_agent.portal.census import cells_to_move, choose_cells, count_live_replicas, live_replica_owners
+from node_agent.portal.census import (
+    Grid,
+    cells_to_move,
+    choose_cells,
+    count_live_replicas,
+    default_expert_count,
+    live_replica_owners,
+)
 from node_agent.portal.client import PortalClient, PortalError, PortalRefused
 from node_agent.portal.errors import ProtocolError
 from node_agent.portal.gate import CredentialPolicy, RevocationWatcher
 from node_agent.portal.ice import TurnGrant, ice_servers_for, parse_turn_grant
 from node_agent.portal.joining import agent_platform
 from node_agent.portal.latest_export import portal_export_fallback
-from node_agent.portal.project_config import ProjectConfig, parse_project_config
+from node_agent.portal.project_config import ExpertSpec, ProjectConfig, parse_project_config
 from node_agent.portal.project_dht import ProjectScope, project_validators
 from node_agent.portal.renewal import CredentialRenewer
 from node_agent.portal.reporter import SIGNED_FIELDS_BYTES, TelemetryReporter
@@ -67,7 +74,7 @@ logger = logging.getLogger(__name__)
 class AgentOptions:
     data_dir: Path
     listen: str = "0.0.0.0:0"
-    num_experts: int = 4
+    num_experts: int | None = None  # None: `census.default_expert_count` (4, or one per grid)
     experts: str | None = None  # an explicit uid pattern instead of the census
     heartbeat_period: float = 30.0
     revocation_period: float = 60.0
@@ -176,10 +183,10 @@ class AgentRuntime:
         if self.options.experts:
             uids = expand_patterns(self.options.experts)
         else:
-            live = await count_live_replicas(self.dht, config.expert.prefix, list(config.expert.grid))
-            uids = choose_cells(
-                config.expert.prefix, config.expert.grid, live, self.options.num_experts, random.Random()
-            )
+            grids = project_grids(config)
+            live = await count_live_replicas(self.dht, grids)
+            count = self.options.num_experts or default_expert_count(grids, largest_expert_parameters(config))
+            uids = choose_cells(grids, live, count, random.Random())
         grant = self.turn_grant()
         turn_stale = grant is not None and grant.renew_at() <= time.time()  # a restart after a long stop
         if self.state.expires_at <= time.time() + 60 or turn_stale:
@@ -214,9 +221,13 @@ class AgentRuntime:
             name=config.training.optimizer if config.training.optimizer in ("adam", "sgd") else "adam",
             lr=config.training.learning_rate,
         )
-        backends = create_backends(
-            uids, config.expert.expert_class, config.expert.hidden_dim, optimizer, seed=self.options.seed
-        )
+        backends = {}
+        for spec, grid_uids in uids_by_grid(config, uids):  # each grid's own expert class and width
+            backends.update(
+                create_backends(
+                    grid_uids, spec.expert_class, spec.hidden_dim, optimizer, seed=self.options.seed
+                )
+            )
         if self.options.rtc_loopback_only:
             rtc = RTCOptions.for_loopback()
         else:
@@ -247,7 +258,7 @@ class AgentRuntime:
             fallback=fallback,
         )
         self.say(
-            f"serving {len(uids)} {config.expert.expert_class} expert(s) of project {config.project}: "
+            f"serving {len(uids)} {expert_classes(config, uids)} expert(s) of project {config.project}: "
             f"{', '.join(uids)} (DHT endpoint {dht.endpoint})"
         )
         if only_loopback_reachable(rtc):
@@ -292,9 +303,9 @@ class AgentRuntime:
                 if server is None or dht is None:
                     return
                 mine = sorted(server.backends)
-                expert = self.config.expert
-                owners = await live_replica_owners(dht, expert.prefix, list(expert.grid))
-                moves = cells_to_move(mine, owners, self.identity.node_id, expert.prefix, expert.grid, rng)
+                grids = project_grids(self.config)
+                owners = await live_replica_owners(dht, grids)
+                moves = cells_to_move(mine, owners, self.identity.node_id, grids, rng)
                 if not moves:
                     return
                 self.say(
@@ -431,6 +442,47 @@ class AgentRuntime:
             await self.server.shutdown()
         if self.dht is not None:
             await self.dht.shutdown()
+
+
+def project_grids(config: ProjectConfig) -> list[Grid]:
+    """Every grid the project's volunteers serve, as the census reads them."""
+    return [(spec.prefix, list(spec.grid)) for spec in config.expert_grids]
+
+
+def largest_expert_parameters(config: ProjectConfig) -> int:
+    """Parameters of the project's largest expert, counted on torch's `meta` device (nothing allocated)."""
+    import torch
+
+    from node_agent.moe.experts import get_expert_class
+
+    shapes = {(spec.expert_class, spec.hidden_dim) for spec in config.expert_grids}
+    with torch.device("meta"):
+        return max(
+            sum(p.numel() for p in get_expert_class(name).build(width).parameters()) for name, width in shapes
+        )
+
+
+def grid_of(config: ProjectConfig, uid: str) -> ExpertSpec:
+    """The grid `uid` belongs to (an explicit `--expert-pattern` may name any uid: the first grid's then)."""
+    from node_agent.moe.uids import parse_uid
+
+    grids = config.expert_grids
+    name = parse_uid(uid)[0]
+    return next((spec for spec in grids if spec.prefix == name), grids[0])
+
+
+def uids_by_grid(config: ProjectConfig, uids: list[str]) -> list[tuple[ExpertSpec, list[str]]]:
+    """`uids` grouped by their grid, in the config's grid order."""
+    groups: dict[str, tuple[ExpertSpec, list[str]]] = {}
+    for uid in uids:
+        spec = grid_of(config, uid)
+        groups.setdefault(spec.prefix, (spec, []))[1].append(uid)
+    return list(groups.values())
+
+
+def expert_classes(config: ProjectConfig, uids: list[str]) -> str:
+    """`ffn`, or `ffn/transformer` when the served grids have several expert classes."""
+    return "/".join(dict.fromkeys(grid_of(config, uid).expert_class for uid in uids)) or "no"
 
 
 def replica_states(server: Any, now: float) -> list[ReplicaState]:

@@ -3,6 +3,11 @@
 :class:`PortalMetricsSink` is one more ``MetricsStream`` sink (it only appends to the outbox);
 :class:`TrainerCounters` keeps the totals the trainer's heartbeat reports; :func:`start_trainer_reporting`
 runs the reporter on its own loop thread, so training never waits on the portal.
+
+A language model's points carry `bits_per_byte` (the window's training loss, or the validation loss on
+`eval` points, in bits: nats / ln 2); their `accuracy` is the next-byte (top-1) accuracy, an honest value in
+[0, 1] that the portal may show beside it; `samples_per_s` and the heartbeat's `samples` count bytes
+(tokens), not windows.
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ from node_agent.portal.outbox import Outbox
 from node_agent.portal.reporter import BackgroundTelemetry
 from node_agent.portal.schemas import HeartbeatBody, MetricPoint, PeerActivity
 from node_agent.portal.state import AgentState
+from node_agent.training.metrics import bits_per_byte
 
 __all__ = [
+    "MAX_BITS_PER_BYTE",
     "PortalMetricsSink",
     "TrainerCounters",
     "TrainerReporting",
     "metric_point",
     "new_run_id",
+    "reported_bits_per_byte",
     "start_trainer_reporting",
 ]
 
@@ -42,9 +50,19 @@ def new_run_id() -> str:
     return secrets.token_hex(8)
 
 
-def metric_point(event: Any, run: str = "") -> MetricPoint | None:
-    """A ``MetricsEvent`` of ``run`` as the portal's metrics body wants it; None if it holds non-finite
-    numbers."""
+#: The largest bits per byte a point carries (the schema's bound; a diverged model's is left out).
+MAX_BITS_PER_BYTE = 64.0
+
+
+def reported_bits_per_byte(loss_nats: float) -> float | None:
+    """A language model's loss in bits per byte as a point carries it; None when not finite or in range."""
+    bits = bits_per_byte(loss_nats)
+    return bits if math.isfinite(bits) and 0.0 <= bits <= MAX_BITS_PER_BYTE else None
+
+
+def metric_point(event: Any, run: str = "", language_model: bool = False) -> MetricPoint | None:
+    """A ``MetricsEvent`` of ``run`` as the portal's metrics body wants it (with bits per byte for a
+    language model); None if it holds non-finite numbers."""
     point = MetricPoint(
         run=run,
         kind=event.kind,
@@ -55,6 +73,7 @@ def metric_point(event: Any, run: str = "") -> MetricPoint | None:
         experts_answered=int(event.experts_answered),
         experts_failed=int(event.experts_failed),
         timestamp=float(event.timestamp),
+        bits_per_byte=reported_bits_per_byte(float(event.loss)) if language_model else None,
     )
     if not all(math.isfinite(x) for x in (point.loss, point.samples_per_s, point.timestamp)):
         return None
@@ -65,7 +84,7 @@ class TrainerCounters:
     """Totals a trainer's heartbeat reports, updated from its metrics events (any thread)."""
 
     def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # samples per step (a language model: bytes, batch x sequence length)
         self.started = time.monotonic()
         self.steps = 0
         self.samples_per_s = 0.0
@@ -99,9 +118,14 @@ class PortalMetricsSink:
     """A ``MetricsStream`` sink: queues each event for the portal; never blocks or raises into training."""
 
     def __init__(
-        self, outbox: Outbox[MetricPoint], counters: TrainerCounters | None = None, run: str | None = None
+        self,
+        outbox: Outbox[MetricPoint],
+        counters: TrainerCounters | None = None,
+        run: str | None = None,
+        language_model: bool = False,
     ) -> None:
         self.outbox = outbox
+        self.language_model = language_model
         self.counters = counters
         self.run = run if run is not None else new_run_id()
         self.skipped = 0
@@ -109,7 +133,7 @@ class PortalMetricsSink:
     def __call__(self, event: Any) -> None:
         if self.counters is not None:
             self.counters.observe(event)
-        point = metric_point(event, self.run)
+        point = metric_point(event, self.run, self.language_model)
         if point is None:
             self.skipped += 1
             logger.debug("not reporting step %s: non-finite metrics", getattr(event, "step", "?"))
@@ -139,13 +163,15 @@ def start_trainer_reporting(
     identity: Identity,
     *,
     batch_size: int,
+    language_model: bool = False,
     heartbeat_period: float = 30.0,
     metrics_period: float = 5.0,
     portal_timeout: float = 10.0,
     backoff: Backoff | None = None,
     say: Callable[[str], None] = print,
 ) -> TrainerReporting:
-    """Start a background reporter for a trainer: never blocks the training loop, whatever the portal does."""
+    """Start a background reporter for a trainer: never blocks the training loop, whatever the portal does.
+    `batch_size`: samples per step (bytes for a language model, whose points carry bits per byte)."""
     client = PortalClient(state.portal_url, timeout=portal_timeout)
     counters = TrainerCounters(batch_size)
 
@@ -182,4 +208,5 @@ def start_trainer_reporting(
         on_status=lambda ok, message: say(message),
     )
     telemetry.start()
-    return TrainerReporting(telemetry, PortalMetricsSink(telemetry.outbox, counters), counters, state)
+    sink = PortalMetricsSink(telemetry.outbox, counters, language_model=language_model)
+    return TrainerReporting(telemetry, sink, counters, state)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from node_agent.training.checkpoints import latest_checkpoint, load_checkpoint
+from node_agent.training.collaborative import CollaborativeConfig, CollaborativeOptimizer
 from node_agent.training.lm import ByteTransformerLM, LMConfig
 from node_agent.training.lm_trainer import LMTrainConfig, LMTrainer, LMTrainResult
 from node_agent.training.metrics import MetricsStream
@@ -39,6 +40,8 @@ class LMSessionConfig:
     resume_from: str | None = None
     seed: int = 0
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
+    #: Average the trainer's own gradients with the project's other trainers (needs the caller's DHT).
+    collaborative: CollaborativeConfig | None = None
 
 
 def build_lm(config: LMSessionConfig, caller: Any = None) -> ByteTransformerLM:
@@ -84,12 +87,39 @@ def run_lm_training(
     caller: Any = None,
     on_step: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    say: Callable[[str], None] | None = None,
+    on_collaborative: Callable[[CollaborativeOptimizer], None] | None = None,
 ) -> LMTrainResult:
-    """Train per `config` (resuming from its checkpoint directory if asked); `caller` for remote mode."""
-    model = build_lm(config, caller)
-    trainer = LMTrainer(model, corpus, config.train, metrics, on_step, stop)
+    """Train per `config` (resuming from its checkpoint directory if asked); `caller` for remote mode and
+    for collaborative training. `say` gets the lines for the person at the terminal (waiting for experts);
+    `on_collaborative` the collaborative optimiser once it exists (the portal's reporting reads it)."""
+    if config.collaborative is not None and caller is None:
+        raise ValueError("collaborative training needs an ExpertCaller (the DHT)")
+    model = build_lm(config, caller if config.mode == "remote" else None)
+    trainer = LMTrainer(model, corpus, config.train, metrics, on_step, stop, say)
     if config.resume_from:
         path = latest_checkpoint(config.resume_from) or config.resume_from
         trainer.step = load_checkpoint(path, model, trainer.optimizer)
         logger.info("resumed from %s at step %d", path, trainer.step)
-    return trainer.train()
+    collaborative = None
+    try:
+        if config.collaborative is not None:  # the same optimiser as the classifier's: model-agnostic
+            own = [p for p in model.parameters() if p.requires_grad]
+            collaborative = CollaborativeOptimizer(own, trainer.optimizer, caller, config.collaborative)
+            collaborative.join()  # a newcomer loads the newest state first
+            trainer.collaborative = collaborative
+            trainer.data_offset = int.from_bytes(caller.dht.node_id[:4], "big")  # its own windows
+            if on_collaborative is not None:
+                on_collaborative(collaborative)
+        start_epoch = collaborative.epoch if collaborative is not None else 0
+        result = trainer.train()
+        if collaborative is not None:
+            result.global_steps = collaborative.global_steps
+            result.averaged_steps = collaborative.global_steps - collaborative.solo_steps
+            result.start_epoch = start_epoch
+            result.state_rounds_completed = collaborative.state_averager.rounds_completed
+            result.state_rounds_failed = collaborative.state_averager.rounds_failed
+        return result
+    finally:
+        if collaborative is not None:
+            collaborative.close()

@@ -1,7 +1,8 @@
 """The language model's training loop: random byte windows, validation bits per byte, metrics, checkpoints.
 
 Same contract as the classifier's `Trainer`: a step whose experts fail (too few answered, the search timed
-out) is skipped, `max_failed_steps` failures in a row stop training, `stop` ends it after the current step,
+out) is skipped, `max_failed_steps` failures in a row stop training (or, with `expert_wait_period`, a portal
+trainer says it waits for experts and tries again; `ExpertFailures`), `stop` ends it after the current step,
 checkpoints hold only the trainer's own parameters (remote experts keep theirs). Metrics events reuse
 `MetricsEvent`: `loss` is the mean next-byte cross-entropy in nats (bits per byte = loss / ln 2),
 `accuracy` the next-byte accuracy, `samples_per_s` tokens per second.
@@ -16,24 +17,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from node_agent.moe.api import ExpertError
 from node_agent.training.checkpoints import save_checkpoint
-from node_agent.training.metrics import MetricsEvent, MetricsStream, TrainingWindow
+from node_agent.training.metrics import MetricsEvent, MetricsStream, TrainingWindow, bits_per_byte
 from node_agent.training.progress import ProgressBar
 from node_agent.training.text import TextCorpus, evaluation_windows, sample_windows
-from node_agent.training.trainer import TrainingError
+from node_agent.training.trainer import ExpertFailures, TrainingError
 
 __all__ = ["LMTrainConfig", "LMTrainResult", "LMTrainer", "bits_per_byte"]
 
 logger = logging.getLogger(__name__)
-
-
-def bits_per_byte(loss_nats: float) -> float:
-    return loss_nats / math.log(2)
 
 
 @dataclass(slots=True)
@@ -50,6 +48,7 @@ class LMTrainConfig:
     checkpoint_every: int = 0
     seed: int = 0
     progress: bool = False
+    expert_wait_period: float = 0.0  # > 0: wait (and retry) instead of failing when no expert answers
 
 
 @dataclass(slots=True)
@@ -62,6 +61,13 @@ class LMTrainResult:
     experts_answered: int
     experts_failed: int
     stopped: bool = False
+    #: Collaborative training: global steps taken, how many averaged with other trainers, the start epoch.
+    global_steps: int = 0
+    averaged_steps: int = 0
+    start_epoch: int = 0
+    #: Collaborative training: state averaging rounds (parameters and optimiser statistics) done / failed.
+    state_rounds_completed: int = 0
+    state_rounds_failed: int = 0
 
 
 class LMTrainer:
@@ -75,6 +81,7 @@ class LMTrainer:
         metrics: MetricsStream | None = None,
         on_step: Callable[[int], None] | None = None,
         stop: threading.Event | None = None,
+        say: Callable[[str], None] | None = None,
     ):
         self.model = model
         self.corpus = corpus
@@ -82,11 +89,17 @@ class LMTrainer:
         self.metrics = metrics if metrics is not None else MetricsStream()
         self.on_step = on_step
         self.stop = stop if stop is not None else threading.Event()
+        self.say = say if say is not None else logger.warning
         self.optimizer = torch.optim.Adam(
             [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
         )
         self.seq_len = int(getattr(model, "config").seq_len)  # noqa: B009 (any LM with a config)
         self.eval_x, self.eval_y = evaluation_windows(corpus.validation, self.seq_len, config.eval_windows)
+        #: Collaborative training (`training.collaborative`): steps when the trainers' batch is full.
+        self.collaborative: Any = None
+        #: Added to the data seed: collaborators start from the same weights (`--seed`) but draw their own
+        #: windows, or they would all compute the same gradients.
+        self.data_offset = 0
         self.step = 0
         self.failed_steps = 0
         self._answered_total = 0
@@ -103,13 +116,32 @@ class LMTrainer:
         return answered, failed
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+        """One step (collaborative: one batch's clipped gradient added to the accumulated ones, and the
+        optimiser steps when the trainers' batch is full); raises ExpertError if the swarm failed."""
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(inputs)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
+        own = [p for p in self.model.parameters() if p.requires_grad]
+        held = [p.grad for p in own]  # collaborative: the gradients accumulated since the last global step
+        for parameter in own:
+            parameter.grad = None
+        try:
+            logits = self.model(inputs)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            loss.backward()
+        except BaseException:
+            if self.collaborative is not None:  # a failed batch adds nothing
+                for parameter, grad in zip(own, held, strict=True):
+                    parameter.grad = grad
+            raise
+        nn.utils.clip_grad_norm_(own, 1.0)  # each batch's own gradient, with or without collaborators
+        if self.collaborative is None:
+            self.optimizer.step()
+        else:
+            for parameter, grad in zip(own, held, strict=True):
+                if grad is not None and parameter.grad is not None:
+                    parameter.grad.add_(grad)
+                elif grad is not None:
+                    parameter.grad = grad
+            self.collaborative.step(len(inputs))
         accuracy = (logits.argmax(-1) == targets).float().mean().item()
         return loss.item(), accuracy
 
@@ -145,9 +177,9 @@ class LMTrainer:
 
     def train(self) -> LMTrainResult:
         config = self.config
-        generator = torch.Generator().manual_seed(config.seed + self.step)
+        generator = torch.Generator().manual_seed(config.seed + self.data_offset + self.step)
         progress = ProgressBar(config.steps) if config.progress else None
-        consecutive = 0
+        failures = ExpertFailures(config.max_failed_steps, config.expert_wait_period, self.stop, self.say)
         window = TrainingWindow()
         trained_tokens = 0
         started = time.monotonic()
@@ -157,12 +189,9 @@ class LMTrainer:
                 loss, accuracy = self.train_step(inputs, targets)
             except ExpertError as error:
                 self.failed_steps += 1
-                consecutive += 1
-                logger.warning("step %d failed (%s); skipping the batch", self.step + 1, error)
-                if consecutive >= config.max_failed_steps:
-                    raise TrainingError(f"{consecutive} steps in a row failed; last: {error}") from error
+                failures.failed(self.step + 1, error)
                 continue
-            consecutive = 0
+            failures.succeeded(self.step + 1)
             self.step += 1
             trained_tokens += targets.numel()
             window.add(loss, accuracy, targets.numel())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -28,9 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Literal
 
-__all__ = ["JsonLinesSink", "MetricsEvent", "MetricsSink", "MetricsStream", "TrainingWindow"]
+__all__ = ["JsonLinesSink", "MetricsEvent", "MetricsSink", "MetricsStream", "TrainingWindow", "bits_per_byte"]
 
 logger = logging.getLogger(__name__)
+
+
+def bits_per_byte(loss_nats: float) -> float:
+    """A byte-level language model's cross-entropy (nats per byte, its events' `loss`) in bits per byte."""
+    return loss_nats / math.log(2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,13 +29,56 @@ from node_agent.training.datasets import Dataset, iterate_batches
 from node_agent.training.metrics import MetricsEvent, MetricsStream, TrainingWindow
 from node_agent.training.progress import ProgressBar
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingError"]
+__all__ = ["ExpertFailures", "TrainConfig", "TrainResult", "Trainer", "TrainingError"]
 
 logger = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the swarm failed `max_failed_steps` steps in a row)."""
+
+
+class ExpertFailures:
+    """Steps in a row whose experts failed, for every trainer: after `max_failed_steps` of them training
+    stops (TrainingError), or, with `wait_period` > 0 (a portal trainer on a project whose volunteers may
+    all be away), it says that it waits for experts and pauses that long before each next try."""
+
+    def __init__(
+        self,
+        max_failed_steps: int,
+        wait_period: float,
+        stop: threading.Event,
+        say: Callable[[str], None],
+    ) -> None:
+        self.max_failed_steps = max_failed_steps
+        self.wait_period = wait_period
+        self.stop = stop
+        self.say = say
+        self.consecutive = 0
+        self.waited = False
+
+    def failed(self, step: int, error: ExpertError) -> None:
+        """Step `step` failed: log it; stop training, or wait, once too many failed in a row."""
+        self.consecutive += 1
+        log = logger.info if self.waited else logger.warning  # while waiting, `say` speaks for them
+        log("step %d failed (%s); skipping the batch", step, error)
+        if self.consecutive < self.max_failed_steps:
+            return
+        if self.wait_period <= 0:
+            raise TrainingError(f"{self.consecutive} steps in a row failed; last: {error}") from error
+        self.say(
+            f"waiting for experts to come online: {self.consecutive} steps in a row found too few answering "
+            f"({error}); trying again in {self.wait_period:.0f}s"
+        )
+        self.waited = True
+        self.stop.wait(self.wait_period)
+
+    def succeeded(self, step: int) -> None:
+        """Step `step` trained: say so if the trainer was waiting for experts."""
+        if self.waited:
+            self.say(f"experts answer: training (step {step})")
+            self.waited = False
+        self.consecutive = 0
 
 
 @dataclass(slots=True)
@@ -161,43 +204,23 @@ class Trainer:
         logger.info("step %d: held-out loss %.4f, accuracy %.4f", self.step, loss, accuracy)
         return event
 
-    def _wait_for_experts(self, failures: int, error: ExpertError) -> None:
-        """`failures` steps in a row failed: stop training, or (a trainer that waits) say so and pause."""
-        period = self.config.expert_wait_period
-        if period <= 0:
-            raise TrainingError(f"{failures} steps in a row failed; last: {error}") from error
-        self.say(
-            f"waiting for experts to come online: {failures} steps in a row found too few answering "
-            f"({error}); trying again in {period:.0f}s"
-        )
-        self.stop.wait(period)
-
     def train(self) -> TrainResult:
         config = self.config
         batches = iterate_batches(self.dataset.train_x, self.dataset.train_y, config.batch_size, config.seed)
         progress = ProgressBar(config.steps) if config.progress else None
-        consecutive_failures = 0
+        failures = ExpertFailures(config.max_failed_steps, config.expert_wait_period, self.stop, self.say)
         window = TrainingWindow()
         started = time.monotonic()
         trained_samples = 0
-        waited = False
         while (config.steps is None or self.step < config.steps) and not self.stop.is_set():
             features, labels = next(batches)
             try:
                 loss, accuracy = self.train_step(features, labels)
             except ExpertError as error:
                 self.failed_steps += 1
-                consecutive_failures += 1
-                log = logger.info if waited else logger.warning  # while waiting, `say` speaks for them
-                log("step %d failed (%s); skipping the batch", self.step + 1, error)
-                if consecutive_failures >= config.max_failed_steps:
-                    self._wait_for_experts(consecutive_failures, error)
-                    waited = True
+                failures.failed(self.step + 1, error)
                 continue
-            if waited:
-                self.say(f"experts answer: training (step {self.step + 1})")
-                waited = False
-            consecutive_failures = 0
+            failures.succeeded(self.step + 1)
             self.step += 1
             trained_samples += len(labels)
             window.add(loss, accuracy, len(labels))

@@ -20,7 +20,7 @@ from typing import Any
 from node_agent.identity import Identity, node_id_from_public_key
 from node_agent.portal.errors import ProtocolError
 from node_agent.portal.ice import IceServerSpec, TurnGrant, issue_turn_grant
-from node_agent.portal.project_config import ExpertSpec, ProjectConfig, project_config_to_dict
+from node_agent.portal.project_config import ExpertSpec, LMSpec, ProjectConfig, project_config_to_dict
 from node_agent.portal.schemas import (
     ErrorReply,
     HeartbeatReply,
@@ -67,6 +67,8 @@ class PortalBehaviour:
     turn_ttl: float = 3600.0
     #: The answer to `export/latest`: the body and headers sent as they are (None: 404 no_export).
     export: tuple[bytes, dict[str, str]] | None = None
+    #: A language-model project (task `lm`): its shape; one `grid` named `lm.b<k>` per block.
+    lm: LMSpec | None = None
 
 
 class LocalPortal:
@@ -91,6 +93,13 @@ class LocalPortal:
 
     def project_config(self) -> ProjectConfig:
         b = self.behaviour
+        if b.lm is not None:
+            grids = [
+                ExpertSpec(hidden_dim=b.hidden_dim, grid=list(b.grid), prefix=f"lm.b{block}")
+                for block in range(b.lm.blocks)
+            ]
+        else:
+            grids = [ExpertSpec(hidden_dim=b.hidden_dim, grid=list(b.grid), prefix="ffn")]
         return ProjectConfig(
             project=b.project,
             title="Demo",
@@ -98,7 +107,10 @@ class LocalPortal:
             bootstrap_peers=list(b.bootstrap_peers),
             portal_public_key=self.identity.public_key_bytes.hex(),
             gated=b.gated,
-            expert=ExpertSpec(hidden_dim=b.hidden_dim, grid=list(b.grid), prefix="ffn"),
+            expert=grids[0],
+            grids=grids if b.lm is not None else [],
+            task="lm" if b.lm is not None else "classification",
+            lm=b.lm,
             ice_servers=list(b.ice_servers),
         )
 

@@ -17,34 +17,35 @@ from node_agent.portal.gate import CredentialPolicy, install_credential_checks
 from tests.processes import wait_until_async
 
 A, B, C = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
+FFN = [("ffn", [2, 2])]
 
 
 def test_only_the_higher_owners_of_a_shared_cell_move_and_only_to_holes() -> None:
     owners = {"ffn.0.0": {A, B, C}, "ffn.0.1": {B}, "ffn.1.0": {C}}
     rng = random.Random(1)
     # A is the lowest owner of ffn.0.0: it stays; B and C each move it to a different hole.
-    assert cells_to_move(["ffn.0.0"], owners, A, "ffn", [2, 2], rng) == {}
-    moved_b = cells_to_move(["ffn.0.0", "ffn.0.1"], owners, B, "ffn", [2, 2], rng)
+    assert cells_to_move(["ffn.0.0"], owners, A, FFN, rng) == {}
+    moved_b = cells_to_move(["ffn.0.0", "ffn.0.1"], owners, B, FFN, rng)
     assert moved_b == {"ffn.0.0": "ffn.1.1"}
     # No hole left: the two lowest owners of a cell stay (two replicas: its state outlives a volunteer),
     # a third moves to a cell with a single replica; a cell with two replicas keeps both.
     full = owners | {"ffn.1.1": {A}}
-    assert cells_to_move(["ffn.0.0", "ffn.1.0"], full, C, "ffn", [2, 2], rng)["ffn.0.0"] in {
+    assert cells_to_move(["ffn.0.0", "ffn.1.0"], full, C, FFN, rng)["ffn.0.0"] in {
         "ffn.0.1",
         "ffn.1.1",
     }
-    assert cells_to_move(["ffn.0.0", "ffn.0.1"], full, B, "ffn", [2, 2], rng) == {}
+    assert cells_to_move(["ffn.0.0", "ffn.0.1"], full, B, FFN, rng) == {}
     pairs = {"ffn.0.0": {A, B}, "ffn.0.1": {A, C}, "ffn.1.0": {B, C}, "ffn.1.1": {A}}
-    assert cells_to_move(["ffn.0.0", "ffn.1.0"], pairs, B, "ffn", [2, 2], rng) == {}
+    assert cells_to_move(["ffn.0.0", "ffn.1.0"], pairs, B, FFN, rng) == {}
     # A cell I serve alone never moves, whatever holes exist.
-    assert cells_to_move(["ffn.0.1"], owners, B, "ffn", [2, 2], rng) == {}
+    assert cells_to_move(["ffn.0.1"], owners, B, FFN, rng) == {}
 
 
 def test_moves_never_pick_the_same_hole_twice_or_one_of_my_cells() -> None:
     uids = grid_uids("ffn", [4, 4])
     mine = uids[:6]
     owners = {uid: {A, B} for uid in mine}
-    moves = cells_to_move(mine, owners, B, "ffn", [4, 4], random.Random(7))
+    moves = cells_to_move(mine, owners, B, [("ffn", [4, 4])], random.Random(7))
     assert sorted(moves) == sorted(mine)
     assert len(set(moves.values())) == 6 and not set(moves.values()) & set(mine)
 
@@ -77,7 +78,7 @@ async def test_agents_started_together_cover_the_whole_grid(
         )
 
         async def holes() -> list[str]:
-            owners = await live_replica_owners(reader, "ffn", [4, 4])
+            owners = await live_replica_owners(reader, [("ffn", [4, 4])])
             return [uid for uid in grid_uids("ffn", [4, 4]) if not owners.get(uid)]
 
         async def covered() -> bool:

@@ -315,6 +315,6 @@ def test_choose_cells_prefers_the_least_covered_cells() -> None:
     live = {uid: 2 for uid in grid_uids("ffn", [2, 2])}
     live["ffn.1.0"] = 0
     live["ffn.0.1"] = 1
-    assert choose_cells("ffn", [2, 2], live, 2, random.Random(1)) == ["ffn.1.0", "ffn.0.1"]
-    spread = {tuple(choose_cells("ffn", [4, 4], {}, 1, random.Random(seed))) for seed in range(20)}
+    assert choose_cells([("ffn", [2, 2])], live, 2, random.Random(1)) == ["ffn.1.0", "ffn.0.1"]
+    spread = {tuple(choose_cells([("ffn", [4, 4])], {}, 1, random.Random(seed))) for seed in range(20)}
     assert len(spread) > 5  # empty grid: volunteers joining together do not all pick the same cell

@@ -1,8 +1,10 @@
 """The byte-level LM through a real local swarm (bootstrap + expert server processes): it trains, a server
-killed mid-training (SIGKILL) is masked and training goes on, `generate` samples with the swarm's experts."""
+killed mid-training (SIGKILL) is masked and training goes on, `generate` samples with the swarm's experts,
+`export` takes every block's live experts and the trainer's layers home and `evaluate` measures the file."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -69,3 +71,20 @@ def test_lm_trains_through_the_swarm_and_survives_a_killed_server(tmp_path: Path
         )
         out = capsys.readouterr().out
         assert code == 0 and out.startswith("def ") and len(out.encode()) >= 4 + 1
+
+        exported = tmp_path / "lm.safetensors"
+        code = main(
+            [
+                *["export", "--initial-peers", swarm.initial_peer, "--rtc-loopback-only"],
+                *["--trainer-checkpoint", str(checkpoint), "--out", str(exported), "--k-best", "2"],
+            ]
+        )
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        # the killed server's cells (one row of each block's grid) are missing; the other's came home
+        assert code == 0 and summary["experts"] == 4 and len(summary["missing"]) == 4, summary
+        assert {uid[:5] for uid in summary["missing"]} == {"lm.b0", "lm.b1"}
+        assert summary["trainer_step"] == 10
+    assert main(["evaluate", str(exported), "--corpus-bytes", "100000"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < evaluated["val_bpb"] < 8.5 and evaluated["experts"] == 4, evaluated
+    assert evaluated["corpus"] == corpus.name

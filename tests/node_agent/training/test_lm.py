@@ -118,3 +118,52 @@ def test_cli_trains_resumes_and_generates_locally(tmp_path: Path, capsys):
     (checkpoint / "lm.json").write_text("not json")
     assert main(["generate", "--checkpoint", str(checkpoint)]) == 2
     assert "not a language-model checkpoint" in capsys.readouterr().err
+
+
+def _export_local_lm(model, path: Path, spec) -> None:
+    """Write `model` (in-process experts) as `node-agent export` does: experts by uid, the rest as trainer."""
+    from node_agent.training.export import EXPERTS, TRAINER, CellEntry, Manifest, write_export
+
+    tensors, cells = {}, []
+    for block in model.blocks:
+        for uid, expert in zip(block.moe.uids, block.moe.experts, strict=True):
+            tensors.update({f"{EXPERTS}{uid}.{k}": v for k, v in expert.state_dict().items()})
+            cells.append(CellEntry(uid, 7, "ab", 0.0))
+    own = {k: v for k, v in model.state_dict().items() if ".moe.experts." not in k}
+    tensors.update({TRAINER + k: v for k, v in own.items()})
+    write_export(path, {k: v.contiguous() for k, v in tensors.items()}, Manifest(spec=spec, cells=cells))
+
+
+def test_a_language_model_export_rebuilds_the_same_model_and_refuses_hostile_shapes(tmp_path: Path, capsys):
+    import dataclasses
+
+    from node_agent.cli import main
+    from node_agent.training.export import ExportError, ExportSpec, build_exported_lm, evaluate_lm_export
+    from node_agent.training.lm_session import build_lm
+
+    model = build_lm(LMSessionConfig(model=TINY, mode="local", seed=3))
+    path = tmp_path / "lm.safetensors"
+    _export_local_lm(model, path, ExportSpec.for_lm(TINY, "python-stdlib"))
+    rebuilt, manifest = build_exported_lm(path)
+    tokens = torch.randint(0, 256, (2, TINY.seq_len))
+    model.eval()
+    rebuilt.eval()
+    assert torch.equal(model(tokens), rebuilt(tokens))  # every block's experts and the trainer's layers
+    assert len(manifest.cells) == 8 and manifest.spec.uids() == sorted(c.uid for c in manifest.cells)
+    result = evaluate_lm_export(path, corpus_bytes=50_000)
+    assert 7.0 < result["val_bpb"] < 9.0 and result["experts"] == 8  # untrained: about 8 bits a byte
+    capsys.readouterr()
+    assert main(["generate", "--export", str(path), "--prompt", "def ", "--length", "10"]) == 0
+    assert capsys.readouterr().out.startswith("def ")  # no swarm, no checkpoint: the file alone
+    _export_local_lm(model, path, ExportSpec.for_lm(TINY, "own"))
+    with pytest.raises(ExportError, match="own text: give it with --text"):
+        evaluate_lm_export(path)
+    for hostile in ({"seq_len": 10**9}, {"blocks": 0}, {"heads": "4"}, {"hidden_dim": 2**20}):
+        _export_local_lm(model, path, dataclasses.replace(ExportSpec.for_lm(TINY), **hostile))
+        with pytest.raises(ExportError, match="is not in"):
+            build_exported_lm(path)
+    assert main(["generate", "--export", str(path)]) == 1
+    assert "is not in 1..65536" in capsys.readouterr().err
+    _export_local_lm(model, path, dataclasses.replace(ExportSpec.for_lm(TINY), blocks=3))
+    with pytest.raises(ExportError, match="no expert of block 2"):
+        build_exported_lm(path)

@@ -54,11 +54,15 @@ def test_the_portal_names_and_counts_grids_as_the_agent_does() -> None:
     import argparse
 
     from node_agent.cli.join import register
+    from node_agent.portal.census import default_expert_count
     from node_agent.training.lm import LMConfig, block_prefix, grid_parameters
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    assert parser.parse_args(["join", "http://portal", "CODE"]).experts == DEFAULT_EXPERTS_PER_VOLUNTEER
+    assert parser.parse_args(["join", "http://portal", "CODE"]).experts is None  # the census's default:
+    small = expert_parameters("ffn", 64)  # 4, or one per grid when there are more, within 2 GiB
+    two_blocks = [("lm.b0", [2, 2]), ("lm.b1", [2, 2])]
+    assert default_expert_count(two_blocks, small) == DEFAULT_EXPERTS_PER_VOLUNTEER
 
     assert [lm_block_prefix(b) for b in range(3)] == [block_prefix("lm", b) for b in range(3)]
     per_expert, total = grid_parameters(LMConfig(hidden_dim=64, blocks=3, grid=(2, 3)))
