@@ -66,8 +66,10 @@ export function modelFigures(values, rules) {
   const [a, b] = coefficients;
   const perExpert = a * hidden * hidden + b * hidden;
   const memory = perExpert * rules.bytes_per_parameter;
-  const hosted = Math.min(rules.volunteer_experts, experts);
-  const cover = Math.ceil(experts / rules.volunteer_experts);
+  // the agent's default: 4, or one per grid when there are more, within the memory budget, at least one
+  const wanted = Math.max(rules.volunteer_experts, blocks);
+  const hosted = Math.max(1, Math.min(wanted, Math.floor(rules.volunteer_memory / memory), experts));
+  const cover = Math.ceil(experts / hosted);
   return {
     figures: {
       grids: `${blocks} grid${blocks === 1 ? "" : "s"} of ${perBlock} experts`,

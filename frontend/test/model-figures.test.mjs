@@ -8,6 +8,7 @@ const RULES = {
   coefficients: { ffn: [8, 7], transformer: [12, 13] },
   bytes_per_parameter: 16,
   volunteer_experts: 4,
+  volunteer_memory: 2 * 1024 ** 3,
   max_cells: 65536,
   max_grid_dims: 4,
   max_grid_side: 1024,
@@ -16,13 +17,20 @@ const RULES = {
 
 const LM = { task: "lm", architecture: "ffn", hidden: "1024", grid: "16x16", blocks: "4", heads: "8", seqLen: "128", window: "64" };
 
-test("4 blocks of 16x16 experts of width 1024 are about 2.1 billion parameters", () => {
+test("4 blocks of 16x16 experts of width 1024 are 8.6 billion parameters", () => {
   const { figures } = modelFigures(LM, RULES);
   assert.equal(figures["total-experts"], "1024");
   assert.equal(figures["parameters-per-expert"], String(8 * 1024 * 1024 + 7 * 1024));
   assert.equal(figures["total-parameters"], "8.6 billion"); // 1024 experts x (8d^2 + 7d), d = 1024
   assert.match(figures["memory-per-expert"], /^128\.1 MiB/);
   assert.match(figures.volunteer, /^hosts 4 experts by default, 512\.4 MiB; 256 volunteers/);
+});
+
+test("a volunteer hosts one expert per block when there are more blocks, within its memory budget", () => {
+  const { figures } = modelFigures({ ...LM, blocks: "8", hidden: "64" }, RULES);
+  assert.match(figures.volunteer, /^hosts 8 experts by default/);
+  const wide = modelFigures({ ...LM, blocks: "64", hidden: "1024", grid: "4x4" }, RULES).figures;
+  assert.match(wide.volunteer, /^hosts 15 experts by default/); // 2 GiB / 128.1 MiB per expert
 });
 
 test("a classifier has one grid whatever the block field says", () => {

@@ -51,8 +51,11 @@ LM_UID_PREFIX = "lm"
 LM_MAX_BLOCKS = 64
 LM_MAX_SEQ_LEN = 4096
 LM_MAX_HEADS = 64
-#: Experts one volunteer's agent hosts unless told otherwise (`node-agent join --experts`, default 4).
+#: Experts one volunteer's agent hosts unless told otherwise (`node-agent join --experts`): 4, or one per grid
+#: when there are more grids, within `VOLUNTEER_MEMORY_BYTES` while training, at least one (the agent's
+#: `census.default_expert_count`, kept in step by a test).
 DEFAULT_EXPERTS_PER_VOLUNTEER = 4
+VOLUNTEER_MEMORY_BYTES = 2 * 1024**3
 
 ARCHITECTURE_CHOICES = [("ffn", "Feed-forward block"), ("transformer", "Transformer block")]
 OPTIMIZER_CHOICES = [("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD with momentum")]
@@ -143,8 +146,10 @@ class ModelScale:
 
     @property
     def volunteer_hosts(self) -> int:
-        """Experts one volunteer hosts by default (never more than the grids have)."""
-        return min(self.volunteer_experts, self.total_experts)
+        """Experts one volunteer hosts by default (never more than the grids have): the agent's rule."""
+        wanted = max(self.volunteer_experts, self.blocks)
+        affordable = VOLUNTEER_MEMORY_BYTES // max(1, self.memory_per_expert_bytes)
+        return max(1, min(wanted, affordable, self.total_experts))
 
     @property
     def volunteer_memory_bytes(self) -> int:
@@ -153,7 +158,7 @@ class ModelScale:
     @property
     def volunteers_to_cover(self) -> int:
         """Volunteers needed for one replica of every expert, each hosting the default number."""
-        return -(-self.total_experts // self.volunteer_experts)
+        return -(-self.total_experts // self.volunteer_hosts)
 
 
 def model_scale(architecture: str, hidden_size: int, dims: tuple[int, ...], blocks: int = 1) -> ModelScale:

@@ -9,6 +9,7 @@ from django.conf import settings
 
 from projects.catalog import (
     DEFAULT_EXPERTS_PER_VOLUNTEER,
+    VOLUNTEER_MEMORY_BYTES,
     EXPERT_PARAMETER_COEFFICIENTS,
     LM_MAX_BLOCKS,
     MAX_GRID_DIMS,
@@ -116,6 +117,7 @@ def figure_context(form: ProjectForm) -> dict[str, Any]:
         "coefficients": EXPERT_PARAMETER_COEFFICIENTS,
         "bytes_per_parameter": TRAINING_BYTES_PER_PARAMETER,
         "volunteer_experts": DEFAULT_EXPERTS_PER_VOLUNTEER,
+        "volunteer_memory": VOLUNTEER_MEMORY_BYTES,
         "max_cells": settings.PROJECT_MAX_GRID_CELLS,
         "max_grid_dims": MAX_GRID_DIMS,
         "max_grid_side": MAX_GRID_SIDE,

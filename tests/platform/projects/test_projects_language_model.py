@@ -63,6 +63,11 @@ def test_the_portal_names_and_counts_grids_as_the_agent_does() -> None:
     small = expert_parameters("ffn", 64)  # 4, or one per grid when there are more, within 2 GiB
     two_blocks = [("lm.b0", [2, 2]), ("lm.b1", [2, 2])]
     assert default_expert_count(two_blocks, small) == DEFAULT_EXPERTS_PER_VOLUNTEER
+    for blocks, hidden in ((2, 64), (8, 64), (4, 1024), (64, 1024), (3, 4096)):
+        grids = [(f"lm.b{b}", [16, 16]) for b in range(blocks)]
+        per_expert = expert_parameters("ffn", hidden)
+        scale = model_scale("ffn", hidden, (16, 16), blocks=blocks)
+        assert scale.volunteer_hosts == default_expert_count(grids, per_expert), (blocks, hidden)
 
     assert [lm_block_prefix(b) for b in range(3)] == [block_prefix("lm", b) for b in range(3)]
     per_expert, total = grid_parameters(LMConfig(hidden_dim=64, blocks=3, grid=(2, 3)))
