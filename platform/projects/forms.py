@@ -9,13 +9,13 @@ from django.conf import settings
 
 from projects.catalog import (
     DEFAULT_EXPERTS_PER_VOLUNTEER,
-    VOLUNTEER_MEMORY_BYTES,
     EXPERT_PARAMETER_COEFFICIENTS,
     LM_MAX_BLOCKS,
     MAX_GRID_DIMS,
     MAX_GRID_SIDE,
     TASK_LM,
     TRAINING_BYTES_PER_PARAMETER,
+    VOLUNTEER_MEMORY_BYTES,
     ModelScale,
     expert_parameters,
     format_bytes,
