@@ -99,3 +99,15 @@ def test_server_rendered_charts_draw_a_line_per_run() -> None:
         "one shared time and value scale; lone points drawn none"
     )
     assert time_polylines([[(0.0, float("nan"))]]) == []
+
+
+def test_an_own_text_language_model_tells_its_owner_to_add_text(
+    logged_in: Any, researcher: Any, project: Project, wheel_settings: Any
+) -> None:
+    owner = logged_in(researcher)
+    assert "data-own-text" not in owner.post(f"/projects/{project.slug}/train/").content.decode()
+    Project.objects.filter(pk=project.pk).update(task="lm", lm_corpus="python-stdlib")
+    assert "data-own-text" not in owner.post(f"/projects/{project.slug}/train/").content.decode()
+    Project.objects.filter(pk=project.pk).update(lm_corpus="own")
+    page = owner.post(f"/projects/{project.slug}/train/").content.decode()
+    assert "data-own-text" in page and "<code>--text PATH</code>" in page
