@@ -170,6 +170,7 @@ class DecentralizedAverager:
         self._lock = asyncio.Lock()
         self._tag = ""
         self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     @classmethod
     async def create(
@@ -189,8 +190,11 @@ class DecentralizedAverager:
 
     async def shutdown(self) -> None:
         self.pool.remove_route(self._route)
-        for task in list(self._background):
+        self._closed = True  # a step still ending spawns nothing more (its clean-up would outlive the loop)
+        tasks = list(self._background)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def group_key(self) -> str:
@@ -570,6 +574,9 @@ class DecentralizedAverager:
                 del self.penalties[node_id]
 
     def _spawn(self, coroutine: Any) -> None:
+        if self._closed:
+            coroutine.close()
+            return
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

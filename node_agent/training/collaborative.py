@@ -32,7 +32,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -440,3 +440,30 @@ class CollaborativeOptimizer:
         return await asyncio.wait_for(
             download_newest(donors, self.config.run, self._schema(), options), self.config.load_state_timeout
         )
+
+
+def collaborate(
+    model: torch.nn.Module,
+    trainer: Any,
+    caller: Any,
+    config: CollaborativeConfig,
+    on_collaborative: Callable[[CollaborativeOptimizer], None] | None = None,
+) -> CollaborativeOptimizer:
+    """Make `trainer` (a classifier's or a language model's; after any resume) step collaboratively on the
+    model's own trainable parameters. A newcomer loads the newest state before its first step."""
+    own = [p for p in model.parameters() if p.requires_grad]
+    collaborative = CollaborativeOptimizer(own, trainer.optimizer, caller, config)
+    collaborative.join()
+    trainer.collaborative = collaborative
+    if on_collaborative is not None:
+        on_collaborative(collaborative)
+    return collaborative
+
+
+def record_collaboration(result: Any, collaborative: CollaborativeOptimizer, start_epoch: int) -> None:
+    """Copy what collaboration did into a training result (both trainers' results share these fields)."""
+    result.global_steps = collaborative.global_steps
+    result.averaged_steps = collaborative.global_steps - collaborative.solo_steps
+    result.start_epoch = start_epoch
+    result.state_rounds_completed = collaborative.state_averager.rounds_completed
+    result.state_rounds_failed = collaborative.state_averager.rounds_failed

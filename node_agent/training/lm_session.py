@@ -17,7 +17,12 @@ import torch
 from torch import nn
 
 from node_agent.training.checkpoints import latest_checkpoint, load_checkpoint
-from node_agent.training.collaborative import CollaborativeConfig, CollaborativeOptimizer
+from node_agent.training.collaborative import (
+    CollaborativeConfig,
+    CollaborativeOptimizer,
+    collaborate,
+    record_collaboration,
+)
 from node_agent.training.lm import ByteTransformerLM, LMConfig
 from node_agent.training.lm_trainer import LMTrainConfig, LMTrainer, LMTrainResult
 from node_agent.training.metrics import MetricsStream
@@ -104,21 +109,12 @@ def run_lm_training(
     collaborative = None
     try:
         if config.collaborative is not None:  # the same optimiser as the classifier's: model-agnostic
-            own = [p for p in model.parameters() if p.requires_grad]
-            collaborative = CollaborativeOptimizer(own, trainer.optimizer, caller, config.collaborative)
-            collaborative.join()  # a newcomer loads the newest state first
-            trainer.collaborative = collaborative
+            collaborative = collaborate(model, trainer, caller, config.collaborative, on_collaborative)
             trainer.data_offset = int.from_bytes(caller.dht.node_id[:4], "big")  # its own windows
-            if on_collaborative is not None:
-                on_collaborative(collaborative)
         start_epoch = collaborative.epoch if collaborative is not None else 0
         result = trainer.train()
         if collaborative is not None:
-            result.global_steps = collaborative.global_steps
-            result.averaged_steps = collaborative.global_steps - collaborative.solo_steps
-            result.start_epoch = start_epoch
-            result.state_rounds_completed = collaborative.state_averager.rounds_completed
-            result.state_rounds_failed = collaborative.state_averager.rounds_failed
+            record_collaboration(result, collaborative, start_epoch)
         return result
     finally:
         if collaborative is not None:

@@ -16,7 +16,12 @@ from typing import Any, Literal
 import torch
 
 from node_agent.training.checkpoints import latest_checkpoint, load_checkpoint
-from node_agent.training.collaborative import CollaborativeConfig, CollaborativeOptimizer
+from node_agent.training.collaborative import (
+    CollaborativeConfig,
+    CollaborativeOptimizer,
+    collaborate,
+    record_collaboration,
+)
 from node_agent.training.datasets import Dataset, load_dataset
 from node_agent.training.metrics import MetricsStream
 from node_agent.training.models import MoEClassifier, build_local_moe
@@ -149,20 +154,11 @@ def run_training(
             trainer.step = load_checkpoint(path, model, trainer.optimizer)
             logger.info("resumed from %s at step %d", path, trainer.step)
         if config.collaborative is not None:
-            own = [p for p in model.parameters() if p.requires_grad]
-            collaborative = CollaborativeOptimizer(own, trainer.optimizer, caller, config.collaborative)
-            collaborative.join()  # a newcomer loads the newest state first
+            collaborative = collaborate(model, trainer, caller, config.collaborative, on_collaborative)
             start_epoch = collaborative.epoch
-            trainer.collaborative = collaborative
-            if on_collaborative is not None:
-                on_collaborative(collaborative)
         result = trainer.train()
         if collaborative is not None:
-            result.global_steps = collaborative.global_steps
-            result.averaged_steps = collaborative.global_steps - collaborative.solo_steps
-            result.start_epoch = start_epoch
-            result.state_rounds_completed = collaborative.state_averager.rounds_completed
-            result.state_rounds_failed = collaborative.state_averager.rounds_failed
+            record_collaboration(result, collaborative, start_epoch)
         return result
     finally:
         if collaborative is not None:
