@@ -1,4 +1,5 @@
-"""Skip aiortc's walk of every outstanding chunk before sending new data, when no chunk can be marked.
+"""aiortc's `_transmit` without its walk of every outstanding chunk when no chunk can be marked, and with a
+burst that refills what SACKs acknowledged.
 
 aiortc's `RTCSctpTransport._transmit` runs after every SACK (and every message sent) and first walks the
 whole sent queue looking for chunks marked for retransmission. The sent queue holds the congestion window:
@@ -14,8 +15,19 @@ chunks (fast retransmit, RFC 9260 section 7.2.4), and the T3 timer's expiry mark
 * while T3 is not running although chunks are outstanding (it expired: aiortc restarts it only when it sends),
 * while a FORWARD TSN is to be sent (aiortc's own code sends it first);
 then aiortc's own `_transmit` runs, and `_colearn_scan` stays raised only while some chunk is still marked
-(the window may have stopped the retransmissions half way). Otherwise the replacement sends new data exactly
-as aiortc's second half does: the same burst limit, window, counters and T3 start.
+(the window may have stopped the retransmissions half way). Otherwise the replacement sends new data as
+aiortc's second half does: the same window, counters and T3 start, and the same burst limit plus the refill.
+
+**Refill.** aiortc limits each `_transmit` to 4 packets beyond the flight (RFC 9260 section 6.1 D, Max.Burst)
+and grows the window only while the flight fills it (section 7.2.1). With one SACK per burst of received
+packets (`sctp_tuning`'s coalescing, and any receiver that gets packets in batches) a SACK acknowledges 4
+packets or more, the sender sends 4 for it, and the flight stays at 4 packets for good: the window never
+opens, and a path with a round trip of 20 ms carries ~230 KB/s (loopback under uvloop: a window stuck at 9
+packets). A coalesced SACK stands for the per-packet SACKs it replaces, each of which would have released one
+packet plus the burst. So the burst also re-sends what the SACKs since the last send took out of the flight
+(`_colearn_refill`, on by default): the flight follows the acknowledgements and grows by the burst per SACK
+until the window is full, as with per-packet SACKs; the window itself, slow start, congestion avoidance and
+loss recovery (aiortc's own walk) are unchanged. A delay of 10 ms each way on loopback: 0.22 -> ~1.7 MB/s.
 
 The replacement is compiled into aiortc's module namespace (it reads `USERDATA_MAX_LENGTH` and `time` where
 aiortc's `_transmit` does), so `record_probing` can rebind it to a connection's chunk size like aiortc's own
@@ -44,6 +56,7 @@ async def _transmit(self: Any) -> None:  # pragma: no cover - its code runs rebo
     if self._colearn_scan or self._forward_tsn_chunk is not None or t3_expired:
         await self._colearn_full_transmit()
         self._colearn_scan = any(chunk._retransmit for chunk in self._sent_queue)
+        self._colearn_flight_sent = self._flight_size
         return
 
     # aiortc's own code from here on (rtcsctptransport.py, `_transmit` after the retransmissions)
@@ -51,6 +64,8 @@ async def _transmit(self: Any) -> None:  # pragma: no cover - its code runs rebo
         burst_size = 2 * USERDATA_MAX_LENGTH  # type: ignore[name-defined]  # noqa: F821
     else:
         burst_size = 4 * USERDATA_MAX_LENGTH  # type: ignore[name-defined]  # noqa: F821
+    if self._colearn_refill:  # what the SACKs since the last send took out of flight may go again
+        burst_size += max(0, self._colearn_flight_sent - self._flight_size)
     cwnd = min(self._flight_size + burst_size, self._cwnd)
     while self._outbound_queue and self._flight_size < cwnd:
         chunk = self._outbound_queue.popleft()
@@ -61,6 +76,7 @@ async def _transmit(self: Any) -> None:  # pragma: no cover - its code runs rebo
         await self._send_chunk(chunk)
         if not self._t3_handle:
             self._t3_start()
+    self._colearn_flight_sent = self._flight_size
 
 
 def in_aiortc_namespace(function: Callable[..., Any], namespace: dict[str, Any]) -> types.FunctionType:
@@ -71,8 +87,10 @@ def in_aiortc_namespace(function: Callable[..., Any], namespace: dict[str, Any])
     return compiled
 
 
-def install_transmit_shortcut() -> bool:
-    """Patch aiortc's SCTP transport (process-wide, idempotent); UntestedLibraryError on another aiortc."""
+def install_transmit_shortcut(refill: bool = True) -> bool:
+    """Patch aiortc's SCTP transport (process-wide, idempotent); UntestedLibraryError on another aiortc.
+
+    `refill`: a SACK lets the burst re-send what it took out of flight, besides aiortc's burst limit."""
     global original_transmit, original_receive_chunk
     if original_transmit is not None:
         return True
@@ -98,6 +116,8 @@ def install_transmit_shortcut() -> bool:
 
     # The patch itself: aiortc has no hook for this (the guard tests pin both methods and every marker).
     base._colearn_scan = True  # type: ignore[attr-defined]  # a new transport walks once, then knows
+    base._colearn_refill = refill  # type: ignore[attr-defined]
+    base._colearn_flight_sent = 0  # type: ignore[attr-defined]
     setattr(base, FULL_TRANSMIT, transmit)
     base._transmit = in_aiortc_namespace(_transmit, namespace)  # type: ignore[method-assign]
     base._receive_chunk = _receive_chunk  # type: ignore[method-assign]

@@ -132,8 +132,9 @@ def test_rebound_methods_are_aiortcs_own_code_seeing_the_connections_chunk_size(
 
 
 def test_heartbeats_are_echoed_with_their_info_and_unknown_chunks_skipped():
-    source = inspect.getsource(sctp_module.RTCSctpTransport._receive_chunk)
-    assert "heartbeat_ack.params = chunk.params" in source
+    # aiortc's own, also once `transmit_shortcut` wrapped it
+    receive_chunk = transmit_shortcut.original_receive_chunk or sctp_module.RTCSctpTransport._receive_chunk
+    assert "heartbeat_ack.params = chunk.params" in inspect.getsource(receive_chunk)
     packet = sctp_module.parse_packet  # unknown chunk types (PAD) are skipped, not refused
     assert "CHUNK_TYPES.get(chunk_type)" in inspect.getsource(packet)
     assert record_probing.PAD_CHUNK_TYPE not in sctp_module.CHUNK_TYPES
@@ -344,17 +345,18 @@ def test_the_transmit_shortcut_sends_new_data_with_aiortcs_own_statements():
     assert _parameters(original) == ["self"] and asyncio.iscoroutinefunction(original)
     assert _parameters(transmit_shortcut.original_receive_chunk) == ["self", "chunk"]
     # aiortc's `_transmit`: docstring, FORWARD TSN, burst limit, window, the walk (two statements), new data;
-    # ours: docstring, the test for a walk (two statements), then the same burst limit, window and new data
+    # ours: docstring, the test for a walk (two statements), the same burst limit, the refill, the same window
+    # and new data, the flight after sending
     theirs = [ast.dump(node) for node in _method_tree(original).body]
     ours = [ast.dump(node) for node in _method_tree(transmit_shortcut._transmit).body]
-    assert len(theirs) == 7 and ours[3:] == [theirs[2], theirs[3], theirs[6]]
+    assert len(theirs) == 7 and [ours[3], ours[5], ours[6]] == [theirs[2], theirs[3], theirs[6]]
     walk = ast.unparse(_method_tree(original).body[5])
     assert walk.startswith("for chunk in self._sent_queue:\n    if chunk._retransmit:")
     # the replacement runs in aiortc's namespace and reads nothing else from it
     replacement = base.__dict__["_transmit"]
     assert replacement.__globals__ is vars(sctp_module)
     read = {i.argval for i in dis.get_instructions(replacement) if i.opname == "LOAD_GLOBAL"}
-    assert read == {"any", "min", *transmit_shortcut.AIORTC_GLOBALS}  # builtins and aiortc's own
+    assert read == {"any", "min", "max", *transmit_shortcut.AIORTC_GLOBALS}  # builtins and aiortc's own
     assert all(name in vars(sctp_module) for name in transmit_shortcut.AIORTC_GLOBALS)
     # a probed connection sees its own chunk size in both halves
     prober = SimpleNamespace(scope={})

@@ -126,9 +126,12 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-async def _same_behaviour(data: st.DataObject, first_tsn: int, window: int, steps: int) -> None:
+async def _same_behaviour(
+    data: st.DataObject, first_tsn: int, window: int, steps: int, refill: bool = False
+) -> None:
     stock, stock_wire = _transport(StockTransport, first_tsn, window)
     fast, fast_wire = _transport(sctp_module.RTCSctpTransport, first_tsn, window)
+    fast._colearn_refill = refill
     arrived: set[int] = set()  # TSNs the simulated receiver got
     for step in range(steps):
         actions = st.sampled_from(["send", "send", "sack", "sack", "any sack", "t3"])
@@ -228,3 +231,63 @@ async def test_a_lossy_connection_delivers_everything_through_the_shortcut(loopb
         await done.wait()
     assert received == messages
     assert dropped > 10
+
+
+def test_a_coalesced_sack_releases_what_it_acknowledged_plus_the_burst():
+    """Four packets acknowledged by one SACK stand for four per-packet SACKs: aiortc would send 4 packets for
+    it (its burst limit) and keep the flight at 4 forever, below a window it never grows (growth needs a full
+    window); the refill sends what left the flight too, so the flight grows towards the window."""
+    install_transmit_shortcut()
+
+    async def flights(refill: bool) -> list[int]:
+        transport, _wire = _transport(sctp_module.RTCSctpTransport, 1000, window=20)
+        transport._colearn_refill = refill
+        await transport._send(1, 53, bytes(80 * sctp_module.USERDATA_MAX_LENGTH))
+        seen = [len(transport._sent_queue)]
+        for _ in range(4):
+            cumulative = transport._sent_queue[-1].tsn  # every chunk in flight arrived: one SACK for all
+            await transport._receive_chunk(_cumulative_sack(cumulative, []))
+            seen.append(len(transport._sent_queue))
+            assert transport._flight_size <= transport._cwnd
+        transport._t3_cancel()
+        return seen
+
+    assert asyncio.run(flights(refill=False)) == [4, 4, 4, 4, 4]
+    assert asyncio.run(flights(refill=True)) == [4, 8, 12, 16, 20]
+
+
+async def test_the_window_opens_across_a_path_with_delay(loopback_pair):
+    """Real peers, 10 ms added to every datagram each way: the window grows past aiortc's burst of 4."""
+    assert install_transmit_shortcut()
+    loop = asyncio.get_running_loop()
+    pumps = []
+    for peer in (loopback_pair.offerer, loopback_pair.answerer):
+        ice = peer.sctp.transport.transport
+        receive, delayed = ice._recv, asyncio.Queue()  # type: ignore[var-annotated]
+
+        async def pump(receive: Any = receive, delayed: asyncio.Queue = delayed) -> None:
+            while True:
+                data = await receive()
+                loop.call_later(0.01, delayed.put_nowait, data)
+
+        pumps.append(asyncio.ensure_future(pump()))
+        ice._recv = delayed.get
+    total, received, done = 3 * 2**20, 0, asyncio.Event()
+
+    @loopback_pair.answer_channel.on("message")
+    def on_message(data: bytes) -> None:
+        nonlocal received
+        received += len(data)
+        if received >= total:
+            done.set()
+
+    for _ in range(total // 2**16):
+        loopback_pair.offer_channel.send(bytes(2**16))
+    try:
+        async with asyncio.timeout(60):
+            await done.wait()
+    finally:
+        for task in pumps:
+            task.cancel()
+    sender = loopback_pair.offerer.sctp
+    assert sender._cwnd > 30 * sctp_module.USERDATA_MAX_LENGTH, "the window grew beyond the burst limit"
