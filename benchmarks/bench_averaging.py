@@ -8,8 +8,9 @@ full). ``--request-timeout`` is accepted for the same command line; our per-call
 throughput instead.
 
 The peers are spread over ``--processes`` OS processes, one per core by default (hivemind runs each averager
-in its own process),
-each with one event loop; real DHT nodes on UDP, real aiortc connections on 127.0.0.1. Set-up is not timed:
+in its own process), each with one event loop: uvloop and the allocator settings of ``node-agent serve``,
+where expert replicas average (hivemind's averagers run on uvloop too), unless ``--event-loop asyncio``. Real
+DHT nodes on UDP, real aiortc connections on 127.0.0.1. Set-up is not timed:
 ``total_s`` runs from the first peer's first step to the last peer's last. ``max_abs_error`` compares every
 complete round's result with the exact (float64) mean of its group's inputs (spilled to /dev/shm, checked
 after the run). ``--standard-chunks`` keeps aiortc's 1.2 KB SCTP chunks, what a volunteer across a typical
@@ -57,6 +58,10 @@ def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
 def _worker(conn: Connection, root: str, indices: list[int], args: argparse.Namespace, spill: str) -> None:
     torch.set_num_threads(1)  # several peers share one event loop; intra-op threads only contend
     logging.basicConfig(level=args.log_level, stream=sys.stderr)
+    if args.event_loop == "uvloop":
+        from node_agent.process_tuning import tune_server_process
+
+        tune_server_process()  # what `node-agent serve` (replicas average there) does first
     asyncio.run(_worker_main(conn, root, indices, args, Path(spill)))
 
 
@@ -179,6 +184,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "values_per_peer": sum(t.numel() for t in sample_tensors(args.hid_size, args.num_layers)),
         "compression": "float16",
         "processes": args.processes,
+        "event_loop": args.event_loop,
         "total_s": round(total, 3),
         "success_rate": len(good) / max(1, len(results)),
         "successful_steps": len(good),
@@ -212,6 +218,13 @@ def main() -> None:
         action="store_true",
         help="aiortc's standard 1.2 KB SCTP chunks, as across a typical network path (default: the packet "
         "size each connection probes, up to 16 KiB on loopback)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the peers' event loop: uvloop (and the allocator settings), as `node-agent serve` runs, where "
+        "expert replicas average (default); asyncio: the standard library's loop",
     )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args()

@@ -6,6 +6,8 @@
 * `host_candidates`: which host addresses one peer connection offers (per connection, not per process).
 * `library_versions`: the exact aiortc/aioice/pyOpenSSL versions the patches below were tested with.
 * `sctp_tuning`: patches of aiortc's SCTP for fewer SACKs and no reassembly walk per fragment.
+* `transmit_shortcut`: aiortc's `_transmit` without its walk of the sent queue when nothing can be marked, and
+  with a burst that refills what coalesced SACKs acknowledged (so the window opens).
 * `plpmtu` (pure), `record_probing`, `large_records`: the largest SCTP packet each path carries, probed
   (RFC 8899) and used; whole DTLS records read on receipt.
 * `fingerprint`: binding the DTLS certificate to the signed SDP.

@@ -17,7 +17,9 @@ The patches of aiortc's private parts install only on the exactly tested aiortc/
 
 aiortc acknowledges every SCTP packet separately; `coalesce_sacks` makes it send one SACK per burst of
 received packets (`node_agent.rtc.sctp_tuning`, RFC 4960 section 6.2), process-wide once any pool asks;
-`reassembly_shortcut` skips aiortc's walk of the reassembly list after a chunk that cannot complete a message.
+`reassembly_shortcut` skips aiortc's walk of the reassembly list after a chunk that cannot complete a message;
+`transmit_shortcut` skips its walk of the whole sent queue for retransmissions after every SACK when no chunk
+can be marked (`node_agent.rtc.transmit_shortcut`).
 
 aiortc cuts messages into ~1.2 KB SCTP chunks, one DTLS record and datagram each; `record_probing` lets each
 connection probe the largest packet its path carries (up to 16 KiB) and cut chunks to it, towards peers that
@@ -79,6 +81,8 @@ class RTCOptions:
     coalesce_sacks: bool = True
     #: No reassembly walk after a received chunk that cannot complete a message (process-wide).
     reassembly_shortcut: bool = True
+    #: No walk of the sent queue for retransmissions when no chunk can be marked (process-wide).
+    transmit_shortcut: bool = True
     #: Probe the largest SCTP packet each path carries and fill it (towards peers that read whole records);
     #: None: aiortc's standard ~1.2 KB chunks on every path.
     record_probing: ProbeSettings | None = field(default_factory=ProbeSettings)
@@ -128,6 +132,10 @@ def apply_process_settings(options: RTCOptions) -> None:
         from node_agent.rtc.sctp_tuning import install_reassembly_shortcut
 
         install_reassembly_shortcut()
+    if options.transmit_shortcut:
+        from node_agent.rtc.transmit_shortcut import install_transmit_shortcut
+
+        install_transmit_shortcut()
     if options.record_probing is not None:
         from node_agent.rtc.large_records import install_large_record_reads
 

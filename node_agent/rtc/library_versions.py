@@ -1,11 +1,11 @@
 """The aiortc, aioice and pyOpenSSL versions the agent's patches were written and tested against.
 
-`sctp_tuning`, `large_records`, `record_probing`, `host_candidates`, `direct_first` and `fingerprint` reach
-into private parts of these libraries (methods rebound to other globals, wrapped functions, classes swapped
-on live objects). A release may rename or change any of them without notice, and a patch that no longer fits
-would fail silently or corrupt a transfer. So the versions are pinned exactly in `pyproject.toml` (the agent
-wheel carries the pins: volunteers' pip installs exactly these), and the patches refuse to install on
-others.
+`sctp_tuning`, `transmit_shortcut`, `large_records`, `record_probing`, `host_candidates`, `direct_first` and
+`fingerprint` reach into private parts of these libraries (methods rebound to other globals, wrapped
+functions, classes swapped on live objects). A release may rename or change any of them without notice, and
+a patch that no longer fits would fail silently or corrupt a transfer. So the versions are pinned exactly in
+`pyproject.toml` (the agent wheel carries the pins: volunteers' pip installs exactly these), and the patches
+refuse to install on others.
 
 Upgrading: change the pins here and in `pyproject.toml` together, then run
 `tests/node_agent/rtc/test_aiortc_guards.py`, which fails loudly where a patched place changed.

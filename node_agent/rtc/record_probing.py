@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node_agent.rtc.plpmtu import Phase, RecordSizeSearch, SearchLimits, user_data_for
+from node_agent.rtc.transmit_shortcut import FULL_TRANSMIT
 
 logger = logging.getLogger(__name__)
 
@@ -323,6 +324,9 @@ def probed_transport_class(prober: RecordProber) -> type | None:
             logger.info("aiortc's SCTP transport has no %s(): standard chunks", name)
             return None
         methods[name] = _rebound(function, prober.scope)
+    full_transmit = base.__dict__.get(FULL_TRANSMIT)  # aiortc's own, once `transmit_shortcut` replaced it
+    if isinstance(full_transmit, types.FunctionType):
+        methods[FULL_TRANSMIT] = _rebound(full_transmit, prober.scope)
     data_chunk, heartbeat_ack = sctp_module.DataChunk, sctp_module.HeartbeatAckChunk
     send_chunk, receive_chunk, t3_expired = base._send_chunk, base._receive_chunk, methods["_t3_expired"]
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dis
 import inspect
 import pathlib
 import socket
+import textwrap
 import tomllib
 import types
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ import aiortc.rtcsctptransport as sctp_module
 import pytest
 from OpenSSL import SSL
 
-from node_agent.rtc import large_records, plpmtu, record_probing, sctp_tuning
+from node_agent.rtc import large_records, plpmtu, record_probing, sctp_tuning, transmit_shortcut
 from node_agent.rtc.config import RTCOptions, apply_process_settings
 from node_agent.rtc.fingerprint import check_fingerprint, remote_certificate_der
 from node_agent.rtc.host_candidates import original_get_host_addresses
@@ -130,8 +132,9 @@ def test_rebound_methods_are_aiortcs_own_code_seeing_the_connections_chunk_size(
 
 
 def test_heartbeats_are_echoed_with_their_info_and_unknown_chunks_skipped():
-    source = inspect.getsource(sctp_module.RTCSctpTransport._receive_chunk)
-    assert "heartbeat_ack.params = chunk.params" in source
+    # aiortc's own, also once `transmit_shortcut` wrapped it
+    receive_chunk = transmit_shortcut.original_receive_chunk or sctp_module.RTCSctpTransport._receive_chunk
+    assert "heartbeat_ack.params = chunk.params" in inspect.getsource(receive_chunk)
     packet = sctp_module.parse_packet  # unknown chunk types (PAD) are skipped, not refused
     assert "CHUNK_TYPES.get(chunk_type)" in inspect.getsource(packet)
     assert record_probing.PAD_CHUNK_TYPE not in sctp_module.CHUNK_TYPES
@@ -280,3 +283,87 @@ async def test_private_attributes_the_patches_use_exist_after_a_real_handshake(l
     loopback_pair.offer_channel.send(payload)
     async with asyncio.timeout(10):
         assert await received == payload
+
+
+# ---- transmit shortcut -----------------------------------------------------------------------------------
+
+
+def _method_tree(function: object) -> ast.FunctionDef | ast.AsyncFunctionDef:
+    (tree,) = ast.parse(textwrap.dedent(inspect.getsource(function))).body  # type: ignore[arg-type]
+    assert isinstance(tree, ast.FunctionDef | ast.AsyncFunctionDef)
+    return tree
+
+
+def _assigned(node: ast.AST, attribute: str) -> Iterator[ast.Assign]:
+    for child in ast.walk(node):
+        if isinstance(child, ast.Assign) and any(
+            isinstance(t, ast.Attribute) and t.attr == attribute for t in child.targets
+        ):
+            yield child
+
+
+def test_chunks_are_marked_for_retransmission_only_where_the_transmit_shortcut_looks():
+    markers = set()
+    for path, source in _package_sources(aiortc):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef):
+                for method in node.body:
+                    if isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
+                        for assign in _assigned(method, "_retransmit"):
+                            if not (isinstance(assign.value, ast.Constant) and assign.value.value is False):
+                                markers.add(f"{path.stem}:{node.name}.{method.name}")
+    assert markers == {
+        "rtcsctptransport:RTCSctpTransport._receive_sack_chunk",  # strikes
+        "rtcsctptransport:RTCSctpTransport._t3_expired",
+    }
+    # strikes happen only for a SACK with gap blocks (which the wrapped _receive_chunk watches)
+    (gaps_block,) = [
+        node
+        for node in ast.walk(_method_tree(sctp_module.RTCSctpTransport._receive_sack_chunk))
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "chunk.gaps"
+    ]
+    assert any(a.value.value is True for a in _assigned(gaps_block, "_retransmit"))  # type: ignore[attr-defined]
+    # an expired T3 leaves no handle, and only (re)sending starts one again
+    expired = _method_tree(sctp_module.RTCSctpTransport._t3_expired)
+    assert ast.unparse(expired.body[0]) == "self._t3_handle = None"
+    setters = {
+        name
+        for name, method in vars(sctp_module.RTCSctpTransport).items()
+        if isinstance(method, types.FunctionType) and name != "_transmit"
+        for assign in _assigned(_method_tree(method), "_t3_handle")
+        if ast.unparse(assign.value) != "None"
+    }
+    assert setters == {"_t3_start", "_t3_restart"}
+    assert _readers(aiortc, "_t3_start") == {"rtcsctptransport:RTCSctpTransport._transmit"}
+
+
+def test_the_transmit_shortcut_sends_new_data_with_aiortcs_own_statements():
+    apply_process_settings(RTCOptions.for_loopback())
+    original = transmit_shortcut.original_transmit
+    base = sctp_module.RTCSctpTransport
+    assert original is not None and base.__dict__[transmit_shortcut.FULL_TRANSMIT] is original
+    assert _parameters(original) == ["self"] and asyncio.iscoroutinefunction(original)
+    assert _parameters(transmit_shortcut.original_receive_chunk) == ["self", "chunk"]
+    # aiortc's `_transmit`: docstring, FORWARD TSN, burst limit, window, the walk (two statements), new data;
+    # ours: docstring, the test for a walk (two statements), the same burst limit, the refill, the same window
+    # and new data, the flight after sending
+    theirs = [ast.dump(node) for node in _method_tree(original).body]
+    ours = [ast.dump(node) for node in _method_tree(transmit_shortcut._transmit).body]
+    assert len(theirs) == 7 and [ours[3], ours[5], ours[6]] == [theirs[2], theirs[3], theirs[6]]
+    walk = ast.unparse(_method_tree(original).body[5])
+    assert walk.startswith("for chunk in self._sent_queue:\n    if chunk._retransmit:")
+    # the replacement runs in aiortc's namespace and reads nothing else from it
+    replacement = base.__dict__["_transmit"]
+    assert replacement.__globals__ is vars(sctp_module)
+    read = {i.argval for i in dis.get_instructions(replacement) if i.opname == "LOAD_GLOBAL"}
+    assert read == {"any", "min", "max", *transmit_shortcut.AIORTC_GLOBALS}  # builtins and aiortc's own
+    assert all(name in vars(sctp_module) for name in transmit_shortcut.AIORTC_GLOBALS)
+    # a probed connection sees its own chunk size in both halves
+    prober = SimpleNamespace(scope={})
+    cls = record_probing.probed_transport_class(prober)  # type: ignore[arg-type]
+    assert cls is not None
+    for name, function in (("_transmit", replacement), (transmit_shortcut.FULL_TRANSMIT, original)):
+        assert (
+            cls.__dict__[name].__code__ is function.__code__
+            and cls.__dict__[name].__globals__ is prober.scope
+        )
