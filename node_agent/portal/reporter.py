@@ -30,6 +30,7 @@ from node_agent.backoff import Backoff
 from node_agent.identity import Identity
 from node_agent.loop_thread import LoopThread
 from node_agent.portal.client import PortalClient, PortalRefused, PortalReply, PortalUnreachable
+from node_agent.portal.heartbeat_size import SIGNED_FIELDS_BYTES, fit_heartbeat
 from node_agent.portal.outbox import Outbox
 from node_agent.portal.schemas import MAX_METRICS_PER_BODY, HeartbeatBody, MetricPoint, MetricsBody
 from node_agent.portal.signed_body import MAX_BODY_BYTES
@@ -40,8 +41,6 @@ __all__ = ["BackgroundTelemetry", "TelemetryReporter"]
 logger = logging.getLogger(__name__)
 
 MIN_HEARTBEAT_PERIOD = 5.0
-#: Room left in a body for the fields signing adds (`ts`, `nonce`) and JSON spacing.
-SIGNED_FIELDS_BYTES = 512
 MAX_HEARTBEAT_PERIOD = 3600.0
 
 
@@ -191,6 +190,7 @@ class TelemetryReporter:
             body = self.heartbeat(self.credential())
             if going_offline:
                 body = msgspec.structs.replace(body, going_offline=True)
+            body = fit_heartbeat(body, keep_free=0)  # a body over the limit would be refused whole
         except Exception:
             logger.exception("could not build the heartbeat body")
             return

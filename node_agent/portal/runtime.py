@@ -38,13 +38,14 @@ from node_agent.portal.census import (
 from node_agent.portal.client import PortalClient, PortalError, PortalRefused
 from node_agent.portal.errors import ProtocolError
 from node_agent.portal.gate import CredentialPolicy, RevocationWatcher
+from node_agent.portal.heartbeat_size import fit_heartbeat, with_receipts
 from node_agent.portal.ice import TurnGrant, ice_servers_for, parse_turn_grant
 from node_agent.portal.joining import agent_platform
 from node_agent.portal.latest_export import portal_export_fallback
 from node_agent.portal.project_config import ExpertSpec, ProjectConfig, parse_project_config
 from node_agent.portal.project_dht import ProjectScope, project_validators
 from node_agent.portal.renewal import CredentialRenewer
-from node_agent.portal.reporter import SIGNED_FIELDS_BYTES, TelemetryReporter
+from node_agent.portal.reporter import TelemetryReporter
 from node_agent.portal.schemas import (
     MAX_RECEIPTS_PER_HEARTBEAT,
     MAX_REPLICA_STATES,
@@ -52,7 +53,6 @@ from node_agent.portal.schemas import (
     PeerActivity,
     ReplicaState,
 )
-from node_agent.portal.signed_body import MAX_BODY_BYTES
 from node_agent.portal.state import AGENT_STATE_FILE, AgentState, save_agent_state
 from node_agent.rtc.config import IceServer
 from node_agent.supervisor import TaskSupervisor
@@ -350,13 +350,16 @@ class AgentRuntime:
             samples_per_s=round(rate, 3),
             uptime_s=round(now - self.started, 1),
             # Connected peers; the pool does not attribute requests to peers, so the count is 0 (unknown).
-            peers=[PeerActivity(node_id=link.node_id.hex(), requests=0) for link in links][:256],
+            peers=[PeerActivity(node_id=link.node_id.hex(), requests=0) for link in links][
+                :256
+            ],  # fitted below
             replica_states=replica_states(server, now),
             averaging_rounds_completed=server.replicas.stats.rounds_completed,
             averaging_rounds_failed=server.replicas.stats.rounds_failed,
         )
         return with_receipts(
-            body, [receipt_to_text(d) for d in server.receipts.peek(MAX_RECEIPTS_PER_HEARTBEAT)]
+            fit_heartbeat(body),
+            [receipt_to_text(d) for d in server.receipts.peek(MAX_RECEIPTS_PER_HEARTBEAT)],
         )
 
     def _heartbeat_sent(self, body: HeartbeatBody) -> None:
@@ -496,15 +499,3 @@ def replica_states(server: Any, now: float) -> list[ReplicaState]:
         )
         for uid, backend in sorted(server.backends.items())
     ][:MAX_REPLICA_STATES]
-
-
-def with_receipts(body: HeartbeatBody, receipts: list[str]) -> HeartbeatBody:
-    """`body` carrying the oldest receipts that fit in a signed body; the rest wait for the next heartbeat."""
-    room = MAX_BODY_BYTES - SIGNED_FIELDS_BYTES - len(msgspec.json.encode(body))
-    fitting = []
-    for text in receipts:
-        room -= len(text) + 3  # quotes and comma
-        if room < 0:
-            break
-        fitting.append(text)
-    return msgspec.structs.replace(body, receipts=fitting) if fitting else body

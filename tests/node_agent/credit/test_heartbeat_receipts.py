@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from node_agent.portal.reporter import SIGNED_FIELDS_BYTES
-from node_agent.portal.runtime import with_receipts
+from node_agent.portal.heartbeat_size import SIGNED_FIELDS_BYTES, with_receipts
 from node_agent.portal.schemas import MAX_RECEIPTS_PER_HEARTBEAT, HeartbeatBody, PeerActivity
 from node_agent.portal.signed_body import MAX_BODY_BYTES
 
