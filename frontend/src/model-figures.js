@@ -74,7 +74,7 @@ export function modelFigures(values, rules) {
     figures: {
       grids: `${blocks} grid${blocks === 1 ? "" : "s"} of ${perBlock} experts`,
       "total-experts": String(experts),
-      "parameters-per-expert": String(perExpert),
+      "parameters-per-expert": perExpert.toLocaleString("en"),
       "total-parameters": formatCount(perExpert * experts),
       "memory-per-expert": `${formatBytes(memory)} (fp32 weights, gradients, Adam's two moments)`,
       volunteer: `hosts ${hosted} expert${hosted === 1 ? "" : "s"} by default, ${formatBytes(hosted * memory)}; ${cover} volunteer${cover === 1 ? "" : "s"} cover every expert once`,

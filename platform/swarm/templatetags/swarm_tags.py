@@ -1,4 +1,4 @@
-"""Template helpers for swarm pages: short ages ("12 s ago") and byte sizes."""
+"""Template helpers for swarm and project pages: short ages ("12 s ago"), byte sizes, counts ("8,395,776")."""
 
 from __future__ import annotations
 
@@ -43,3 +43,9 @@ def bytes_human(value: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TB"
+
+
+@register.filter
+def thousands(value: int | None) -> str:
+    """A count with thousands separators, as the project form's script writes it."""
+    return f"{int(value or 0):,}"

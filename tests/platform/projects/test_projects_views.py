@@ -54,7 +54,7 @@ def test_detail_page_and_404s(client, project, make_project, researcher, volunte
     page = client.get(project.get_absolute_url())
     assert page.status_code == 200 and "4x4 (16 experts)" in page.content.decode()
     per_expert = project.parameters_per_expert
-    assert f"each expert has {per_expert}" in page.content.decode()
+    assert f"each expert has {per_expert:,}" in page.content.decode()
     assert "parameters across the grid" in page.content.decode()
     assert "Manage" not in page.content.decode()
     assert client.get(reverse("projects:detail", args=["no-such-project"])).status_code == 404
