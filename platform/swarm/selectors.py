@@ -252,9 +252,11 @@ def _page(offset: int, limit: int, count: int) -> Page:
 def recent_metrics(
     *, project: Project, limit: int = RECENT_METRICS, kinds: tuple[str, ...] = ("train",)
 ) -> list[TrainingMetric]:
-    """The last `limit` points of `kinds` ("train", "eval": validation), oldest first."""
+    """The last `limit` points of `kinds` ("train", "eval": validation), oldest first. Points of one body can
+    share a timestamp (stored to the microsecond): arrival order breaks the tie, so the steps of a run stay
+    in order and charts do not split it."""
     metrics = TrainingMetric.objects.filter(project=project, kind__in=kinds).select_related("node")
-    latest = metrics.order_by("-timestamp")[:limit]
+    latest = metrics.order_by("-timestamp", "-pk")[:limit]
     return list(reversed(latest))
 
 

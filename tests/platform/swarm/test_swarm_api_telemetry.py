@@ -225,3 +225,20 @@ def test_each_trainer_run_keeps_its_own_monotonic_steps(
 
 def test_get_is_not_allowed_on_agent_endpoints(client: Any) -> None:
     assert client.get(HEARTBEAT).status_code == 405
+
+
+def test_points_with_one_timestamp_stay_in_arrival_order_on_the_charts(
+    signed_post: Any, node_key: Identity, credential: str, project: Any, client: Any
+) -> None:
+    """Two points of one run stored with the same timestamp (a body built within one microsecond) still draw
+    one line, not two lone points: ties keep the order they arrived in."""
+    moment = time.time()
+    points = [
+        {"step": s, "loss": 1.0 / s, "accuracy": 0.5, "samples_per_s": 10.0, "experts_answered": 1,
+         "experts_failed": 0, "timestamp": moment, "run": "tied"}
+        for s in (10, 20, 30)
+    ]  # fmt: skip
+    body = {"credential": credential, "node_id": node_key.node_id.hex(), "metrics": points}
+    assert signed_post("/api/v1/agent/metrics", node_key, body).json()["stored"] == 3
+    page = client.get(f"/projects/{project.slug}/swarm/").content.decode()
+    assert page.count('class="line-loss" data-run-line') == 1 and "1 trainer run," in page
